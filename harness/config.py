@@ -1,0 +1,252 @@
+"""Presets, interventions and overrides: everything that defines a run, read from TOML data.
+
+A run's configuration is one flat namespace of keys: the network's switches (model.ModelConfig)
+and the training switches (TrainConfig). A preset (sweeps/presets/NAME.toml) sets the starting
+values in [model] and [train] tables; an intervention (sweeps/interventions/NAME.toml) overrides
+some keys in its [set] table; `--set key=value` overrides what no TOML file names yet. Arms
+compose interventions with '+': "qkv_bias+no_dropout".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from harness.errors import UserError
+from model.config import ModelConfig
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+PRESETS_DIR = SWEEPS_DIR / "presets"
+INTERVENTIONS_DIR = SWEEPS_DIR / "interventions"
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule, precision, batch shape and data switches (the book's defaults)."""
+
+    data: str = "shakespeare"  # "shakespeare", a text file/folder, or a folder of uint16 .bin shards
+    tokenizer: str = "gpt2"  # "gpt2" (BPE) or "bytes"
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 0.0  # max global grad norm; 0 = no clipping
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_frac: float = 0.05  # cosine schedule: linear warmup over this fraction of the steps
+    min_lr_ratio: float = 0.1  # cosine schedule: floor as a fraction of lr
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    micro_batch: int = 12  # sequences per process per micro-step
+    grad_accum: int = 1
+    tokens_per_param: float = 20.0  # Chinchilla
+    shuffle: bool = True  # False: the seed author's fixed, unshuffled data order
+    allow_repeat: bool = False  # allow a budget larger than one epoch of the training split
+    eval_batch: int = 0  # sequences per evaluation batch; 0 = automatic
+    log_every: int = 0  # steps between loss-curve points; 0 = about 200 points per run
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = about 10 per run
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile: auto = on for CUDA
+
+    def validate(self) -> None:
+        positive = ("lr", "micro_batch", "grad_accum", "tokens_per_param")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip", "eval_batch", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2", "warmup_frac", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("lr_schedule", "precision", "compile"):
+            allowed = get_args(get_type_hints(TrainConfig)[name])
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+
+
+MODEL_KEYS = frozenset(ModelConfig.field_names())
+TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+assert not MODEL_KEYS & TRAIN_KEYS, "model and train keys must not collide"
+ALL_KEYS = MODEL_KEYS | TRAIN_KEYS
+
+
+def _closest(name: str, candidates) -> str:
+    match = difflib.get_close_matches(name, sorted(candidates), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: malformed TOML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def _field_types() -> dict[str, Any]:
+    hints = get_type_hints(ModelConfig) | get_type_hints(TrainConfig)
+    return {k: hints[k] for k in ALL_KEYS}
+
+
+FIELD_TYPES = _field_types()
+
+
+def coerce(key: str, value: Any, where: str) -> Any:
+    """Check one override against its field's type; ints are accepted where floats are wanted."""
+    if key not in ALL_KEYS:
+        raise UserError(f"{where}: unknown key {key!r}{_closest(key, ALL_KEYS)}; see `harness list --keys`")
+    kind = FIELD_TYPES[key]
+    if get_origin(kind) is Literal:
+        if value not in get_args(kind):
+            allowed = ", ".join(map(str, get_args(kind)))
+            raise UserError(f"{where}: {key}={value!r} is not one of {allowed}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise UserError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """'lr=1e-3' -> ('lr', 0.001). Values are TOML literals; bare words are strings."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=1e-3")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, coerce(key, value, f"--set {item}")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    name: str
+    description: str
+    source: str
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    model: dict[str, Any]
+    train: dict[str, Any]
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.toml"))
+
+
+def preset_names() -> list[str]:
+    return _names(PRESETS_DIR)
+
+
+def intervention_names() -> list[str]:
+    return _names(INTERVENTIONS_DIR)
+
+
+def load_preset(name: str) -> Preset:
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown preset {name!r}{_closest(name, preset_names())}; "
+                        f"available: {', '.join(preset_names())}")
+    data = _read_toml(path)
+    tables = {"model": MODEL_KEYS, "train": TRAIN_KEYS}
+    for section, table in data.items():
+        if section in tables:
+            for key, value in table.items():
+                if key not in tables[section]:
+                    raise UserError(f"{path}: [{section}] has unknown key {key!r}"
+                                    f"{_closest(key, tables[section])}")
+                coerce(key, value, str(path))
+    return Preset(name, data.get("description", ""), dict(data.get("model", {})), dict(data.get("train", {})))
+
+
+def load_intervention(name: str) -> Intervention:
+    path = INTERVENTIONS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown intervention {name!r}{_closest(name, intervention_names())}; "
+                        "run `harness list` to see them")
+    data = _read_toml(path)
+    overrides = data.get("set", {})
+    if not isinstance(overrides, dict):
+        raise UserError(f"{path}: [set] must be a table of key = value")
+    overrides = {k: coerce(k, v, str(path)) for k, v in overrides.items()}
+    return Intervention(name, data.get("description", ""), data.get("source", ""), overrides)
+
+
+def split_arm(arm: str) -> list[str]:
+    """'qkv_bias+no_dropout' -> ['qkv_bias', 'no_dropout']; 'baseline' -> []."""
+    parts = [p.strip() for p in arm.split("+")]
+    if not arm.strip() or any(not p for p in parts):
+        raise UserError(f"bad arm name {arm!r}: use intervention names joined by '+', e.g. qkv_bias+no_dropout")
+    return [p for p in parts if p != BASELINE]
+
+
+def arm_overrides(arm: str) -> dict[str, Any]:
+    """Merge an arm's interventions; two that set one key to different values is an error."""
+    merged: dict[str, Any] = {}
+    setter: dict[str, str] = {}
+    for name in split_arm(arm):
+        for key, value in load_intervention(name).overrides.items():
+            if key in merged and merged[key] != value:
+                raise UserError(f"interventions {setter[key]!r} and {name!r} conflict: "
+                                f"{setter[key]} sets {key}={merged[key]!r}, {name} sets {key}={value!r}")
+            merged[key], setter[key] = value, name
+    return merged
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """The fully resolved configuration of one arm (everything except the seed and the budget)."""
+
+    preset: str
+    arm: str
+    model: ModelConfig
+    train: TrainConfig
+    overrides: dict[str, Any]  # what the arm and --set changed relative to the preset
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "arm": self.arm,
+                "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+
+
+def resolve(preset: str, arm: str = BASELINE, sets: dict[str, Any] | None = None) -> ArmConfig:
+    """Preset values, then the arm's interventions, then --set overrides (which win)."""
+    p = load_preset(preset)
+    overrides = arm_overrides(arm) | dict(sets or {})
+    model_kw = p.model | {k: v for k, v in overrides.items() if k in MODEL_KEYS}
+    train_kw = p.train | {k: v for k, v in overrides.items() if k in TRAIN_KEYS}
+    model, train = ModelConfig(**model_kw), TrainConfig(**train_kw)
+    try:
+        model.validate()
+        train.validate()
+    except ValueError as err:
+        raise UserError(f"arm {arm!r} on preset {preset!r}: {err}") from None
+    return ArmConfig(preset, arm, model, train, overrides)
+
+
+def config_hash(payload: dict[str, Any]) -> str:
+    """Stable short hash of a JSON-able configuration."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """Separate, stable sub-seeds (init, data, dropout) from one run seed."""
+    digest = hashlib.sha256(f"harness/{seed}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF

@@ -1,0 +1,84 @@
+"""The network's configuration: the book's GPT-2 small plus every architectural switch.
+
+Every field is a switch an intervention TOML may set by name (see sweeps/interventions/).
+Defaults are the book's GPT_CONFIG_124M ("gpt2-small" here, 163,009,536 parameters untied).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+Norm = Literal["layernorm", "rmsnorm"]
+Positions = Literal["learned", "rope", "nope"]
+Mlp = Literal["gelu", "swiglu"]
+Init = Literal["torch_default", "gpt2"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.1
+    qkv_bias: bool = False
+    tie_weights: bool = False
+    bias: bool = True  # False removes every Linear and norm bias (qkv_bias still adds Q/K/V biases)
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    positions: Positions = "learned"
+    rope_base: float = 10000.0
+    mlp: Mlp = "gelu"
+    mlp_multiple_of: int = 256  # SwiGLU hidden size 8/3 * emb_dim rounded up to this multiple
+    parallel_block: bool = False
+    init: Init = "torch_default"
+    attention_window: int = 0  # 0: full causal attention; W > 0: each token sees the last W tokens
+    vocab_multiple: int = 1  # pad the embedding/output vocabulary up to a multiple of this
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_multiple
+        return -(-self.vocab_size // m) * m
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.mlp == "gelu":
+            return 4 * self.emb_dim
+        m = self.mlp_multiple_of
+        return -(-(8 * self.emb_dim // 3) // m) * m
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the combination cannot build a network."""
+        choices = {"norm": Norm, "positions": Positions, "mlp": Mlp, "init": Init}
+        for name, kind in choices.items():
+            allowed = kind.__args__
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
+                     "vocab_multiple", "mlp_multiple_of"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.emb_dim % self.n_heads:
+            raise ValueError(f"emb_dim={self.emb_dim} must be divisible by n_heads={self.n_heads}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head dimension, got {self.head_dim}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        if self.attention_window < 0:
+            raise ValueError(f"attention_window must be >= 0 (0 = full causal), got {self.attention_window}")
+        if self.attention_window >= self.context_length:
+            raise ValueError(f"attention_window={self.attention_window} must be smaller than "
+                             f"context_length={self.context_length} (else it is full attention)")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
