@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,19 +67,21 @@ def _die_with_parent() -> None:
         pass
 
 
-def _tail(path: Path, lines: int = 40) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return []
-
-
 def _failure_reason(log: Path, returncode: int) -> str:
-    """The most telling line of a failed run's log, for the results row."""
-    tail = _tail(log)
-    errors = [ln.strip() for ln in tail if "Error" in ln or "error" in ln or "Exception" in ln]
-    detail = errors[-1] if errors else (tail[-1].strip() if tail else "no output")
+    """The most telling line of the last attempt's log: the workers' exception, else their signal."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        text = ""
+    lines = text[text.rfind("=== attempt"):].splitlines()
+    exceptions = [ln.strip() for ln in lines if EXCEPTION_LINE.match(ln) and "elastic" not in ln]
+    signals = [m.group(0) for ln in lines for m in [SIGNAL.search(ln)] if m]
+    detail = exceptions[-1] if exceptions else signals[-1] if signals else "no error message in the log"
     return f"workers exited with code {returncode}: {detail[:300]}"
+
+
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b(:|$)")
+SIGNAL = re.compile(r"Signal \d+ \(\w+\)")
 
 
 @dataclass

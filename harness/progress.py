@@ -35,7 +35,7 @@ class RunProgress:
             self._progress.remove_task(self._current)
         self._current = self._progress.add_task(label, total=steps, detail="starting")
         if not self.live:
-            self.console.print(f"[{time.strftime('%H:%M:%S')}] start {label} ({steps:,} steps)")
+            self.console.print(f"[{time.strftime('%H:%M:%S')}] start {label} ({steps:,} steps)", markup=False)
         self._label, self._last_plain = label, 0.0
 
     def update(self, p: dict[str, Any]) -> None:
@@ -44,12 +44,10 @@ class RunProgress:
         now = time.monotonic()
         if not self.live and (now - self._last_plain >= self.plain_every_s or p["step"] == p["steps"]):
             self._last_plain = now
-            self.console.print(f"[{time.strftime('%H:%M:%S')}] {self._label} step {p['step']:,}/{p['steps']:,}  {detail}")
+            self.console.print(f"[{time.strftime('%H:%M:%S')}] {self._label} step {p['step']:,}/{p['steps']:,}  {detail}",
+                               markup=False)
 
     def finish_run(self, message: str) -> None:
+        """Count one run as done (trained now, or found in the store) and say how it went."""
         self._progress.advance(self._overall)
-        self.console.print(message)
-
-    def skip_run(self, message: str) -> None:
-        self._progress.advance(self._overall)
-        self.console.print(message)
+        self.console.print(message, markup=False, highlight=False)

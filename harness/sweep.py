@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness import config as cfgmod
@@ -27,7 +28,7 @@ from harness.errors import UserError
 from harness.launch import Launcher, execute
 from harness.plan import RunSpec, run_spec
 from harness.progress import RunProgress
-from harness.results import ResultsStore
+from harness.results import ResultsStore, atomic_write_json
 
 FINAL = ("completed", "diverged")  # outcomes that are not retried: training is deterministic
 
@@ -164,7 +165,13 @@ def format_duration(seconds: float) -> str:
 @dataclass
 class SweepOutcome:
     done: dict[str, str] = field(default_factory=dict)  # run_id -> final status
-    all_completed: bool = True
+
+    def record(self, spec: RunSpec, status: str) -> None:
+        self.done[spec.run_id] = status
+
+    @property
+    def all_completed(self) -> bool:
+        return all(status == "completed" for status in self.done.values())
 
 
 def _status(store: ResultsStore, spec: RunSpec, attempts_allowed: int) -> str | None:
@@ -179,6 +186,18 @@ def _status(store: ResultsStore, spec: RunSpec, attempts_allowed: int) -> str | 
     return None
 
 
+def save_plan(plan: Plan) -> None:
+    """results/sweeps/<name>.json: what the sweep intends to run, so status can show what is queued."""
+    folder = plan.store.root / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / f"{plan.sweep}.json", {
+        "sweep": plan.sweep, "preset": plan.preset, "arms": plan.arms, "seeds": plan.seeds,
+        "world_size": plan.launcher.world_size,
+        "budgets": {arm: b.as_dict() for arm, b in plan.budgets.items()},
+        "runs": [{"run_id": s.run_id, "arm": s.arm, "seed": s.seed, "config_hash": s.config_hash} for s in plan.specs],
+    })
+
+
 def continue_command() -> str:
     return " ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]])
 
@@ -186,6 +205,7 @@ def continue_command() -> str:
 def execute_plan(plan: Plan, console: Console, retries: int = 1) -> SweepOutcome:
     """Run every run of the plan that the store does not hold yet; Ctrl-C stops cleanly."""
     plan.store.ensure_writable()
+    save_plan(plan)
     attempts_allowed = 1 + retries
     outcome = SweepOutcome()
     pending = list(plan.specs)
@@ -194,26 +214,29 @@ def execute_plan(plan: Plan, console: Console, retries: int = 1) -> SweepOutcome
             while pending:
                 busy = []
                 for spec in pending:
-                    status = _status(plan.store, spec, attempts_allowed)
                     label = f"{spec.arm} seed {spec.seed}"
+                    status = _status(plan.store, spec, attempts_allowed)
+                    if status is not None:
+                        outcome.record(spec, status)
+                        progress.finish_run(f"{describe(plan.store, spec, status, label)} (already in the store)")
+                        continue
                     while status is None:
                         progress.start_run(label, spec.steps)
                         result = execute(spec, plan.store, plan.launcher, on_progress=progress.update,
                                          should_run=lambda s=spec: _status(plan.store, s, attempts_allowed) is None)
-                        if result is None:  # another sweep process holds this run
+                        if result is None:  # another sweep process holds this run: come back to it
                             busy.append(spec)
                             break
-                        status = _status(plan.store, spec, attempts_allowed)
                         if result.row and result.row["status"] == "failed":
-                            console.print(f"[yellow]{label} failed[/yellow]: {result.row['reason']} (log: {result.log})")
-                        if not plan.launcher.records:
+                            console.print(f"[yellow]{escape(label)} failed[/yellow]: {escape(result.row['reason'])} "
+                                          f"(log: {escape(str(result.log))})")
+                        if plan.launcher.records:
+                            status = _status(plan.store, spec, attempts_allowed)
+                        else:  # a non-first node of a multi-node run: node 0 records
                             status = result.row["status"] if result.row else "completed"
-                    if status is None:
-                        continue
-                    outcome.done[spec.run_id] = status
-                    if status != "completed":
-                        outcome.all_completed = False
-                    progress.finish_run(describe(plan.store, spec, status, label))
+                    if status is not None:
+                        outcome.record(spec, status)
+                        progress.finish_run(describe(plan.store, spec, status, label))
                 pending = busy
                 if pending:
                     time.sleep(2.0)

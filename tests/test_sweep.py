@@ -1,0 +1,144 @@
+"""`harness sweep` end to end on the micro preset: plan, seed-major order, idempotence, resume
+after SIGKILL, concurrent sweeps, failures and retries, bad arguments."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, cli
+
+SWEEP = ["sweep", "qkv_bias", "--seeds", "2", "--preset", "micro", "--tokens", "3000"]
+
+
+def runs(results: Path) -> pd.DataFrame:
+    return pd.read_parquet(results / "runs.parquet")
+
+
+def losses(results: Path) -> dict[tuple[str, int], float]:
+    df = runs(results)
+    return {(r.arm, r.seed): r.test_loss for r in df.itertuples()}
+
+
+def assert_exactly_once(results: Path, n: int) -> None:
+    df = runs(results)
+    assert len(df) == n, df[["arm", "seed", "status"]]
+    assert not df.duplicated(["sweep", "arm", "seed"]).any()
+    assert (df["status"] == "completed").all()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted sweep, the yardstick for resumed and concurrent ones."""
+    results = tmp_path_factory.mktemp("reference")
+    out = cli(*SWEEP, "--results", str(results), check=True)
+    assert "harness report --sweep micro-qkv_bias" in out.stdout
+    return results
+
+
+def test_sweep_runs_every_arm_and_seed_in_seed_major_order(reference):
+    df = runs(reference)
+    assert_exactly_once(reference, 4)
+    assert list(zip(df["arm"], df["seed"])) == [("baseline", 0), ("qkv_bias", 0), ("baseline", 1), ("qkv_bias", 1)]
+    assert df["planned_tokens"].nunique() == 1 and (df["tokens_seen"] == df["planned_tokens"]).all()
+    assert set(df["sweep"]) == {"micro-qkv_bias"}
+    plan = (reference / "sweeps" / "micro-qkv_bias.json").read_text()
+    assert "qkv_bias-s1-" in plan
+
+
+def test_rerunning_a_finished_sweep_does_nothing(reference):
+    before = runs(reference)
+    out = cli(*SWEEP, "--results", str(reference), check=True)
+    assert out.stdout.count("already in the store") == 4
+    pd.testing.assert_frame_equal(before, runs(reference))
+
+
+def test_baseline_budget_is_matched_and_own_budget_differs(tmp_path):
+    plan = cli("sweep", "weight_tying", "--seeds", "1", "--preset", "tiny", "--dry-run", "--results", str(tmp_path), check=True)
+    own = cli("sweep", "weight_tying", "--seeds", "1", "--preset", "tiny", "--budget", "own", "--dry-run",
+              "--results", str(tmp_path), check=True)
+    budgets = [line.split() for line in plan.stdout.splitlines() if line.startswith(("│ baseline", "│ weight_tying"))]
+    assert budgets[0][5] == budgets[1][5]  # same tokens for both arms
+    own_budgets = [line.split() for line in own.stdout.splitlines() if line.startswith(("│ baseline", "│ weight_tying"))]
+    assert own_budgets[0][5] != own_budgets[1][5]
+    assert "2 runs" in plan.stdout and not (tmp_path / "runs.parquet").exists()
+
+
+def test_killed_sweep_resumes_without_lost_or_duplicate_rows(reference, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *SWEEP, "--results", str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (tmp_path / "runs.parquet").exists():
+        time.sleep(0.05)
+    time.sleep(1.5)  # into the second run
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(runs(tmp_path)) < 4, "the kill should land mid-sweep"
+    cli(*SWEEP, "--results", str(tmp_path), check=True)
+    assert_exactly_once(tmp_path, 4)
+    assert losses(tmp_path) == losses(reference)  # bit-identical to the uninterrupted sweep
+
+
+def test_two_concurrent_sweeps_share_the_work(reference, tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-m", "harness", *SWEEP, "--results", str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert_exactly_once(tmp_path, 4)
+    assert losses(tmp_path) == losses(reference)
+
+
+def test_failed_run_is_retried_once_recorded_and_the_sweep_goes_on(tmp_path):
+    # a sitecustomize on PYTHONPATH makes every training worker of the qkv_bias arm crash
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if 'LOCAL_RANK' in os.environ and any('qkv_bias-' in a for a in sys.argv + [open('/proc/self/cmdline').read()]):\n"
+        "    sys.stderr.write('RuntimeError: injected worker crash\\n'); os._exit(3)\n")
+    env = os.environ | {"PYTHONPATH": str(hook)}
+    proc = subprocess.run([sys.executable, "-m", "harness", "sweep", "qkv_bias", "--seeds", "1", "--preset", "micro",
+                           "--tokens", "3000", "--results", str(tmp_path / "r")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    df = runs(tmp_path / "r")
+    failed = df[df["arm"] == "qkv_bias"]
+    assert list(failed["status"]) == ["failed", "failed"] and list(failed["attempt"]) == [1, 2]
+    assert "injected worker crash" in failed["reason"].iloc[0]
+    assert (df[df["arm"] == "baseline"]["status"] == "completed").all()
+    assert "log.txt" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "qkv_bais"], "did you mean 'qkv_bias'"),
+    (["sweep", "qkv_bias", "--seeds", "0"], "--seeds must be >= 1"),
+    (["sweep", "qkv_bias", "--seed-list", "1,x"], "--seed-list"),
+    (["sweep", "missing_sweep.toml"], "cannot read sweep file"),
+])
+def test_bad_sweep_arguments(tmp_path, args, message):
+    proc = cli(*args, "--results", str(tmp_path))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_malformed_sweep_file_names_its_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('arms = ["qkv_bias"]\nseeds = 2\npreset = tiny\n')
+    proc = cli("sweep", str(bad), "--results", str(tmp_path))
+    assert proc.returncode == 2 and "line 3" in proc.stderr and str(bad) in proc.stderr
+
+
+def test_sweep_file_sets_arms_seeds_and_preset(tmp_path):
+    sweep_file = tmp_path / "mine.toml"
+    sweep_file.write_text('arms = ["no_dropout", "qkv_bias+no_dropout"]\nseed_list = [7, 11]\npreset = "micro"\n'
+                          'tokens = 3000\n[set]\nlr = 1e-3\n')
+    out = cli("sweep", str(sweep_file), "--dry-run", "--results", str(tmp_path), check=True).stdout
+    assert "sweep mine" in out and "seeds 7,11" in out and "6 runs" in out
+    assert "qkv_bias+no_dropout" in out
