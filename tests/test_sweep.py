@@ -142,3 +142,20 @@ def test_sweep_file_sets_arms_seeds_and_preset(tmp_path):
     out = cli("sweep", str(sweep_file), "--dry-run", "--results", str(tmp_path), check=True).stdout
     assert "sweep mine" in out and "seeds 7,11" in out and "6 runs" in out
     assert "qkv_bias+no_dropout" in out
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary_and_the_sweep_continues(reference, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *SWEEP, "--results", str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(tmp_path.glob("runs/*/spec.json")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130
+    assert "stopped:" in out and "continue with: harness sweep qkv_bias" in out and "Traceback" not in out
+    if (tmp_path / "runs.parquet").exists():  # an interrupted run is not recorded as a failure
+        assert (runs(tmp_path)["status"] == "completed").all()
+    cli(*SWEEP, "--results", str(tmp_path), check=True)
+    assert_exactly_once(tmp_path, 4)
+    assert losses(tmp_path) == losses(reference)
