@@ -11,6 +11,7 @@ import functools
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness import config as cfgmod
@@ -43,7 +44,7 @@ def command(name: str):
             try:
                 rv = fn(*args, **kwargs)
             except UserError as err:
-                err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+                err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
             if isinstance(rv, int) and rv:
                 raise typer.Exit(rv)
@@ -151,16 +152,23 @@ def run_cmd(
     nnodes: Annotated[int, typer.Option(help="Nodes (torchrun --nnodes).")] = 1,
     node_rank: Annotated[int, typer.Option(help="This node's rank (torchrun --node-rank).")] = 0,
     rdzv_endpoint: Annotated[str, typer.Option(help="host:port of the c10d rendezvous (multi-node).")] = "",
+    data: DataOpt = None,
+    log: LogOpt = "none",
 ):
     """One exact, deterministic training run under torchrun, recorded in the results store."""
     from harness.sweep import Plan, execute_plan
+    from harness.tblog import check_log
 
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
-    plan = Plan.build(arms=[arm], seeds=[seed], preset=preset, sets=parse_sets(sets), tokens=tokens,
-                      budget=budget, sweep=sweep, include_baseline=False,
+    tensorboard = check_log(log)
+    plan = Plan.build(arms=[arm], seeds=[seed], preset=preset, sets=with_data(preset, [arm], parse_sets(sets), data),
+                      tokens=tokens, budget=budget, sweep=sweep, include_baseline=False,
                       launcher=make_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results=results)
-    outcome = execute_plan(plan, console, retries=0)
+    try:
+        outcome = execute_plan(plan, console, retries=0)
+    finally:
+        log_tensorboard(plan, tensorboard)
     return 0 if outcome.all_completed else 1
 
 
@@ -184,9 +192,30 @@ def sweep_cmd(
     nnodes: Annotated[int, typer.Option(help="Nodes per run (torchrun --nnodes).")] = 1,
     node_rank: Annotated[int, typer.Option(help="This node's rank (torchrun --node-rank).")] = 0,
     rdzv_endpoint: Annotated[str, typer.Option(help="host:port of the c10d rendezvous (multi-node).")] = "",
+    data: DataOpt = None,
+    log: LogOpt = "none",
+    launcher: Annotated[str, typer.Option(
+        help="torchrun: run here, one run after another (default); slurm: submit each run as a Slurm job "
+             "(one job array per sweep) through submitit; local: the same jobs through submitit's local executor.")] = "torchrun",
+    partition: Annotated[Optional[str], typer.Option(help="Slurm partition.")] = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(help="Slurm/local: GPUs (torchrun processes) per node of each run.")] = None,
+    time_limit: Annotated[Optional[str], typer.Option(
+        "--time", help="Slurm/local: each job's time limit (HH:MM:SS, D-HH:MM:SS, 90m, 4h; slurm default 24:00:00); "
+                       "a job that reaches it is requeued and resumes from its checkpoint.")] = None,
+    slurm_array_parallelism: Annotated[Optional[int], typer.Option(help="Slurm: runs of the array at once (default: all).")] = None,
+    cpus_per_task: Annotated[Optional[int], typer.Option(help="Slurm: CPUs per node of each job.")] = None,
+    mem_gb: Annotated[Optional[float], typer.Option(help="Slurm: memory per node of each job, GB.")] = None,
+    slurm_arg: Annotated[Optional[list[str]], typer.Option(
+        help="Slurm: any other sbatch option as KEY=VALUE, e.g. account=myproj, qos=high (repeatable).")] = None,
+    slurm_setup: Annotated[Optional[list[str]], typer.Option(
+        help="Slurm: a shell line to run before each job, e.g. 'module load cuda' (repeatable).")] = None,
+    wait: Annotated[Optional[bool], typer.Option(
+        "--wait/--no-wait", help="Slurm/local: wait for the jobs and print each outcome (default: local waits, "
+                                 "slurm returns once submitted).")] = None,
 ):
     """Baseline + each intervention x N seeds, matched budgets, seed-major, resumable."""
     from harness.sweep import Plan, execute_plan, load_sweep_file, print_plan
+    from harness.tblog import check_log
 
     file: dict = {}
     if len(arms) == 1 and (arms[0].endswith(".toml") or Path(arms[0]).is_file()):
@@ -208,19 +237,234 @@ def sweep_cmd(
         seed_values = file["seed_list"]
     if retries < 0:
         raise UserError(f"--retries must be >= 0, got {retries}")
-    plan = Plan.build(arms=arms, seeds=seed_values, preset=preset or file.get("preset", "tiny"),
-                      sets=file.get("set", {}) | parse_sets(sets),
+    cluster = cluster_options(launcher, partition, gpus_per_node, time_limit, slurm_array_parallelism,
+                              cpus_per_task, mem_gb, slurm_arg, slurm_setup, wait)
+    tensorboard = check_log(log)
+    preset = preset or file.get("preset", "tiny")
+    plan = Plan.build(arms=arms, seeds=seed_values, preset=preset,
+                      sets=with_data(preset, arms, file.get("set", {}) | parse_sets(sets), data),
                       tokens=tokens if tokens is not None else file.get("tokens"),
                       budget=budget or file.get("budget", "baseline"), sweep=name or file.get("name"),
-                      include_baseline=True, launcher=make_launcher(nproc, nnodes, node_rank, rdzv_endpoint),
+                      include_baseline=True, launcher=cluster_launcher(cluster, nproc, nnodes, node_rank, rdzv_endpoint),
                       results=results)
     print_plan(plan, console)
     if dry_run:
         return 0
-    outcome = execute_plan(plan, console, retries=retries)
+    if cluster.launcher != "torchrun":
+        from harness.slurm import submit_plan
+
+        return submit_plan(plan, cluster, retries, console, tensorboard=tensorboard)
+    try:
+        outcome = execute_plan(plan, console, retries=retries)
+    finally:
+        log_tensorboard(plan, tensorboard)
     console.print(f"results: {plan.store.runs_path} (sweep {plan.sweep!r}); report with:\n"
                   f"  harness report --sweep {plan.sweep} --results {results}")
     return 0 if outcome.all_completed else 1
+
+
+# ----------------------------------------------------------------------------- data, export, generate, status
+# (issue #6: prepared datasets, cluster launchers, interoperability; see harness/prepare.py,
+# harness/slurm.py, harness/export.py, harness/generate.py, harness/status.py, harness/tblog.py)
+
+DataOpt = Annotated[Optional[str], typer.Option(
+    "--data", help="Training data for every arm (shorthand for --set data=PATH): 'shakespeare', a text "
+                   "file or folder, or a folder of shards such as `harness data prepare` writes.")]
+LogOpt = Annotated[str, typer.Option(
+    "--log", help="'tensorboard': also write loss curves to RESULTS/tensorboard/<sweep>/<run_id> "
+                  "(needs harness[tensorboard]); 'none' (default).")]
+
+data_app = typer.Typer(help="Prepare training data: tokenize a dataset into uint16 shards.",
+                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(data_app, name="data")
+
+
+def data_command(name: str):
+    """`command` for the `data` sub-commands: UserError -> one red line and exit code 2."""
+    def register(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                rv = fn(*args, **kwargs)
+            except UserError as err:
+                err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+            if isinstance(rv, int) and rv:
+                raise typer.Exit(rv)
+        return data_app.command(name)(wrapper)
+    return register
+
+
+def with_data(preset: str, arms: list[str], sets: dict, data: str | None) -> dict:
+    """--set overrides plus --data PATH, after checking a prepared folder's tokenizer against every arm."""
+    if data is not None:
+        if "data" in sets:
+            raise UserError("give --data PATH or --set data=PATH, not both")
+        if not data.strip():
+            raise UserError("--data needs a value: 'shakespeare', a text file or folder, or a shard folder")
+        sets = sets | {"data": data}
+    check_prepared_data(preset, arms, sets)
+    return sets
+
+
+def cluster_options(launcher: str, partition, gpus_per_node, time_limit, array_parallelism, cpus_per_task,
+                    mem_gb, slurm_arg, slurm_setup, wait):
+    from harness.slurm import ClusterOptions
+
+    opts = ClusterOptions(launcher, partition, gpus_per_node, time_limit, array_parallelism, cpus_per_task,
+                          mem_gb, tuple(slurm_arg or ()), tuple(slurm_setup or ()), wait)
+    opts.check()
+    return opts
+
+
+def cluster_launcher(opts, nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str):
+    """The Launcher a plan is built with: torchrun here, or the shape of each Slurm/local job."""
+    from harness.launch import Launcher
+
+    if opts.launcher == "torchrun":
+        return make_launcher(nproc, nnodes, node_rank, rdzv_endpoint)
+    if node_rank or rdzv_endpoint:
+        raise UserError(f"--node-rank and --rdzv-endpoint are set per job by --launcher {opts.launcher}; drop them")
+    positive(nnodes, "--nnodes")
+    procs = opts.nproc(nproc, 1 if opts.launcher == "slurm" else default_nproc())
+    positive(procs, "--nproc")
+    return Launcher(nproc=procs, nnodes=nnodes)
+
+
+def check_prepared_data(preset: str, arms: list[str], sets: dict) -> None:
+    """A folder made by `harness data prepare` must be used with the tokenizer it was made with."""
+    from harness.prepare import check_tokenizer
+
+    seen = set()
+    for arm in dict.fromkeys([cfgmod.BASELINE, *arms]):
+        train = cfgmod.resolve(preset, arm, sets).train
+        if (train.data, train.tokenizer) not in seen:
+            seen.add((train.data, train.tokenizer))
+            check_tokenizer(train.data, train.tokenizer)
+
+
+def log_tensorboard(plan, tensorboard: bool) -> None:
+    """Curves and test losses of the plan's recorded runs into RESULTS/tensorboard (--log tensorboard)."""
+    if tensorboard:
+        from harness.tblog import TensorBoardLog
+
+        TensorBoardLog(plan.store.root).from_store(plan.store, plan.specs)
+
+
+@data_command("prepare")
+def data_prepare_cmd(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        help="Local files or folders: JSON lines (.jsonl/.json), Parquet (.parquet) or text (.txt/.md, one "
+             "document per file), all of one kind.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (train.bin, test.bin, manifest.json).",
+                                                show_default=False)] = None,
+    hf: Annotated[Optional[str], typer.Option("--hf", help="A Hugging Face dataset id, streamed through the "
+                                              "`datasets` library, e.g. HuggingFaceFW/fineweb.")] = None,
+    hf_name: Annotated[Optional[str], typer.Option("--name", help="The dataset's configuration, e.g. sample-10BT.")] = None,
+    split: Annotated[str, typer.Option(help="The dataset split to read.")] = "train",
+    revision: Annotated[Optional[str], typer.Option(help="A dataset revision (commit, tag or branch) to pin.")] = None,
+    text_field: Annotated[str, typer.Option("--field", help="The record field that holds each document's text.")] = "text",
+    tokenizer: Annotated[str, typer.Option(help="Tokenizer: gpt2 or bytes (must match the preset's).")] = "gpt2",
+    test_tokens: Annotated[int, typer.Option(help="Held-out test tokens: the first whole documents up to at least this.")] = 19_660_800,
+    train_tokens: Annotated[Optional[int], typer.Option(help="Stop after this many train tokens (whole documents; default: all).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds instead of resuming it.")] = False,
+):
+    """Tokenize a dataset into uint16 shards with a held-out test set; resumable (run it again)."""
+    from harness.prepare import Source, prepare
+
+    if out is None:
+        raise UserError("give the output folder with --out DIR")
+    if hf and paths:
+        raise UserError("give local files (PATH...) or --hf NAME, not both")
+    if hf:
+        source = Source.hub(hf, hf_name, split, revision, text_field)
+    else:
+        if hf_name or revision:
+            raise UserError("--name and --revision belong to --hf NAME")
+        source = Source.local(list(paths or []), text_field)
+    try:
+        prepare(source, out, tokenizer, test_tokens, train_tokens, overwrite=overwrite, console=console)
+    except KeyboardInterrupt:
+        return 130
+    console.print(f"train on it with: harness sweep ARMS --data {out} (tokenizer {tokenizer})", highlight=False)
+    return 0
+
+
+@command("export")
+def export_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix, or the run's folder).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="'hf': a Hugging Face transformers GPT-2 folder.")] = "hf",
+    results: ResultsOpt = Path("results"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds.")] = False,
+    check: Annotated[Optional[bool], typer.Option(
+        "--check/--no-check", help="Load the export with transformers and compare logits (default: when "
+                                   "transformers is installed).")] = None,
+):
+    """Export a run's checkpoint so transformers' GPT2LMHeadModel loads it."""
+    from harness.export import export_run, locate_run
+
+    ref = locate_run(run, results)
+    record = export_run(ref, out, fmt, overwrite=overwrite, check=check)
+    step, planned = record["checkpoint_step"], record["planned_steps"]
+    console.print(f"exported run {ref.run_id} (arm {record['arm']}, seed {record['seed']}, step {step:,}) to {out}",
+                  highlight=False)
+    if planned and step is not None and step < planned:
+        console.print(f"note: the run has not finished: this is its checkpoint at step {step:,} of {planned:,}",
+                      highlight=False)
+    if record["max_abs_logit_diff"] is not None:
+        console.print(f"checked: GPT2LMHeadModel reproduces harness's logits (max abs difference "
+                      f"{record['max_abs_logit_diff']:.2e})", highlight=False)
+    else:
+        console.print("not checked (transformers is not installed: pip install 'harness[hf]')", highlight=False)
+    console.print(f"load it with: transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})", highlight=False)
+
+
+@command("generate")
+def generate_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix, or the run's folder).")],
+    prompt: Annotated[str, typer.Argument(help="Text to continue.")] = "Every effort moves you",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 40,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 = greedy (argmax).")] = 0.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample only among the k most likely tokens.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed (sample k uses seed + k).")] = 123,
+    samples: Annotated[int, typer.Option(help="How many continuations.")] = 1,
+    stop_at_eot: Annotated[bool, typer.Option("--stop-at-eot/--no-stop-at-eot", help="Stop at <|endoftext|>.")] = True,
+    results: ResultsOpt = Path("results"),
+):
+    """Sample text from a run's checkpoint (the book's generate: temperature, top-k, seed)."""
+    from harness.export import locate_run
+    from harness.generate import sample
+
+    texts = sample(locate_run(run, results), prompt, max_new_tokens, temperature, top_k, seed, samples, stop_at_eot)
+    for k, text in enumerate(texts):
+        if samples > 1:
+            print(f"--- sample {k + 1} (seed {seed + k})")
+        print(text)
+
+
+@command("status")
+def status_cmd(
+    results: ResultsOpt = Path("results"),
+    sweep: Annotated[Optional[str], typer.Option(help="Only this sweep (default: every sweep in the results folder).")] = None,
+    runs: Annotated[bool, typer.Option("--runs", help="Also list every run with its state and detail.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+):
+    """Runs done, running, queued, failed and diverged, per arm of each sweep."""
+    from harness.status import print_status, status_payload, sweep_names
+
+    if sweep is not None and sweep not in sweep_names(results):
+        known = ", ".join(sweep_names(results)) or "none"
+        raise UserError(f"no sweep {sweep!r} in {results} (sweeps there: {known})")
+    payload = status_payload(results, sweep)
+    if as_json:
+        print(json.dumps(payload, indent=2, default=str))
+        return 0
+    if not payload:
+        console.print(f"no sweeps in {results} yet", highlight=False)
+        return 0
+    print_status(payload, console, show_runs=runs)
+    return 0
 
 
 def make_launcher(nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str):

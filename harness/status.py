@@ -1,0 +1,227 @@
+"""`harness status`: where each sweep stands, per arm: done, running, queued, failed, diverged.
+
+A sweep's plan (every run it will make) is written when it starts, to RESULTS/sweeps/<sweep>.json
+(by harness.sweep, and by the Slurm/local launcher). Each planned run is then, in this order:
+  done      the results store holds a completed row of it in this sweep
+  diverged  ... a diverged row (a final outcome: training is deterministic, it is not retried)
+  running   its run folder is locked by a live process (a sweep, or a Slurm/local job)
+  failed    it has only failed attempts and nothing runs it now
+  queued    planned, not started (or its Slurm job waits in the queue)
+A sweep recorded before plans were written shows the runs its rows name (none queued).
+Slurm and local jobs are listed in RESULTS/sweeps/<sweep>.jobs.json (run id -> job id).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from harness.results import ResultsStore, atomic_write_json
+
+STATES = ("done", "running", "queued", "failed", "diverged")
+PLANS = "sweeps"
+
+
+def plan_path(results: Path, sweep: str) -> Path:
+    """Where a sweep's plan lives: RESULTS/sweeps/<sweep>.json (written by harness.sweep when it starts)."""
+    return Path(results) / PLANS / f"{sweep}.json"
+
+
+def jobs_path(results: Path, sweep: str) -> Path:
+    return Path(results) / PLANS / f"{sweep}.jobs.json"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_plan(plan) -> Path:
+    """Record the sweep's plan as the sweep itself does (harness.sweep.save_plan when it exists)."""
+    from harness import sweep as sweepmod
+
+    save = getattr(sweepmod, "save_plan", None)
+    if save is not None:
+        save(plan)
+    else:
+        path = plan_path(plan.store.root, plan.sweep)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {
+            "sweep": plan.sweep, "preset": plan.preset, "arms": plan.arms, "seeds": plan.seeds,
+            "world_size": plan.launcher.world_size,
+            "budgets": {arm: b.as_dict() for arm, b in plan.budgets.items()},
+            "runs": [{"run_id": s.run_id, "arm": s.arm, "seed": s.seed, "config_hash": s.config_hash}
+                     for s in plan.specs],
+        })
+    return plan_path(plan.store.root, plan.sweep)
+
+
+def record_jobs(results: Path, sweep: str, jobs: dict[str, str]) -> None:
+    """Add run id -> job id entries to RESULTS/plans/<sweep>.jobs.json."""
+    path = jobs_path(results, sweep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=60):
+        known = _read_json(path) or {}
+        known.update(jobs)
+        atomic_write_json(path, known)
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether another process holds the run folder's lock (as harness.launch.execute does)."""
+    lock_file = Path(run_dir) / ".lock"
+    if not lock_file.exists():
+        return False
+    lock = FileLock(str(lock_file))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def _progress(run_dir: Path) -> str:
+    """'step S/N' from the last PROGRESS line of a run's log, if any."""
+    log = Path(run_dir) / "log.txt"
+    try:
+        with log.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            tail = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(tail):
+        if line.startswith("PROGRESS "):
+            try:
+                p = json.loads(line[len("PROGRESS "):])
+                return f"step {p['step']:,}/{p['steps']:,}, loss {p['loss']:.4f}"
+            except (ValueError, KeyError, TypeError):
+                return ""
+    return ""
+
+
+@dataclass
+class RunState:
+    run_id: str
+    arm: str
+    seed: int
+    state: str
+    attempts: int
+    detail: str
+    test_loss: float | None
+    job: str | None
+
+
+def sweep_names(results: Path) -> list[str]:
+    names = []
+    folder = Path(results) / PLANS
+    if folder.is_dir():
+        for p in sorted(folder.glob("*.json")):
+            if p.name.endswith(".jobs.json"):
+                continue
+            data = _read_json(p)
+            if isinstance(data, dict) and isinstance(data.get("sweep"), str):
+                names.append(data["sweep"])
+    store = ResultsStore(results)
+    if store.runs_path.exists():
+        names += list(store.runs_frame()["sweep"].dropna().unique())
+    return list(dict.fromkeys(names))
+
+
+def sweep_status(results: Path, sweep: str) -> list[RunState]:
+    """Every run of `sweep` with its state, in plan order (seed-major)."""
+    results = Path(results)
+    store = ResultsStore(results)
+    frame = store.runs_frame()
+    rows = frame[frame["sweep"] == sweep] if not frame.empty else frame
+    plan = _read_json(plan_path(results, sweep)) or {}
+    planned = [r for r in plan.get("runs", []) if isinstance(r, dict) and "run_id" in r]
+    if not rows.empty:  # runs recorded under this sweep that no plan names (older sweeps)
+        known = {r["run_id"] for r in planned}
+        first = rows.sort_values("attempt").drop_duplicates("run_id")
+        planned += [{"run_id": r.run_id, "arm": r.arm, "seed": int(r.seed)}
+                    for r in first.itertuples() if r.run_id not in known]
+    jobs = _read_json(jobs_path(results, sweep)) or {}
+    out = []
+    for run in planned:
+        run_id = run["run_id"]
+        mine = rows[rows["run_id"] == run_id] if not rows.empty else rows
+        statuses = list(mine["status"]) if not mine.empty else []
+        detail, test_loss = "", None
+        run_dir = store.run_dir(run_id)
+        if "completed" in statuses:
+            state = "done"
+            row = mine[mine["status"] == "completed"].iloc[0]
+            test_loss = float(row["test_loss"])
+            detail = f"test loss {test_loss:.4f}"
+        elif "diverged" in statuses:
+            state = "diverged"
+            detail = str(mine[mine["status"] == "diverged"]["reason"].iloc[0])
+        elif is_running(run_dir):
+            state = "running"
+            detail = _progress(run_dir)
+        elif statuses:
+            state = "failed"
+            detail = str(mine["reason"].iloc[-1])
+        else:
+            state = "queued"
+        out.append(RunState(run_id, run.get("arm", "?"), int(run.get("seed", -1)), state, len(statuses),
+                            detail[:200], test_loss, jobs.get(run_id)))
+    return out
+
+
+def summarize(states: list[RunState]) -> dict[str, dict[str, Any]]:
+    """Per arm (in plan order): runs, a count per state, and the mean test loss of done runs."""
+    arms: dict[str, dict[str, Any]] = {}
+    for s in states:
+        a = arms.setdefault(s.arm, {"runs": 0, **{k: 0 for k in STATES}, "losses": []})
+        a["runs"] += 1
+        a[s.state] += 1
+        if s.test_loss is not None:
+            a["losses"].append(s.test_loss)
+    for a in arms.values():
+        losses = a.pop("losses")
+        a["mean_test_loss"] = sum(losses) / len(losses) if losses else None
+    return arms
+
+
+def status_payload(results: Path, sweep: str | None = None) -> dict[str, Any]:
+    names = [sweep] if sweep else sweep_names(results)
+    payload = {}
+    for name in names:
+        states = sweep_status(results, name)
+        payload[name] = {"arms": summarize(states), "totals": dict(Counter(s.state for s in states)),
+                         "runs": [asdict(s) for s in states]}
+    return payload
+
+
+def print_status(payload: dict[str, Any], console, show_runs: bool = False) -> None:
+    from rich.table import Table
+
+    for name, info in payload.items():
+        totals = info["totals"]
+        n = sum(totals.values())
+        table = Table(title=f"sweep {name}: {totals.get('done', 0)}/{n} done")
+        table.add_column("arm", style="bold")
+        for col in ("runs", *STATES, "mean test loss"):
+            table.add_column(col, justify="right")
+        for arm, a in info["arms"].items():
+            loss = f"{a['mean_test_loss']:.4f}" if a["mean_test_loss"] is not None else "-"
+            table.add_row(arm, str(a["runs"]), *(str(a[k]) if a[k] else "-" for k in STATES), loss)
+        console.print(table)
+        if show_runs:
+            runs = Table(title=f"runs of {name}")
+            for col in ("arm", "seed", "run id", "state", "attempts", "job", "detail"):
+                runs.add_column(col)
+            for r in info["runs"]:
+                runs.add_row(r["arm"], str(r["seed"]), r["run_id"], r["state"], str(r["attempts"]),
+                             r["job"] or "-", r["detail"] or "-")
+            console.print(runs)
