@@ -165,10 +165,12 @@ def run_cmd(
     plan = Plan.build(arms=[arm], seeds=[seed], preset=preset, sets=with_data(preset, [arm], parse_sets(sets), data),
                       tokens=tokens, budget=budget, sweep=sweep, include_baseline=False,
                       launcher=make_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results=results)
+    tb = tensorboard_log(plan, tensorboard)
     try:
-        outcome = execute_plan(plan, console, retries=0)
+        outcome = execute_plan(plan, console, retries=0, on_progress=tb.progress if tb else None)
     finally:
-        log_tensorboard(plan, tensorboard)
+        if tb:
+            tb.from_store(plan.store, plan.specs)
     return 0 if outcome.all_completed else 1
 
 
@@ -254,10 +256,12 @@ def sweep_cmd(
         from harness.slurm import submit_plan
 
         return submit_plan(plan, cluster, retries, console, tensorboard=tensorboard)
+    tb = tensorboard_log(plan, tensorboard)
     try:
-        outcome = execute_plan(plan, console, retries=retries)
+        outcome = execute_plan(plan, console, retries=retries, on_progress=tb.progress if tb else None)
     finally:
-        log_tensorboard(plan, tensorboard)
+        if tb:
+            tb.from_store(plan.store, plan.specs)
     console.print(f"results: {plan.store.runs_path} (sweep {plan.sweep!r}); report with:\n"
                   f"  harness report --sweep {plan.sweep} --results {results}")
     return 0 if outcome.all_completed else 1
@@ -343,12 +347,13 @@ def check_prepared_data(preset: str, arms: list[str], sets: dict) -> None:
             check_tokenizer(train.data, train.tokenizer)
 
 
-def log_tensorboard(plan, tensorboard: bool) -> None:
-    """Curves and test losses of the plan's recorded runs into RESULTS/tensorboard (--log tensorboard)."""
-    if tensorboard:
-        from harness.tblog import TensorBoardLog
+def tensorboard_log(plan, tensorboard: bool):
+    """--log tensorboard: a logger for RESULTS/tensorboard (live curves; test losses from the store)."""
+    if not tensorboard:
+        return None
+    from harness.tblog import TensorBoardLog
 
-        TensorBoardLog(plan.store.root).from_store(plan.store, plan.specs)
+    return TensorBoardLog(plan.store.root)
 
 
 @data_command("prepare")

@@ -57,7 +57,7 @@ STATE = ".prepare-state.json"
 SPLITS = ("test", "train")  # the order the stream fills them in
 SHARD_DTYPE = np.dtype("<u2")
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".md": "text"}
-BATCH_DOCS = 256
+BATCH_DOCS = 1024
 _HASH_CHUNK = 1 << 24
 
 

@@ -16,7 +16,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -202,8 +202,11 @@ def continue_command() -> str:
     return " ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]])
 
 
-def execute_plan(plan: Plan, console: Console, retries: int = 1) -> SweepOutcome:
-    """Run every run of the plan that the store does not hold yet; Ctrl-C stops cleanly."""
+def execute_plan(plan: Plan, console: Console, retries: int = 1,
+                 on_progress: Callable[[RunSpec, dict[str, Any]], None] | None = None) -> SweepOutcome:
+    """Run every run of the plan that the store does not hold yet; Ctrl-C stops cleanly.
+
+    on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard)."""
     plan.store.ensure_writable()
     save_plan(plan)
     attempts_allowed = 1 + retries
@@ -222,7 +225,9 @@ def execute_plan(plan: Plan, console: Console, retries: int = 1) -> SweepOutcome
                         continue
                     while status is None:
                         progress.start_run(label, spec.steps)
-                        result = execute(spec, plan.store, plan.launcher, on_progress=progress.update,
+                        watch = progress.update if on_progress is None else \
+                            (lambda p, s=spec: (progress.update(p), on_progress(s, p)))
+                        result = execute(spec, plan.store, plan.launcher, on_progress=watch,
                                          should_run=lambda s=spec: _status(plan.store, s, attempts_allowed) is None)
                         if result is None:  # another sweep process holds this run: come back to it
                             busy.append(spec)

@@ -64,6 +64,8 @@ class TensorBoardLog:
         w.add_scalar("train/loss", float(p["loss"]), int(p["step"]))
         if "tokens_per_s" in p:
             w.add_scalar("train/tokens_per_s", float(p["tokens_per_s"]), int(p["step"]))
+        if p.get("step") == p.get("steps"):  # training is over: free the writer until the test loss
+            self.close(spec)
 
     def finish(self, spec, row: dict[str, Any] | None, curve: list[dict[str, Any]] | None = None) -> None:
         """The run is recorded: add its test loss (and its curve, unless it was logged live)."""
