@@ -22,7 +22,8 @@ Tests (chosen per arm, stated in the ``test`` column)
       Effect size: Hedges' g (Cohen's d with the pooled sd, small-sample corrected).
 
 Multiple comparisons
-    Holm's step-down adjustment (``statsmodels multipletests(method="holm")``) across all arms
+    Holm's step-down adjustment (the numbers of ``statsmodels multipletests(method="holm")``,
+    computed by :func:`holm`, vectorised; see its docstring for why) across all arms
     compared in one report (one sweep), applied to the t-test p-values (``p_holm``) and, when a
     margin is given, separately to the TOST p-values (``p_tost_holm``). Arms whose p-value
     cannot be computed are left out of the family.
@@ -47,6 +48,13 @@ Power (``statsmodels.stats.power``; two-sided, at the raw ``alpha``, 80% power b
     * ``seeds_needed``: the number of seeds (pairs; for Welch, runs per arm) needed to detect a
       true difference as large as the observed one with that power. Holm makes the real
       requirement somewhat larger when several arms are compared.
+
+Known limitation, measured (tests/test_stats.py)
+    The BCa interval is too narrow with few seeds: a nominal 95% interval covered about 85%
+    of true differences at n = 5 and about 91% at n = 30 on normal data, while the t interval
+    covered 95%. The t interval is therefore the primary interval; BCa is a robustness column.
+    With n <= 5 pairs the exact two-sided Wilcoxon p-value cannot go below 2 / 2**n (0.0625
+    at n = 5), so it can never be significant at alpha 0.05; ``notes`` says so.
 
 Degenerate input never raises: a quantity that cannot be computed is NaN and ``notes`` says why.
 """
@@ -373,7 +381,7 @@ def tost_paired(baseline, arm, margin: float) -> float:
 
 
 def tost_welch(baseline, arm, margin: float) -> float:
-    """TOST p-value (Welch variances) that ``mean(arm) - mean(baseline)`` lies in (-margin, margin)."""
+    """TOST p-value (Welch variances) that mean(arm) - mean(baseline) is in (-margin, margin)."""
     b, a = _clean(baseline), _clean(arm)
     if b.size < 2 or a.size < 2 or not margin or margin <= 0:
         return NaN
@@ -452,7 +460,7 @@ def min_detectable_difference(
             if hi > 1e6:
                 return NaN
         try:
-            d = brentq(lambda x: f(x) - power, 1e-12, hi, xtol=1e-12, rtol=1e-10)
+            d = brentq(lambda x: f(x) - power, 1e-12, hi, xtol=1e-10, rtol=1e-9)
         except ValueError:
             return NaN
     return float(d * sd)
@@ -494,7 +502,7 @@ def seeds_needed(
             if hi > max_n:
                 return math.inf
         try:
-            n = brentq(lambda x: pw(x) - power, lo, hi, xtol=1e-6, rtol=1e-10)
+            n = brentq(lambda x: pw(x) - power, lo, hi, xtol=1e-3, rtol=1e-7)
         except ValueError:
             return float(math.ceil(approx))
         k = max(2, math.ceil(n - 1e-9))
@@ -569,6 +577,10 @@ def paired_comparison(
     c.p_robust, c.robust_test, note = wilcoxon_signed_rank(d)
     if note:
         c.notes.append(note)
+    floor = 2.0 ** (1 - len(d))
+    if floor >= alpha:
+        c.notes.append(f"with {len(d)} pairs the two-sided Wilcoxon p-value cannot go below "
+                       f"{floor:.4g}, so it can never reach alpha {alpha:g}")
     c.boot_low, c.boot_high, note = bca_interval((d,), confidence=1 - alpha,
                                                  n_resamples=n_resamples, seed=seed)
     if note and n_resamples > 0:
@@ -692,14 +704,17 @@ def compare_arms(
                                "interval, power figure and verdict need at least 2")
             row = c.as_dict()
             row["verdict"] = BASELINE
+        elif len(base) < 2 or desc.n == 0:
+            c = Comparison(arm=a, test=NO_TEST, n_baseline=len(base), n=desc.n)
+            if len(base) and desc.n:
+                c.diff = float(desc.mean - base.mean())
+            c.notes.append("no completed runs" if desc.n == 0 else
+                           f"baseline has {len(base)} completed run(s); every test, interval "
+                           "and power figure needs at least 2")
+            row = c.as_dict()
         else:
             c = compare(base, s, pairing=pairing, alpha=alpha, margin=margin, power=power,
                         n_resamples=n_resamples, seed=seed, name=a)
-            if len(base) < 2 and desc.n:
-                c.notes.insert(0, f"baseline has {len(base)} completed run(s); at least 2 are "
-                                  "needed for any test")
-            if desc.n == 0:
-                c.notes.insert(0, "no completed runs")
             row = c.as_dict()
         row.update(mean=desc.mean, sd=desc.sd)
         rows.append(row)
