@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness import config as cfgmod
-from harness.budget import Budget, chinchilla, fixed_budget
+from harness.budget import chinchilla
 from harness.errors import UserError
 
 app = typer.Typer(help="Seed-sweep benchmarking for from-scratch GPT-2 training: did this change "
@@ -64,19 +64,6 @@ def positive(value: int | None, name: str) -> None:
 
 def parse_sets(items: list[str] | None) -> dict:
     return dict(cfgmod.parse_set(item) for item in items or [])
-
-
-def plan_budget(arm_cfg: cfgmod.ArmConfig, world: int, mode: str, tokens: int | None,
-                sets: dict) -> Budget:
-    """The token budget of one arm under --budget/--tokens."""
-    if tokens is not None:
-        return fixed_budget(arm_cfg, world, tokens)
-    if mode == "own":
-        return chinchilla(arm_cfg, world)
-    if mode != "baseline":
-        raise UserError(f"--budget {mode!r}: use 'baseline' or 'own'")
-    base = chinchilla(cfgmod.resolve(arm_cfg.preset, cfgmod.BASELINE, sets), world)
-    return fixed_budget(arm_cfg, world, base.tokens)
 
 
 @command("list")
@@ -470,6 +457,33 @@ def status_cmd(
         return 0
     print_status(payload, console, show_runs=runs)
     return 0
+
+
+@command("report")
+def report_cmd(
+    results: ResultsOpt = Path("results"),
+    sweep: Annotated[Optional[str], typer.Option(help="Report only this sweep (default: every sweep in the store).")] = None,
+    baseline: Annotated[str, typer.Option(help="The arm every other arm is compared with.")] = cfgmod.BASELINE,
+    alpha: Annotated[float, typer.Option(help="Significance level, after Holm's correction across arms.")] = 0.05,
+    margin: Annotated[Optional[float], typer.Option(
+        help="Equivalence margin in test loss: TOST declares 'equivalent' when the difference is within +-margin.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Markdown file (or folder) to write (default: reports/<sweep>.md).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="markdown (file + terminal table) or json (stdout).")] = "markdown",
+    allow_mismatch: Annotated[bool, typer.Option(
+        "--allow-mismatch", help="Compare arms whose budgets, presets or test sets differ (stated in the report).")] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the forest, curve and paired plots.")] = True,
+):
+    """Confidence intervals and significance tests of every arm against the baseline."""
+    from harness.report import run_report
+
+    if fmt not in ("markdown", "json"):
+        raise UserError(f"--format {fmt!r}: use markdown or json")
+    if not 0 < alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, got {alpha}")
+    if margin is not None and margin <= 0:
+        raise UserError(f"--margin must be > 0, got {margin}")
+    run_report(results, sweep=sweep, baseline=baseline, alpha=alpha, margin=margin, out=out, fmt=fmt,
+               allow_mismatch=allow_mismatch, console=console, plots=plots)
 
 
 def make_launcher(nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str):

@@ -3,6 +3,7 @@ after SIGKILL, concurrent sweeps, failures and retries, bad arguments."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -159,3 +160,16 @@ def test_ctrl_c_stops_cleanly_with_a_summary_and_the_sweep_continues(reference, 
     cli(*SWEEP, "--results", str(tmp_path), check=True)
     assert_exactly_once(tmp_path, 4)
     assert losses(tmp_path) == losses(reference)
+
+
+def test_report_command_on_a_real_sweep(reference, tmp_path):
+    out = cli("report", "--results", str(reference), "--out", str(tmp_path / "qkv.md"), check=True)
+    assert "qkv_bias" in out.stdout and (tmp_path / "qkv.md").exists() and (tmp_path / "qkv_forest.png").exists()
+    data = json.loads(cli("report", "--results", str(reference), "--format", "json", check=True).stdout)
+    arms = {a["arm"]: a for a in data["sweeps"][0]["arms"]}
+    assert {"arm", "n", "mean", "sd", "diff", "ci_low", "ci_high", "p", "p_holm", "verdict"} <= set(arms["qkv_bias"])
+    assert arms["qkv_bias"]["n"] == 2
+    bad = cli("report", "--results", str(reference), "--baseline", "nope_arm")
+    assert bad.returncode == 2 and "nope_arm" in bad.stderr and "Traceback" not in bad.stderr
+    empty = cli("report", "--results", str(tmp_path / "nothing"))
+    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
