@@ -20,6 +20,14 @@ from harness.errors import UserError
 from harness.prepare import Source, check_tokenizer, prepare
 from harness.tokenizers import get_tokenizer
 
+try:
+    import datasets  # noqa: F401
+    HAVE_DATASETS = True
+except ImportError:
+    HAVE_DATASETS = False
+needs_datasets = pytest.mark.skipif(not HAVE_DATASETS, reason="needs the datasets library (harness[hf])")
+BOTH = [pytest.param(True, id="datasets", marks=needs_datasets), pytest.param(False, id="plain")]
+
 WORDS = "the of and to in is was that for on it with as by at from whence thou art".split()
 
 
@@ -62,7 +70,7 @@ def expected_splits(docs: list[str], tokenizer: str, test_tokens: int) -> dict[s
     return {k: np.array(v, dtype=np.uint16) for k, v in out.items()}
 
 
-@pytest.mark.parametrize("use_datasets", [True, False], ids=["datasets", "plain"])
+@pytest.mark.parametrize("use_datasets", BOTH)
 def test_jsonl_shards_manifest_and_test_documents(tmp_path, jsonl, use_datasets):
     out = tmp_path / "out"
     manifest = prepare(Source.local([jsonl]), out, "gpt2", test_tokens=300, console=quiet(), use_datasets=use_datasets)
@@ -84,6 +92,7 @@ def test_jsonl_shards_manifest_and_test_documents(tmp_path, jsonl, use_datasets)
     assert again == manifest  # same options: nothing to do
 
 
+@needs_datasets
 def test_parquet_text_and_a_train_budget(tmp_path):
     docs = [d for d in make_docs(60, seed=1) if d]
     pd.DataFrame({"content": docs, "n": range(len(docs))}).to_parquet(tmp_path / "part-0.parquet")
@@ -106,7 +115,7 @@ def test_parquet_text_and_a_train_budget(tmp_path):
     assert plain["shards"] == m["shards"]
 
 
-@pytest.mark.parametrize("use_datasets", [True, False], ids=["datasets", "plain"])
+@pytest.mark.parametrize("use_datasets", BOTH)
 def test_an_interrupted_preparation_resumes_to_identical_shards(tmp_path, jsonl, monkeypatch, use_datasets):
     monkeypatch.setattr(prep, "BATCH_DOCS", 8)
     straight = prepare(Source.local([jsonl]), tmp_path / "straight", "gpt2", test_tokens=300, console=quiet(),
@@ -128,6 +137,7 @@ def test_an_interrupted_preparation_resumes_to_identical_shards(tmp_path, jsonl,
         assert (out / f"{split}.bin").read_bytes() == (tmp_path / "straight" / f"{split}.bin").read_bytes()
 
 
+@needs_datasets
 def test_bad_local_input_is_a_user_error(tmp_path, jsonl):
     with pytest.raises(UserError, match="has no field 'content'.*id, text, body"):
         prepare(Source.local([jsonl], field="content"), tmp_path / "a", "gpt2", test_tokens=10, console=quiet())
@@ -202,6 +212,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, jsonl, args, message):
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 
+@needs_datasets
 def test_cli_a_dataset_that_does_not_exist_is_one_line_and_exit_2(tmp_path):
     env = os.environ.copy()
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")  # no hub here: fail at once, not after retries

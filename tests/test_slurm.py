@@ -115,6 +115,7 @@ def test_slurm_submission_writes_one_job_array(tmp_path, monkeypatch):
     assert status_payload(results, "cluster")["cluster"]["totals"] == {"queued": 4}
 
 
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is None, reason="needs harness[tensorboard]")
 def test_local_launcher_runs_the_sweep_like_torchrun(tmp_path):
     results = tmp_path / "results"
     args = ["sweep", "qkv_bias", "--seeds", "1", "--preset", "micro", "--tokens", "1500", "--launcher", "local",
