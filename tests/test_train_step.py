@@ -1,0 +1,208 @@
+"""The training step that `harness run` and `harness bench` share (harness.train.Trainer), and the
+CPU fast path of the model: same results as the worker, deterministic, and the same function as
+the book's code in training mode too (dropout on), not only in eval mode (tests/test_model.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import cli
+from harness.config import TrainConfig
+from harness.data import load_corpus
+from harness.plan import RunSpec
+from harness.train import (CPU_EVAL_TOKENS, CPU_THREADS, Dist, Trainer, auto_eval_batch, configure_threads)
+from model import GPTModel, ModelConfig, init_weights
+from model import gpt
+from model.book import BookGPTModel
+
+CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+SMALL = ModelConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.25)
+
+
+@pytest.fixture
+def worker_threads():
+    """The worker's thread setting for the test, then back to pytest's."""
+    before = torch.get_num_threads()
+    configure_threads(CPU.device)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_trainer_reproduces_harness_run_exactly(tmp_path, worker_threads):
+    """The torchrun worker and an in-process Trainer (what bench times) compute the same run."""
+    cli("run", "--preset", "micro", "--seed", "3", "--tokens", "5000", "--set", "log_every=5",
+        "--results", str(tmp_path), check=True)
+    row = pd.read_parquet(tmp_path / "runs.parquet").iloc[0]
+    spec = RunSpec.load(Path(row["run_dir"]) / "spec.json")
+    mcfg, tcfg = ModelConfig(**spec.config["model"]), TrainConfig(**spec.config["train"])
+    corpus = load_corpus(tcfg.data, tcfg.tokenizer)
+    trainer = Trainer(mcfg, tcfg, CPU, train_tokens=corpus.train, data_seed=spec.data_seed,
+                      init_seed=spec.init_seed, dropout_seed=spec.dropout_seed, steps=spec.steps,
+                      tokens_per_step=spec.tokens_per_step)
+    losses = []
+    for step in range(spec.steps):
+        trainer.train_step(step)
+        if (step + 1) % 5 == 0:
+            losses.append(trainer.window_loss(5))
+    test_loss, test_tokens = trainer.evaluate(corpus.test)
+    curve = pd.read_parquet(tmp_path / "curves.parquet")
+    assert curve["train_loss"].tolist() == losses
+    assert test_tokens == row["test_tokens"]
+    assert test_loss == row["test_loss"]  # bit-identical: one code path
+
+
+def _trainer(model_cls=GPTModel, **train):
+    mcfg = dataclasses.replace(SMALL)
+    tcfg = TrainConfig(micro_batch=4, grad_accum=2, **train)
+    tokens = torch.randint(0, SMALL.vocab_size, (5000,), generator=torch.Generator().manual_seed(0)).numpy()
+    return Trainer(mcfg, tcfg, CPU, train_tokens=tokens, data_seed=1, init_seed=2, dropout_seed=3, steps=6,
+                   tokens_per_step=8 * SMALL.context_length, model_cls=model_cls), tokens
+
+
+def test_train_steps_are_deterministic_and_keep_the_loss_on_the_device(worker_threads):
+    runs = []
+    for _ in range(2):
+        trainer, tokens = _trainer(grad_clip=1.0, lr_schedule="cosine")
+        for step in range(6):
+            trainer.train_step(step)
+            assert trainer.loss_sum.device.type == "cpu" and trainer.loss_sum.dim() == 0
+        runs.append((trainer.window_loss(6), trainer.evaluate(tokens[:2000])))
+    assert runs[0] == runs[1]
+    assert all(torch.isfinite(torch.tensor(r[0])) for r in runs)
+
+
+def test_book_model_trains_through_the_same_trainer_from_the_same_weights(worker_threads):
+    ours, _ = _trainer()
+    book, _ = _trainer(model_cls=BookGPTModel)
+    assert isinstance(book.model, BookGPTModel)
+    for name, value in ours.model.state_dict().items():
+        assert torch.equal(value, book.model.state_dict()[name]), name
+    ours.train_step(0)
+    book.train_step(0)
+    assert abs(ours.window_loss(1) - book.window_loss(1)) < 0.1  # same start, different dropout draws
+
+
+def test_eval_batch_is_automatic_unless_set():
+    assert auto_eval_batch(SMALL, TrainConfig(), CPU.device) == CPU_EVAL_TOKENS // 16
+    assert auto_eval_batch(dataclasses.replace(SMALL, context_length=8192), TrainConfig(), CPU.device) == 1
+    assert auto_eval_batch(SMALL, TrainConfig(eval_batch=7), CPU.device) == 7
+
+
+def test_worker_thread_setting(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("HARNESS_CPU_THREADS", raising=False)
+        assert configure_threads(CPU.device) == CPU_THREADS == 1
+        monkeypatch.setenv("HARNESS_CPU_THREADS", "2")
+        assert configure_threads(CPU.device) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- the CPU dropout path is the book's function -----------------------------------------------
+
+
+def test_keep_mask_rate_and_determinism():
+    torch.manual_seed(5)
+    a = gpt.keep_mask((200, 1000), 0.25, torch.float32)
+    torch.manual_seed(5)
+    b = gpt.keep_mask((200, 1000), 0.25, torch.float32)
+    assert torch.equal(a, b) and set(a.unique().tolist()) == {0.0, 1.0}
+    assert abs(a.mean().item() - 0.75) < 0.005
+    assert not torch.equal(a, gpt.keep_mask((200, 1000), 0.25, torch.float32))  # the stream moves on
+    assert gpt.keep_mask((3, 4), 0.1, torch.bfloat16).dtype == torch.bfloat16
+
+
+class _SharedMasks:
+    """The same sequence of keep-masks for two models: a private generator per model."""
+
+    def __init__(self):
+        self.g = torch.Generator().manual_seed(123)
+
+    def __call__(self, shape, p, dtype):
+        return (torch.rand(tuple(shape), generator=self.g) >= p).to(dtype)
+
+
+class _BookDropout(nn.Module):
+    def __init__(self, p: float, masks: _SharedMasks):
+        super().__init__()
+        self.p, self.masks = p, masks
+
+    def forward(self, x):
+        return x * self.masks(x.shape, self.p, x.dtype) / (1 - self.p) if self.training else x
+
+
+ATTENTION_SWITCHES = {
+    "default": {}, "qkv_bias": {"qkv_bias": True}, "rope": {"positions": "rope"}, "nope": {"positions": "nope"},
+    "window": {"attention_window": 5}, "rope+window": {"positions": "rope", "attention_window": 5},
+    "parallel_block": {"parallel_block": True}, "no_bias": {"bias": False},
+}
+
+
+@pytest.mark.parametrize("name", list(ATTENTION_SWITCHES))
+@pytest.mark.parametrize("T", [16, 7])
+def test_cpu_training_path_matches_the_book_with_the_same_dropout_masks(name, T, monkeypatch):
+    """Training mode, dropout 0.25: our CPU path (baddbmm attention, keep_mask dropout) and the
+    book's masked-softmax code give the same logits and gradients when they draw the same masks."""
+    cfg = dataclasses.replace(SMALL, **ATTENTION_SWITCHES[name])
+    ours = GPTModel(cfg).train()
+    init_weights(ours, 11)
+    book = BookGPTModel(cfg).train()
+    book.load_state_dict(ours.state_dict())
+    book_masks = _SharedMasks()
+    for parent in list(book.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Dropout):
+                setattr(parent, child_name, _BookDropout(child.p, book_masks))
+    monkeypatch.setattr(gpt, "keep_mask", _SharedMasks())
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(cfg.vocab_size, (3, T), generator=g)
+    targets = torch.randint(cfg.vocab_size, (3, T), generator=g)
+
+    logits, ref = ours(idx), book(idx)
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+    F.cross_entropy(ref.flatten(0, 1), targets.flatten()).backward()
+    grads = dict(book.named_parameters())
+    atol = 1e-5 * max(p.grad.abs().max().item() for p in grads.values())
+    for pname, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, grads[pname].grad, rtol=1e-4, atol=atol, msg=pname)
+
+
+def test_cpu_attention_path_equals_sdpa_without_dropout():
+    """With p -> keep-all masks the CPU dropout attention is SDPA's causal/windowed attention."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8, generator=g) for _ in range(3))
+    window = torch.ones(9, 9, dtype=torch.bool).tril() & ~torch.ones(9, 9, dtype=torch.bool).tril(-3)
+    for mask in (None, window):
+        torch.manual_seed(0)
+        ours = gpt.attention_with_dropout(q, k, v, mask, p=1e-12)
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_train_step_never_synchronises_with_the_host():
+    dev = Dist(rank=0, world=1, local_rank=0, device=torch.device("cuda", 0))
+    tcfg = TrainConfig(micro_batch=4, grad_accum=2, compile="off", grad_clip=1.0)
+    tokens = torch.randint(0, SMALL.vocab_size, (5000,)).numpy()
+    for precision in ("bf16", "fp16"):
+        trainer = Trainer(SMALL, dataclasses.replace(tcfg, precision=precision), dev, train_tokens=tokens,
+                          data_seed=1, init_seed=2, dropout_seed=3, steps=4, tokens_per_step=8 * SMALL.context_length)
+        trainer.train_step(0)  # first step: optimiser state and allocator warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for step in range(1, 4):
+                trainer.train_step(step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert trainer.window_loss(4) > 0
