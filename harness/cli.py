@@ -486,6 +486,26 @@ def report_cmd(
                allow_mismatch=allow_mismatch, console=console, plots=plots)
 
 
+@command("bench")
+def bench_cmd(
+    preset: PresetOpt = "gpt2-small",
+    arm: Annotated[str, typer.Option("--arm", help="Arm to time: an intervention, or several joined by '+'.")] = cfgmod.BASELINE,
+    sets: SetOpt = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up steps (and eval batches) first.")] = 5,
+    steps: Annotated[int, typer.Option("--steps", help="Timed training steps (and eval batches).")] = 30,
+    compare_book: Annotated[bool, typer.Option(
+        "--compare-book", help="Also time the book's implementation of the same config, interleaved with ours.")] = False,
+    no_compile: Annotated[bool, typer.Option("--no-compile", help="Do not torch.compile (default: the preset's compile setting).")] = False,
+    results: ResultsOpt = Path("results"),
+):
+    """Tokens/s, step time, MFU and peak memory of the real training step and of evaluation."""
+    from harness.bench import run_bench
+
+    run_bench(preset, arm, parse_sets(sets), warmup=warmup, steps=steps, compare_book=compare_book,
+              compile=False if no_compile else None, results=results,
+              say=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+
+
 def make_launcher(nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str):
     from harness.launch import Launcher
 
