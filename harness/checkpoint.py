@@ -5,6 +5,9 @@ read back with torch.load(weights_only=True)), rng_rank<R>.pt (each process's ra
 meta.json (step, loss curve so far, elapsed time, and the sha256 of every other file). It is
 written into a temporary folder and renamed into place, so a crash leaves the previous
 checkpoint; a checkpoint whose checksums do not match is refused with a warning, never used.
+`latest(run_dir, quarantine=True)` (the launching parent) also moves a damaged checkpoint to
+run_dir/quarantine/ and probes every .pt file with torch.load(weights_only=True): a file that
+would need real unpickling (code execution) is refused and quarantined, never loaded.
 """
 
 from __future__ import annotations
@@ -17,12 +20,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import time
+
 import torch
 from safetensors.torch import load_model, save_model
 
 from harness.results import atomic_write_json
 
 META = "meta.json"
+QUARANTINE = "quarantine"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: damaged, or holding a pickle that is not plain tensors."""
 
 
 def _sha256(path: Path) -> str:
@@ -65,8 +75,8 @@ def commit(run_dir: Path, model: torch.nn.Module, optim_state: dict[str, Any], m
     atomic_write_json(stage / META, meta | {"sha256": {n: _sha256(stage / n) for n in files}})
     _fsync_dir(stage)
     final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
+    if final.exists():  # else checkpoint.old (if any) is the newest intact one: keep it until the swap
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     stage.rename(final)
     _fsync_dir(run_dir)
@@ -80,37 +90,88 @@ def prepare_staging(run_dir: Path) -> Path:
     return stage
 
 
-def verified(folder: Path) -> dict[str, Any] | None:
-    """The checkpoint's meta if every file matches its recorded checksum, else None (with a warning)."""
+def verified(folder: Path, probe: bool = False) -> dict[str, Any] | None:
+    """The checkpoint's meta if every file matches its recorded checksum, else None (with a warning).
+
+    probe: also open every .pt file with torch.load(weights_only=True, mmap=True) (cheap: tensors
+    are mapped, not read), so one that holds anything but tensors and plain containers is refused."""
+    why = problem(folder, probe)
+    if why:
+        warnings.warn(f"checkpoint {folder} {why}; not using it")
+        return None
+    return json.loads((folder / META).read_text())
+
+
+def problem(folder: Path, probe: bool = False) -> str | None:
+    """Why the checkpoint in `folder` must not be used, or None when it is intact."""
     try:
         meta = json.loads((folder / META).read_text())
         recorded = meta["sha256"]
-        bad = [n for n, digest in recorded.items() if _sha256(folder / n) != digest]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        warnings.warn(f"checkpoint {folder} is unreadable ({err}); not using it")
-        return None
+        if not isinstance(recorded, dict) or not isinstance(meta["step"], int):
+            raise TypeError("meta.json is malformed")
+        if "model.safetensors" not in recorded:
+            raise KeyError("model.safetensors is not listed in meta.json")
+        bad = [n for n, digest in recorded.items() if Path(n).name != n or _sha256(folder / n) != digest]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"is unreadable ({type(err).__name__}: {err})"
     if bad:
-        warnings.warn(f"checkpoint {folder} failed its checksum ({', '.join(bad)}); not using it")
-        return None
-    return meta
+        return f"failed its checksum ({', '.join(bad)})"
+    if probe:
+        for path in sorted(folder.glob("*.pt")):
+            try:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as err:  # noqa: BLE001 - anything torch refuses to load is unusable
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                return f"holds {path.name}, which torch.load(weights_only=True) refuses ({first[:200]})"
+    return None
 
 
-def latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest intact checkpoint (a crash mid-swap can leave only checkpoint.old)."""
+def quarantine(folder: Path, run_dir: Path) -> Path:
+    """Move a damaged checkpoint aside into run_dir/quarantine/ (kept for inspection, never used)."""
+    target_dir = run_dir / QUARANTINE
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / f"{folder.name}.{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns() % 10**9:09d}"
+    folder.rename(target)
+    return target
+
+
+def latest(run_dir: Path, quarantine_bad: bool = False) -> tuple[Path, dict[str, Any]] | None:
+    """The newest intact checkpoint (a crash mid-swap can leave only checkpoint.old).
+
+    quarantine_bad (the launching parent, before any worker starts): move each damaged or unsafe
+    checkpoint to run_dir/quarantine/ with a warning naming both paths, and probe .pt files."""
     for name in ("checkpoint", "checkpoint.old"):
         folder = run_dir / name
-        if folder.is_dir():
+        if not folder.is_dir():
+            continue
+        if not quarantine_bad:
             meta = verified(folder)
             if meta is not None:
                 return folder, meta
+            continue
+        why = problem(folder, probe=True)
+        if why is None:
+            return folder, json.loads((folder / META).read_text())
+        moved = quarantine(folder, run_dir)
+        warnings.warn(f"checkpoint {folder} {why}; moved it to {moved} and not using it")
     return None
+
+
+def _safe_load(path: Path, **kwargs: Any) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
+    try:
+        return torch.load(path, weights_only=True, **kwargs)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"refusing to load {path}: torch.load(weights_only=True) failed "
+                              f"({type(err).__name__}: {first[:200]})") from None
 
 
 def load(folder: Path, model: torch.nn.Module, rank: int, device: torch.device) -> dict[str, Any]:
     """Load weights into `model` and this rank's random state; return the optimizer state."""
     load_model(model, str(folder / "model.safetensors"), device=str(device))
-    rng = torch.load(folder / f"rng_rank{rank}.pt", weights_only=True)
+    rng = _safe_load(folder / f"rng_rank{rank}.pt")
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    return torch.load(folder / "optimizer.pt", map_location=device, weights_only=True)
+    return _safe_load(folder / "optimizer.pt", map_location=device)
