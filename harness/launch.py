@@ -5,29 +5,48 @@ argument list (no shell), streams the workers' output into log.txt, forwards PRO
 callback, and appends the result row. A run folder is locked while a process runs it, so two
 sweeps on one results folder never run the same run at once; a run whose workers finished but
 whose row was never written (a crash in between) is recorded without training again.
+
+Reliability, in the order execute() works:
+  * the run folder's lock (flock on runs/<id>/.lock) is also handed to torchrun, so it stays held
+    while torchrun lives even if this process is killed;
+  * workers of an earlier, killed attempt (torchrun starts them in their own sessions, so killing
+    a sweep's process group leaves them running) are found through /proc and killed first;
+  * journal entries (runs/<id>/attempts/) that never reached the tables are recorded;
+  * a damaged or unsafe checkpoint is quarantined before any worker starts (checkpoint.latest);
+  * a stall watchdog kills the whole torchrun process tree when the workers print nothing for
+    HARNESS_STALL_TIMEOUT seconds (default 1800), and the attempt is recorded as failed with
+    the reason "no progress for N s"; a dead worker makes torchrun stop the group by itself, and a
+    hung collective ends after HARNESS_COLLECTIVE_TIMEOUT (read by harness.train).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from filelock import FileLock, Timeout
-
+from harness import checkpoint
+from harness.errors import UserError
 from harness.plan import RunSpec
-from harness.results import ResultsStore, atomic_write_bytes
+from harness.results import ResultsStore, WriteError, atomic_write_bytes, write_error
 from harness.train import PROGRESS
 from harness.versions import git_commit, versions
+
+DEFAULT_STALL_TIMEOUT = 1800.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,19 @@ class Launcher:
         return cmd + ["-m", "harness.train", str(spec_path)]
 
 
+def stall_timeout() -> float:
+    raw = os.environ.get("HARNESS_STALL_TIMEOUT", "")
+    if not raw.strip():
+        return DEFAULT_STALL_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise UserError(f"HARNESS_STALL_TIMEOUT={raw!r}: expected a number of seconds > 0")
+    return value
+
+
 def _die_with_parent() -> None:
     """Linux: the torchrun child gets SIGTERM if this process dies, so no orphan keeps training."""
     try:
@@ -84,11 +116,133 @@ EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b(:|$)")
 SIGNAL = re.compile(r"Signal \d+ \(\w+\)")
 
 
+# ----------------------------------------------------------------------------- processes
+
+
+class RunLock:
+    """An exclusive flock on runs/<id>/.lock whose descriptor torchrun inherits (pass_fds), so the
+    lock outlives this process for as long as its torchrun does. Compatible with filelock.FileLock
+    (also flock) as harness.status uses it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        # close, never LOCK_UN: a torchrun that still holds the inherited descriptor keeps the lock
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _proc_table() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc)."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+                table[int(entry.name)] = int(stat[stat.rfind(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return table
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _proc_table().items():
+        children.setdefault(parent, []).append(child)
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (torchrun's workers live in their own sessions)."""
+    for _ in range(3):  # again, for children forked while we were looking
+        for p in process_tree(pid):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
+def stale_workers(spec_path: Path) -> list[int]:
+    """Processes (torchrun or its workers) still training this run, left by a killed attempt."""
+    target = str(spec_path.resolve())
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if "harness.train" not in args or not any(a.endswith("spec.json") for a in args):
+                continue
+            cwd = os.readlink(Path(entry.path, "cwd"))
+        except OSError:
+            continue
+        if any(a.endswith("spec.json") and os.path.normpath(os.path.join(cwd, a)) == target for a in args):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_stale_workers(spec_path: Path, timeout: float = 30.0) -> list[int]:
+    """Kill the leftovers of an earlier attempt and wait until they are gone."""
+    pids = stale_workers(spec_path)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+# ----------------------------------------------------------------------------- running a run
+
+
 @dataclass
 class Outcome:
     row: dict[str, Any] | None  # None: nothing to do any more (another process finished it)
     log: Path
     recorded: bool
+
+
+def _notice(message: str, log: Path | None = None) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+    if log is not None:
+        try:
+            with log.open("a", encoding="utf-8") as f:
+                f.write(f"warning: {message}\n")
+        except OSError:
+            pass
 
 
 def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
@@ -100,36 +254,60 @@ def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
     `should_run` is asked again once the run's lock is held, so a run that another process
     finished in the meantime is not run (or recorded) twice."""
     run_dir = store.run_dir(spec.run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(run_dir / ".lock"))
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir / ".lock")
+        held = lock.acquire()
+    except WriteError:
+        raise
+    except OSError as err:
+        raise write_error(run_dir, err, "nothing was run") from err
+    if not held:
         return None
     try:
+        spec_path = run_dir / "spec.json"
+        killed = kill_stale_workers(spec_path)
+        if killed:
+            _notice(f"killed {len(killed)} leftover worker process(es) of an earlier attempt of run "
+                    f"{spec.run_id} (pids {', '.join(map(str, killed))})", run_dir / "log.txt")
+        if launcher.records:
+            store.replay(spec.run_id)
         if should_run is not None and not should_run():
             return Outcome(None, run_dir / "log.txt", False)
-        return _execute_locked(spec, store, launcher, run_dir, on_progress, on_output)
+        return _execute_locked(spec, store, launcher, run_dir, on_progress, on_output, lock)
     finally:
         lock.release()
 
 
-def _execute_locked(spec, store, launcher, run_dir, on_progress, on_output) -> Outcome:
+def _execute_locked(spec, store, launcher, run_dir, on_progress, on_output, lock: RunLock) -> Outcome:
     spec_path, result_path, log = run_dir / "spec.json", run_dir / "result.json", run_dir / "log.txt"
-    attempts = store.runs().to_pandas()
-    attempt = int((attempts["run_id"] == spec.run_id).sum()) + 1
+    attempt = store.attempts(spec.run_id) + 1
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stalled = None
     if not result_path.exists():
         atomic_write_bytes(spec_path, spec.to_json().encode())
-        returncode = _launch(launcher.command(spec_path, spec.run_id), log, attempt, launcher.extra_env,
-                             on_progress, on_output)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            checkpoint.latest(run_dir, quarantine_bad=True)
+        for w in caught:
+            _notice(str(w.message), log)
+        returncode, stalled = _launch(launcher.command(spec_path, spec.run_id), log, attempt, launcher.extra_env,
+                                      on_progress, on_output, lock, stall_timeout())
     else:
         returncode = 0
-    if result_path.exists():
-        result = json.loads(result_path.read_text())
+    if result_path.exists():  # written by this attempt's workers (or an earlier one that was never recorded)
+        try:
+            result = json.loads(result_path.read_text())
+            if not isinstance(result, dict) or result.get("status") not in ("completed", "diverged"):
+                raise ValueError("not a result")
+        except (OSError, ValueError) as err:  # a damaged result: set it aside and train again next time
+            moved = checkpoint.quarantine(result_path, run_dir)
+            _notice(f"{result_path} is unreadable ({err}); moved it to {moved}", log)
+            result = _failed(f"result.json was unreadable ({err}); moved to {moved}")
+    elif stalled is not None:
+        result = _failed(stalled)
     else:
-        result = {"status": "failed", "reason": _failure_reason(log, returncode), "versions": versions(),
-                  "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "curve": []}
+        result = _failed(_failure_reason(log, returncode))
     curve = result.pop("curve", [])
     row = {
         "run_id": spec.run_id, "attempt": attempt, "sweep": spec.sweep, "arm": spec.arm,
@@ -142,31 +320,86 @@ def _execute_locked(spec, store, launcher, run_dir, on_progress, on_output) -> O
         "run_dir": str(run_dir), "steps": 0, "tokens_seen": 0,
     } | {k: v for k, v in result.items() if k not in ("train_time_s", "eval_time_s")}
     row["versions"] = json.dumps(row.get("versions", {}), sort_keys=True)
-    recorded = store.append(row, curve) if launcher.records else False
+    try:
+        recorded = store.append(row, curve) if launcher.records else False
+    except WriteError as err:
+        kept = store.journal_path(spec.run_id, attempt)
+        where = kept if kept.exists() else result_path if result_path.exists() else None
+        if where is None:
+            raise
+        raise WriteError(f"{err}; the attempt is kept in {where}: run the same command again once the disk has "
+                         "space, and it is recorded without training again") from err
     return Outcome(row, log, recorded)
 
 
-def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str],
-            on_progress, on_output) -> int:
+def _failed(reason: str) -> dict[str, Any]:
+    return {"status": "failed", "reason": reason, "versions": versions(),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "curve": []}
+
+
+def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], on_progress, on_output,
+            lock: RunLock, stall_s: float) -> tuple[int, str | None]:
+    """(torchrun's exit code, the stall reason if the watchdog killed it)."""
     env = os.environ | {"PYTHONUNBUFFERED": "1"} | extra_env
-    with log.open("a", encoding="utf-8") as out:
+    try:
+        out = log.open("a", encoding="utf-8")
         out.write(f"=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, preexec_fn=_die_with_parent, bufsize=1)
+    except OSError as err:
+        raise write_error(log, err, "the run was not started") from err
+    with out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                env=env, preexec_fn=_die_with_parent, bufsize=1,
+                                pass_fds=(lock.fd,) if lock.fd is not None else ())
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            try:
+                for line in proc.stdout:
+                    lines.put(line)
+            finally:
+                lines.put(None)
+
+        reader = threading.Thread(target=pump, name="torchrun-output", daemon=True)
+        reader.start()
+        stalled = None
         try:
-            for line in proc.stdout:
-                out.write(line)
+            last = time.monotonic()
+            while True:
+                try:
+                    line = lines.get(timeout=min(1.0, stall_s))
+                except queue.Empty:
+                    if time.monotonic() - last >= stall_s:
+                        stalled = (f"no progress for {stall_s:g} s: the workers printed nothing, so the stall "
+                                   f"watchdog killed them (HARNESS_STALL_TIMEOUT)")
+                        out.write(f"=== {stalled}\n")
+                        kill_tree(proc.pid)
+                        break
+                    continue
+                if line is None:
+                    break
+                last = time.monotonic()
+                try:
+                    out.write(line)
+                except OSError:
+                    pass  # a full disk must not stop the run; the log is a convenience
                 if line.startswith(PROGRESS):
                     if on_progress:
-                        on_progress(json.loads(line[len(PROGRESS):]))
+                        try:
+                            on_progress(json.loads(line[len(PROGRESS):]))
+                        except ValueError:
+                            pass
                 elif on_output:
                     on_output(line.rstrip("\n"))
-            return proc.wait()
+            returncode = proc.wait()
+            reader.join(timeout=10)
+            return returncode, stalled
         except BaseException:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass
+            kill_tree(proc.pid)
+            proc.wait()
             raise
