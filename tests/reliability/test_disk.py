@@ -1,0 +1,81 @@
+"""Full or read-only disk, end to end: a write that fails leaves the previous state intact and the
+CLI prints one clear line (no traceback); once there is space again nothing is trained twice.
+The failures are injected by faulthook/sitecustomize.py (os.replace raising ENOSPC/EROFS), since
+the tests run as root, for whom a chmod'ed folder is no obstacle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.results import ResultsStore
+from relkit import MICRO, corpus, env, rows, run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def run_args(results: Path, data: Path, seed: int) -> list[str]:
+    return ["run", "--seed", str(seed), *MICRO, "--set", f"data={data}", "--results", str(results)]
+
+
+def one_error_line(proc) -> str:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_disk_full_while_recording_keeps_the_table_and_nothing_is_trained_twice(tmp_path, data):
+    results = tmp_path / "r"
+    assert run(run_args(results, data, 0)).returncode == 0
+    before = (results / "runs.parquet").read_bytes()
+
+    fault = {"role": "parent", "point": "runs:before", "action": "enospc", "log": str(tmp_path / "f.jsonl")}
+    proc = run(run_args(results, data, 1), env(fault))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc)
+    assert f"cannot write {results / 'runs.parquet'}: No space left on device" in line
+    assert "unchanged" in line and "run the same command again" in line
+    assert (results / "runs.parquet").read_bytes() == before  # the previous table, intact
+    said: list[str] = []
+    assert ResultsStore(results, warn=said.append).runs().num_rows == 1 and not said
+
+    again = run(run_args(results, data, 1))  # space again: recorded from the journal, not retrained
+    assert again.returncode == 0, again.stdout + again.stderr
+    got = rows(results)
+    assert [(r["seed"], r["status"]) for r in got] == [(0, "completed"), (1, "completed")]
+    log = (Path(got[1]["run_dir"]) / "log.txt").read_text()
+    assert log.count("=== attempt") == 1
+
+
+def test_read_only_results_folder_is_one_clear_line(tmp_path, data):
+    results = tmp_path / "r"
+    fault = {"role": "parent", "point": "spec:before", "action": "erofs"}
+    proc = run(run_args(results, data, 0), env(fault))
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "Read-only file system" in line and "spec.json" in line
+    assert not (results / "runs.parquet").exists()
+
+
+def test_disk_full_while_checkpointing_fails_the_run_cleanly_and_keeps_the_last_checkpoint(tmp_path, data):
+    results = tmp_path / "r"
+    fault = {"role": "worker", "point": "ckpt-meta:before", "nth": 4, "action": "enospc"}
+    proc = run(run_args(results, data, 0), env(fault))
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the run failed; the CLI did not crash
+    assert "Traceback" not in proc.stdout
+    got = rows(results)
+    assert [(r["status"]) for r in got] == ["failed"]
+    assert "No space left on device" in got[0]["reason"] and "meta.json" in got[0]["reason"]
+    ckpt = Path(got[0]["run_dir"]) / "checkpoint"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["step"] == 3  # the last checkpoint that was written completely
+    from harness import checkpoint
+
+    assert checkpoint.latest(Path(got[0]["run_dir"]), quarantine_bad=True)[1]["step"] == 3
+    assert not (Path(got[0]["run_dir"]) / "quarantine").exists()
