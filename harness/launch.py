@@ -106,13 +106,19 @@ def _failure_reason(log: Path, returncode: int) -> str:
     except OSError:
         text = ""
     lines = text[text.rfind("=== attempt"):].splitlines()
-    exceptions = [ln.strip() for ln in lines if EXCEPTION_LINE.match(ln) and "elastic" not in ln]
+    exceptions = []
+    for ln in lines:  # torchrun prefixes each worker's lines with [rankN]: (or [defaultN]:)
+        m = RANK_PREFIX.match(ln)
+        body = m.group(2) if m else ln
+        if EXCEPTION_LINE.match(body) and "elastic" not in body:
+            exceptions.append(f"rank {m.group(1)}: {body.strip()}" if m else body.strip())
     signals = [m.group(0) for ln in lines for m in [SIGNAL.search(ln)] if m]
     detail = exceptions[-1] if exceptions else signals[-1] if signals else "no error message in the log"
     return f"workers exited with code {returncode}: {detail[:300]}"
 
 
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b(:|$)")
+RANK_PREFIX = re.compile(r"^\[(?:rank|default)(\d+)\]:\s?(.*)$")
 SIGNAL = re.compile(r"Signal \d+ \(\w+\)")
 
 
