@@ -40,6 +40,7 @@ from model.book import BookGPTModel
 
 BENCH_FILE = "bench.parquet"
 BENCH_SEED = 0
+A100_40GB = 38 * 2**30  # a 40 GB A100 shows 40,536 MiB; keep ~1.5 GiB for the CUDA context and allocator slack
 # Dense bf16 tensor-core peaks (FLOP/s), matched in order against torch.cuda.get_device_name().
 PEAK_BF16: tuple[tuple[str, float, str], ...] = (
     ("H100 PCIe", 756e12, "H100 PCIe dense bf16"),
@@ -190,7 +191,8 @@ def run_bench(preset: str, arm: str = cfgmod.BASELINE, sets: dict[str, Any] | No
         f"median (IQR {step_spread['q1'] * 1e3:,.1f}-{step_spread['q3'] * 1e3:,.1f}), {train_tps:,.0f} tokens/s, "
         f"mean loss {train_loss:.4f}")
     say("       MFU: " + (f"{100 * mfu:.1f}% (peak: {peak_label})" if mfu is not None else f"n/a ({peak_label})"))
-    say(f"       peak memory: {train_peak / 2**20:,.0f} MiB ({peak_kind})")
+    fits = f"; fits a 40 GB A100: {'yes' if train_peak < A100_40GB else 'no'}" if device.type == "cuda" else ""
+    say(f"       peak memory: {train_peak / 2**20:,.0f} MiB ({peak_kind}{fits})")
 
     # --- evaluation -------------------------------------------------------------------------
     eval_batch = trainer.eval_batch_size()

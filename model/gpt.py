@@ -120,7 +120,7 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     supports dropout); this is the same algebra with fewer passes over the (B*H, T, T) weights:
     the scale and the causal/window mask are folded into one baddbmm (an additive -inf bias, so no
     masked_fill forward or backward), the mask comes from keep_mask, and the dropout scale
-    1/(1-p) is applied to the (B, H, T, D) output instead of the T-times larger weights.
+    1/(1-p) is applied to the (B, H, T, D) output instead of the T/D times larger weights.
     """
     B, H, T, D = q.shape
     allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril_() if mask is None else mask
