@@ -90,9 +90,9 @@ def test_set_parses_toml_literals_and_checks_types():
 
 def test_invalid_combinations_are_user_errors():
     with pytest.raises(UserError, match="n_heads"):
-        cfgmod.resolve("tiny", sets={"n_heads": 3})
+        cfgmod.resolve("tiny", sets={"n_heads": 5})
     with pytest.raises(UserError, match="attention_window"):
-        cfgmod.resolve("tiny", "sliding_window")  # window 512 >= context 128: would be full attention
+        cfgmod.resolve("tiny", "sliding_window")  # window 512 >= context 64: would be full attention
     with pytest.raises(UserError, match="micro_batch"):
         cfgmod.resolve("tiny", sets={"micro_batch": 0})
 
