@@ -35,9 +35,9 @@ BudgetOpt = Annotated[str, typer.Option(
                      "as the seed author did); 'own': each arm on its own Chinchilla count.")]
 
 
-def command(name: str):
-    """Register a sub-command whose UserErrors become one red line and exit code 2; an int return
-    value becomes the exit code."""
+def command(name: str, group: typer.Typer = app):
+    """Register a sub-command of `group` whose UserErrors become one red line and exit code 2; an
+    int return value becomes the exit code."""
     def register(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -48,7 +48,7 @@ def command(name: str):
                 raise typer.Exit(2) from None
             if isinstance(rv, int) and rv:
                 raise typer.Exit(rv)
-        return app.command(name)(wrapper)
+        return group.command(name)(wrapper)
     return register
 
 
@@ -143,7 +143,7 @@ def run_cmd(
     log: LogOpt = "none",
 ):
     """One exact, deterministic training run under torchrun, recorded in the results store."""
-    from harness.sweep import Plan, execute_plan
+    from harness.sweep import Plan
     from harness.tblog import check_log
 
     if seed < 0:
@@ -152,13 +152,7 @@ def run_cmd(
     plan = Plan.build(arms=[arm], seeds=[seed], preset=preset, sets=with_data(preset, [arm], parse_sets(sets), data),
                       tokens=tokens, budget=budget, sweep=sweep, include_baseline=False,
                       launcher=make_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results=results)
-    tb = tensorboard_log(plan, tensorboard)
-    try:
-        outcome = execute_plan(plan, console, retries=0, on_progress=tb.progress if tb else None)
-    finally:
-        if tb:
-            tb.from_store(plan.store, plan.specs)
-    return 0 if outcome.all_completed else 1
+    return 0 if run_here(plan, retries=0, tensorboard=tensorboard).all_completed else 1
 
 
 @command("sweep")
@@ -203,7 +197,7 @@ def sweep_cmd(
                                  "slurm returns once submitted).")] = None,
 ):
     """Baseline + each intervention x N seeds, matched budgets, seed-major, resumable."""
-    from harness.sweep import Plan, execute_plan, load_sweep_file, print_plan
+    from harness.sweep import Plan, load_sweep_file, print_plan
     from harness.tblog import check_log
 
     file: dict = {}
@@ -243,12 +237,7 @@ def sweep_cmd(
         from harness.slurm import submit_plan
 
         return submit_plan(plan, cluster, retries, console, tensorboard=tensorboard)
-    tb = tensorboard_log(plan, tensorboard)
-    try:
-        outcome = execute_plan(plan, console, retries=retries, on_progress=tb.progress if tb else None)
-    finally:
-        if tb:
-            tb.from_store(plan.store, plan.specs)
+    outcome = run_here(plan, retries=retries, tensorboard=tensorboard)
     console.print(f"results: {plan.store.runs_path} (sweep {plan.sweep!r}); report with:\n"
                   f"  harness report --sweep {plan.sweep} --results {results}")
     return 0 if outcome.all_completed else 1
@@ -268,22 +257,6 @@ LogOpt = Annotated[str, typer.Option(
 data_app = typer.Typer(help="Prepare training data: tokenize a dataset into uint16 shards.",
                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(data_app, name="data")
-
-
-def data_command(name: str):
-    """`command` for the `data` sub-commands: UserError -> one red line and exit code 2."""
-    def register(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            try:
-                rv = fn(*args, **kwargs)
-            except UserError as err:
-                err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2) from None
-            if isinstance(rv, int) and rv:
-                raise typer.Exit(rv)
-        return data_app.command(name)(wrapper)
-    return register
 
 
 def with_data(preset: str, arms: list[str], sets: dict, data: str | None) -> dict:
@@ -334,16 +307,22 @@ def check_prepared_data(preset: str, arms: list[str], sets: dict) -> None:
             check_tokenizer(train.data, train.tokenizer)
 
 
-def tensorboard_log(plan, tensorboard: bool):
-    """--log tensorboard: a logger for RESULTS/tensorboard (live curves; test losses from the store)."""
+def run_here(plan, retries: int, tensorboard: bool):
+    """Execute a plan on this machine; with --log tensorboard, live curves and then test losses."""
+    from harness.sweep import execute_plan
+
     if not tensorboard:
-        return None
+        return execute_plan(plan, console, retries=retries)
     from harness.tblog import TensorBoardLog
 
-    return TensorBoardLog(plan.store.root)
+    tb = TensorBoardLog(plan.store.root)
+    try:
+        return execute_plan(plan, console, retries=retries, on_progress=tb.progress)
+    finally:
+        tb.from_store(plan.store, plan.specs)
 
 
-@data_command("prepare")
+@command("prepare", data_app)
 def data_prepare_cmd(
     paths: Annotated[Optional[list[Path]], typer.Argument(
         help="Local files or folders: JSON lines (.jsonl/.json), Parquet (.parquet) or text (.txt/.md, one "
