@@ -100,20 +100,39 @@ def _die_with_parent() -> None:
 
 
 def _failure_reason(log: Path, returncode: int) -> str:
-    """The most telling line of the last attempt's log: the workers' exception, else their signal."""
+    """The most telling line of the last attempt's log: the exception (or signal) of the rank that
+    torchrun names as the root cause, else the workers' last exception, else their last signal."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         text = ""
     lines = text[text.rfind("=== attempt"):].splitlines()
-    exceptions = []
+    exceptions: list[tuple[str | None, str]] = []
     for ln in lines:  # torchrun prefixes each worker's lines with [rankN]: (or [defaultN]:)
         m = RANK_PREFIX.match(ln)
         body = m.group(2) if m else ln
         if EXCEPTION_LINE.match(body) and "elastic" not in body:
-            exceptions.append(f"rank {m.group(1)}: {body.strip()}" if m else body.strip())
+            exceptions.append((m.group(1) if m else None, body.strip()))
+    root_rank = root_signal = None
+    if "Root Cause (first observed failure):" in lines:
+        for ln in lines[lines.index("Root Cause (first observed failure):") + 1:][:12]:
+            m = re.match(r"\s*rank\s*:\s*(\d+)", ln)
+            if m and root_rank is None:
+                root_rank = m.group(1)
+            if SIGNAL.search(ln) and root_signal is None:
+                root_signal = SIGNAL.search(ln).group(0)
     signals = [m.group(0) for ln in lines for m in [SIGNAL.search(ln)] if m]
-    detail = exceptions[-1] if exceptions else signals[-1] if signals else "no error message in the log"
+    own = [body for rank, body in exceptions if rank == root_rank and rank is not None]
+    plain = [body for rank, body in exceptions if rank is None]
+    if own:
+        detail = f"rank {root_rank}: {own[-1]}"
+    elif root_signal:
+        detail = f"rank {root_rank}: {root_signal}" if root_rank is not None else root_signal
+    elif plain or exceptions:
+        rank, body = next((e for e in reversed(exceptions) if e[0] is None), exceptions[-1])
+        detail = f"rank {rank}: {body}" if rank is not None else body
+    else:
+        detail = signals[-1] if signals else "no error message in the log"
     return f"workers exited with code {returncode}: {detail[:300]}"
 
 

@@ -23,12 +23,11 @@ UserError the CLI prints as one line.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
-import tempfile
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,7 +37,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from harness.errors import UserError
 
@@ -65,6 +64,7 @@ RUNS, CURVES, MANIFEST = "runs.parquet", "curves.parquet", "manifest.json"
 FORMAT = "harness-results"
 ATTEMPTS = "attempts"  # runs/<run_id>/attempts/<attempt>.json: the journal
 QUARANTINE = "quarantine"
+LOCK_TIMEOUT = 600.0
 _ATTEMPT_FILE = re.compile(r"^(\d+)\.json$")
 
 
@@ -129,7 +129,9 @@ def _manifest_check(tables: dict[str, Any]) -> str:
 
 
 def _parse(data: bytes, schema: pa.Schema) -> pa.Table:
-    return pq.read_table(io.BytesIO(data)).select(schema.names).cast(schema)
+    # use_threads=False: with pyarrow 26, a threaded read of an in-memory buffer makes about one
+    # process in twenty abort at exit ("terminate called without an active exception")
+    return pq.read_table(pa.BufferReader(data), use_threads=False).select(schema.names).cast(schema)
 
 
 def _now() -> str:
@@ -163,11 +165,20 @@ class ResultsStore:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """The folder's write lock (re-entrant within this store object)."""
-        if self._lock is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._lock = FileLock(str(self.root / ".lock"), timeout=600)
-        with self._lock:
+        try:
+            if self._lock is None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._lock = FileLock(str(self.root / ".lock"), timeout=LOCK_TIMEOUT)
+            self._lock.acquire()
+        except Timeout:
+            raise UserError(f"results folder {self.root} has been locked by another process for "
+                            f"{LOCK_TIMEOUT:g} s; is a stuck harness process holding {self.root / '.lock'}?") from None
+        except OSError as err:
+            raise write_error(self.root / ".lock", err, "nothing was changed") from err
+        try:
             yield
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ verified reads
 
@@ -291,7 +302,7 @@ class ResultsStore:
             if not path.exists():
                 return {"sha256": "", "rows": 0}
             data = path.read_bytes()
-        rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
         return {"sha256": _sha256(data), "rows": int(rows)}
 
     def _write_manifest(self, tables: dict[str, list[dict[str, Any]]]) -> None:
@@ -348,7 +359,7 @@ class ResultsStore:
         if name != RUNS:
             return
         try:
-            old = pq.read_table(moved, columns=["run_id", "attempt"])
+            old = pq.read_table(moved, columns=["run_id", "attempt"], use_threads=False)
         except Exception:  # noqa: BLE001 - unreadable: nothing to compare
             return
         known = {(e["row"]["run_id"], e["row"]["attempt"]) for e in journal}
@@ -423,7 +434,14 @@ class ResultsStore:
         with self.locked():
             runs = self.runs()
             have = set(zip(runs.column("run_id").to_pylist(), runs.column("attempt").to_pylist()))
-            missing = [e for e in self.journal(run_id) if (e["row"]["run_id"], e["row"]["attempt"]) not in have]
+            folders = [self.run_dir(run_id)] if run_id else sorted((self.root / "runs").glob("*"))
+            unrecorded = {folder.name for folder in folders for p in (folder / ATTEMPTS).glob("*.json")
+                          for m in [_ATTEMPT_FILE.match(p.name)] if m and (folder.name, int(m.group(1))) not in have}
+            if not unrecorded:  # the common case: no journal file needs reading
+                return 0
+            missing = [e for name in sorted(unrecorded) for e in self.journal(name)
+                       if (e["row"]["run_id"], e["row"]["attempt"]) not in have]
+            missing.sort(key=lambda e: (e.get("recorded_at", 0.0), e["row"]["run_id"], e["row"]["attempt"]))
             if missing:
                 self._append_tables(runs, [(e["row"], e["curve"]) for e in missing])
             return len(missing)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import errno
 import io
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -232,21 +233,27 @@ def test_repair_on_a_read_only_folder_reports_instead_of_crashing(tmp_path, monk
         reader.runs()
 
 
-def _writer(root: str, start: int, n: int) -> None:
-    store = ResultsStore(Path(root), warn=lambda m: None)
-    for i in range(start, start + n):
-        store.append(*make_row(i))
-        store.append(*make_row(i))  # the other writer, or a retry, appending the same row: ignored
+WRITER = """
+import sys
+sys.path.insert(0, {here!r})
+from pathlib import Path
+from harness.results import ResultsStore
+from test_store import make_row
+store = ResultsStore(Path({root!r}), warn=print)
+for i in range({start}, {start} + 15):
+    store.append(*make_row(i))
+    store.append(*make_row(i))  # the other writer, or a retry, appending the same row: ignored
+"""
 
 
 def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), s, 15)) for s in (0, 10)]  # overlapping rows
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    here = str(Path(__file__).parent)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER.format(here=here, root=str(tmp_path), start=s)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for s in (0, 10)]  # overlapping rows
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert not any(outputs), outputs  # and no warning: nothing looked corrupt to either writer
     reader, said = fresh(tmp_path)
     got = keys(reader.runs())
     assert len(got) == len(set(got)) == 25 and not said
