@@ -311,11 +311,12 @@ def _execute_locked(spec, store, launcher, run_dir, on_progress, on_output, lock
     stalled = None
     if not result_path.exists():
         atomic_write_bytes(spec_path, spec.to_json().encode())
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            checkpoint.latest(run_dir, quarantine_bad=True)
-        for w in caught:
-            _notice(str(w.message), log)
+        if launcher.records:  # node 0 only: nodes sharing a run folder must not move it under each other
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                checkpoint.latest(run_dir, quarantine_bad=True)
+            for w in caught:
+                _notice(str(w.message), log)
         returncode, stalled = _launch(launcher.command(spec_path, spec.run_id), log, attempt, launcher.extra_env,
                                       on_progress, on_output, lock, stall_timeout())
     else:
