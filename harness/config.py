@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,8 @@ def coerce(key: str, value: Any, where: str) -> Any:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: {key} must be a finite number, got {value!r}")
     if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
         raise UserError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
     return value

@@ -116,6 +116,9 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
     for key, kind in kinds.items():
         if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
             raise UserError(f"{path}: '{key}' must be {kind.__name__}, got {data[key]!r}")
+    seed_list = data.get("seed_list", [])
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seed_list):
+        raise UserError(f"{path}: 'seed_list' must be a list of integers, got {seed_list!r}")
     sets = {k: cfgmod.coerce(k, v, f"{path} [set]") for k, v in data.get("set", {}).items()}
     return data | {"name": data.get("name", path.stem), "set": sets}
 

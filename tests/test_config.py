@@ -83,7 +83,7 @@ def test_set_parses_toml_literals_and_checks_types():
     assert cfgmod.parse_set("norm=rmsnorm") == ("norm", "rmsnorm")
     assert cfgmod.parse_set("qkv_bias=true") == ("qkv_bias", True)
     for bad, msg in [("lr", "KEY=VALUE"), ("lr=abc", "must be float"), ("n_layers=1.5", "must be int"),
-                     ("qkv_bias=1", "true or false"), ("norm=batchnorm", "not one of"), ("lrr=1", "did you mean 'lr'")]:
+                     ("qkv_bias=1", "true or false"), ("lr=nan", "finite"), ("tokens_per_param=inf", "finite"), ("norm=batchnorm", "not one of"), ("lrr=1", "did you mean 'lr'")]:
         with pytest.raises(UserError, match=msg):
             cfgmod.parse_set(bad)
 
