@@ -10,13 +10,17 @@ and leaves runs that another sweep process holds to that process (waiting for th
 from __future__ import annotations
 
 import math
+import re
 import shlex
+import signal
 import sys
+import threading
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -30,6 +34,7 @@ from harness.plan import RunSpec, run_spec
 from harness.progress import RunProgress
 from harness.results import ResultsStore, atomic_write_json
 
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+,=-]{0,199}")
 FINAL = ("completed", "diverged")  # outcomes that are not retried: training is deterministic
 
 
@@ -71,6 +76,9 @@ class Plan:
                 budgets[arm] = fixed_budget(cfg, world, base_tokens)
         notes = check_data(configs, budgets)
         name = sweep or default_sweep_name(preset, arms)
+        if not SWEEP_NAME.fullmatch(name):
+            raise UserError(f"sweep name {name!r}: use letters, digits and . _ + , = - (it names files), "
+                            "starting with a letter or digit")
         specs = [run_spec(configs[arm], seed, budgets[arm], name, world) for seed in seeds for arm in arms]
         store = ResultsStore(results)
         return cls(name, preset, arms, list(seeds), budgets, specs, launcher, store, notes)
@@ -205,6 +213,27 @@ def continue_command() -> str:
     return " ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]])
 
 
+@contextmanager
+def ctrl_c_latch() -> Iterator[threading.Event]:
+    """Remember a Ctrl-C even where Python swallows its KeyboardInterrupt (in a fork hook while
+    torchrun starts, say), so that the sweep still stops once the current run returns."""
+    pressed = threading.Event()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield pressed  # SIGINT ignored or handled by an embedding program: leave it alone
+        return
+
+    def on_sigint(signum, frame):
+        pressed.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def execute_plan(plan: Plan, console: Console, retries: int = 1,
                  on_progress: Callable[[RunSpec, dict[str, Any]], None] | None = None) -> SweepOutcome:
     """Run every run of the plan that the store does not hold yet; Ctrl-C stops cleanly.
@@ -216,7 +245,7 @@ def execute_plan(plan: Plan, console: Console, retries: int = 1,
     outcome = SweepOutcome()
     pending = list(plan.specs)
     try:
-        with RunProgress(console, len(plan.specs)) as progress:
+        with RunProgress(console, len(plan.specs)) as progress, ctrl_c_latch() as pressed:
             while pending:
                 busy = []
                 for spec in pending:
@@ -232,6 +261,8 @@ def execute_plan(plan: Plan, console: Console, retries: int = 1,
                             (lambda p, s=spec: (progress.update(p), on_progress(s, p)))
                         result = execute(spec, plan.store, plan.launcher, on_progress=watch,
                                          should_run=lambda s=spec: _status(plan.store, s, attempts_allowed) is None)
+                        if pressed.is_set():
+                            raise KeyboardInterrupt
                         if result is None:  # another sweep process holds this run: come back to it
                             busy.append(spec)
                             break
@@ -249,7 +280,10 @@ def execute_plan(plan: Plan, console: Console, retries: int = 1,
                 if pending:
                     time.sleep(2.0)
     except KeyboardInterrupt:
-        console.print(f"\nstopped: {len(outcome.done)} of {len(plan.specs)} runs done in sweep {plan.sweep}; "
+        frame = plan.store.runs().to_pandas()
+        finished = frame[(frame["sweep"] == plan.sweep) & frame["status"].isin(FINAL)]["run_id"]
+        done = len(set(finished) & {s.run_id for s in plan.specs})
+        console.print(f"\nstopped: {done} of {len(plan.specs)} runs done in sweep {plan.sweep}; "
                       f"continue with: {continue_command()}")
         raise SystemExit(130) from None
     return outcome

@@ -145,9 +145,15 @@ def test_sweep_file_sets_arms_seeds_and_preset(tmp_path):
     assert "qkv_bias+no_dropout" in out
 
 
+def interactive_sigint() -> None:
+    """As in a terminal: a CI runner started in the background may hand down SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_with_a_summary_and_the_sweep_continues(reference, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "harness", *SWEEP, "--results", str(tmp_path)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=interactive_sigint)
     deadline = time.time() + 180
     while time.time() < deadline and not list(tmp_path.glob("runs/*/spec.json")):
         time.sleep(0.05)
