@@ -430,6 +430,12 @@ def _load_shards(folder: Path, tokenizer: Tokenizer, root: Path) -> Corpus:
         if changed:
             manifest = {"folder": str(folder), "shards": infos}
             _write_atomic(manifest_path, json.dumps(manifest, indent=2).encode())
+    for split, digest in _declared_sha256(folder).items():
+        if split in infos and infos[split]["sha256"] != digest:
+            raise UserError(
+                f"{paths[split]} does not match the sha256 in {folder / 'manifest.json'}: the shard is corrupt "
+                "or was changed since it was prepared; prepare it again (harness data prepare --overwrite)"
+            )
     for split, info in infos.items():
         if info["max_token"] >= tokenizer.vocab_size:
             raise UserError(
@@ -449,6 +455,19 @@ def _load_shards(folder: Path, tokenizer: Tokenizer, root: Path) -> Corpus:
         test_set_id=infos["test"]["sha256"][:16],
         description=description,
     )
+
+
+def _declared_sha256(folder: Path) -> dict[str, str]:
+    """The shard checksums that `harness data prepare` recorded in the folder's own manifest.json."""
+    try:
+        shards = json.loads((folder / "manifest.json").read_text())["shards"]
+        return {split: entry["sha256"] for split, entry in shards.items() if isinstance(entry.get("sha256"), str)}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        warnings.warn(f"{folder / 'manifest.json'} is unreadable ({e}); shards not checked against it",
+                      CacheWarning, stacklevel=3)
+        return {}
 
 
 def _shard_info(path: Path, known: dict | None) -> tuple[dict, np.memmap]:

@@ -102,8 +102,6 @@ def test_bit_rot_in_a_user_shard_with_its_mtime_kept_is_detected(tmp_path):
     assert any(str(shard) in str(w.message) for w in caught)
 
 
-@pytest.mark.xfail(reason="harness.data does not compare a prepared folder's shards with the sha256 in its "
-                          "manifest.json (harness data prepare writes them); reported", strict=False)
 def test_corrupt_prepared_shard_is_refused_against_its_manifest(tmp_path):
     folder = shard_folder(tmp_path)
     import hashlib
