@@ -40,6 +40,7 @@ from rich.table import Table
 
 from harness import stats
 from harness.errors import UserError
+from harness.results import MANIFEST as STORE_MANIFEST, ResultsStore
 
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
@@ -129,6 +130,9 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
     if not results_dir.is_dir():
         raise UserError(f"no results: {results_dir} is not a folder (expected a results folder "
                         f"holding {RUNS_FILE})")
+    if (results_dir / STORE_MANIFEST).exists():
+        # a store written by harness: tables failing their checksums are quarantined and rebuilt first
+        ResultsStore(results_dir, warn=_warn).check()
     infos: list[FileInfo] = []
     frames: dict[str, list[pd.DataFrame]] = {"runs": [], "curves": []}
     for kind, required in (("runs", RUN_REQUIRED), ("curves", CURVE_REQUIRED)):

@@ -309,8 +309,6 @@ def test_disk_full_at_any_write_of_an_append_keeps_the_tables_verifiable(tmp_pat
     assert reader.runs().num_rows == (3 if nth == 1 else 4)
 
 
-@pytest.mark.xfail(reason="harness.report.load_store reads runs.parquet without the manifest check: it "
-                          "should call ResultsStore(results_dir, warn=...).check() first; reported", strict=False)
 def test_report_never_uses_an_altered_table(tmp_path):
     from harness.report import run_report
 
