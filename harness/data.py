@@ -399,7 +399,8 @@ def _join(arrays: list[np.ndarray], eot_id: int) -> np.ndarray:
 
 
 def _load_shards(folder: Path, tokenizer: Tokenizer, root: Path) -> Corpus:
-    """Memory-map a nanoGPT shard folder, hashing each shard only when its size or mtime changed."""
+    """Memory-map a nanoGPT shard folder, hashing every shard on every load: a shard that changed
+    without a new size or mtime is corrupt and refused; one that visibly changed is re-recorded."""
     test_name = "test.bin" if (folder / "test.bin").exists() else "val.bin"
     if not (folder / test_name).exists():
         raise UserError(
@@ -487,18 +488,22 @@ def _shard_info(path: Path, known: dict | None) -> tuple[dict, np.memmap]:
     if len(mm) < 2:
         raise UserError(f"shard {str(path)!r} holds {len(mm)} token; each split needs at least 2")
     stamp = {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if _still_valid(known, stamp, len(mm)):
-        return known, mm
-    if isinstance(known, dict) and known.get("path") == str(path):
-        warnings.warn(
-            f"shard {path} changed since it was last hashed; re-hashing", CacheWarning, stacklevel=4
-        )
-    digest, max_token = hashlib.sha256(), 0
+    digest, max_token = hashlib.sha256(), 0  # always hashed: bit rot keeps size and mtime
     for start in range(0, len(mm), _HASH_CHUNK):
         chunk = mm[start : start + _HASH_CHUNK]
         digest.update(chunk)
         max_token = max(max_token, int(chunk.max()))
-    return {**stamp, "tokens": len(mm), "sha256": digest.hexdigest(), "max_token": max_token}, mm
+    info = {**stamp, "tokens": len(mm), "sha256": digest.hexdigest(), "max_token": max_token}
+    if _still_valid(known, stamp, len(mm)):
+        if known.get("sha256") != info["sha256"]:
+            raise UserError(
+                f"shard {path} no longer matches the sha256 recorded when it was first read, though its size "
+                "and modification time are unchanged: the file is corrupt; restore or re-create it"
+            )
+        return known, mm
+    if isinstance(known, dict) and known.get("path") == str(path):
+        warnings.warn(f"shard {path} changed since it was last hashed; re-hashing", CacheWarning, stacklevel=4)
+    return info, mm
 
 
 def _still_valid(known, stamp: dict, tokens: int) -> bool:

@@ -82,9 +82,6 @@ def test_changed_user_shard_is_rehashed_with_a_warning_naming_it(tmp_path):
     assert again.test_set_id != first.test_set_id  # a different test set can never be compared silently
 
 
-@pytest.mark.xfail(reason="harness.data trusts a user shard whose size and mtime are unchanged (it re-hashes "
-                          "only when they change), so bit rot that keeps the mtime goes unseen; reported",
-                   strict=False)
 def test_bit_rot_in_a_user_shard_with_its_mtime_kept_is_detected(tmp_path):
     folder = shard_folder(tmp_path)
     load(folder, tmp_path / "cache")
