@@ -12,7 +12,6 @@ would need real unpickling (code execution) is refused and quarantined, never lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ import time
 import torch
 from safetensors.torch import load_model, save_model
 
-from harness.results import atomic_write_json
+from harness.results import atomic_write_json, fsync_dir, sha256_file
 
 META = "meta.json"
 QUARANTINE = "quarantine"
@@ -33,22 +32,6 @@ QUARANTINE = "quarantine"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: damaged, or holding a pickle that is not plain tensors."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def staging_dir(run_dir: Path) -> Path:
@@ -72,14 +55,14 @@ def commit(run_dir: Path, model: torch.nn.Module, optim_state: dict[str, Any], m
     for name in files:
         with (stage / name).open("rb") as f:
             os.fsync(f.fileno())
-    atomic_write_json(stage / META, meta | {"sha256": {n: _sha256(stage / n) for n in files}})
-    _fsync_dir(stage)
+    atomic_write_json(stage / META, meta | {"sha256": {n: sha256_file(stage / n) for n in files}})
+    fsync_dir(stage)
     final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
     if final.exists():  # else checkpoint.old (if any) is the newest intact one: keep it until the swap
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     stage.rename(final)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -111,7 +94,7 @@ def problem(folder: Path, probe: bool = False) -> str | None:
             raise TypeError("meta.json is malformed")
         if "model.safetensors" not in recorded:
             raise KeyError("model.safetensors is not listed in meta.json")
-        bad = [n for n, digest in recorded.items() if Path(n).name != n or _sha256(folder / n) != digest]
+        bad = [n for n, digest in recorded.items() if Path(n).name != n or sha256_file(folder / n) != digest]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return f"is unreadable ({type(err).__name__}: {err})"
     if bad:

@@ -57,6 +57,7 @@ import torch
 from filelock import FileLock
 
 from harness.errors import UserError
+from harness.results import fsync_dir
 from harness.tokenizers import Tokenizer, get_tokenizer
 
 PREP_VERSION = 1
@@ -369,14 +370,14 @@ def _build(src: _TextSource, tokenizer: Tokenizer, key: str, corpora: Path, entr
             _write_synced(tmp / f"{split}.bin", tokens.tobytes())
             manifest["shards"][split] = {"tokens": len(tokens), "sha256": _sha256_array(tokens)}
         _write_synced(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         final = corpora / entry
         if final.exists():
             old = corpora / f".{entry}.old-{uuid.uuid4().hex}"
             os.rename(final, old)
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, final)
-        _fsync_dir(corpora)
+        fsync_dir(corpora)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -549,17 +550,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     _write_synced(tmp, data)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable; directories cannot be opened for fsync on Windows."""
-    if os.name == "posix":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------- batch order

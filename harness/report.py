@@ -40,7 +40,7 @@ from rich.table import Table
 
 from harness import stats
 from harness.errors import UserError
-from harness.results import MANIFEST as STORE_MANIFEST, ResultsStore
+from harness.results import MANIFEST as STORE_MANIFEST, ResultsStore, sha256_file
 
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
@@ -84,14 +84,6 @@ class Store:
     curves: pd.DataFrame
     files: list[FileInfo]
     warnings: list[str] = field(default_factory=list)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _candidates(results_dir: Path, name: str) -> list[Path]:
@@ -143,7 +135,7 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
             frames[kind].append(df)
             stat = path.stat()
             infos.append(FileInfo(
-                path=path, kind=kind, rows=len(df), size=stat.st_size, sha256=_sha256(path),
+                path=path, kind=kind, rows=len(df), size=stat.st_size, sha256=sha256_file(path),
                 modified=_dt.datetime.fromtimestamp(stat.st_mtime, _dt.timezone.utc)
                 .isoformat(timespec="seconds")))
     if not frames["runs"]:
