@@ -34,10 +34,11 @@ import sys
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from harness import checkpoint
 from harness.errors import UserError
@@ -47,6 +48,33 @@ from harness.train import PROGRESS
 from harness.versions import git_commit, versions
 
 DEFAULT_STALL_TIMEOUT = 1800.0
+
+_ctrl_c = threading.Event()    # set by ctrl_c_latch's handler
+_spawning = threading.Event()  # set while Popen forks torchrun
+
+
+@contextmanager
+def ctrl_c_latch() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt and is also remembered, so a sweep stops after the current
+    run even where the exception cannot be raised. While torchrun is being forked the handler only
+    remembers it: an exception raised inside Python's at-fork hooks would be printed as "Exception
+    ignored" with a traceback and lost; _launch raises it as soon as the fork is done."""
+    _ctrl_c.clear()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield _ctrl_c  # SIGINT ignored or handled by an embedding program: leave it alone
+        return
+
+    def on_sigint(signum, frame):
+        _ctrl_c.set()
+        if not _spawning.is_set():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield _ctrl_c
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass(frozen=True)
@@ -374,9 +402,13 @@ def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], 
     except OSError as err:
         raise write_error(log, err, "the run was not started") from err
     with out:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env=env, preexec_fn=_die_with_parent, bufsize=1,
-                                pass_fds=(lock.fd,) if lock.fd is not None else ())
+        _spawning.set()
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace", env=env, preexec_fn=_die_with_parent, bufsize=1,
+                                    pass_fds=(lock.fd,) if lock.fd is not None else ())
+        finally:
+            _spawning.clear()
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:
@@ -392,6 +424,8 @@ def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], 
         try:
             last = time.monotonic()
             while True:
+                if _ctrl_c.is_set():
+                    raise KeyboardInterrupt  # pressed while torchrun was being forked
                 try:
                     line = lines.get(timeout=min(1.0, stall_s))
                 except queue.Empty:

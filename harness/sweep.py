@@ -12,15 +12,12 @@ from __future__ import annotations
 import math
 import re
 import shlex
-import signal
 import sys
-import threading
 import time
 import tomllib
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -29,7 +26,7 @@ from rich.table import Table
 from harness import config as cfgmod
 from harness.budget import Budget, chinchilla, fixed_budget
 from harness.errors import UserError
-from harness.launch import Launcher, execute
+from harness.launch import Launcher, ctrl_c_latch, execute
 from harness.plan import RunSpec, run_spec
 from harness.progress import RunProgress
 from harness.results import ResultsStore, atomic_write_json
@@ -211,27 +208,6 @@ def save_plan(plan: Plan) -> None:
 
 def continue_command() -> str:
     return " ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]])
-
-
-@contextmanager
-def ctrl_c_latch() -> Iterator[threading.Event]:
-    """Remember a Ctrl-C even where Python swallows its KeyboardInterrupt (in a fork hook while
-    torchrun starts, say), so that the sweep still stops once the current run returns."""
-    pressed = threading.Event()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield pressed  # SIGINT ignored or handled by an embedding program: leave it alone
-        return
-
-    def on_sigint(signum, frame):
-        pressed.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield pressed
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def execute_plan(plan: Plan, console: Console, retries: int = 1,

@@ -5,7 +5,6 @@ the book's code in training mode too (dropout on), not only in eval mode (tests/
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pandas as pd
