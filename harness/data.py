@@ -57,7 +57,7 @@ import torch
 from filelock import FileLock
 
 from harness.errors import UserError
-from harness.results import fsync_dir
+from harness.results import atomic_write_bytes, fsync_dir
 from harness.tokenizers import Tokenizer, get_tokenizer
 
 PREP_VERSION = 1
@@ -431,7 +431,7 @@ def _load_shards(folder: Path, tokenizer: Tokenizer, root: Path) -> Corpus:
             infos[split], maps[split] = info, mm
         if changed:
             manifest = {"folder": str(folder), "shards": infos}
-            _write_atomic(manifest_path, json.dumps(manifest, indent=2).encode())
+            atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
     for split, digest in _declared_sha256(folder).items():
         if split in infos and infos[split]["sha256"] != digest:
             raise UserError(
@@ -544,13 +544,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    _write_synced(tmp, data)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------- batch order

@@ -83,7 +83,8 @@ def write_error(path: Path, err: OSError, what: str = "") -> WriteError:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write-to-temp, fsync, rename: readers see the old file or the new one, never a torn one.
+    """Write-to-temp, fsync, rename, fsync the folder: readers see the old file or the new one, never
+    a torn one, and the new one survives a power cut once this returns.
 
     An OSError (ENOSPC, EROFS, EACCES ...) becomes WriteError, after removing the temporary file."""
     path = Path(path)
@@ -95,6 +96,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
+        fsync_dir(path.parent)
     except BaseException as err:
         if tmp is not None:
             try:
