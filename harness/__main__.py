@@ -1,3 +1,18 @@
-from harness.cli import main
+"""Entry point of `harness` and `python -m harness`.
 
-main()
+It lives apart from harness.cli so that a Ctrl-C while the command line is still loading ends
+quietly with exit code 130, as it does once a command runs, instead of with a traceback."""
+
+import sys
+
+
+def main() -> None:
+    try:
+        from harness.cli import app
+    except KeyboardInterrupt:
+        sys.exit(130)
+    app()
+
+
+if __name__ == "__main__":
+    main()

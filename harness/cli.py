@@ -15,7 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness import config as cfgmod
-from harness.budget import chinchilla
 from harness.errors import UserError
 
 app = typer.Typer(help="Seed-sweep benchmarking for from-scratch GPT-2 training: did this change "
@@ -36,8 +35,8 @@ BudgetOpt = Annotated[str, typer.Option(
 
 
 def command(name: str, group: typer.Typer = app):
-    """Register a sub-command of `group` whose UserErrors become one red line and exit code 2; an
-    int return value becomes the exit code."""
+    """Register a sub-command of `group` whose UserErrors become one red line and exit code 2, and
+    whose Ctrl-C becomes exit code 130 without a traceback; an int return value becomes the exit code."""
     def register(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -46,6 +45,9 @@ def command(name: str, group: typer.Typer = app):
             except UserError as err:
                 err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                err_console.print("interrupted", highlight=False)
+                raise typer.Exit(130) from None
             if isinstance(rv, int) and rv:
                 raise typer.Exit(rv)
         return group.command(name)(wrapper)
@@ -106,6 +108,7 @@ def chinchilla_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
 ):
     """Chinchilla token budgets: tokens-per-param x params, rounded UP to whole global batches."""
+    from harness.budget import chinchilla
     positive(nproc, "--nproc")
     positive(nnodes, "--nnodes")
     overrides = parse_sets(sets)
@@ -496,8 +499,3 @@ def make_launcher(nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint:
     if nnodes > 1 and not rdzv_endpoint:
         raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the first node's address)")
     return Launcher(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
-
-
-def main() -> None:
-    """Console entry point."""
-    app()

@@ -153,6 +153,18 @@ def test_ctrl_c_stops_cleanly_with_a_summary_and_the_sweep_continues(reference, 
     assert losses(tmp_path) == losses(reference)
 
 
+@pytest.mark.parametrize("delay", [0.2, 1.0])
+def test_ctrl_c_while_the_command_line_loads_is_quiet(tmp_path, delay):
+    """Before the sweep starts (Typer, then torch still importing): exit 130, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *SWEEP, "--results", str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=interactive_sigint)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "Traceback" not in out and "Exception ignored" not in out, out
+
+
 def test_report_command_on_a_real_sweep(reference, tmp_path):
     out = cli("report", "--results", str(reference), "--out", str(tmp_path / "qkv.md"), check=True)
     assert "qkv_bias" in out.stdout and (tmp_path / "qkv.md").exists() and (tmp_path / "qkv_forest.png").exists()
