@@ -130,6 +130,11 @@ def test_sweep_file_sets_arms_seeds_and_preset(tmp_path):
     assert "qkv_bias+no_dropout" in out
 
 
+INTERRUPTED = (130, -signal.SIGINT)  # a shell shows both as 130; CPython 3.11 ends with the signal itself
+# when a KeyboardInterrupt once escaped code run by exec() (say, a dataclass being built), even though
+# the command caught it
+
+
 def interactive_sigint() -> None:
     """As in a terminal: a CI runner started in the background may hand down SIGINT ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -144,7 +149,7 @@ def test_ctrl_c_stops_cleanly_with_a_summary_and_the_sweep_continues(reference, 
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130
+    assert proc.returncode in INTERRUPTED
     assert "stopped:" in out and "continue with: harness sweep qkv_bias" in out and "Traceback" not in out
     if (tmp_path / "runs.parquet").exists():  # an interrupted run is not recorded as a failure
         assert (runs(tmp_path)["status"] == "completed").all()
@@ -162,7 +167,7 @@ def test_ctrl_c_while_the_command_line_loads_is_quiet(tmp_path, delay):
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130 and "Traceback" not in out and "Exception ignored" not in out, out
+    assert proc.returncode in INTERRUPTED and "Traceback" not in out and "Exception ignored" not in out, out
 
 
 def test_report_command_on_a_real_sweep(reference, tmp_path):
