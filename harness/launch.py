@@ -234,14 +234,19 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def sigkill(pids: list[int]) -> None:
+    """SIGKILL each process; one that is already gone is not an error."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and every descendant (torchrun's workers live in their own sessions)."""
     for _ in range(3):  # again, for children forked while we were looking
-        for p in process_tree(pid):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
+        sigkill(process_tree(pid))
         time.sleep(0.05)
 
 
@@ -267,11 +272,7 @@ def stale_workers(spec_path: Path) -> list[int]:
 def kill_stale_workers(spec_path: Path, timeout: float = 30.0) -> list[int]:
     """Kill the leftovers of an earlier attempt and wait until they are gone."""
     pids = stale_workers(spec_path)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    sigkill(pids)
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -29,6 +29,13 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool =
     return proc
 
 
+def flip_bit(path: Path, offset: int, mask: int = 0x01) -> None:
+    """Damage a file in place: XOR one byte (offset taken modulo the size; negative counts from the end)."""
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= mask
+    path.write_bytes(bytes(data))
+
+
 @pytest.fixture
 def run_cli():
     return cli

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import flip_bit
 from harness import data
 from harness.data import (
     TEST_PLAYS,
@@ -169,9 +170,7 @@ def _truncate(entry):
 
 def _flip_byte(entry):
     path = entry / "test.bin"
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    path.write_bytes(bytes(raw))
+    flip_bit(path, path.stat().st_size // 2)
 
 
 def _delete_manifest(entry):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
+from harness.launch import sigkill
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK = Path(__file__).resolve().parent / "faulthook"
@@ -104,11 +105,7 @@ def processes_using(folder: Path) -> list[int]:
 def kill_leftovers(folder: Path) -> list[int]:
     """Cleanup for a failed test: SIGKILL (by pid) what this test started and left behind."""
     pids = processes_using(folder)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    sigkill(pids)
     return pids
 
 

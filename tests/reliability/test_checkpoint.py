@@ -16,6 +16,7 @@ import torch
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 
+from conftest import flip_bit
 from harness import checkpoint
 
 
@@ -82,9 +83,7 @@ def _damage_truncate(folder):
 
 def _damage_flip(folder):
     p = folder / "optimizer.pt"
-    data = bytearray(p.read_bytes())
-    data[len(data) // 2] ^= 1
-    p.write_bytes(bytes(data))
+    flip_bit(p, p.stat().st_size // 2)
 
 
 def _damage_meta(folder):

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import flip_bit
 from relkit import (slow_only,  # noqa: F401 - a fixture
                     check_sweep, corpus, env, faults, kill_leftovers, losses, processes_using, record_figure,
                     run, start, sweep_args, wait_for)
@@ -62,10 +63,7 @@ def plant_pickle(folder: Path, marker: Path) -> None:
 
 
 def flip_weights(folder: Path) -> None:
-    path = folder / "model.safetensors"
-    data = bytearray(path.read_bytes())
-    data[len(data) - 7] ^= 0x04
-    path.write_bytes(bytes(data))
+    flip_bit(folder / "model.safetensors", -7, 0x04)
 
 
 def trial(results: Path, data: Path, expected: dict, seeds: int, fault: dict | None = None,

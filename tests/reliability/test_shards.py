@@ -14,6 +14,7 @@ import pytest
 
 from harness import data as datamod
 from harness.errors import UserError
+from conftest import flip_bit as flip
 from relkit import corpus
 
 
@@ -22,12 +23,6 @@ def load(source: Path, cache: Path):
         warnings.simplefilter("always")
         c = datamod.load_corpus(str(source), "bytes", cache_dir=cache)
     return c, [str(w.message) for w in caught]
-
-
-def flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset % len(data)] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "delete", "manifest"])

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
+from conftest import flip_bit
 from harness.errors import UserError
 from harness.results import CURVES, MANIFEST, RUNS, ResultsStore, WriteError
 
@@ -48,9 +49,7 @@ def keys(table: pa.Table) -> list[tuple[str, int]]:
 
 
 def flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset % len(data)] ^= 0x10
-    path.write_bytes(bytes(data))
+    flip_bit(path, offset, 0x10)
 
 
 DAMAGE = {
@@ -235,8 +234,8 @@ def test_repair_on_a_read_only_folder_reports_instead_of_crashing(tmp_path, monk
 
 WRITER = """
 import sys
-sys.path.insert(0, {here!r})
 from pathlib import Path
+sys.path[:0] = [{here!r}, str(Path({here!r}).parent)]  # test_store, and the conftest it imports
 from harness.results import ResultsStore
 from test_store import make_row
 store = ResultsStore(Path({root!r}), warn=print)
