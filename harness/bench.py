@@ -32,7 +32,8 @@ import torch
 from harness import config as cfgmod
 from harness.data import eval_batches, load_corpus
 from harness.errors import UserError
-from harness.results import ResultsStore, atomic_write_bytes
+from harness.files import atomic_write_bytes
+from harness.results import ResultsStore
 from harness.train import (Dist, Trainer, configure_backends, configure_threads, eval_loss_sum, to_device)
 from harness.versions import git_commit, versions
 from model import GPTModel, flops_per_token, parameter_counts
@@ -307,9 +308,3 @@ def append_row(store: ResultsStore, row: dict[str, Any]) -> Path:
         pq.write_table(new, sink, compression="zstd")
         atomic_write_bytes(path, sink.getvalue().to_pybytes())
     return path
-
-
-def bench_rows(results: Path) -> list[dict[str, Any]]:
-    path = Path(results) / BENCH_FILE
-    return pq.read_table(path).to_pylist() if path.exists() else []
-

@@ -19,15 +19,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import time
-
 import torch
 from safetensors.torch import load_model, save_model
 
-from harness.results import atomic_write_json, fsync_dir, sha256_file
+from harness.files import atomic_write_json, fsync_dir, quarantine, sha256_file
 
 META = "meta.json"
-QUARANTINE = "quarantine"
 
 
 class CheckpointError(RuntimeError):
@@ -107,15 +104,6 @@ def problem(folder: Path, probe: bool = False) -> str | None:
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 return f"holds {path.name}, which torch.load(weights_only=True) refuses ({first[:200]})"
     return None
-
-
-def quarantine(folder: Path, run_dir: Path) -> Path:
-    """Move a damaged checkpoint aside into run_dir/quarantine/ (kept for inspection, never used)."""
-    target_dir = run_dir / QUARANTINE
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / f"{folder.name}.{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns() % 10**9:09d}"
-    folder.rename(target)
-    return target
 
 
 def latest(run_dir: Path, quarantine_bad: bool = False) -> tuple[Path, dict[str, Any]] | None:

@@ -29,6 +29,12 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Results folder.")]
 TokensOpt = Annotated[Optional[int], typer.Option(
     "--tokens", help="Fixed token budget for every arm (rounded up to whole global batches).")]
+DataOpt = Annotated[Optional[str], typer.Option(
+    "--data", help="Training data for every arm (shorthand for --set data=PATH): 'shakespeare', a text "
+                   "file or folder, or a folder of shards such as `harness data prepare` writes.")]
+LogOpt = Annotated[str, typer.Option(
+    "--log", help="'tensorboard': also write loss curves to RESULTS/tensorboard/<sweep>/<run_id> "
+                  "(needs harness[tensorboard]); 'none' (default).")]
 BudgetOpt = Annotated[str, typer.Option(
     "--budget", help="'baseline': every arm trains on the baseline's Chinchilla budget (default, "
                      "as the seed author did); 'own': each arm on its own Chinchilla count.")]
@@ -52,11 +58,6 @@ def command(name: str, group: typer.Typer = app):
                 raise typer.Exit(rv)
         return group.command(name)(wrapper)
     return register
-
-
-def default_nproc() -> int:
-    import torch
-    return torch.cuda.device_count() or 1
 
 
 def positive(value: int | None, name: str) -> None:
@@ -146,15 +147,14 @@ def run_cmd(
     log: LogOpt = "none",
 ):
     """One exact, deterministic training run under torchrun, recorded in the results store."""
-    from harness.sweep import Plan
+    from harness.launch import Launcher
+    from harness.plan import Plan
     from harness.tblog import check_log
 
-    if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
     tensorboard = check_log(log)
-    plan = Plan.build(arms=[arm], seeds=[seed], preset=preset, sets=with_data(preset, [arm], parse_sets(sets), data),
-                      tokens=tokens, budget=budget, sweep=sweep, include_baseline=False,
-                      launcher=make_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results=results)
+    plan = Plan.build(arms=[arm], seeds=[seed], preset=preset, sets=parse_sets(sets), data=data, tokens=tokens,
+                      budget=budget, sweep=sweep, include_baseline=False,
+                      launcher=Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint), results=results)
     return 0 if run_here(plan, retries=0, tensorboard=tensorboard).all_completed else 1
 
 
@@ -200,39 +200,16 @@ def sweep_cmd(
                                  "slurm returns once submitted).")] = None,
 ):
     """Baseline + each intervention x N seeds, matched budgets, seed-major, resumable."""
-    from harness.sweep import Plan, load_sweep_file, print_plan
+    from harness.plan import Plan, print_plan
     from harness.tblog import check_log
 
-    file: dict = {}
-    if len(arms) == 1 and (arms[0].endswith(".toml") or Path(arms[0]).is_file()):
-        file = load_sweep_file(Path(arms[0]))
-        arms = file["arms"]
-    if seeds is not None and seed_list is not None:
-        raise UserError("give --seeds or --seed-list, not both")
-    if seed_list is not None:
-        try:
-            seed_values = [int(s) for s in seed_list.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"--seed-list {seed_list!r}: expected comma-separated integers, e.g. 7,11,13") from None
-    elif seeds is not None or "seed_list" not in file:
-        count = seeds if seeds is not None else file.get("seeds", 5)
-        if count < 1:
-            raise UserError(f"--seeds must be >= 1, got {count}")
-        seed_values = list(range(count))
-    else:
-        seed_values = file["seed_list"]
     if retries < 0:
         raise UserError(f"--retries must be >= 0, got {retries}")
     cluster = cluster_options(launcher, partition, gpus_per_node, time_limit, slurm_array_parallelism,
                               cpus_per_task, mem_gb, slurm_arg, slurm_setup, wait)
     tensorboard = check_log(log)
-    preset = preset or file.get("preset", "tiny")
-    plan = Plan.build(arms=arms, seeds=seed_values, preset=preset,
-                      sets=with_data(preset, arms, file.get("set", {}) | parse_sets(sets), data),
-                      tokens=tokens if tokens is not None else file.get("tokens"),
-                      budget=budget or file.get("budget", "baseline"), sweep=name or file.get("name"),
-                      include_baseline=True, launcher=cluster_launcher(cluster, nproc, nnodes, node_rank, rdzv_endpoint),
-                      results=results)
+    plan = Plan.for_sweep(arms, seeds, seed_list, preset, parse_sets(sets), tokens, budget, name,
+                          cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results, data)
     print_plan(plan, console)
     if dry_run:
         return 0
@@ -246,32 +223,9 @@ def sweep_cmd(
     return 0 if outcome.all_completed else 1
 
 
-# ----------------------------------------------------------------------------- data, export, generate, status
-# (issue #6: prepared datasets, cluster launchers, interoperability; see harness/prepare.py,
-# harness/slurm.py, harness/export.py, harness/generate.py, harness/status.py, harness/tblog.py)
-
-DataOpt = Annotated[Optional[str], typer.Option(
-    "--data", help="Training data for every arm (shorthand for --set data=PATH): 'shakespeare', a text "
-                   "file or folder, or a folder of shards such as `harness data prepare` writes.")]
-LogOpt = Annotated[str, typer.Option(
-    "--log", help="'tensorboard': also write loss curves to RESULTS/tensorboard/<sweep>/<run_id> "
-                  "(needs harness[tensorboard]); 'none' (default).")]
-
 data_app = typer.Typer(help="Prepare training data: tokenize a dataset into uint16 shards.",
                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(data_app, name="data")
-
-
-def with_data(preset: str, arms: list[str], sets: dict, data: str | None) -> dict:
-    """--set overrides plus --data PATH, after checking a prepared folder's tokenizer against every arm."""
-    if data is not None:
-        if "data" in sets:
-            raise UserError("give --data PATH or --set data=PATH, not both")
-        if not data.strip():
-            raise UserError("--data needs a value: 'shakespeare', a text file or folder, or a shard folder")
-        sets = sets | {"data": data}
-    check_prepared_data(preset, arms, sets)
-    return sets
 
 
 def cluster_options(launcher: str, partition, gpus_per_node, time_limit, array_parallelism, cpus_per_task,
@@ -282,32 +236,6 @@ def cluster_options(launcher: str, partition, gpus_per_node, time_limit, array_p
                           mem_gb, tuple(slurm_arg or ()), tuple(slurm_setup or ()), wait)
     opts.check()
     return opts
-
-
-def cluster_launcher(opts, nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str):
-    """The Launcher a plan is built with: torchrun here, or the shape of each Slurm/local job."""
-    from harness.launch import Launcher
-
-    if opts.launcher == "torchrun":
-        return make_launcher(nproc, nnodes, node_rank, rdzv_endpoint)
-    if node_rank or rdzv_endpoint:
-        raise UserError(f"--node-rank and --rdzv-endpoint are set per job by --launcher {opts.launcher}; drop them")
-    positive(nnodes, "--nnodes")
-    procs = opts.nproc(nproc, 1 if opts.launcher == "slurm" else default_nproc())
-    positive(procs, "--nproc")
-    return Launcher(nproc=procs, nnodes=nnodes)
-
-
-def check_prepared_data(preset: str, arms: list[str], sets: dict) -> None:
-    """A folder made by `harness data prepare` must be used with the tokenizer it was made with."""
-    from harness.prepare import check_tokenizer
-
-    seen = set()
-    for arm in dict.fromkeys([cfgmod.BASELINE, *arms]):
-        train = cfgmod.resolve(preset, arm, sets).train
-        if (train.data, train.tokenizer) not in seen:
-            seen.add((train.data, train.tokenizer))
-            check_tokenizer(train.data, train.tokenizer)
 
 
 def run_here(plan, retries: int, tensorboard: bool):
@@ -458,13 +386,7 @@ def report_cmd(
     """Confidence intervals and significance tests of every arm against the baseline."""
     from harness.report import run_report
 
-    if fmt not in ("markdown", "json"):
-        raise UserError(f"--format {fmt!r}: use markdown or json")
-    if not 0 < alpha < 1:
-        raise UserError(f"--alpha must be between 0 and 1, got {alpha}")
-    if margin is not None and margin <= 0:
-        raise UserError(f"--margin must be > 0, got {margin}")
-    run_report(results, sweep=sweep, baseline=baseline, alpha=alpha, margin=margin, out=out, fmt=fmt,
+    run_report(results, sweep, baseline=baseline, alpha=alpha, margin=margin, out=out, fmt=fmt,
                allow_mismatch=allow_mismatch, console=console, plots=plots)
 
 
@@ -486,16 +408,3 @@ def bench_cmd(
     run_bench(preset, arm, parse_sets(sets), warmup=warmup, steps=steps, compare_book=compare_book,
               compile=False if no_compile else None, results=results,
               say=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
-
-
-def make_launcher(nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str):
-    from harness.launch import Launcher
-
-    nproc = default_nproc() if nproc is None else nproc
-    positive(nproc, "--nproc")
-    positive(nnodes, "--nnodes")
-    if not 0 <= node_rank < nnodes:
-        raise UserError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
-    if nnodes > 1 and not rdzv_endpoint:
-        raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the first node's address)")
-    return Launcher(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)

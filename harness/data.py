@@ -57,7 +57,7 @@ import torch
 from filelock import FileLock
 
 from harness.errors import UserError
-from harness.results import atomic_write_bytes, fsync_dir
+from harness.files import atomic_write_bytes, fsync_dir
 from harness.tokenizers import Tokenizer, get_tokenizer
 
 PREP_VERSION = 1

@@ -31,7 +31,8 @@ import torch
 
 from harness import checkpoint
 from harness.errors import UserError
-from harness.results import ResultsStore, atomic_write_bytes, atomic_write_json
+from harness.files import atomic_write_bytes, atomic_write_json
+from harness.results import ResultsStore
 from model.config import ModelConfig
 
 FORMATS = ("hf",)
@@ -86,14 +87,8 @@ def locate_run(ref: str, results: Path) -> RunRef:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"run folder {run_dir} has no readable spec.json ({err})") from None
     run_id = spec.get("run_id", run_dir.name)
-    row = None
     store = ResultsStore(results)
-    if store.runs_path.exists():
-        frame = store.runs_frame()
-        rows = frame[frame["run_id"] == run_id]
-        if not rows.empty:
-            done = rows[rows["status"] == "completed"]
-            row = (done if not done.empty else rows).sort_values("attempt").iloc[-1].to_dict()
+    row = store.latest_row(run_id) if store.runs_path.exists() else None
     return RunRef(run_id, run_dir, spec, row)
 
 

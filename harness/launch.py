@@ -21,10 +21,6 @@ Reliability, in the order execute() works:
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import fcntl
-import json
 import os
 import queue
 import re
@@ -34,48 +30,20 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from harness import checkpoint
 from harness.errors import UserError
-from harness.plan import RunSpec
-from harness.results import ResultsStore, WriteError, atomic_write_bytes, write_error
-from harness.train import PROGRESS
+from harness.files import WriteError, atomic_write_bytes, quarantine, write_error
+from harness.procs import RunLock, interrupted, kill_stale_workers, kill_tree, spawn
+from harness.record import FAILED, RunResult, RunRow, RunSpec, parse_progress
+from harness.results import ResultsStore
 from harness.versions import git_commit, versions
 
 DEFAULT_STALL_TIMEOUT = 1800.0
-
-_ctrl_c = threading.Event()    # set by ctrl_c_latch's handler
-_spawning = threading.Event()  # set while Popen forks torchrun
-
-
-@contextmanager
-def ctrl_c_latch() -> Iterator[threading.Event]:
-    """Ctrl-C raises KeyboardInterrupt and is also remembered, so a sweep stops after the current
-    run even where the exception cannot be raised. While torchrun is being forked the handler only
-    remembers it: an exception raised inside Python's at-fork hooks would be printed as "Exception
-    ignored" with a traceback and lost; _launch raises it as soon as the fork is done."""
-    _ctrl_c.clear()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield _ctrl_c  # SIGINT ignored or handled by an embedding program: leave it alone
-        return
-
-    def on_sigint(signum, frame):
-        _ctrl_c.set()
-        if not _spawning.is_set():
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield _ctrl_c
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
 
 @dataclass(frozen=True)
 class Launcher:
@@ -96,6 +64,20 @@ class Launcher:
         """Only the first node's parent writes results (every node runs the same plan)."""
         return self.node_rank == 0
 
+    @classmethod
+    def checked(cls, nproc: int | None = None, nnodes: int = 1, node_rank: int = 0,
+                rdzv_endpoint: str = "") -> "Launcher":
+        """From command-line values (nproc None: one per GPU, else 1), with one clear error for a bad one."""
+        nproc = default_nproc() if nproc is None else nproc
+        for flag, value in (("--nproc", nproc), ("--nnodes", nnodes)):
+            if value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+        if not 0 <= node_rank < nnodes:
+            raise UserError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
+        if nnodes > 1 and not rdzv_endpoint:
+            raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the first node's address)")
+        return cls(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+
     def command(self, spec_path: Path, run_id: str) -> list[str]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(self.nproc)]
         if self.nnodes == 1:
@@ -104,6 +86,13 @@ class Launcher:
             cmd += ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank),
                     "--rdzv-backend", "c10d", "--rdzv-endpoint", self.rdzv_endpoint, "--rdzv-id", run_id]
         return cmd + ["-m", "harness.train", str(spec_path)]
+
+
+def default_nproc() -> int:
+    """One process per GPU, else 1 (imports torch: call it only when the value is needed)."""
+    import torch
+
+    return torch.cuda.device_count() or 1
 
 
 def stall_timeout() -> float:
@@ -117,14 +106,6 @@ def stall_timeout() -> float:
     if not value > 0 or value == float("inf"):
         raise UserError(f"HARNESS_STALL_TIMEOUT={raw!r}: expected a number of seconds > 0")
     return value
-
-
-def _die_with_parent() -> None:
-    """Linux: the torchrun child gets SIGTERM if this process dies, so no orphan keeps training."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _failure_reason(log: Path, returncode: int) -> str:
@@ -169,124 +150,13 @@ RANK_PREFIX = re.compile(r"^\[(?:rank|default)(\d+)\]:\s?(.*)$")
 SIGNAL = re.compile(r"Signal \d+ \(\w+\)")
 
 
-# ----------------------------------------------------------------------------- processes
-
-
-class RunLock:
-    """An exclusive flock on runs/<id>/.lock whose descriptor torchrun inherits (pass_fds), so the
-    lock outlives this process for as long as its torchrun does. Compatible with filelock.FileLock
-    (also flock) as harness.status uses it."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        # close, never LOCK_UN: a torchrun that still holds the inherited descriptor keeps the lock
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _proc_table() -> dict[int, int]:
-    """pid -> parent pid of every process (Linux /proc)."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-                table[int(entry.name)] = int(stat[stat.rfind(")") + 2:].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    return table
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for child, parent in _proc_table().items():
-        children.setdefault(parent, []).append(child)
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    return tree
-
-
-def sigkill(pids: list[int]) -> None:
-    """SIGKILL each process; one that is already gone is not an error."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant (torchrun's workers live in their own sessions)."""
-    for _ in range(3):  # again, for children forked while we were looking
-        sigkill(process_tree(pid))
-        time.sleep(0.05)
-
-
-def stale_workers(spec_path: Path) -> list[int]:
-    """Processes (torchrun or its workers) still training this run, left by a killed attempt."""
-    target = str(spec_path.resolve())
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            args = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if "harness.train" not in args or not any(a.endswith("spec.json") for a in args):
-                continue
-            cwd = os.readlink(Path(entry.path, "cwd"))
-        except OSError:
-            continue
-        if any(a.endswith("spec.json") and os.path.normpath(os.path.join(cwd, a)) == target for a in args):
-            found.append(int(entry.name))
-    return found
-
-
-def kill_stale_workers(spec_path: Path, timeout: float = 30.0) -> list[int]:
-    """Kill the leftovers of an earlier attempt and wait until they are gone."""
-    pids = stale_workers(spec_path)
-    sigkill(pids)
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return pids
-
-
 # ----------------------------------------------------------------------------- running a run
 
 
 @dataclass
 class Outcome:
-    row: dict[str, Any] | None  # None: nothing to do any more (another process finished it)
+    row: RunRow | None  # None: nothing to do any more (another process finished it)
     log: Path
-    recorded: bool
 
 
 def _notice(message: str, log: Path | None = None) -> None:
@@ -301,7 +171,6 @@ def _notice(message: str, log: Path | None = None) -> None:
 
 def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
             on_progress: Callable[[dict[str, Any]], None] | None = None,
-            on_output: Callable[[str], None] | None = None,
             should_run: Callable[[], bool] | None = None) -> Outcome | None:
     """Run (or resume) one run and record it; None when another process holds this run.
 
@@ -327,13 +196,14 @@ def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
         if launcher.records:
             store.replay(spec.run_id)
         if should_run is not None and not should_run():
-            return Outcome(None, run_dir / "log.txt", False)
-        return _execute_locked(spec, store, launcher, run_dir, on_progress, on_output, lock)
+            return Outcome(None, run_dir / "log.txt")
+        return _execute_locked(spec, store, launcher, run_dir, on_progress, lock)
     finally:
         lock.release()
 
 
-def _execute_locked(spec, store, launcher, run_dir, on_progress, on_output, lock: RunLock) -> Outcome:
+def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_dir: Path, on_progress,
+                    lock: RunLock) -> Outcome:
     spec_path, result_path, log = run_dir / "spec.json", run_dir / "result.json", run_dir / "log.txt"
     attempt = store.attempts(spec.run_id) + 1
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -347,36 +217,26 @@ def _execute_locked(spec, store, launcher, run_dir, on_progress, on_output, lock
             for w in caught:
                 _notice(str(w.message), log)
         returncode, stalled = _launch(launcher.command(spec_path, spec.run_id), log, attempt, launcher.extra_env,
-                                      on_progress, on_output, lock, stall_timeout())
+                                      on_progress, lock, stall_timeout())
     else:
         returncode = 0
     if result_path.exists():  # written by this attempt's workers (or an earlier one that was never recorded)
         try:
-            result = json.loads(result_path.read_text())
-            if not isinstance(result, dict) or result.get("status") not in ("completed", "diverged"):
-                raise ValueError("not a result")
-        except (OSError, ValueError) as err:  # a damaged result: set it aside and train again next time
-            moved = checkpoint.quarantine(result_path, run_dir)
+            result = RunResult.load(result_path)
+            if not result.final:
+                raise ValueError("not a finished run's result")
+        except (OSError, ValueError, TypeError) as err:  # a damaged result: set it aside and train again next time
+            moved = quarantine(result_path, run_dir)
             _notice(f"{result_path} is unreadable ({err}); moved it to {moved}", log)
             result = _failed(f"result.json was unreadable ({err}); moved to {moved}")
     elif stalled is not None:
         result = _failed(stalled)
     else:
         result = _failed(_failure_reason(log, returncode))
-    curve = result.pop("curve", [])
-    row = {
-        "run_id": spec.run_id, "attempt": attempt, "sweep": spec.sweep, "arm": spec.arm,
-        "interventions": spec.interventions, "seed": spec.seed, "init_seed": spec.init_seed,
-        "data_seed": spec.data_seed, "dropout_seed": spec.dropout_seed, "preset": spec.preset,
-        "config": json.dumps(spec.config, sort_keys=True), "config_hash": spec.config_hash,
-        "overrides": json.dumps(spec.overrides, sort_keys=True), "params": spec.params,
-        "planned_tokens": spec.tokens, "tokens_per_step": spec.tokens_per_step,
-        "world_size": spec.world_size, "git_commit": git_commit(), "started_at": started,
-        "run_dir": str(run_dir), "steps": 0, "tokens_seen": 0,
-    } | {k: v for k, v in result.items() if k not in ("train_time_s", "eval_time_s")}
-    row["versions"] = json.dumps(row.get("versions", {}), sort_keys=True)
+    row = RunRow.of(spec, attempt, result, git_commit=git_commit(), started_at=started, run_dir=str(run_dir))
     try:
-        recorded = store.append(row, curve) if launcher.records else False
+        if launcher.records:
+            store.append(row)
     except WriteError as err:
         kept = store.journal_path(spec.run_id, attempt)
         where = kept if kept.exists() else result_path if result_path.exists() else None
@@ -384,15 +244,15 @@ def _execute_locked(spec, store, launcher, run_dir, on_progress, on_output, lock
             raise
         raise WriteError(f"{err}; the attempt is kept in {where}: run the same command again once the disk has "
                          "space, and it is recorded without training again") from err
-    return Outcome(row, log, recorded)
+    return Outcome(row, log)
 
 
-def _failed(reason: str) -> dict[str, Any]:
-    return {"status": "failed", "reason": reason, "versions": versions(),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "curve": []}
+def _failed(reason: str) -> RunResult:
+    return RunResult(status=FAILED, reason=reason, versions=versions(),
+                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], on_progress, on_output,
+def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], on_progress,
             lock: RunLock, stall_s: float) -> tuple[int, str | None]:
     """(torchrun's exit code, the stall reason if the watchdog killed it)."""
     env = os.environ | {"PYTHONUNBUFFERED": "1"} | extra_env
@@ -403,13 +263,7 @@ def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], 
     except OSError as err:
         raise write_error(log, err, "the run was not started") from err
     with out:
-        _spawning.set()
-        try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", env=env, preexec_fn=_die_with_parent, bufsize=1,
-                                    pass_fds=(lock.fd,) if lock.fd is not None else ())
-        finally:
-            _spawning.clear()
+        proc = spawn(cmd, env, lock.fd)
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:
@@ -425,7 +279,7 @@ def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], 
         try:
             last = time.monotonic()
             while True:
-                if _ctrl_c.is_set():
+                if interrupted():
                     raise KeyboardInterrupt  # pressed while torchrun was being forked
                 try:
                     line = lines.get(timeout=min(1.0, stall_s))
@@ -444,14 +298,9 @@ def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], 
                     out.write(line)
                 except OSError:
                     pass  # a full disk must not stop the run; the log is a convenience
-                if line.startswith(PROGRESS):
-                    if on_progress:
-                        try:
-                            on_progress(json.loads(line[len(PROGRESS):]))
-                        except ValueError:
-                            pass
-                elif on_output:
-                    on_output(line.rstrip("\n"))
+                progress = parse_progress(line)
+                if progress is not None and on_progress:
+                    on_progress(progress)
             returncode = proc.wait()
             reader.join(timeout=10)
             return returncode, stalled

@@ -46,7 +46,7 @@ from filelock import FileLock, Timeout
 from rich.console import Console
 
 from harness.errors import UserError
-from harness.results import atomic_write_json
+from harness.files import atomic_write_json
 from harness.tokenizers import Tokenizer, get_tokenizer
 
 FORMAT = "harness-prepared"

@@ -22,114 +22,33 @@ UserError the CLI prints as one line.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from harness.errors import UserError
+from harness.files import WriteError, atomic_write_bytes, atomic_write_json, quarantine, sha256_bytes, write_error
+from harness.record import COMPLETED, CurvePoint, RunRow, arrow_schema
 
-RUN_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("attempt", pa.int64()), ("sweep", pa.string()), ("arm", pa.string()),
-    ("interventions", pa.string()), ("seed", pa.int64()), ("init_seed", pa.int64()),
-    ("data_seed", pa.int64()), ("dropout_seed", pa.int64()), ("preset", pa.string()),
-    ("config", pa.string()), ("config_hash", pa.string()), ("overrides", pa.string()),
-    ("params", pa.int64()), ("planned_tokens", pa.int64()), ("tokens_seen", pa.int64()),
-    ("steps", pa.int64()), ("tokens_per_step", pa.int64()), ("world_size", pa.int64()),
-    ("device", pa.string()), ("dtype", pa.string()), ("versions", pa.string()),
-    ("git_commit", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-    ("diverged_step", pa.int64()), ("test_loss", pa.float64()), ("test_tokens", pa.int64()),
-    ("test_set_id", pa.string()), ("train_loss", pa.float64()), ("wall_time_s", pa.float64()),
-    ("tokens_per_s", pa.float64()), ("started_at", pa.string()), ("finished_at", pa.string()),
-    ("run_dir", pa.string()),
-])
-CURVE_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("attempt", pa.int64()), ("step", pa.int64()), ("tokens", pa.int64()),
-    ("train_loss", pa.float64()), ("lr", pa.float64()),
-])
-STATUSES = ("completed", "diverged", "failed")
+RUN_SCHEMA = arrow_schema(RunRow)
+CURVE_SCHEMA = arrow_schema(CurvePoint)
 RUNS, CURVES, MANIFEST = "runs.parquet", "curves.parquet", "manifest.json"
 FORMAT = "harness-results"
 ATTEMPTS = "attempts"  # runs/<run_id>/attempts/<attempt>.json: the journal
-QUARANTINE = "quarantine"
 LOCK_TIMEOUT = 600.0
 _ATTEMPT_FILE = re.compile(r"^(\d+)\.json$")
-
-
-class WriteError(UserError, OSError):
-    """A write that failed (disk full, read-only, permissions); the previous file is unchanged."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "write failed"
-
-
-def write_error(path: Path, err: OSError, what: str = "") -> WriteError:
-    reason = err.strerror or str(err) or type(err).__name__
-    out = WriteError(f"cannot write {path}: {reason}; {what or f'the previous {Path(path).name} is unchanged'}")
-    out.errno, out.filename = err.errno, str(path)
-    return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write-to-temp, fsync, rename, fsync the folder: readers see the old file or the new one, never
-    a torn one, and the new one survives a power cut once this returns.
-
-    An OSError (ENOSPC, EROFS, EACCES ...) becomes WriteError, after removing the temporary file."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        fsync_dir(path.parent)
-    except BaseException as err:
-        if tmp is not None:
-            try:
-                Path(tmp).unlink(missing_ok=True)
-            except OSError:
-                pass
-        if isinstance(err, OSError) and not isinstance(err, WriteError):
-            raise write_error(path, err) from err
-        raise
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB chunks (checkpoints, shards and tables can be large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename into `path` durable; directories cannot be opened for fsync on Windows."""
-    if os.name == "posix":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_bytes(path, json.dumps(payload, indent=1, sort_keys=True, default=str).encode())
 
 
 def _table_bytes(table: pa.Table) -> bytes:
@@ -138,26 +57,43 @@ def _table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    atomic_write_bytes(path, _table_bytes(table))
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _manifest_check(tables: dict[str, Any]) -> str:
-    return _sha256(json.dumps(tables, sort_keys=True, separators=(",", ":")).encode())
+    return sha256_bytes(json.dumps(tables, sort_keys=True, separators=(",", ":")).encode())
 
 
 def _parse(data: bytes, schema: pa.Schema) -> pa.Table:
+    """A table in `schema`; columns a table written by an older harness lacks are filled with nulls
+    (the automatic migration when a field is added to the run record)."""
     # use_threads=False: with pyarrow 26, a threaded read of an in-memory buffer makes about one
     # process in twenty abort at exit ("terminate called without an active exception")
-    return pq.read_table(pa.BufferReader(data), use_threads=False).select(schema.names).cast(schema)
+    table = pq.read_table(pa.BufferReader(data), use_threads=False)
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names).cast(schema)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """The recorded attempts of one run in one sweep, oldest first (rows as dicts)."""
+
+    rows: list[dict[str, Any]]
+
+    @property
+    def statuses(self) -> list[str]:
+        return [r["status"] for r in self.rows]
+
+    def settled_row(self, status: str) -> dict[str, Any] | None:
+        """The first attempt with this status (the row that counts for a final status)."""
+        return next((r for r in self.rows if r["status"] == status), None)
 
 
 class ResultsStore:
@@ -170,6 +106,10 @@ class ResultsStore:
         self.manifest_path = self.root / MANIFEST
         self.warnings: list[str] = []  # what verification found and did, in this process
         self._lock: FileLock | None = None
+        # verified tables, keyed by the manifest's bytes and the table file's identity: a writer
+        # replaces both (atomic rename), so a changed store is never served from the cache
+        self._cache: dict[str, tuple[Any, pa.Table]] = {}
+        self._index: tuple[pa.Table, dict[tuple[str, str], list[dict[str, Any]]]] | None = None
 
     def ensure_writable(self) -> None:
         """Fail early, before any training, when the folder cannot take results."""
@@ -207,11 +147,46 @@ class ResultsStore:
     def runs(self) -> pa.Table:
         return self._table(RUNS)
 
-    def runs_frame(self):
+    def runs_frame(self) -> pd.DataFrame:
         return self.runs().to_pandas()
 
     def curves(self) -> pa.Table:
         return self._table(CURVES)
+
+    # ------------------------------------------------------------------ queries (one verified read each)
+
+    def _histories(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """(sweep, run_id) -> that run's rows in the sweep, oldest attempt first; rebuilt only when
+        the runs table changed."""
+        runs = self.runs()
+        if self._index is None or self._index[0] is not runs:
+            index: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for row in runs.to_pylist():
+                index.setdefault((row["sweep"], row["run_id"]), []).append(row)
+            for rows in index.values():
+                rows.sort(key=lambda r: r["attempt"])
+            self._index = (runs, index)
+        return self._index[1]
+
+    def history(self, sweep: str, run_id: str) -> RunHistory:
+        """Every recorded attempt of a run in a sweep (see harness.record.RetryPolicy for what it means)."""
+        return RunHistory(list(self._histories().get((sweep, run_id), [])))
+
+    def sweep_frame(self, sweep: str) -> pd.DataFrame:
+        """The rows of one sweep (every attempt)."""
+        runs = self.runs()
+        return runs.filter(pc.equal(runs["sweep"], sweep)).to_pandas()
+
+    def sweeps(self) -> list[str]:
+        """Names of the sweeps with recorded rows, in order of first appearance."""
+        return list(dict.fromkeys(s for s in self.runs().column("sweep").to_pylist() if s is not None))
+
+    def latest_row(self, run_id: str) -> dict[str, Any] | None:
+        """The row that speaks for a run (in any sweep): its latest completed attempt, else its latest."""
+        runs = self.runs()
+        rows = sorted(runs.filter(pc.equal(runs["run_id"], run_id)).to_pylist(), key=lambda r: r["attempt"])
+        done = [r for r in rows if r["status"] == COMPLETED]
+        return (done or rows or [None])[-1]
 
     def check(self, repair: bool = True) -> list[str]:
         """Verify both tables against the manifest (quarantining and rebuilding what fails) and
@@ -275,7 +250,7 @@ class ResultsStore:
             if states and not any(s["sha256"] == "" for s in states):
                 return None, f"{path} is missing but {MANIFEST} lists {max(s['rows'] for s in states)} row(s)", None
             return None, None, None
-        digest = _sha256(data)
+        digest = sha256_bytes(data)
         accepted = [s for s in states if s["sha256"] == digest]
         if tables is not None and name in tables and not accepted:
             return None, f"{path} does not match its sha256 in {MANIFEST} (torn or corrupted)", data
@@ -287,13 +262,29 @@ class ResultsStore:
             return None, f"{path} holds {table.num_rows} rows, {MANIFEST} says {accepted[0]['rows']}", data
         return table, None, data
 
+    def _cache_key(self, name: str) -> tuple[Any, ...] | None:
+        try:
+            manifest = self.manifest_path.read_bytes()
+        except FileNotFoundError:
+            manifest = b""
+        except OSError:
+            return None
+        table = _stat_key(self.root / name)
+        return None if table is None or not manifest else (manifest, table)
+
     def _table(self, name: str, repair: bool = True) -> pa.Table:
+        key = self._cache_key(name)
+        cached = self._cache.get(name)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         table, problem, data = self._verify(name)
         if problem is None:
             if table is None:
                 return self._schema(name).empty_table()
             if self._untracked(name, data) and repair:
                 self._adopt()
+            if key is not None and key == self._cache_key(name):  # unchanged while we verified it
+                self._cache[name] = (key, table)
             return table
         if not repair:
             self._warn(f"not using {problem}")
@@ -325,7 +316,7 @@ class ResultsStore:
                 return {"sha256": "", "rows": 0}
             data = path.read_bytes()
         rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
-        return {"sha256": _sha256(data), "rows": int(rows)}
+        return {"sha256": sha256_bytes(data), "rows": int(rows)}
 
     def _write_manifest(self, tables: dict[str, list[dict[str, Any]]]) -> None:
         atomic_write_json(self.manifest_path, {"format": FORMAT, "version": 1, "tables": tables,
@@ -335,11 +326,7 @@ class ResultsStore:
 
     def quarantine(self, path: Path) -> Path:
         """Move a damaged file aside into quarantine/ (never deleted); returns its new path."""
-        folder = self.root / QUARANTINE
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{path.name}.{_now()}"
-        os.replace(path, target)
-        return target
+        return quarantine(path, self.root)
 
     def _repair(self, problem: str) -> dict[str, pa.Table]:
         """Under the lock: quarantine every table (and manifest) that fails verification and
@@ -418,7 +405,7 @@ class ResultsStore:
                     entry = json.loads(path.read_text())
                     row, curve = entry["row"], entry["curve"]
                     body = json.dumps({"row": row, "curve": curve}, sort_keys=True, default=str)
-                    if entry.get("sha256") != _sha256(body.encode()):
+                    if entry.get("sha256") != sha256_bytes(body.encode()):
                         raise ValueError("checksum mismatch")
                     if row["attempt"] != int(m.group(1)) or row["run_id"] != folder.name:
                         raise ValueError("names another run or attempt")
@@ -439,7 +426,7 @@ class ResultsStore:
         row = {k: row.get(k) for k in RUN_SCHEMA.names}
         body = json.dumps({"row": row, "curve": curve}, sort_keys=True, default=str)
         atomic_write_json(path, {"row": row, "curve": curve, "recorded_at": time.time(),
-                                 "sha256": _sha256(body.encode())})
+                                 "sha256": sha256_bytes(body.encode())})
 
     def attempts(self, run_id: str) -> int:
         """How many attempts of this run are recorded (in the tables or the journal)."""
@@ -470,16 +457,17 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ writes
 
-    def append(self, row: dict[str, Any], curve: list[dict[str, Any]]) -> bool:
+    def append(self, row: RunRow) -> bool:
         """Add one run attempt and its curve; False (and nothing written) if it is already there."""
+        columns, curve = row.columns(), list(row.curve)
         with self.locked():
+            key = (row.run_id, row.attempt)
             runs = self.runs()
-            key = (row["run_id"], row["attempt"])
             existing = set(zip(runs.column("run_id").to_pylist(), runs.column("attempt").to_pylist()))
             if key in existing:
                 return False
-            self._write_journal(row, curve)
-            self._append_tables(runs, [(row, curve)])
+            self._write_journal(columns, curve)
+            self._append_tables(runs, [(columns, curve)])
             return True
 
     def _append_tables(self, runs: pa.Table, items: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
@@ -496,7 +484,7 @@ class ResultsStore:
                 if kept.num_rows:
                     same = pc.and_(pc.equal(kept["run_id"], run_id), pc.equal(kept["attempt"], attempt))
                     kept = kept.filter(pc.invert(same))
-            points = [{"run_id": row["run_id"], "attempt": row["attempt"], **{k: p.get(k) for k in CURVE_SCHEMA.names[2:]}}
+            points = [{k: p.get(k) for k in CURVE_SCHEMA.names} | {"run_id": row["run_id"], "attempt": row["attempt"]}
                       for row, curve in items for p in curve]
             updates[CURVES] = _table_bytes(pa.concat_tables([kept, pa.Table.from_pylist(points, schema=CURVE_SCHEMA)]))
         self._commit(updates)

@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.launch import Launcher
-from harness.plan import RunSpec
-from harness.results import ResultsStore, atomic_write_bytes
+from harness.files import atomic_write_bytes
+from harness.launch import Launcher, default_nproc
+from harness.procs import is_running
+from harness.record import COMPLETED, FAILED, FINAL, RetryPolicy, RunSpec
+from harness.results import ResultsStore
 
 LAUNCHERS = ("torchrun", "local", "slurm")
-FINAL = ("completed", "diverged")
 DEFAULT_SLURM_TIME = "24:00:00"
 DEFAULT_LOCAL_TIME_MIN = 7 * 24 * 60
 _TERMINATING = threading.Event()
@@ -139,6 +140,14 @@ class ClusterOptions:
             raise UserError(f"--nproc {nproc} and --gpus-per-node {self.gpus_per_node} disagree; give one")
         return self.gpus_per_node or nproc or default
 
+    def run_launcher(self, nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str) -> Launcher:
+        """The Launcher a plan is built with: torchrun here, or the shape of each Slurm/local job."""
+        if self.launcher == "torchrun":
+            return Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint)
+        if node_rank or rdzv_endpoint:
+            raise UserError(f"--node-rank and --rdzv-endpoint are set per job by --launcher {self.launcher}; drop them")
+        return Launcher.checked(self.nproc(nproc, 1 if self.launcher == "slurm" else default_nproc()), nnodes)
+
 
 # ----------------------------------------------------------------------------- the job
 
@@ -156,23 +165,6 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
     # Slurm sends SIGTERM to every process of a preempted or cancelled job: torchrun dies too,
     # and that attempt must not be recorded as a failure. submitit requeues on its own signal.
     _TERMINATING.set()
-
-
-def final_status(store: ResultsStore, spec: RunSpec) -> str | None:
-    frame = store.runs_frame()
-    if frame.empty:
-        return None
-    rows = frame[(frame["sweep"] == spec.sweep) & (frame["run_id"] == spec.run_id)]
-    final = rows[rows["status"].isin(FINAL)]
-    return str(final["status"].iloc[0]) if not final.empty else None
-
-
-def failed_attempts(store: ResultsStore, spec: RunSpec) -> int:
-    frame = store.runs_frame()
-    if frame.empty:
-        return 0
-    rows = frame[(frame["sweep"] == spec.sweep) & (frame["run_id"] == spec.run_id)]
-    return int((rows["status"] == "failed").sum())
 
 
 class RunJob:
@@ -212,35 +204,33 @@ class RunJob:
             from harness.tblog import TensorBoardLog
 
             tb = TensorBoardLog(store.root)
-        failures = 0
+        policy = RetryPolicy(self.retries)
         while True:
-            status = final_status(store, spec)
-            if status is not None:
+            history = store.history(spec.sweep, spec.run_id)
+            status = policy.settled(history.statuses)
+            if status in FINAL:
                 return {"run_id": spec.run_id, "status": status}
+            if status == FAILED:
+                raise RuntimeError(f"run {spec.run_id} failed {len(history.rows)} time(s): "
+                                   f"{history.rows[-1]['reason']} (log: {store.run_dir(spec.run_id) / 'log.txt'})")
             result = execute(spec, store, launcher,
                              on_progress=(lambda p: tb.progress(spec, p)) if tb else None,
-                             should_run=lambda: final_status(store, spec) is None)
+                             should_run=lambda: policy.settled(store.history(spec.sweep, spec.run_id).statuses) is None)
             if result is None:  # another process (a duplicate job, a local sweep) runs it: wait for it
                 time.sleep(15)
                 continue
             if tb is not None:
-                tb.finish(spec, result.row)
-            if result.row is None or result.row["status"] in FINAL:
-                continue
-            if _TERMINATING.is_set():  # preempted: Slurm requeues the job (or ends it) now
+                tb.finish(spec, result.row.columns() if result.row else None)
+            if _TERMINATING.is_set():  # preempted (the attempt was not recorded): Slurm requeues the job now
                 time.sleep(600)
                 raise RuntimeError(f"run {spec.run_id} was terminated by Slurm")
-            failures += 1
-            if failures > self.retries:
-                raise RuntimeError(f"run {spec.run_id} failed {failures} time(s): {result.row.get('reason')} "
-                                   f"(log: {result.log})")
 
     def _follow(self, spec: RunSpec, store: ResultsStore, launcher: JobLauncher) -> dict[str, Any]:
         """Nodes after the first run torchrun for the same run and leave the recording to node 0."""
         run_dir = store.run_dir(spec.run_id)
         spec_path = run_dir / "spec.json"
         for _ in range(1 + self.retries):
-            if final_status(store, spec) is not None or (run_dir / "result.json").exists():
+            if any(st in FINAL for st in store.history(spec.sweep, spec.run_id).statuses) or (run_dir / "result.json").exists():
                 break
             with (run_dir / f"log.node{launcher.node_rank}.txt").open("a") as log:
                 subprocess.run(launcher.command(spec_path, spec.run_id), stdout=log, stderr=subprocess.STDOUT,
@@ -286,26 +276,29 @@ def _executor(opts: ClusterOptions, folder: Path, name: str, nproc: int, nnodes:
 
 def submit_plan(plan, opts: ClusterOptions, retries: int, console, tensorboard: bool = False) -> int:
     """Submit the plan's missing runs as jobs; wait for them (local, or --wait). Returns an exit code."""
-    from harness.status import is_running, record_jobs, write_plan
+    from harness.plan import record_jobs, save_plan
     from harness.sweep import describe
 
     store: ResultsStore = plan.store
     store.ensure_writable()
     results = store.root.resolve()
-    write_plan(plan)
+    save_plan(plan)
+    policy = RetryPolicy(retries)
     pending, done, busy, failed = [], 0, 0, []
     for spec in plan.specs:
-        if final_status(store, spec) is not None:
+        status = policy.settled(store.history(spec.sweep, spec.run_id).statuses)
+        if status in FINAL:
             done += 1
         elif is_running(store.run_dir(spec.run_id)):
             busy += 1
-        elif failed_attempts(store, spec) > retries:
+        elif status == FAILED:
             failed.append(spec)
         else:
             pending.append(spec)
     for spec in failed:
-        console.print(f"[yellow]{spec.arm} seed {spec.seed}[/yellow] has failed {failed_attempts(store, spec)} "
-                      f"times; not resubmitted (see {store.run_dir(spec.run_id)}/log.txt)")
+        console.print(f"[yellow]{spec.arm} seed {spec.seed}[/yellow] has failed "
+                      f"{len(store.history(spec.sweep, spec.run_id).rows)} times; not resubmitted "
+                      f"(see {store.run_dir(spec.run_id)}/log.txt)")
     console.print(f"{len(plan.specs)} runs: {done} done, {busy} running elsewhere, {len(failed)} failed, "
                   f"{len(pending)} to submit ({opts.launcher})")
     if not pending:
@@ -369,8 +362,8 @@ def submit_plan(plan, opts: ClusterOptions, retries: int, console, tensorboard: 
                     console.print(f"[yellow]{label}[/yellow]: job {job.job_id} failed: "
                                   f"{last[-1] if last else type(err).__name__} (logs: {job.paths.stdout.parent})")
                     continue
-                status = final_status(store, spec) or "failed"
-                outcome_ok &= status == "completed"
+                status = policy.settled(store.history(spec.sweep, spec.run_id).statuses) or FAILED
+                outcome_ok &= status == COMPLETED
                 console.print(describe(store, spec, status, label))
             time.sleep(1.0)
         return 0 if outcome_ok else 1

@@ -13,78 +13,17 @@ Slurm and local jobs are listed in RESULTS/sweeps/<sweep>.jobs.json (run id -> j
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
-from harness.results import ResultsStore, atomic_write_json
+from harness.plan import read_jobs, read_plan, saved_sweeps
+from harness.procs import is_running
+from harness.record import COMPLETED, DIVERGED, parse_progress
+from harness.results import ResultsStore
 
 STATES = ("done", "running", "queued", "failed", "diverged")
-PLANS = "sweeps"
-
-
-def plan_path(results: Path, sweep: str) -> Path:
-    """Where a sweep's plan lives: RESULTS/sweeps/<sweep>.json (written by harness.sweep when it starts)."""
-    return Path(results) / PLANS / f"{sweep}.json"
-
-
-def jobs_path(results: Path, sweep: str) -> Path:
-    return Path(results) / PLANS / f"{sweep}.jobs.json"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_plan(plan) -> Path:
-    """Record the sweep's plan as the sweep itself does (harness.sweep.save_plan when it exists)."""
-    from harness import sweep as sweepmod
-
-    save = getattr(sweepmod, "save_plan", None)
-    if save is not None:
-        save(plan)
-    else:
-        path = plan_path(plan.store.root, plan.sweep)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {
-            "sweep": plan.sweep, "preset": plan.preset, "arms": plan.arms, "seeds": plan.seeds,
-            "world_size": plan.launcher.world_size,
-            "budgets": {arm: b.as_dict() for arm, b in plan.budgets.items()},
-            "runs": [{"run_id": s.run_id, "arm": s.arm, "seed": s.seed, "config_hash": s.config_hash}
-                     for s in plan.specs],
-        })
-    return plan_path(plan.store.root, plan.sweep)
-
-
-def record_jobs(results: Path, sweep: str, jobs: dict[str, str]) -> None:
-    """Add run id -> job id entries to RESULTS/plans/<sweep>.jobs.json."""
-    path = jobs_path(results, sweep)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=60):
-        known = _read_json(path) or {}
-        known.update(jobs)
-        atomic_write_json(path, known)
-
-
-def is_running(run_dir: Path) -> bool:
-    """Whether another process holds the run folder's lock (as harness.launch.execute does)."""
-    lock_file = Path(run_dir) / ".lock"
-    if not lock_file.exists():
-        return False
-    lock = FileLock(str(lock_file))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
 
 
 def _progress(run_dir: Path) -> str:
@@ -99,11 +38,11 @@ def _progress(run_dir: Path) -> str:
     except OSError:
         return ""
     for line in reversed(tail):
-        if line.startswith("PROGRESS "):
+        p = parse_progress(line)
+        if p is not None:
             try:
-                p = json.loads(line[len("PROGRESS "):])
                 return f"step {p['step']:,}/{p['steps']:,}, loss {p['loss']:.4f}"
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, TypeError):
                 return ""
     return ""
 
@@ -121,56 +60,44 @@ class RunState:
 
 
 def sweep_names(results: Path) -> list[str]:
-    names = []
-    folder = Path(results) / PLANS
-    if folder.is_dir():
-        for p in sorted(folder.glob("*.json")):
-            if p.name.endswith(".jobs.json"):
-                continue
-            data = _read_json(p)
-            if isinstance(data, dict) and isinstance(data.get("sweep"), str):
-                names.append(data["sweep"])
+    """Sweeps with a saved plan, then sweeps that only have recorded rows (older sweeps)."""
     store = ResultsStore(results)
-    if store.runs_path.exists():
-        names += list(store.runs_frame()["sweep"].dropna().unique())
-    return list(dict.fromkeys(names))
+    recorded = store.sweeps() if store.runs_path.exists() else []
+    return list(dict.fromkeys(saved_sweeps(results) + recorded))
 
 
 def sweep_status(results: Path, sweep: str) -> list[RunState]:
     """Every run of `sweep` with its state, in plan order (seed-major)."""
     results = Path(results)
     store = ResultsStore(results)
-    frame = store.runs_frame()
-    rows = frame[frame["sweep"] == sweep] if not frame.empty else frame
-    plan = _read_json(plan_path(results, sweep)) or {}
-    planned = [r for r in plan.get("runs", []) if isinstance(r, dict) and "run_id" in r]
+    rows = store.sweep_frame(sweep)
+    planned = [r for r in read_plan(results, sweep).get("runs", []) if isinstance(r, dict) and "run_id" in r]
     if not rows.empty:  # runs recorded under this sweep that no plan names (older sweeps)
         known = {r["run_id"] for r in planned}
         first = rows.sort_values("attempt").drop_duplicates("run_id")
         planned += [{"run_id": r.run_id, "arm": r.arm, "seed": int(r.seed)}
                     for r in first.itertuples() if r.run_id not in known]
-    jobs = _read_json(jobs_path(results, sweep)) or {}
+    jobs = read_jobs(results, sweep)
     out = []
     for run in planned:
         run_id = run["run_id"]
-        mine = rows[rows["run_id"] == run_id] if not rows.empty else rows
-        statuses = list(mine["status"]) if not mine.empty else []
+        history = store.history(sweep, run_id)
+        statuses = history.statuses
         detail, test_loss = "", None
         run_dir = store.run_dir(run_id)
-        if "completed" in statuses:
+        if COMPLETED in statuses:
             state = "done"
-            row = mine[mine["status"] == "completed"].iloc[0]
-            test_loss = float(row["test_loss"])
+            test_loss = float(history.settled_row(COMPLETED)["test_loss"])
             detail = f"test loss {test_loss:.4f}"
-        elif "diverged" in statuses:
+        elif DIVERGED in statuses:
             state = "diverged"
-            detail = str(mine[mine["status"] == "diverged"]["reason"].iloc[0])
+            detail = str(history.settled_row(DIVERGED)["reason"])
         elif is_running(run_dir):
             state = "running"
             detail = _progress(run_dir)
         elif statuses:
             state = "failed"
-            detail = str(mine["reason"].iloc[-1])
+            detail = str(history.rows[-1]["reason"])
         else:
             state = "queued"
         out.append(RunState(run_id, run.get("arm", "?"), int(run.get("seed", -1)), state, len(statuses),

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.record import FINAL
 
 LOG_CHOICES = ("none", "tensorboard")
-FINAL = ("completed", "diverged")
 
 
 def check_log(log: str | None) -> bool:
@@ -97,21 +97,17 @@ class TensorBoardLog:
 
     def from_store(self, store, specs) -> int:
         """Write every recorded run of `specs` not written yet; returns how many were written."""
-        frame = store.runs_frame()
-        if frame.empty:
-            return 0
-        curves = store.curves().to_pandas()
+        curves = None
         written = 0
         for spec in specs:
             if (self.run_dir(spec.sweep, spec.run_id) / ".complete").exists():
                 continue
-            rows = frame[(frame["sweep"] == spec.sweep) & (frame["run_id"] == spec.run_id)]
-            if rows.empty:
+            final = [r for r in store.history(spec.sweep, spec.run_id).rows if r["status"] in FINAL]
+            if not final:
                 continue
-            final = rows[rows["status"].isin(FINAL)]
-            if final.empty:
-                continue
-            row = final.sort_values("attempt").iloc[-1].to_dict()
+            row = final[-1]
+            if curves is None:
+                curves = store.curves().to_pandas()
             pts = curves[(curves["run_id"] == spec.run_id) & (curves["attempt"] == row["attempt"])]
             self.finish(spec, row, pts.sort_values("step").to_dict("records"))
             written += 1

@@ -17,7 +17,6 @@ synchronisation inside a step: the loss stays on the device until a log interval
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -34,12 +33,10 @@ import torch.nn.functional as F
 from harness import checkpoint
 from harness.config import TrainConfig
 from harness.data import BatchSampler, eval_batches, load_corpus
-from harness.plan import RunSpec
-from harness.results import atomic_write_json
+from harness.files import atomic_write_json
+from harness.record import COMPLETED, DIVERGED, RunResult, RunSpec, progress_line
 from harness.versions import versions
 from model import GPTModel, ModelConfig, init_weights, parameter_counts
-
-PROGRESS = "PROGRESS "
 
 # Intra-op threads of one CPU worker. Measured on the 2-core development box with the tiny preset
 # (see reports/benchmarks.md): one thread per worker trains several times faster than two,
@@ -310,7 +307,7 @@ def main(spec_path: str) -> int:
     ckpt_every = tcfg.checkpoint_every or max(1, spec.steps // 10)
     steps_in_window, t_window = 0, time.perf_counter()
     t_start = time.perf_counter()
-    status, reason, diverged_step = "completed", "", None
+    status, reason, diverged_step = COMPLETED, "", None
 
     def save(step: int) -> None:
         stage = checkpoint.prepare_staging(run_dir) if d.main else checkpoint.staging_dir(run_dir)
@@ -338,12 +335,10 @@ def main(spec_path: str) -> int:
                           "train_loss": window_loss, "lr": trainer.lr})
             if d.main:
                 rate = steps_in_window * spec.tokens_per_step / max(now - t_window, 1e-9)
-                print(PROGRESS + json.dumps({"step": done, "steps": spec.steps,
-                                             "tokens": done * spec.tokens_per_step,
-                                             "loss": window_loss, "tokens_per_s": rate}), flush=True)
+                print(progress_line(done, spec.steps, done * spec.tokens_per_step, window_loss, rate), flush=True)
             steps_in_window, t_window = 0, now
             if not math.isfinite(window_loss):
-                status, reason, diverged_step = "diverged", f"non-finite training loss at step {done}", done
+                status, reason, diverged_step = DIVERGED, f"non-finite training loss at step {done}", done
                 break
         if done % ckpt_every == 0 or done == spec.steps:
             save(done)
@@ -351,27 +346,26 @@ def main(spec_path: str) -> int:
     train_time = elapsed_before + time.perf_counter() - t_start
     trained_steps = diverged_step or spec.steps
     test_loss, test_tokens = float("nan"), 0
-    if status == "completed":
+    if status == COMPLETED:
         t_eval = time.perf_counter()
         test_loss, test_tokens = trainer.evaluate(corpus.test)
         if not math.isfinite(test_loss):
-            status, reason = "diverged", "non-finite test loss"
+            status, reason = DIVERGED, "non-finite test loss"
         eval_time = time.perf_counter() - t_eval
     else:
         eval_time = 0.0
     if d.main:
-        atomic_write_json(run_dir / "result.json", {
-            "status": status, "reason": reason, "diverged_step": diverged_step,
-            "test_loss": test_loss, "test_tokens": test_tokens, "test_set_id": corpus.test_set_id,
-            "train_loss": curve[-1]["train_loss"] if curve else float("nan"),
-            "tokens_seen": trained_steps * spec.tokens_per_step, "steps": trained_steps,
-            "wall_time_s": train_time + eval_time, "train_time_s": train_time, "eval_time_s": eval_time,
-            "tokens_per_s": trained_steps * spec.tokens_per_step / max(train_time, 1e-9),
-            "world_size": d.world, "dtype": trainer.dtype,
-            "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
-            "versions": versions(), "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "curve": curve,
-        })
+        result = RunResult(
+            status=status, reason=reason, diverged_step=diverged_step, test_loss=test_loss,
+            test_tokens=test_tokens, test_set_id=corpus.test_set_id,
+            train_loss=curve[-1]["train_loss"] if curve else float("nan"),
+            tokens_seen=trained_steps * spec.tokens_per_step, steps=trained_steps,
+            wall_time_s=train_time + eval_time, train_time_s=train_time, eval_time_s=eval_time,
+            tokens_per_s=trained_steps * spec.tokens_per_step / max(train_time, 1e-9), dtype=trainer.dtype,
+            device=torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
+            versions=versions(), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            curve=curve)
+        atomic_write_json(run_dir / "result.json", result.to_dict())
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -13,9 +13,15 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from bench_report import bench_report
+from synthetic import synthetic_results, write_results
+
 from harness import report as R
 from harness import stats as S
 from harness.errors import UserError
+from harness.outcomes import _normalise_runs, load_store, resolve_outcomes
+from harness.plots import aggregate_curves
+from harness.render import md_escape
 
 REQUIRED_JSON_KEYS = {"arm", "n", "mean", "sd", "diff", "ci_low", "ci_high", "p", "p_holm",
                       "verdict"}
@@ -25,13 +31,13 @@ REQUIRED_JSON_KEYS = {"arm", "n", "mean", "sd", "diff", "ci_low", "ci_high", "p"
 
 
 def make_runs(arms=None, seeds=5, sweep="demo", rng_seed=0, curve_points=10, **kw):
-    """(runs, curves) DataFrames in the results-store schema (see harness.report)."""
-    return R.synthetic_results(sweep=sweep, arms=arms, seeds=seeds, rng_seed=rng_seed,
+    """(runs, curves) DataFrames in the results-store schema (see tests/synthetic.py)."""
+    return synthetic_results(sweep=sweep, arms=arms, seeds=seeds, rng_seed=rng_seed,
                                curve_points=curve_points, **kw)
 
 
 def write_store(path: Path, runs: pd.DataFrame, curves: pd.DataFrame | None = None) -> Path:
-    R.write_results(path, runs, curves)
+    write_results(path, runs, curves)
     return path
 
 
@@ -57,9 +63,8 @@ class Run:
         args.update({k: kw.pop(k) for k in list(kw) if k in args})
         kw.setdefault("reports_dir", self.tmp / "reports")
         kw.setdefault("n_resamples", 500)
-        return R.run_report(results, args["sweep"], args["baseline"], args["alpha"],
-                            args["margin"], args["out"], args["fmt"], args["allow_mismatch"],
-                            Console(file=self.console_buf, width=220), stdout=self.stdout, **kw)
+        return R.run_report(results, console=Console(file=self.console_buf, width=220), stdout=self.stdout,
+                            **args, **kw)
 
     @property
     def terminal(self) -> str:
@@ -264,7 +269,7 @@ def test_completed_attempt_wins_whatever_the_order(tmp_path):
     runs, _ = make_runs({"baseline": 0}, seeds=2)
     later_fail = attempt(runs, "baseline", 0, status="failed", test_loss=np.nan,
                          finished_at="2030-01-01T00:00:00+00:00", run_id="later")
-    out = R.resolve_outcomes(R._normalise_runs(pd.concat([runs, later_fail]), print))
+    out = resolve_outcomes(_normalise_runs(pd.concat([runs, later_fail]), print))
     row = out[(out["arm"] == "baseline") & (out["seed"] == 0)].iloc[0]
     assert row["outcome"] == "completed" and row["attempts"] == 2
 
@@ -368,11 +373,11 @@ def test_attempts_share_run_id_and_curves_follow_the_counted_attempt(run, tmp_pa
     curves.loc[curves["run_id"] == run_id, "attempt"] = 2
     runs, curves = pd.concat([runs, first]), pd.concat([curves, bad_curve])
     store = write_store(tmp_path / "res", runs, curves)
-    loaded = R.load_store(store)
-    outcomes = R.resolve_outcomes(loaded.runs)
+    loaded = load_store(store)
+    outcomes = resolve_outcomes(loaded.runs)
     row = outcomes[(outcomes["arm"] == "a") & (outcomes["seed"] == 0)].iloc[0]
     assert row["outcome"] == "completed" and row["attempt"] == 2 and row["attempts"] == 2
-    agg = R.aggregate_curves(outcomes, loaded.curves)
+    agg = aggregate_curves(outcomes, loaded.curves)
     assert agg["mean"].max() < 20  # the failed attempt's curve is not mixed in
     run(store, fmt="json")
     acc = {r["arm"]: r for r in json.loads(run.stdout.getvalue())["sweeps"][0]["runs"]}
@@ -413,10 +418,10 @@ def test_markdown_escaping_keeps_tables_intact(run, tmp_path):
     md = next((run.tmp / "reports").glob("*.md"))
     text = md.read_text()
     assert weird not in text
-    assert R.md_escape(weird) in text
-    assert R.md_escape(weird) == "a\\|b\\*c\\_\\[x\\](y)\\<z\\>\\`\\#"
+    assert md_escape(weird) in text
+    assert md_escape(weird) == "a\\|b\\*c\\_\\[x\\](y)\\<z\\>\\`\\#"
     header = [ln for ln in text.splitlines() if ln.startswith("| arm | n | mean")][0]
-    row = [ln for ln in text.splitlines() if ln.startswith("| " + R.md_escape(weird) + " | 5")][0]
+    row = [ln for ln in text.splitlines() if ln.startswith("| " + md_escape(weird) + " | 5")][0]
     assert len(md_cells(row)) == len(md_cells(header))
     assert md.name == "s_weird.md"
 
@@ -431,7 +436,7 @@ def test_welch_fallback_is_stated(run, tmp_path):
 
 
 def test_bench_report_runs(capsys):
-    dt = R.bench_report(n_runs=200, n_arms=4, curve_points=5)
+    dt = bench_report(n_runs=200, n_arms=4, curve_points=5)
     assert dt > 0
     assert "report over 200 runs" in capsys.readouterr().out
 
@@ -464,7 +469,7 @@ from hypothesis import strategies as hs  # noqa: E402
 @settings(max_examples=300, deadline=None)
 @given(hs.text(max_size=40))
 def test_md_escape_never_breaks_a_table_cell(text):
-    out = R.md_escape(text)
+    out = md_escape(text)
     assert "\n" not in out and "\r" not in out
     assert not re.search(r"(?<!\\)\|", out.replace("\\\\", ""))
     assert len(md_cells(f"| {out} | x |")) == 2

@@ -10,14 +10,15 @@ import sys
 import pytest
 
 from harness.launch import Launcher
+from harness.plan import Plan, save_plan
+from harness.procs import is_running
+from harness.record import RunResult, RunRow
 from harness.results import ResultsStore
-from harness.status import is_running, status_payload, sweep_names, write_plan
-from harness.sweep import Plan
+from harness.status import status_payload, sweep_names
 
 
-def row(spec, status: str, attempt: int = 1, test_loss: float = float("nan"), reason: str = "") -> dict:
-    return {"run_id": spec.run_id, "attempt": attempt, "sweep": spec.sweep, "arm": spec.arm, "seed": spec.seed,
-            "status": status, "test_loss": test_loss, "reason": reason, "run_dir": "x", "tokens_seen": 0}
+def row(spec, status: str, attempt: int = 1, test_loss: float = float("nan"), reason: str = "") -> RunRow:
+    return RunRow.of(spec, attempt, RunResult(status=status, test_loss=test_loss, reason=reason), run_dir="x")
 
 
 def invoke(*args: str):
@@ -33,15 +34,15 @@ def invoke(*args: str):
 def sweep(tmp_path):
     plan = Plan.build(arms=["qkv_bias"], seeds=[0, 1, 2], preset="micro", sets={}, tokens=1000, budget="baseline",
                       sweep="s1", include_baseline=True, launcher=Launcher(), results=tmp_path)
-    write_plan(plan)
+    save_plan(plan)
     store = ResultsStore(tmp_path)
     by = {(s.arm, s.seed): s for s in plan.specs}
-    store.append(row(by["baseline", 0], "completed", test_loss=4.0), [])
-    store.append(row(by["baseline", 1], "completed", test_loss=5.0), [])
-    store.append(row(by["qkv_bias", 0], "failed", reason="workers exited with code 1: boom"), [])
-    store.append(row(by["qkv_bias", 0], "failed", attempt=2, reason="workers exited with code 1: boom"), [])
-    store.append(row(by["qkv_bias", 1], "failed", reason="oom"), [])
-    store.append(row(by["qkv_bias", 1], "diverged", attempt=2, reason="non-finite training loss at step 3"), [])
+    store.append(row(by["baseline", 0], "completed", test_loss=4.0))
+    store.append(row(by["baseline", 1], "completed", test_loss=5.0))
+    store.append(row(by["qkv_bias", 0], "failed", reason="workers exited with code 1: boom"))
+    store.append(row(by["qkv_bias", 0], "failed", attempt=2, reason="workers exited with code 1: boom"))
+    store.append(row(by["qkv_bias", 1], "failed", reason="oom"))
+    store.append(row(by["qkv_bias", 1], "diverged", attempt=2, reason="non-finite training loss at step 3"))
     return tmp_path, plan, by
 
 
@@ -89,7 +90,9 @@ def test_running_detail_and_sweeps_without_a_plan(sweep):
         holder.wait()
     assert runs[by["qkv_bias", 2].run_id]["detail"] == "step 7/40, loss 3.2500"
     other = by["baseline", 0]
-    ResultsStore(results).append(row(other, "completed", attempt=9, test_loss=3.0) | {"sweep": "old"}, [])
+    moved = row(other, "completed", attempt=9, test_loss=3.0)
+    moved.sweep = "old"
+    ResultsStore(results).append(moved)
     assert sweep_names(results) == ["s1", "old"]
     assert status_payload(results, "old")["old"]["totals"] == {"done": 1}
 

@@ -107,7 +107,7 @@ SWEEP_KEYS = ["name", "description", "preset", "arms", "seeds", "seed_list", "bu
 @example('arms = ["qkv_bias"]\ntokens = -5\n')
 @example('arms = ["qkv_bias"]\nseeds = 0\n')
 def test_sweep_files_load_or_fail_cleanly(tmp_path, text):
-    from harness.sweep import load_sweep_file
+    from harness.plan import load_sweep_file
 
     path = tmp_path / "hostile.toml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")

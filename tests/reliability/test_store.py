@@ -18,24 +18,26 @@ from rich.console import Console
 
 from conftest import flip_bit
 from harness.errors import UserError
+from harness.record import RunRow
 from harness.results import CURVES, MANIFEST, RUNS, ResultsStore, WriteError
 
 
-def make_row(i: int, attempt: int = 1, **kw) -> tuple[dict, list[dict]]:
+def make_row(i: int, attempt: int = 1, **kw) -> RunRow:
     arm = ("baseline", "qkv_bias")[i % 2]
-    run_id = f"{arm}-s{i // 2}-abc{i:03d}"
-    row = {"run_id": run_id, "attempt": attempt, "sweep": "micro-qkv_bias", "arm": arm, "seed": i // 2,
-           "preset": "micro", "status": "completed", "reason": "", "test_loss": 5.0 + i / 1000 + 1e-13,
-           "planned_tokens": 3072, "tokens_seen": 3072, "steps": 12, "test_set_id": "abcd",
-           "world_size": 1, "config_hash": "h", "finished_at": "2026-01-01T00:00:00+00:00"} | kw
     curve = [{"step": s, "tokens": 256 * s, "train_loss": 5.5 - s / 100, "lr": 2e-3} for s in range(1, 13)]
-    return row, curve
+    return RunRow(**{
+        "run_id": f"{arm}-s{i // 2}-abc{i:03d}", "attempt": attempt, "sweep": "micro-qkv_bias", "arm": arm,
+        "interventions": "" if arm == "baseline" else arm, "seed": i // 2, "init_seed": 1, "data_seed": 2,
+        "dropout_seed": 3, "preset": "micro", "config": {}, "overrides": {}, "params": 100,
+        "status": "completed", "reason": "", "test_loss": 5.0 + i / 1000 + 1e-13, "planned_tokens": 3072,
+        "tokens_per_step": 256, "tokens_seen": 3072, "steps": 12, "test_set_id": "abcd", "world_size": 1,
+        "config_hash": "h", "finished_at": "2026-01-01T00:00:00+00:00", "curve": curve} | kw)
 
 
 def filled(root: Path, n: int = 6) -> ResultsStore:
     store = ResultsStore(root, warn=lambda m: None)
     for i in range(n):
-        assert store.append(*make_row(i))
+        assert store.append(make_row(i))
     return store
 
 
@@ -68,7 +70,7 @@ def test_append_journals_every_row_and_the_manifest_matches(tmp_path):
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert manifest["tables"][RUNS][0]["rows"] == 6 and manifest["tables"][CURVES][0]["rows"] == 72
     assert len(list(tmp_path.glob("runs/*/attempts/1.json"))) == 6
-    assert not store.append(*make_row(0))  # (run_id, attempt) is the key: no duplicate
+    assert not store.append(make_row(0))  # (run_id, attempt) is the key: no duplicate
     assert store.runs().num_rows == 6 and not store.warnings
 
 
@@ -133,7 +135,7 @@ def _replace_calls_in_one_append(tmp_path) -> int:
     real = os.replace
     os.replace = lambda a, b: (calls.append(b), real(a, b))[1]
     try:
-        store.append(*make_row(9))
+        store.append(make_row(9))
     finally:
         os.replace = real
     return len(calls)
@@ -163,7 +165,7 @@ def test_crash_between_any_two_writes_loses_and_duplicates_nothing(tmp_path, mon
 
             monkeypatch.setattr(os, "replace", crashing)
             with pytest.raises(Crash) if k else pytest.raises(AssertionError):
-                store.append(*make_row(3))
+                store.append(make_row(3))
                 assert False, "no crash at k=0"
             monkeypatch.setattr(os, "replace", real)
             reader, said = fresh(root)
@@ -205,7 +207,7 @@ def test_failed_write_leaves_the_previous_state_and_says_so(tmp_path, monkeypatc
     else:
         monkeypatch.setattr(os, fail_at, boom)
     with pytest.raises(WriteError) as info:
-        store.append(*make_row(3))
+        store.append(make_row(3))
     monkeypatch.undo()
     message = str(info.value)
     assert isinstance(info.value, UserError) and isinstance(info.value, OSError)
@@ -214,7 +216,7 @@ def test_failed_write_leaves_the_previous_state_and_says_so(tmp_path, monkeypatc
     assert after == snapshot  # nothing changed, no temporary file left behind
     reader, said = fresh(tmp_path)
     assert reader.runs().num_rows == 3 and not said
-    assert reader.append(*make_row(3))  # and once the disk is back, the write goes through
+    assert reader.append(make_row(3))  # and once the disk is back, the write goes through
 
 
 def test_repair_on_a_read_only_folder_reports_instead_of_crashing(tmp_path, monkeypatch):
@@ -240,8 +242,8 @@ from harness.results import ResultsStore
 from test_store import make_row
 store = ResultsStore(Path({root!r}), warn=print)
 for i in range({start}, {start} + 15):
-    store.append(*make_row(i))
-    store.append(*make_row(i))  # the other writer, or a retry, appending the same row: ignored
+    store.append(make_row(i))
+    store.append(make_row(i))  # the other writer, or a retry, appending the same row: ignored
 """
 
 
@@ -296,7 +298,7 @@ def test_disk_full_at_any_write_of_an_append_keeps_the_tables_verifiable(tmp_pat
 
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(WriteError, match="No space left on device"):
-        store.append(*make_row(3))
+        store.append(make_row(3))
     monkeypatch.undo()
     reader, said = fresh(tmp_path)
     assert not said and not list(tmp_path.rglob(".*.tmp"))

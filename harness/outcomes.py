@@ -1,0 +1,202 @@
+"""Loading a results folder for a report, and what each (sweep, arm, seed) amounts to.
+
+load_store reads runs.parquet and curves.parquet (a harness-written store is verified against its
+manifest first; a hand-made or damaged table is skipped with a warning, never a traceback) and
+normalises the columns the run record defines. resolve_outcomes picks the attempt that counts
+for every (sweep, arm, seed); check_integrity names what makes arms incomparable.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import UserError
+from harness.files import sha256_file
+from harness.record import COMPLETED, DIVERGED, FAILED, STATUSES, RunRow, column_kinds
+from harness.results import MANIFEST as STORE_MANIFEST, RUNS as RUNS_FILE, ResultsStore
+
+RUN_KINDS = column_kinds(RunRow)  # every column of the run record: int, float or str
+RUN_REQUIRED = ("sweep", "arm", "seed", "status", "test_loss")
+CURVE_REQUIRED = ("run_id", "step", "train_loss")
+INTEGRITY_FIELDS = (("planned_tokens", "token budget (planned_tokens)"),
+                    ("preset", "preset"), ("test_set_id", "test set (test_set_id)"))
+INVALID = "invalid"  # status completed but a NaN/inf test loss
+OUTCOMES = (COMPLETED, DIVERGED, FAILED, INVALID)
+
+
+@dataclass
+class FileInfo:
+    path: Path
+    kind: str
+    rows: int
+    size: int
+    sha256: str
+    modified: str
+
+
+@dataclass
+class Store:
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    files: list[FileInfo]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _candidates(results_dir: Path, name: str) -> list[Path]:
+    """``<name>.parquet`` in the results folder (``runs/`` there holds run working folders)."""
+    single = results_dir / f"{name}.parquet"
+    return [single] if single.is_file() else []
+
+
+def _read_parquet(path: Path, kind: str, required: Sequence[str], warn) -> pd.DataFrame | None:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, never a traceback
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        warn(f"skipping {path}: not a readable Parquet file ({msg[:160]})")
+        return None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        warn(f"skipping {path}: {kind} file lacks column(s) {', '.join(missing)}")
+        return None
+    return df
+
+
+def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> Store:
+    """Read every readable runs/curves Parquet file; skip the unreadable ones with a warning."""
+    results_dir = Path(results_dir)
+    messages: list[str] = []
+
+    def _warn(msg: str) -> None:
+        messages.append(msg)
+        if warn is not None:
+            warn(msg)
+
+    if not results_dir.exists():
+        raise UserError(f"no results: folder {results_dir} does not exist (run `harness sweep` "
+                        "first, or point --results at a results folder)")
+    if not results_dir.is_dir():
+        raise UserError(f"no results: {results_dir} is not a folder (expected a results folder "
+                        f"holding {RUNS_FILE})")
+    if (results_dir / STORE_MANIFEST).exists():
+        # a store written by harness: tables failing their checksums are quarantined and rebuilt first
+        ResultsStore(results_dir, warn=_warn).check()
+    infos: list[FileInfo] = []
+    frames: dict[str, list[pd.DataFrame]] = {"runs": [], "curves": []}
+    for kind, required in (("runs", RUN_REQUIRED), ("curves", CURVE_REQUIRED)):
+        for path in _candidates(results_dir, kind):
+            df = _read_parquet(path, kind, required, _warn)
+            if df is None:
+                continue
+            frames[kind].append(df)
+            stat = path.stat()
+            infos.append(FileInfo(
+                path=path, kind=kind, rows=len(df), size=stat.st_size, sha256=sha256_file(path),
+                modified=_dt.datetime.fromtimestamp(stat.st_mtime, _dt.timezone.utc)
+                .isoformat(timespec="seconds")))
+    if not frames["runs"]:
+        raise UserError(f"no results: no readable {RUNS_FILE} in {results_dir} (run `harness "
+                        "sweep` first, or point --results at a results folder)")
+    runs = pd.concat(frames["runs"], ignore_index=True)
+    runs = _normalise_runs(runs, _warn)
+    if len(runs) == 0:
+        raise UserError(f"no results: {RUNS_FILE} in {results_dir} holds no runs")
+    if frames["curves"]:
+        curves = pd.concat(frames["curves"], ignore_index=True)
+        if "tokens" not in curves.columns:
+            curves["tokens"] = curves["step"]
+        if "attempt" not in curves.columns:
+            curves["attempt"] = np.nan
+        curves = curves[["run_id", "attempt", "step", "tokens", "train_loss"]].copy()
+        curves["run_id"] = curves["run_id"].astype(str)
+        for c in ("attempt", "step", "tokens", "train_loss"):
+            curves[c] = pd.to_numeric(curves[c], errors="coerce")
+    else:
+        curves = pd.DataFrame({"run_id": pd.Series(dtype=str), "attempt": [], "step": [],
+                               "tokens": [], "train_loss": []})
+    return Store(runs=runs, curves=curves, files=infos, warnings=messages)
+
+
+def _normalise_runs(runs: pd.DataFrame, warn) -> pd.DataFrame:
+    """Every column of the run record (a hand-made or older table may lack some): text as str
+    ("" for missing), numbers as float (NaN for missing), seeds as int."""
+    runs = runs.copy()
+    for col, kind in RUN_KINDS.items():
+        if col not in runs.columns:
+            runs[col] = -1 if col == "seed" else "" if kind is str else np.nan
+    for c, kind in RUN_KINDS.items():
+        if c == "seed":
+            continue
+        if kind is str:
+            runs[c] = runs[c].astype(object).where(runs[c].notna(), "").astype(str)
+        else:
+            runs[c] = pd.to_numeric(runs[c], errors="coerce").astype(float)
+    seed = pd.to_numeric(runs["seed"], errors="coerce")
+    bad = seed.isna() | (seed != seed.round())
+    if bad.any():
+        warn(f"ignoring {int(bad.sum())} run row(s) without an integer seed")
+        runs, seed = runs[~bad], seed[~bad]
+    runs["seed"] = seed.astype("int64")
+    runs["status"] = runs["status"].str.strip().str.lower()
+    return runs.reset_index(drop=True)
+
+
+def resolve_outcomes(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (sweep, arm, seed): the attempt that counts and its outcome.
+
+    A completed attempt with a finite test loss wins (the latest if several: highest
+    ``attempt``, then latest ``finished_at``); otherwise the latest attempt decides:
+    ``diverged``, ``failed`` (also for unknown statuses) or ``invalid`` (status completed but
+    the test loss is NaN/inf). ``attempts`` counts all attempts.
+    """
+    r = runs.copy()
+    finite = np.isfinite(r["test_loss"].to_numpy(dtype=float))
+    completed = r["status"].eq(COMPLETED).to_numpy()
+    outcome = np.where(completed & finite, COMPLETED,
+                       np.where(completed, INVALID,
+                                np.where(r["status"].eq(DIVERGED), DIVERGED, FAILED)))
+    r["outcome"] = outcome
+    reason = r["reason"].copy()
+    reason[(outcome == INVALID) & reason.eq("")] = "status completed but test_loss is NaN/inf"
+    unknown = ~r["status"].isin(list(STATUSES))
+    reason[unknown] = ("unknown status " + r.loc[unknown, "status"].map(repr) + ": "
+                       + reason[unknown]).str.rstrip(": ")
+    r["reason"] = reason
+    r["_priority"] = (r["outcome"] != COMPLETED).astype(int)
+    keys = ["sweep", "arm", "seed"]
+    r["attempts"] = r.groupby(keys)["status"].transform("size").astype(int)
+    r["_order"] = np.arange(len(r))
+    r["_attempt"] = r["attempt"].fillna(-1.0)
+    r = r.sort_values(keys + ["_priority", "_attempt", "finished_at", "_order"],
+                      ascending=[True, True, True, True, False, False, False], kind="mergesort")
+    chosen = r.drop_duplicates(keys, keep="first")
+    return chosen.drop(columns=["_priority", "_order", "_attempt"]).reset_index(drop=True)
+
+
+def check_integrity(outcomes: pd.DataFrame, arms: Sequence[str]) -> list[str]:
+    """Mismatches between the compared arms that make a comparison invalid (human-readable)."""
+    done = outcomes[outcomes["outcome"].eq(COMPLETED) & outcomes["arm"].isin(list(arms))]
+    problems = []
+    for col, label in INTEGRITY_FIELDS:
+        vals = done[col]
+        if col == "planned_tokens":
+            vals = vals.map(lambda v: "unknown" if not np.isfinite(v) else str(int(v)))
+        per_arm = vals.groupby(done["arm"]).unique()
+        distinct = set().union(*[set(v) for v in per_arm]) if len(per_arm) else set()
+        if len(distinct) > 1:
+            detail = ", ".join(f"{a}: {'/'.join(sorted(map(str, v)))}"
+                               for a, v in per_arm.items())
+            problems.append(f"{label} differs ({detail})")
+    hashes = done.groupby("arm")["config_hash"].unique()
+    for arm, vals in hashes.items():
+        vals = [v for v in vals if v]
+        if len(vals) > 1:
+            problems.append(f"arm {arm} has runs with different configs (config_hash "
+                            f"{', '.join(sorted(vals))})")
+    return problems
