@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 import torch
 
 from harness import config as cfgmod
-from harness.data import eval_batches, load_corpus
+from harness.batches import eval_batches
+from harness.data import load_corpus
 from harness.errors import UserError
 from harness.files import atomic_write_bytes
 from harness.results import ResultsStore

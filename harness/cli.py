@@ -87,14 +87,11 @@ def list_cmd(keys: Annotated[bool, typer.Option("--keys", help="Also list every 
         table.add_row(name, ", ".join(f"{k}={v}" for k, v in iv.overrides.items()) or "-", iv.description)
     console.print(table)
     if keys:
-        import dataclasses
-        from model.config import ModelConfig
-        table = Table(title="config keys (--set KEY=VALUE, or [set] in an intervention TOML)")
-        for col in ("key", "group", "default"):
+        table = Table(title=escape("config keys (--set KEY=VALUE, or [set] in an intervention TOML)"))
+        for col in ("key", "group", "default", "meaning"):
             table.add_column(col)
-        for group, cls in (("model", ModelConfig), ("train", cfgmod.TrainConfig)):
-            for f in dataclasses.fields(cls):
-                table.add_row(f.name, group, repr(f.default))
+        for name, group, default, doc in cfgmod.config_keys():
+            table.add_row(name, group, repr(default), doc)
         console.print(table)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from harness.errors import UserError
-from model.config import ModelConfig
+from model.config import ModelConfig, documented, key_docs
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 PRESETS_DIR = SWEEPS_DIR / "presets"
@@ -32,26 +32,27 @@ BASELINE = "baseline"
 class TrainConfig:
     """Optimiser, schedule, precision, batch shape and data switches (the book's defaults)."""
 
-    data: str = "shakespeare"  # "shakespeare", a text file/folder, or a folder of uint16 .bin shards
-    tokenizer: str = "gpt2"  # "gpt2" (BPE) or "bytes"
-    lr: float = 4e-4
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float = 0.0  # max global grad norm; 0 = no clipping
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_frac: float = 0.05  # cosine schedule: linear warmup over this fraction of the steps
-    min_lr_ratio: float = 0.1  # cosine schedule: floor as a fraction of lr
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    micro_batch: int = 12  # sequences per process per micro-step
-    grad_accum: int = 1
-    tokens_per_param: float = 20.0  # Chinchilla
-    shuffle: bool = True  # False: the seed author's fixed, unshuffled data order
-    allow_repeat: bool = False  # allow a budget larger than one epoch of the training split
-    eval_batch: int = 0  # sequences per evaluation batch; 0 = automatic
-    log_every: int = 0  # steps between loss-curve points; 0 = about 200 points per run
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = about 10 per run
-    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile: auto = on for CUDA
+    data: str = documented("shakespeare", "'shakespeare', a text file/folder, or a folder of uint16 .bin shards")
+    tokenizer: str = documented("gpt2", "gpt2 (BPE) or bytes")
+    lr: float = documented(4e-4, "AdamW learning rate (the peak, with the cosine schedule)")
+    weight_decay: float = documented(0.1, "AdamW weight decay, on every parameter (as the book)")
+    beta1: float = documented(0.9, "AdamW beta1")
+    beta2: float = documented(0.999, "AdamW beta2")
+    grad_clip: float = documented(0.0, "max global gradient norm; 0 = no clipping")
+    lr_schedule: Literal["constant", "cosine"] = documented("constant", "constant, or cosine: linear warmup then cosine decay")
+    warmup_frac: float = documented(0.05, "cosine schedule: linear warmup over this fraction of the steps")
+    min_lr_ratio: float = documented(0.1, "cosine schedule: floor as a fraction of lr")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = documented("auto", "autocast dtype; auto: bf16 on CUDA, fp32 on CPU; "
+                                                                    "fp16 uses a GradScaler")
+    micro_batch: int = documented(12, "sequences per process per micro-step")
+    grad_accum: int = documented(1, "micro-steps per optimiser step")
+    tokens_per_param: float = documented(20.0, "Chinchilla budget: training tokens per parameter")
+    shuffle: bool = documented(True, "False: the seed author's fixed, unshuffled data order")
+    allow_repeat: bool = documented(False, "allow a budget larger than one epoch of the training split")
+    eval_batch: int = documented(0, "sequences per evaluation batch; 0 = automatic")
+    log_every: int = documented(0, "steps between loss-curve points; 0 = about 200 points per run")
+    checkpoint_every: int = documented(0, "steps between checkpoints; 0 = about 10 per run")
+    compile: Literal["auto", "on", "off"] = documented("auto", "torch.compile: auto = on for CUDA")
 
     def validate(self) -> None:
         positive = ("lr", "micro_batch", "grad_accum", "tokens_per_param")
@@ -74,6 +75,12 @@ MODEL_KEYS = frozenset(ModelConfig.field_names())
 TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 assert not MODEL_KEYS & TRAIN_KEYS, "model and train keys must not collide"
 ALL_KEYS = MODEL_KEYS | TRAIN_KEYS
+
+
+def config_keys() -> list[tuple[str, str, Any, str]]:
+    """Every config key: (name, group, default, one-line meaning), model keys first."""
+    return [(name, group, default, doc) for group, cls in (("model", ModelConfig), ("train", TrainConfig))
+            for name, (default, doc) in key_docs(cls).items()]
 
 
 def _closest(name: str, candidates) -> str:

@@ -34,7 +34,10 @@ Cache (root: the cache_dir argument, else $HARNESS_CACHE, else ~/.cache/harness)
       for user shard folders, which cannot be rebuilt: each shard's path, size, mtime_ns,
       sha256, token count and largest id. A shard whose size or mtime changed is re-hashed.
 
-The batch order is a pure function of (data_seed, step): see BatchSampler.
+The batch order over a corpus is in harness.batches.
+
+One module (about 530 lines): each corpus source and its cache are one pipeline (source ->
+tokens -> verified shards); the token-shard format itself is harness.shards.
 """
 
 from __future__ import annotations
@@ -50,18 +53,17 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-import torch
 from filelock import FileLock
 
 from harness.errors import UserError
 from harness.files import atomic_write_bytes, fsync_dir
+from harness.shards import SHARD_DTYPE
+from harness.shards import digest as shard_digest
 from harness.tokenizers import Tokenizer, get_tokenizer
 
 PREP_VERSION = 1
-SHARD_DTYPE = np.dtype("<u2")
 TEST_FRACTION = 0.1
 TEXT_SUFFIXES = (".txt", ".md")
 SHAKESPEARE = "shakespeare"
@@ -74,7 +76,6 @@ TEST_PLAYS = (
 )
 N_PLAYS = 38
 SPLITS = ("train", "test")
-_HASH_CHUNK = 1 << 24
 
 
 class CacheWarning(UserWarning):
@@ -336,7 +337,7 @@ def _open_verified(folder: Path, key: str):
             if size != tokens * SHARD_DTYPE.itemsize or tokens < 2:
                 return None, f"{split}.bin has {size} bytes, manifest says {tokens} tokens"
             mm = np.memmap(shard, dtype=SHARD_DTYPE, mode="r")
-            if _sha256_array(mm) != digest:
+            if shard_digest(mm)[0] != digest:
                 return None, f"{split}.bin does not match its sha256 in manifest.json"
             maps.append(mm)
     except (KeyError, TypeError, ValueError) as e:
@@ -368,7 +369,7 @@ def _build(src: _TextSource, tokenizer: Tokenizer, key: str, corpora: Path, entr
                     "each split needs at least 2, use a larger corpus"
                 )
             _write_synced(tmp / f"{split}.bin", tokens.tobytes())
-            manifest["shards"][split] = {"tokens": len(tokens), "sha256": _sha256_array(tokens)}
+            manifest["shards"][split] = {"tokens": len(tokens), "sha256": shard_digest(tokens)[0]}
         _write_synced(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
         fsync_dir(tmp)
         final = corpora / entry
@@ -489,12 +490,8 @@ def _shard_info(path: Path, known: dict | None) -> tuple[dict, np.memmap]:
     if len(mm) < 2:
         raise UserError(f"shard {str(path)!r} holds {len(mm)} token; each split needs at least 2")
     stamp = {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-    digest, max_token = hashlib.sha256(), 0  # always hashed: bit rot keeps size and mtime
-    for start in range(0, len(mm), _HASH_CHUNK):
-        chunk = mm[start : start + _HASH_CHUNK]
-        digest.update(chunk)
-        max_token = max(max_token, int(chunk.max()))
-    info = {**stamp, "tokens": len(mm), "sha256": digest.hexdigest(), "max_token": max_token}
+    sha256, max_token = shard_digest(mm)  # always hashed: bit rot keeps size and mtime
+    info = {**stamp, "tokens": len(mm), "sha256": sha256, "max_token": max_token}
     if _still_valid(known, stamp, len(mm)):
         if known.get("sha256") != info["sha256"]:
             raise UserError(
@@ -522,13 +519,6 @@ def _still_valid(known, stamp: dict, tokens: int) -> bool:
 # ----------------------------------------------------------------------------- file helpers
 
 
-def _sha256_array(a: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    for start in range(0, len(a), _HASH_CHUNK):
-        digest.update(np.ascontiguousarray(a[start : start + _HASH_CHUNK]))
-    return digest.hexdigest()
-
-
 def _makedirs(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -544,158 +534,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-# ----------------------------------------------------------------------------- batch order
-
-
-def n_windows(split_len: int, context_length: int) -> int:
-    """Non-overlapping training windows: window w is tokens[w*T : w*T+T+1] (inputs plus shift)."""
-    return max(split_len - 1, 0) // context_length
-
-
-def epochs_needed(tokens_budget: int, split_len: int, context_length: int) -> float:
-    """How many passes over the train windows a budget of trained tokens takes."""
-    per_epoch = n_windows(split_len, context_length) * context_length
-    if per_epoch == 0:
-        return float("inf")
-    return tokens_budget / per_epoch
-
-
-def check_epochs(tokens_budget: int, split_len: int, context_length: int, allow_repeat: bool) -> float:
-    """epochs_needed, raising UserError when it exceeds one and repeating data was not allowed."""
-    epochs = epochs_needed(tokens_budget, split_len, context_length)
-    if epochs > 1 and not allow_repeat:
-        raise UserError(
-            f"a budget of {tokens_budget:,} tokens needs {epochs:.2f} epochs over the "
-            f"{split_len:,}-token train split at context {context_length}; to repeat data pass "
-            "--set allow_repeat=true, or lower the budget or use a larger corpus"
-        )
-    return epochs
-
-
-class BatchSampler:
-    """The training batch order as a pure function of (data_seed, step).
-
-    Global sequence i = step * global_batch + j reads window perm_e[i % n_windows] of epoch
-    e = i // n_windows, where perm_e comes from PCG64 seeded by (data_seed, e), or is the
-    identity with shuffle=False (the seed author's fixed order). Rank r takes the contiguous
-    slice [r*per_rank, (r+1)*per_rank) of the step's global batch and micro-step m the slice
-    [m*micro_batch, (m+1)*micro_batch) of that, so the sequences trained per step do not depend
-    on how the global batch is spread over processes and accumulation steps.
-    """
-
-    def __init__(self, tokens: np.ndarray, context_length: int, data_seed: int, shuffle: bool = True):
-        if context_length < 1:
-            raise UserError(f"context_length must be a positive integer, got {context_length}")
-        if data_seed < 0:
-            raise UserError(f"data_seed must be a non-negative integer, got {data_seed}")
-        self.tokens = np.asarray(tokens)
-        self.context_length = context_length
-        self.data_seed = data_seed
-        self.shuffle = shuffle
-        self.n_windows = n_windows(len(self.tokens), context_length)
-        if self.n_windows == 0:
-            raise UserError(
-                f"the train split has {len(self.tokens):,} tokens, fewer than context_length + 1 = "
-                f"{context_length + 1}; use a larger corpus or a shorter context"
-            )
-        self._perms: dict[int, np.ndarray] = {}
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        """Window order of one epoch; this and the previous epoch stay cached for straddling batches."""
-        if epoch not in self._perms:
-            if self.shuffle:
-                rng = np.random.Generator(np.random.PCG64([self.data_seed, epoch]))
-                perm = rng.permutation(self.n_windows)
-            else:
-                perm = np.arange(self.n_windows)
-            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
-            self._perms[epoch] = perm
-        return self._perms[epoch]
-
-    def window_ids(self, start: int, count: int) -> np.ndarray:
-        """Windows of global sequences start .. start+count-1."""
-        out = np.empty(count, dtype=np.int64)
-        done = 0
-        while done < count:
-            i = start + done
-            epoch, offset = divmod(i, self.n_windows)
-            take = min(count - done, self.n_windows - offset)
-            out[done : done + take] = self.permutation(epoch)[offset : offset + take]
-            done += take
-        return out
-
-    def batch(
-        self, step: int, global_batch: int, rank: int, world_size: int, micro_batch: int, micro_step: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) int64 CPU tensors of shape (micro_batch, T) for this rank and micro-step."""
-        grad_accum = _grad_accum(global_batch, world_size, micro_batch)
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        if not 0 <= micro_step < grad_accum:
-            raise ValueError(f"micro_step {micro_step} is outside 0..{grad_accum - 1}")
-        if step < 0:
-            raise ValueError(f"step must be non-negative, got {step}")
-        per_rank = global_batch // world_size
-        start = step * global_batch + rank * per_rank + micro_step * micro_batch
-        T = self.context_length
-        offsets = self.window_ids(start, micro_batch)[:, None] * T + np.arange(T + 1)
-        return _inputs_targets(self.tokens[offsets])
-
-
-def _grad_accum(global_batch: int, world_size: int, micro_batch: int) -> int:
-    """Accumulation steps per optimizer step; UserError when the batch does not divide evenly."""
-    if global_batch < 1 or world_size < 1 or micro_batch < 1:
-        raise UserError(
-            f"global_batch ({global_batch}), world_size ({world_size}) and micro_batch ({micro_batch}) "
-            "must all be positive"
-        )
-    if global_batch % world_size:
-        raise UserError(
-            f"global_batch {global_batch} is not divisible by world_size {world_size}; "
-            "use a global batch that is a multiple of the number of processes"
-        )
-    per_rank = global_batch // world_size
-    if per_rank % micro_batch:
-        raise UserError(
-            f"the per-process batch {per_rank} (global_batch {global_batch} / world_size {world_size}) "
-            f"is not divisible by micro_batch {micro_batch}; pick a micro_batch that divides it"
-        )
-    return per_rank // micro_batch
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def test_token_count(tokens: np.ndarray) -> int:
-    """Tokens predicted when evaluating a split: every token but the first."""
-    return max(len(tokens) - 1, 0)
-
-
-def eval_batches(
-    tokens: np.ndarray, context_length: int, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Non-overlapping windows that make every token after the first a target exactly once:
-    full (batch_size, T) batches (the last may have fewer rows), then the remaining tail as a
-    (1, t) batch with t < T."""
-    if context_length < 1 or batch_size < 1:
-        raise UserError(
-            f"context_length ({context_length}) and batch_size ({batch_size}) must be positive"
-        )
-    tokens = np.asarray(tokens)
-    T = context_length
-    full = n_windows(len(tokens), T)
-    for first in range(0, full, batch_size):
-        rows = np.arange(first, min(first + batch_size, full))[:, None] * T + np.arange(T + 1)
-        yield _inputs_targets(tokens[rows])
-    start = full * T
-    if start < len(tokens) - 1:
-        yield _inputs_targets(tokens[None, start:])
-
-
-def _inputs_targets(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """int64 (x, y) tensors from rows of t+1 tokens: y is x shifted left by one."""
-    rows = rows.astype(np.int64)
-    x, y = np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
-    return torch.from_numpy(x), torch.from_numpy(y)

@@ -131,7 +131,8 @@ def with_data(sets: dict[str, Any], data: str | None) -> dict[str, Any]:
 def check_data(configs: dict[str, cfgmod.ArmConfig], budgets: dict[str, Budget]) -> list[str]:
     """Check (and build or verify, once in this process) every arm's corpus: a prepared folder's
     tokenizer, the model's vocabulary, and that the budget fits the training split. Returns notes."""
-    from harness.data import check_epochs, load_corpus
+    from harness.batches import check_epochs
+    from harness.data import load_corpus
     from harness.prepare import check_tokenizer
 
     notes = []

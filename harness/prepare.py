@@ -27,11 +27,13 @@ Ctrl-C with the documents consumed, the tokens written and the `datasets` stream
 Running the same command again truncates the partial shards to the recorded lengths and goes on
 from that position; the result is byte-identical to an uninterrupted preparation. The final
 shards appear (renamed) only when the preparation is complete.
+
+One module (about 520 lines): streaming, resumable shard writing and its progress display are one
+pipeline with one resume state; the token-shard format itself is harness.shards.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -47,18 +49,16 @@ from rich.console import Console
 
 from harness.errors import UserError
 from harness.files import atomic_write_json
+from harness.shards import MANIFEST, PREPARED_FORMAT, SHARD_DTYPE, open_shard, read_prepared_manifest
+from harness.shards import digest as shard_digest
 from harness.tokenizers import Tokenizer, get_tokenizer
 
-FORMAT = "harness-prepared"
 FORMAT_VERSION = 1
 DEFAULT_TEST_TOKENS = 19_660_800
-MANIFEST = "manifest.json"
 STATE = ".prepare-state.json"
 SPLITS = ("test", "train")  # the order the stream fills them in
-SHARD_DTYPE = np.dtype("<u2")
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".md": "text"}
 BATCH_DOCS = 1024
-_HASH_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -289,15 +289,6 @@ def _options(source: Source, tok: Tokenizer, test_tokens: int, train_tokens: int
             "train_tokens": train_tokens, "format_version": FORMAT_VERSION}
 
 
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The folder's prepared-data manifest, or None when it has none (any other shard folder)."""
-    try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
-
-
 def prepare(source: Source, out: Path, tokenizer: str = "gpt2", test_tokens: int = DEFAULT_TEST_TOKENS,
             train_tokens: int | None = None, overwrite: bool = False, console: Console | None = None,
             use_datasets: bool | None = None, checkpoint_every_s: float = 60.0,
@@ -326,7 +317,7 @@ def prepare(source: Source, out: Path, tokenizer: str = "gpt2", test_tokens: int
     except Timeout:
         raise UserError(f"another `harness data prepare` is writing {str(out)!r}") from None
     try:
-        manifest = read_manifest(out)
+        manifest = read_prepared_manifest(out)
         if manifest is not None and not overwrite:
             if manifest.get("options") == options and all((out / f"{s}.bin").exists() for s in SPLITS):
                 console.print(f"{out} is already prepared with these options (nothing to do)")
@@ -442,17 +433,6 @@ def _fill(source, out, tok, state: _State, test_tokens, train_tokens, console, u
         raise UserError(f"dataset {source.describe()} holds no documents")
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    """sha256 of a shard and its largest token id."""
-    mm = np.memmap(path, dtype=SHARD_DTYPE, mode="r") if path.stat().st_size else np.zeros(0, SHARD_DTYPE)
-    digest, top = hashlib.sha256(), 0
-    for start in range(0, len(mm), _HASH_CHUNK):
-        chunk = np.ascontiguousarray(mm[start : start + _HASH_CHUNK])
-        digest.update(chunk)
-        top = max(top, int(chunk.max()))
-    return digest.hexdigest(), top
-
-
 def _finalize(source: Source, out: Path, tok: Tokenizer, state: _State, console: Console) -> dict[str, Any]:
     """Check the splits, hash and rename the shards, write the manifest, drop the state."""
     if state.tokens["train"] < 2:
@@ -467,14 +447,14 @@ def _finalize(source: Source, out: Path, tok: Tokenizer, state: _State, console:
         final, partial = out / f"{split}.bin", _partial(out, split)
         if partial.exists():
             os.replace(partial, final)
-        digest, top = _sha256_file(final)
+        digest, top = shard_digest(open_shard(final))
         if final.stat().st_size != state.tokens[split] * SHARD_DTYPE.itemsize:
             raise UserError(f"{final} does not hold its recorded {state.tokens[split]:,} tokens; "
                             "start again with --overwrite")
         shards[split] = {"file": f"{split}.bin", "tokens": state.tokens[split], "documents": state.documents[split],
                          "sha256": digest, "max_token": top}
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": PREPARED_FORMAT, "format_version": FORMAT_VERSION,
         "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id},
         "dtype": "uint16 little-endian", "separator": "eot id between consecutive documents of a split",
         "source": source.identity() | {"description": source.describe()},
@@ -533,7 +513,7 @@ def check_tokenizer(data: str, tokenizer: str) -> None:
         return
     if (path / STATE).exists() and not (path / "train.bin").exists():
         raise UserError(f"{str(path)!r} is an unfinished `harness data prepare`; run it again to finish")
-    manifest = read_manifest(path)
+    manifest = read_prepared_manifest(path)
     if manifest is None:
         return
     made_with = (manifest.get("tokenizer") or {}).get("name")

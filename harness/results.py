@@ -18,6 +18,9 @@ bytes against the manifest; a table that is torn, bit-flipped or missing is move
 with a warning naming its path and rebuilt from the journals, so no recorded row is lost. A write
 that fails (full or read-only disk) leaves the previous files intact and raises WriteError, a
 UserError the CLI prints as one line.
+
+One module (about 500 lines): verification, repair, the journal and the queries all guard one
+invariant (no recorded row lost, duplicated or silently altered) and share its lock.
 """
 
 from __future__ import annotations

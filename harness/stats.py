@@ -57,6 +57,10 @@ Known limitation, measured (tests/test_stats.py)
     at n = 5), so it can never be significant at alpha 0.05; ``notes`` says so.
 
 Degenerate input never raises: a quantity that cannot be computed is NaN and ``notes`` says why.
+
+One module (about 750 lines) on purpose: every procedure's formula sits beside the text that
+states it, and the report's Methods cite them here. New families of statistics (sequential
+tests, variance components) get modules of their own.
 """
 
 from __future__ import annotations

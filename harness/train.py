@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from harness import checkpoint
 from harness.config import TrainConfig
-from harness.data import BatchSampler, eval_batches, load_corpus
+from harness.batches import BatchSampler, eval_batches
+from harness.data import load_corpus
 from harness.files import atomic_write_json
 from harness.record import COMPLETED, DIVERGED, RunResult, RunSpec, progress_line
 from harness.versions import versions

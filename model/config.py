@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Norm = Literal["layernorm", "rmsnorm"]
 Positions = Literal["learned", "rope", "nope"]
@@ -16,27 +16,37 @@ Mlp = Literal["gelu", "swiglu"]
 Init = Literal["torch_default", "gpt2"]
 
 
+def documented(default: Any, doc: str) -> Any:
+    """A config key: its default and its one-line meaning (shown by `harness list --keys`)."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def key_docs(cls: type) -> dict[str, tuple[Any, str]]:
+    """Field name -> (default, one-line meaning) of a config dataclass."""
+    return {f.name: (f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int = 50257
-    context_length: int = 1024
-    emb_dim: int = 768
-    n_heads: int = 12
-    n_layers: int = 12
-    drop_rate: float = 0.1
-    qkv_bias: bool = False
-    tie_weights: bool = False
-    bias: bool = True  # False removes every Linear and norm bias (qkv_bias still adds Q/K/V biases)
-    norm: Norm = "layernorm"
-    norm_eps: float = 1e-5
-    positions: Positions = "learned"
-    rope_base: float = 10000.0
-    mlp: Mlp = "gelu"
-    mlp_multiple_of: int = 256  # SwiGLU hidden size 8/3 * emb_dim rounded up to this multiple
-    parallel_block: bool = False
-    init: Init = "torch_default"
-    attention_window: int = 0  # 0: full causal attention; W > 0: each token sees the last W tokens
-    vocab_multiple: int = 1  # pad the embedding/output vocabulary up to a multiple of this
+    vocab_size: int = documented(50257, "token ids the embedding and output head cover")
+    context_length: int = documented(1024, "tokens per training window and evaluation window")
+    emb_dim: int = documented(768, "width of the residual stream")
+    n_heads: int = documented(12, "attention heads per layer (must divide emb_dim)")
+    n_layers: int = documented(12, "transformer blocks")
+    drop_rate: float = documented(0.1, "dropout on attention weights, before residual adds and after embeddings")
+    qkv_bias: bool = documented(False, "biases on the query, key and value projections")
+    tie_weights: bool = documented(False, "share the token embedding with the output head")
+    bias: bool = documented(True, "False removes every Linear and norm bias (qkv_bias still adds Q/K/V biases)")
+    norm: Norm = documented("layernorm", "layernorm (the book's) or rmsnorm")
+    norm_eps: float = documented(1e-5, "epsilon of the normalisation layers")
+    positions: Positions = documented("learned", "learned absolute embeddings, rope (rotary) or nope (none)")
+    rope_base: float = documented(10000.0, "RoPE frequency base")
+    mlp: Mlp = documented("gelu", "gelu (Linear, tanh-GELU, Linear at 4x) or swiglu (gated SiLU)")
+    mlp_multiple_of: int = documented(256, "SwiGLU hidden size 8/3 * emb_dim rounded up to this multiple")
+    parallel_block: bool = documented(False, "attention and MLP from one shared norm, added in parallel")
+    init: Init = documented("torch_default", "torch_default or gpt2 (normal 0.02, residual projections scaled)")
+    attention_window: int = documented(0, "0: full causal attention; W > 0: each token sees the last W tokens")
+    vocab_multiple: int = documented(1, "pad the embedding/output vocabulary up to a multiple of this")
 
     @property
     def head_dim(self) -> int:

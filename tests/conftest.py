@@ -1,4 +1,4 @@
-"""Shared test fixtures: a per-session token cache, and the CLI run as a user runs it."""
+"""Shared test helpers: a per-session token cache, the CLI as a user runs it (cli: a subprocess;\ninvoke: in this process), and flip_bit to damage a file."""
 
 from __future__ import annotations
 
@@ -27,6 +27,16 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool =
     if check and proc.returncode != 0:
         raise AssertionError(f"harness {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    """`harness ARGS...` in this process (a subprocess costs seconds of imports): (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
 
 
 def flip_bit(path: Path, offset: int, mask: int = 0x01) -> None:

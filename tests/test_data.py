@@ -14,16 +14,8 @@ import torch
 
 from conftest import flip_bit
 from harness import data
-from harness.data import (
-    TEST_PLAYS,
-    BatchSampler,
-    CacheWarning,
-    check_epochs,
-    epochs_needed,
-    eval_batches,
-    load_corpus,
-    n_windows,
-)
+from harness.batches import BatchSampler, check_epochs, epochs_needed, eval_batches, n_windows
+from harness.data import TEST_PLAYS, CacheWarning, load_corpus
 from harness.errors import UserError
 from harness.tokenizers import get_tokenizer
 

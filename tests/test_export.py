@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import cli
+from conftest import cli, invoke
 from harness.errors import UserError
 from harness.export import export_run, load_run_model, locate_run, unsupported
 from harness.generate import generate_ids
@@ -102,14 +102,6 @@ def test_unsupported_switches_are_named():
                                       attention_window=128))
     assert [r.split("=")[0] for r in reasons] == ["positions", "norm", "mlp", "parallel_block", "attention_window"]
 
-
-def invoke(*args: str):
-    from typer.testing import CliRunner
-
-    from harness.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_bad_exports_are_one_line_and_exit_2(trained, tmp_path):

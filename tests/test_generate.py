@@ -14,6 +14,7 @@ from harness.generate import generate_ids, sample
 from harness.plan import run_spec
 from harness.results import ResultsStore
 from model import GPTModel, init_weights
+from conftest import invoke
 
 
 def fake_run(results, arm: str = "baseline", seed: int = 0, with_checkpoint: bool = True, preset: str = "micro"):
@@ -98,14 +99,6 @@ def test_sample_from_a_run_checkpoint(tmp_path):
     assert texts[0] == "Every effort moves you" + get_tokenizer("bytes").decode(new)
     assert len(texts) == 2 and texts[1].startswith("Every effort moves you")
 
-
-def invoke(*args: str):
-    from typer.testing import CliRunner
-
-    from harness.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_cli_generate(tmp_path):

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from conftest import cli
+from conftest import cli, invoke
 from harness import prepare as prep
 from harness.data import load_corpus
 from harness.errors import UserError
@@ -186,15 +186,6 @@ def test_cli_prepares_and_trains_on_the_shards(tmp_path, jsonl):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "prepared with tokenizer 'bytes' but the run uses 'gpt2'" in bad.stderr
 
-
-def invoke(*args: str):
-    """The CLI in this process (a subprocess costs seconds of imports): (exit code, stdout, stderr)."""
-    from typer.testing import CliRunner
-
-    from harness.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import cli
+from conftest import cli, invoke
 from harness import slurm
 from harness.errors import UserError
 from harness.slurm import ClusterOptions, JobLauncher, RunJob, parse_time
@@ -29,14 +29,6 @@ echo "$@" > "$FAKE_SBATCH_DIR/args.txt"
 echo "Submitted batch job 4242"
 """
 
-
-def invoke(*args: str):
-    from typer.testing import CliRunner
-
-    from harness.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("4:00:00", 240), ("1-02:00:00", 1560), ("2-3", 3060),

@@ -15,19 +15,12 @@ from harness.procs import is_running
 from harness.record import RunResult, RunRow
 from harness.results import ResultsStore
 from harness.status import status_payload, sweep_names
+from conftest import invoke
 
 
 def row(spec, status: str, attempt: int = 1, test_loss: float = float("nan"), reason: str = "") -> RunRow:
     return RunRow.of(spec, attempt, RunResult(status=status, test_loss=test_loss, reason=reason), run_dir="x")
 
-
-def invoke(*args: str):
-    from typer.testing import CliRunner
-
-    from harness.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture
