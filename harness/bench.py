@@ -18,7 +18,6 @@ from __future__ import annotations
 import gc
 import json
 import platform
-import resource
 import statistics
 import time
 from datetime import datetime, timezone
@@ -35,7 +34,8 @@ from harness.data import load_corpus
 from harness.errors import UserError
 from harness.files import atomic_write_bytes
 from harness.results import ResultsStore
-from harness.train import (Dist, Trainer, configure_backends, configure_threads, eval_loss_sum, to_device)
+from harness.train import (Dist, Trainer, configure_backends, configure_threads, eval_loss_sum, peak_memory,
+                           to_device)
 from harness.versions import git_commit, versions
 from model import GPTModel, flops_per_token, parameter_counts
 from model.book import BookGPTModel
@@ -99,13 +99,6 @@ def _sync(device: torch.device) -> None:
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory(device: torch.device) -> tuple[int, str]:
-    """Peak bytes: CUDA's max allocated since the last reset, or this process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -185,7 +178,7 @@ def run_bench(preset: str, arm: str = cfgmod.BASELINE, sets: dict[str, Any] | No
     _reset_peak(device)
     step_times = [_timed(lambda s=step: trainer.train_step(s), device) for step in range(warmup, total)]
     train_loss = trainer.window_loss(total)
-    train_peak, peak_kind = _peak_memory(device)
+    train_peak, peak_kind = peak_memory(device)
     train_tps = steps * tokens_per_step / sum(step_times)
     step_spread = _spread(step_times)
     mfu = fpt * train_tps / peak if peak else None
@@ -216,7 +209,7 @@ def run_bench(preset: str, arm: str = cfgmod.BASELINE, sets: dict[str, Any] | No
             if i >= warmup:
                 eval_times.append(elapsed)
     model.train()
-    eval_peak, _ = _peak_memory(device)
+    eval_peak, _ = peak_memory(device)
     eval_tps = steps * eval_batch * T / sum(eval_times)
     eval_ratio = eval_tps / train_tps
     say(f"eval:  batch {eval_batch} x {T}, {warmup} warm-up + {steps} timed batches, inference mode: "

@@ -157,6 +157,16 @@ def auto_eval_batch(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) 
     return max(1, min(fits, max(1, CUDA_EVAL_TOKENS // T)))
 
 
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(this process's peak memory in bytes so far, what was measured): CUDA memory allocated, else
+    the process's maximum resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"  # Linux: KiB
+
+
 def eval_loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                   amp: torch.dtype | None) -> torch.Tensor:
     """Summed token NLL of one batch, float64, on the device (no host synchronisation)."""
