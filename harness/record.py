@@ -105,6 +105,7 @@ class RunResult:
     train_time_s: float | None = None  # the training loop, summed over resumed attempts
     eval_time_s: float | None = None  # the test-set evaluation
     tokens_per_s: float | None = None  # training throughput
+    peak_memory_bytes: int | None = None  # rank 0's peak: CUDA memory allocated, else the process's max RSS
     dtype: str = ""  # autocast dtype of the training step
     device: str = ""  # "cpu" or the CUDA device name
     versions: dict[str, Any] = field(default_factory=dict)  # python, torch, harness ...

@@ -373,6 +373,7 @@ def main(spec_path: str) -> int:
             tokens_seen=trained_steps * spec.tokens_per_step, steps=trained_steps,
             wall_time_s=train_time + eval_time, train_time_s=train_time, eval_time_s=eval_time,
             tokens_per_s=trained_steps * spec.tokens_per_step / max(train_time, 1e-9), dtype=trainer.dtype,
+            peak_memory_bytes=peak_memory(d.device)[0],
             device=torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
             versions=versions(), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             curve=curve)
