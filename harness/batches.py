@@ -134,11 +134,6 @@ def _grad_accum(global_batch: int, world_size: int, micro_batch: int) -> int:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def test_token_count(tokens: np.ndarray) -> int:
-    """Tokens predicted when evaluating a split: every token but the first."""
-    return max(len(tokens) - 1, 0)
-
-
 def eval_batches(
     tokens: np.ndarray, context_length: int, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

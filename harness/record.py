@@ -11,7 +11,7 @@
 The Parquet schemas are derived from these dataclasses, so a new per-run metric is one field of
 RunResult (and the worker filling it in): result.json, the row, the schema, the journal, the
 report's loading and `harness status --json` all follow. Standard library only: the worker uses
-this module without importing pyarrow (RUN_SCHEMA and CURVE_SCHEMA are built on first use).
+this module without importing pyarrow (harness.results builds RUN_SCHEMA and CURVE_SCHEMA).
 """
 
 from __future__ import annotations
@@ -213,14 +213,6 @@ def arrow_schema(cls: type):
 
     types = {int: pa.int64(), float: pa.float64(), str: pa.string()}
     return pa.schema([(name, types[kind]) for name, kind in column_kinds(cls).items()])
-
-
-def __getattr__(name: str):  # RUN_SCHEMA / CURVE_SCHEMA without importing pyarrow in the worker
-    if name == "RUN_SCHEMA":
-        return arrow_schema(RunRow)
-    if name == "CURVE_SCHEMA":
-        return arrow_schema(CurvePoint)
-    raise AttributeError(name)
 
 
 # ----------------------------------------------------------------------------- retries

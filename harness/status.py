@@ -1,7 +1,7 @@
 """`harness status`: where each sweep stands, per arm: done, running, queued, failed, diverged.
 
 A sweep's plan (every run it will make) is written when it starts, to RESULTS/sweeps/<sweep>.json
-(by harness.sweep, and by the Slurm/local launcher). Each planned run is then, in this order:
+(harness.plan.save_plan, by every launcher). Each planned run is then, in this order:
   done      the results store holds a completed row of it in this sweep
   diverged  ... a diverged row (a final outcome: training is deterministic, it is not retried)
   running   its run folder is locked by a live process (a sweep, or a Slurm/local job)

@@ -38,10 +38,7 @@ def planned_specs(arms: list[str], seeds: int, results: Path):
 def synthetic_store(results: Path, specs) -> None:
     """One completed row per planned run, written as the store writes its tables (no manifest:
     the first reader adopts the folder, as it does for a folder written before manifests)."""
-    try:
-        from harness.record import RUN_SCHEMA
-    except ImportError:
-        from harness.results import RUN_SCHEMA
+    from harness.results import RUN_SCHEMA
     rows = []
     for i, s in enumerate(specs):
         rows.append({name: None for name in RUN_SCHEMA.names} | {
