@@ -148,6 +148,8 @@ def run_cmd(
     from harness.plan import Plan
     from harness.tblog import check_log
 
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
     tensorboard = check_log(log)
     plan = Plan.build(arms=[arm], seeds=[seed], preset=preset, sets=parse_sets(sets), data=data, tokens=tokens,
                       budget=budget, sweep=sweep, include_baseline=False,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import launch
+from harness import launch, procs
 from harness.launch import Launcher
 from conftest import cli
 
@@ -46,13 +46,13 @@ def test_ctrl_c_while_torchrun_forks_is_deferred_then_stops_the_run(tmp_path, mo
         started.append(proc)
         return proc
 
-    monkeypatch.setattr(launch.subprocess, "Popen", popen_interrupted_mid_fork)
-    lock = launch.RunLock(tmp_path / ".lock")
+    monkeypatch.setattr(procs.subprocess, "Popen", popen_interrupted_mid_fork)
+    lock = procs.RunLock(tmp_path / ".lock")
     assert lock.acquire()
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
     t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt), launch.ctrl_c_latch() as pressed:
-        launch._launch(sleeper, tmp_path / "log.txt", 1, {}, None, None, lock, stall_s=600)
+    with pytest.raises(KeyboardInterrupt), procs.ctrl_c_latch() as pressed:
+        launch._launch(sleeper, tmp_path / "log.txt", 1, {}, None, lock, stall_s=600)
     assert pressed.is_set() and time.monotonic() - t0 < 30
     assert started and started[0].poll() is not None  # the child was stopped, not left running
     assert "Exception ignored" not in capfd.readouterr().err
@@ -60,7 +60,7 @@ def test_ctrl_c_while_torchrun_forks_is_deferred_then_stops_the_run(tmp_path, mo
 
 
 def test_ctrl_c_outside_a_fork_raises_at_once():
-    with pytest.raises(KeyboardInterrupt), launch.ctrl_c_latch() as pressed:
+    with pytest.raises(KeyboardInterrupt), procs.ctrl_c_latch() as pressed:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
     assert pressed.is_set()
