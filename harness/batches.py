@@ -7,6 +7,7 @@ after the first a target exactly once (eval_batches).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -38,6 +39,51 @@ def check_epochs(tokens_budget: int, split_len: int, context_length: int, allow_
             "--set allow_repeat=true, or lower the budget or use a larger corpus"
         )
     return epochs
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """How one optimiser step's global batch is spread: over processes, then micro-steps.
+
+    The global batch (sequences per optimiser step) is part of the experiment; the number of
+    processes only decides where it runs. Each process takes global_batch / world_size sequences
+    in micro-steps of micro_batch: the largest divisor of its share up to the configured
+    micro_batch (a memory knob), so gradient accumulation is derived, as in nanoGPT."""
+
+    global_batch: int
+    world_size: int
+    micro_batch: int
+
+    @classmethod
+    def of(cls, global_batch: int, world_size: int, max_micro_batch: int) -> "BatchShape":
+        if global_batch < 1 or world_size < 1 or max_micro_batch < 1:
+            raise UserError(f"global_batch ({global_batch}), processes ({world_size}) and micro_batch "
+                            f"({max_micro_batch}) must all be positive")
+        if global_batch % world_size:
+            valid = [n for n in range(1, global_batch + 1) if global_batch % n == 0]
+            shown = ", ".join(map(str, valid[:12])) + (", ..." if len(valid) > 12 else "")
+            raise UserError(f"a global batch of {global_batch} sequences cannot be split evenly over {world_size} "
+                            f"processes; valid process counts (--nproc x --nnodes): {shown}")
+        per_rank = global_batch // world_size
+        micro = max(m for m in range(1, min(max_micro_batch, per_rank) + 1) if per_rank % m == 0)
+        return cls(global_batch, world_size, micro)
+
+    @property
+    def per_rank(self) -> int:
+        return self.global_batch // self.world_size
+
+    @property
+    def accum(self) -> int:
+        """Micro-steps per optimiser step on each process."""
+        return self.per_rank // self.micro_batch
+
+    def first_sequence(self, rank: int, micro_step: int) -> int:
+        """Index, within its step's global batch, of the first sequence of (rank, micro_step)."""
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank {rank} is outside 0..{self.world_size - 1}")
+        if not 0 <= micro_step < self.accum:
+            raise ValueError(f"micro_step {micro_step} is outside 0..{self.accum - 1}")
+        return rank * self.per_rank + micro_step * self.micro_batch
 
 
 class BatchSampler:
@@ -92,46 +138,14 @@ class BatchSampler:
             done += take
         return out
 
-    def batch(
-        self, step: int, global_batch: int, rank: int, world_size: int, micro_batch: int, micro_step: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int, shape: BatchShape, rank: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) int64 CPU tensors of shape (micro_batch, T) for this rank and micro-step."""
-        grad_accum = _grad_accum(global_batch, world_size, micro_batch)
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        if not 0 <= micro_step < grad_accum:
-            raise ValueError(f"micro_step {micro_step} is outside 0..{grad_accum - 1}")
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}")
-        per_rank = global_batch // world_size
-        start = step * global_batch + rank * per_rank + micro_step * micro_batch
+        start = step * shape.global_batch + shape.first_sequence(rank, micro_step)
         T = self.context_length
-        offsets = self.window_ids(start, micro_batch)[:, None] * T + np.arange(T + 1)
+        offsets = self.window_ids(start, shape.micro_batch)[:, None] * T + np.arange(T + 1)
         return _inputs_targets(self.tokens[offsets])
-
-
-def _grad_accum(global_batch: int, world_size: int, micro_batch: int) -> int:
-    """Accumulation steps per optimizer step; UserError when the batch does not divide evenly."""
-    if global_batch < 1 or world_size < 1 or micro_batch < 1:
-        raise UserError(
-            f"global_batch ({global_batch}), world_size ({world_size}) and micro_batch ({micro_batch}) "
-            "must all be positive"
-        )
-    if global_batch % world_size:
-        raise UserError(
-            f"global_batch {global_batch} is not divisible by world_size {world_size}; "
-            "use a global batch that is a multiple of the number of processes"
-        )
-    per_rank = global_batch // world_size
-    if per_rank % micro_batch:
-        raise UserError(
-            f"the per-process batch {per_rank} (global_batch {global_batch} / world_size {world_size}) "
-            f"is not divisible by micro_batch {micro_batch}; pick a micro_batch that divides it"
-        )
-    return per_rank // micro_batch
-
-
-# ----------------------------------------------------------------------------- evaluation
 
 
 def eval_batches(

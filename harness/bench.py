@@ -120,7 +120,7 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 def _trainer(arm: cfgmod.ArmConfig, d: Dist, corpus, steps: int, compile: bool | None,
              model_cls=GPTModel) -> Trainer:
-    tokens_per_step = arm.train.micro_batch * arm.train.grad_accum * arm.model.context_length
+    tokens_per_step = arm.train.global_batch * arm.model.context_length
     return Trainer(arm.model, arm.train, d, train_tokens=corpus.train,
                    data_seed=cfgmod.derive_seed(BENCH_SEED, "data"), init_seed=cfgmod.derive_seed(BENCH_SEED, "init"),
                    dropout_seed=cfgmod.derive_seed(BENCH_SEED, "dropout"), steps=steps,
@@ -167,7 +167,8 @@ def run_bench(preset: str, arm: str = cfgmod.BASELINE, sets: dict[str, Any] | No
         + (f", {threads} CPU thread{'s' if threads != 1 else ''}" if device.type == "cpu" else "")
         + f"), torch {torch.__version__}, {trainer.dtype}, compile {'on' if compiled else 'off'}")
     say(f"model: {params:,} params, {fpt / 1e6:,.2f} MFLOP/token (6N + 12LHQT); "
-        f"micro-batch {tcfg.micro_batch} x context {T} x grad_accum {tcfg.grad_accum} = {tokens_per_step:,} tokens/step")
+        f"global batch {tcfg.global_batch} x context {T} = {tokens_per_step:,} tokens/step "
+        f"(micro-batch {trainer.shape.micro_batch} x {trainer.accum} micro-steps on 1 process)")
 
     # --- training ---------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -223,7 +224,7 @@ def run_bench(preset: str, arm: str = cfgmod.BASELINE, sets: dict[str, Any] | No
         "device": name, "device_type": device.type, "cpu_threads": threads if device.type == "cpu" else None,
         "torch": torch.__version__, "versions": json.dumps(versions(), sort_keys=True), "git_commit": git_commit(),
         "dtype": trainer.dtype, "compile": compiled, "params": params, "flops_per_token": fpt,
-        "micro_batch": tcfg.micro_batch, "grad_accum": tcfg.grad_accum, "context_length": T,
+        "micro_batch": trainer.shape.micro_batch, "grad_accum": trainer.accum, "context_length": T,
         "tokens_per_step": tokens_per_step, "warmup": warmup, "steps": steps,
         "train_step_s": step_spread["median"], "train_step_s_q1": step_spread["q1"],
         "train_step_s_q3": step_spread["q3"], "train_tokens_per_s": train_tps, "train_loss": train_loss,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from harness.batches import BatchShape
 from harness.config import ArmConfig
 from harness.errors import UserError
 from model.gpt import parameter_counts
@@ -18,18 +19,20 @@ class Budget:
     raw_tokens: int  # tokens_per_param x params, before rounding
     tokens: int  # raw_tokens rounded up to whole global batches
     steps: int
-    tokens_per_step: int  # nproc x micro_batch x grad_accum x context_length
+    tokens_per_step: int  # global_batch x context_length, whatever the number of processes
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def tokens_per_step(cfg: ArmConfig, nproc: int) -> int:
-    return nproc * cfg.train.micro_batch * cfg.train.grad_accum * cfg.model.context_length
+    """Tokens per optimiser step; refuses a process count that cannot share the global batch."""
+    BatchShape.of(cfg.train.global_batch, nproc, cfg.train.micro_batch)
+    return cfg.train.global_batch * cfg.model.context_length
 
 
 def chinchilla(cfg: ArmConfig, nproc: int) -> Budget:
-    """This arm's own Chinchilla budget on `nproc` processes."""
+    """This arm's own Chinchilla budget (the same on any number of processes that can run it)."""
     counts = parameter_counts(cfg.model)
     raw = math.ceil(cfg.train.tokens_per_param * counts["total"])
     return fixed_budget(cfg, nproc, raw)
@@ -41,6 +44,6 @@ def fixed_budget(cfg: ArmConfig, nproc: int, tokens: int) -> Budget:
     per_step = tokens_per_step(cfg, nproc)
     if tokens < per_step:
         raise UserError(f"a budget of {tokens:,} tokens is below one step of {per_step:,} tokens "
-                        "(nproc x micro_batch x grad_accum x context_length); raise --tokens")
+                        "(global_batch x context_length); raise --tokens")
     steps = math.ceil(tokens / per_step)
     return Budget(cfg.arm, counts["total"], counts["non_embedding"], tokens, steps * per_step, steps, per_step)

@@ -1,8 +1,9 @@
 """Checkpoints that resume a run bit-identically and never execute a pickle.
 
 A checkpoint is a folder: model.safetensors (weights), optimizer.pt (tensors and numbers only,
-read back with torch.load(weights_only=True)), rng_rank<R>.pt (each process's random state) and
-meta.json (step, loss curve so far, elapsed time, and the sha256 of every other file). It is
+read back with torch.load(weights_only=True)) and meta.json (step, loss curve so far, elapsed
+time, and the sha256 of every other file). No random state: the worker seeds dropout afresh for
+every micro-step (harness.train.dropout_seed_for), so a resumed run needs none. It is
 written into a temporary folder and renamed into place, so a crash leaves the previous
 checkpoint; a checkpoint whose checksums do not match is refused with a warning, never used.
 `latest(run_dir, quarantine=True)` (the launching parent) also moves a damaged checkpoint to
@@ -31,21 +32,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: damaged, or holding a pickle that is not plain tensors."""
 
 
-def staging_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoint.tmp"
-
-
-def save_rng(stage: Path, rank: int) -> None:
-    """Every process writes its own random state into the staging folder (before rank 0 commits)."""
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    torch.save(state, stage / f"rng_rank{rank}.pt")
-
-
 def commit(run_dir: Path, model: torch.nn.Module, optim_state: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Rank 0: add weights, optimizer and meta (with checksums) to the staging folder, then swap it in."""
-    stage = staging_dir(run_dir)
+    """Rank 0: write weights, optimizer and meta (with checksums) into a fresh staging folder, then swap it in."""
+    stage = run_dir / "checkpoint.tmp"  # a crash leaves it behind: the next commit starts it afresh
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     save_model(model, str(stage / "model.safetensors"))
     torch.save(optim_state, stage / "optimizer.pt")
     files = sorted(p.name for p in stage.iterdir() if p.name != META)
@@ -61,13 +52,6 @@ def commit(run_dir: Path, model: torch.nn.Module, optim_state: dict[str, Any], m
     stage.rename(final)
     fsync_dir(run_dir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def prepare_staging(run_dir: Path) -> Path:
-    stage = staging_dir(run_dir)
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    return stage
 
 
 def verified(folder: Path, probe: bool = False) -> dict[str, Any] | None:
@@ -138,11 +122,7 @@ def _safe_load(path: Path, **kwargs: Any) -> Any:
                               f"({type(err).__name__}: {first[:200]})") from None
 
 
-def load(folder: Path, model: torch.nn.Module, rank: int, device: torch.device) -> dict[str, Any]:
-    """Load weights into `model` and this rank's random state; return the optimizer state."""
+def load(folder: Path, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    """Load weights into `model`; return the optimizer state."""
     load_model(model, str(folder / "model.safetensors"), device=str(device))
-    rng = _safe_load(folder / f"rng_rank{rank}.pt")
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
     return _safe_load(folder / "optimizer.pt", map_location=device)

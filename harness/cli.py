@@ -16,6 +16,7 @@ from rich.table import Table
 
 from harness import config as cfgmod
 from harness.errors import UserError
+from harness.placement import parse_jobs
 
 app = typer.Typer(help="Seed-sweep benchmarking for from-scratch GPT-2 training: did this change "
                        "really make the model better, or is it noise?",
@@ -174,6 +175,9 @@ def sweep_cmd(
     name: Annotated[Optional[str], typer.Option(help="Sweep name (default: preset and arms).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs, budgets, estimated time) and stop.")] = False,
     retries: Annotated[int, typer.Option(help="Retries of a failed run.")] = 1,
+    jobs: Annotated[str, typer.Option(
+        help="Runs at once on this machine, each on its own GPUs or CPU cores; auto: GPUs // --nproc on CUDA, "
+             "cores // (--nproc x threads per process) on the CPU. Placement never changes the results.")] = "auto",
     nnodes: Annotated[int, typer.Option(help="Nodes per run (torchrun --nnodes).")] = 1,
     node_rank: Annotated[int, typer.Option(help="This node's rank (torchrun --node-rank).")] = 0,
     rdzv_endpoint: Annotated[str, typer.Option(help="host:port of the c10d rendezvous (multi-node).")] = "",
@@ -204,6 +208,7 @@ def sweep_cmd(
 
     if retries < 0:
         raise UserError(f"--retries must be >= 0, got {retries}")
+    jobs_asked = parse_jobs(jobs)
     cluster = cluster_options(launcher, partition, gpus_per_node, time_limit, slurm_array_parallelism,
                               cpus_per_task, mem_gb, slurm_arg, slurm_setup, wait)
     tensorboard = check_log(log)
@@ -213,10 +218,13 @@ def sweep_cmd(
     if dry_run:
         return 0
     if cluster.launcher != "torchrun":
+        if jobs_asked is not None:
+            raise UserError(f"--jobs is for runs on this machine; --launcher {cluster.launcher} runs jobs in parallel "
+                            "by itself (--slurm-array-parallelism)")
         from harness.slurm import submit_plan
 
         return submit_plan(plan, cluster, retries, console, tensorboard=tensorboard)
-    outcome = run_here(plan, retries=retries, tensorboard=tensorboard)
+    outcome = run_here(plan, retries=retries, tensorboard=tensorboard, jobs=plan.launcher.jobs(jobs_asked))
     console.print(f"results: {plan.store.runs_path} (sweep {plan.sweep!r}); report with:\n"
                   f"  harness report --sweep {plan.sweep} --results {results}")
     return 0 if outcome.all_completed else 1
@@ -237,17 +245,17 @@ def cluster_options(launcher: str, partition, gpus_per_node, time_limit, array_p
     return opts
 
 
-def run_here(plan, retries: int, tensorboard: bool):
+def run_here(plan, retries: int, tensorboard: bool, jobs: int = 1):
     """Execute a plan on this machine; with --log tensorboard, live curves and then test losses."""
     from harness.sweep import execute_plan
 
     if not tensorboard:
-        return execute_plan(plan, console, retries=retries)
+        return execute_plan(plan, console, retries=retries, jobs=jobs)
     from harness.tblog import TensorBoardLog
 
     tb = TensorBoardLog(plan.store.root)
     try:
-        return execute_plan(plan, console, retries=retries, on_progress=tb.progress)
+        return execute_plan(plan, console, retries=retries, jobs=jobs, on_progress=tb.progress)
     finally:
         tb.from_store(plan.store, plan.specs)
 

@@ -44,8 +44,10 @@ class TrainConfig:
     min_lr_ratio: float = documented(0.1, "cosine schedule: floor as a fraction of lr")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = documented("auto", "autocast dtype; auto: bf16 on CUDA, fp32 on CPU; "
                                                                     "fp16 uses a GradScaler")
-    micro_batch: int = documented(12, "sequences per process per micro-step")
-    grad_accum: int = documented(1, "micro-steps per optimiser step")
+    global_batch: int = documented(96, "sequences per optimiser step, however many processes share them "
+                                       "(the seed author's 8 GPUs x 12)")
+    micro_batch: int = documented(12, "at most this many sequences per process per micro-step (a memory knob; "
+                                      "gradient accumulation is derived)")
     tokens_per_param: float = documented(20.0, "Chinchilla budget: training tokens per parameter")
     shuffle: bool = documented(True, "False: the seed author's fixed, unshuffled data order")
     allow_repeat: bool = documented(False, "allow a budget larger than one epoch of the training split")
@@ -55,7 +57,7 @@ class TrainConfig:
     compile: Literal["auto", "on", "off"] = documented("auto", "torch.compile: auto = on for CUDA")
 
     def validate(self) -> None:
-        positive = ("lr", "micro_batch", "grad_accum", "tokens_per_param")
+        positive = ("lr", "global_batch", "micro_batch", "tokens_per_param")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -105,8 +107,15 @@ def _field_types() -> dict[str, Any]:
 FIELD_TYPES = _field_types()
 
 
+# keys of earlier versions: what to use instead
+RETIRED_KEYS = {"grad_accum": "gradient accumulation is derived from global_batch / (processes x micro_batch); "
+                              "set global_batch (sequences per optimiser step) instead"}
+
+
 def coerce(key: str, value: Any, where: str) -> Any:
     """Check one override against its field's type; ints are accepted where floats are wanted."""
+    if key in RETIRED_KEYS:
+        raise UserError(f"{where}: {key} is no longer a key: {RETIRED_KEYS[key]}")
     if key not in ALL_KEYS:
         raise UserError(f"{where}: unknown key {key!r}{_closest(key, ALL_KEYS)}; see `harness list --keys`")
     kind = FIELD_TYPES[key]

@@ -49,35 +49,52 @@ def ctrl_c_latch() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def stop_runs() -> None:
+    """Make every run that this process is running stop, as Ctrl-C does (launch._launch polls it)."""
+    _ctrl_c.set()
+
+
 def interrupted() -> bool:
     """Whether Ctrl-C was pressed under ctrl_c_latch (also while torchrun was being forked)."""
     return _ctrl_c.is_set()
 
 
-def spawn(cmd: list[str], env: dict[str, str], keep_fd: int | None) -> subprocess.Popen:
+def spawn(cmd: list[str], env: dict[str, str], keep_fd: int | None, cpus: tuple[int, ...] = ()) -> subprocess.Popen:
     """Start `cmd` with its output on a pipe, as a child that dies with this process, holding
-    `keep_fd` open; a Ctrl-C during the fork is only latched (see ctrl_c_latch)."""
-    _spawning.set()
-    try:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env=env, preexec_fn=_die_with_parent, bufsize=1,
-                                pass_fds=(keep_fd,) if keep_fd is not None else ())
-    finally:
-        _spawning.clear()
+    `keep_fd` open, pinned to `cpus` (if any; its children inherit them); a Ctrl-C during the
+    fork is only latched (see ctrl_c_latch)."""
+    def in_child() -> None:  # after fork, before exec: nothing that takes a lock another thread may hold
+        if _prctl is not None:
+            _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphan keeps training
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    with _spawn_lock:  # concurrent runs: one fork at a time, so the latch's window stays exact
+        _spawning.set()
+        try:
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace", env=env, preexec_fn=in_child, bufsize=1,
+                                    pass_fds=(keep_fd,) if keep_fd is not None else ())
+        finally:
+            _spawning.clear()
 
 
-def _die_with_parent() -> None:
-    """Linux: the torchrun child gets SIGTERM if this process dies, so no orphan keeps training."""
+def _libc_prctl():
+    """libc's prctl, loaded once here: loading a library in a forked child could deadlock."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+_prctl = _libc_prctl()
+_spawn_lock = threading.Lock()
 
 
 class RunLock:
-    """An exclusive flock on runs/<id>/.lock whose descriptor torchrun inherits (pass_fds), so the
-    lock outlives this process for as long as its torchrun does. Compatible with filelock.FileLock
-    (also flock) as harness.status uses it."""
+    """An exclusive flock on runs/<id>/.lock whose descriptor the run's processes inherit (pass_fds),
+    so the lock outlives this process for as long as they do. Compatible with filelock.FileLock
+    (also flock)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -96,11 +113,10 @@ class RunLock:
         return True
 
     def release(self) -> None:
-        # close, never LOCK_UN: a torchrun that still holds the inherited descriptor keeps the lock
+        # close, never LOCK_UN: a worker that still holds the inherited descriptor keeps the lock
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
 
 def is_running(run_dir: Path) -> bool:
     """Whether another process holds the run folder's lock (a sweep, or a Slurm/local job runs it)."""

@@ -8,18 +8,21 @@ Each question to the store ("has this run settled?") is one cached, verified rea
 
 from __future__ import annotations
 
+import queue
 import shlex
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
 
-from harness.launch import execute
+from harness.launch import Launcher, Outcome, execute
 from harness.plan import Plan, save_plan
-from harness.procs import ctrl_c_latch
+from harness.procs import ctrl_c_latch, interrupted, stop_runs
 from harness.progress import RunProgress
 from harness.record import COMPLETED, FAILED, FINAL, RetryPolicy, RunSpec
 from harness.results import ResultsStore
@@ -46,57 +49,137 @@ def continue_command() -> str:
     return " ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]])
 
 
-def execute_plan(plan: Plan, console: Console, retries: int = 1,
+def execute_plan(plan: Plan, console: Console, retries: int = 1, jobs: int = 1,
                  on_progress: Callable[[RunSpec, dict[str, Any]], None] | None = None) -> SweepOutcome:
-    """Run every run of the plan that the store does not hold yet; Ctrl-C stops cleanly.
+    """Run every run of the plan that the store does not hold yet, up to `jobs` at once (each in
+    its own slot: GPUs or CPU cores), started in seed-major order; Ctrl-C stops every running run.
 
     on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard)."""
     plan.store.ensure_writable()
     save_plan(plan)
-    policy = RetryPolicy(retries)
-    outcome = SweepOutcome()
-    pending = list(plan.specs)
+    launchers, shared = plan.launcher.for_jobs(jobs)
+    if shared:
+        console.print(f"note: {jobs} runs at once share this machine's "
+                      f"{'GPUs' if launchers[0].slot.gpus else 'CPU cores'} (more jobs than it holds)")
+    runner = _Runner(plan, console, RetryPolicy(retries), launchers, on_progress)
     try:
-        with RunProgress(console, len(plan.specs)) as progress, ctrl_c_latch() as pressed:
-            while pending:
-                busy = []
-                for spec in pending:
-                    label = f"{spec.arm} seed {spec.seed}"
-                    status = settled(plan.store, spec, policy)
-                    if status is not None:
-                        outcome.record(spec, status)
-                        progress.finish_run(f"{describe(plan.store, spec, status, label)} (already in the store)")
-                        continue
-                    while status is None:
-                        progress.start_run(label, spec.steps)
-                        watch = progress.update if on_progress is None else \
-                            (lambda p, s=spec: (progress.update(p), on_progress(s, p)))
-                        result = execute(spec, plan.store, plan.launcher, on_progress=watch,
-                                         should_run=lambda s=spec: settled(plan.store, s, policy) is None)
-                        if pressed.is_set():
-                            raise KeyboardInterrupt
-                        if result is None:  # another sweep process holds this run: come back to it
-                            busy.append(spec)
-                            break
-                        if result.row and result.row.status == FAILED:
-                            console.print(f"[yellow]{escape(label)} failed[/yellow]: {escape(result.row.reason)} "
-                                          f"(log: {escape(str(result.log))})")
-                        if plan.launcher.records:
-                            status = settled(plan.store, spec, policy)
-                        else:  # a non-first node of a multi-node run: node 0 records
-                            status = result.row.status if result.row else COMPLETED
-                    if status is not None:
-                        outcome.record(spec, status)
-                        progress.finish_run(describe(plan.store, spec, status, label))
-                pending = busy
-                if pending:
-                    time.sleep(2.0)
+        with ctrl_c_latch():
+            runner.run()
     except KeyboardInterrupt:
-        done = sum(policy.settled(plan.store.history(s.sweep, s.run_id).statuses) in FINAL for s in plan.specs)
+        runner.stop()
+        done = sum(runner.policy.settled(plan.store.history(s.sweep, s.run_id).statuses) in FINAL for s in plan.specs)
         console.print(f"\nstopped: {done} of {len(plan.specs)} runs done in sweep {plan.sweep}; "
                       f"continue with: {continue_command()}")
         raise SystemExit(130) from None
-    return outcome
+    except BaseException:
+        runner.stop()
+        raise
+    return runner.outcome
+
+
+class _Runner:
+    """The scheduling loop of execute_plan: free slots take the next pending run (seed-major); a
+    finished run is settled, retried (at the front of the queue) or counted; a run that another
+    sweep process holds is left to it and looked at again once nothing else is running."""
+
+    def __init__(self, plan: Plan, console: Console, policy: RetryPolicy, launchers: list[Launcher],
+                 on_progress: Callable[[RunSpec, dict[str, Any]], None] | None):
+        self.plan, self.console, self.policy, self.launchers = plan, console, policy, launchers
+        self.on_progress = on_progress
+        self.outcome = SweepOutcome()
+        self.pending: deque[RunSpec] = deque(plan.specs)
+        self.busy: list[RunSpec] = []
+        self.free = list(range(len(launchers)))
+        self.running: dict[str, tuple[int, threading.Thread]] = {}
+        self.finished: queue.Queue[tuple[RunSpec, Outcome | None, BaseException | None]] = queue.Queue()
+
+    def run(self) -> None:
+        with RunProgress(self.console, len(self.plan.specs)) as self.progress:
+            while self.pending or self.running or self.busy:
+                self._start_what_fits()
+                if not self.running:
+                    if self.busy:  # held by another sweep process: come back to them
+                        time.sleep(2.0)
+                        self.pending.extend(self.busy)
+                        self.busy.clear()
+                    continue
+                try:
+                    spec, result, error = self.finished.get(timeout=1.0)
+                except queue.Empty:
+                    if interrupted():
+                        raise KeyboardInterrupt from None  # pressed while a run was being forked
+                    continue
+                self._finish(spec, result, error)
+
+    def _start_what_fits(self) -> None:
+        while self.free and self.pending:
+            spec = self.pending.popleft()
+            label = _label(spec)
+            status = settled(self.plan.store, spec, self.policy)
+            if status is not None:
+                self.outcome.record(spec, status)
+                self.progress.finish_run(spec.run_id, f"{describe(self.plan.store, spec, status, label)} "
+                                                      "(already in the store)")
+                continue
+            slot = self.free.pop(0)
+            self.progress.start_run(spec.run_id, label, spec.steps)
+            worker = threading.Thread(target=self._work, args=(spec, self.launchers[slot]),
+                                      name=f"run-{spec.run_id}", daemon=True)
+            self.running[spec.run_id] = (slot, worker)
+            worker.start()
+
+    def _work(self, spec: RunSpec, launcher: Launcher) -> None:
+        """One run in its own thread, with its own store object (the store's cache is per object)."""
+        store = ResultsStore(self.plan.store.root)
+
+        def watch(p: dict[str, Any]) -> None:
+            self.progress.update(spec.run_id, p)
+            if self.on_progress is not None:
+                self.on_progress(spec, p)
+
+        try:
+            result = execute(spec, store, launcher, on_progress=watch,
+                             should_run=lambda: settled(store, spec, self.policy) is None)
+            self.finished.put((spec, result, None))
+        except BaseException as err:  # noqa: BLE001 - handed to the scheduling thread
+            self.finished.put((spec, None, err))
+
+    def _finish(self, spec: RunSpec, result: Outcome | None, error: BaseException | None) -> None:
+        slot, worker = self.running.pop(spec.run_id)
+        worker.join()
+        self.free.append(slot)
+        self.free.sort()
+        if error is not None:
+            self.progress.drop_run(spec.run_id)
+            raise error
+        if result is None:  # another sweep process holds this run
+            self.progress.drop_run(spec.run_id)
+            self.busy.append(spec)
+            return
+        label = _label(spec)
+        if result.row and result.row.status == FAILED:
+            self.console.print(f"[yellow]{escape(label)} failed[/yellow]: {escape(result.row.reason)} "
+                               f"(log: {escape(str(result.log))})")
+        if self.plan.launcher.records:
+            status = settled(self.plan.store, spec, self.policy)
+        else:  # a non-first node of a multi-node run: node 0 records
+            status = result.row.status if result.row else COMPLETED
+        if status is None:  # retried at once, before the runs that come after it
+            self.progress.drop_run(spec.run_id)
+            self.pending.appendleft(spec)
+            return
+        self.outcome.record(spec, status)
+        self.progress.finish_run(spec.run_id, describe(self.plan.store, spec, status, label))
+
+    def stop(self) -> None:
+        """Stop every running run (their processes are terminated) and wait for their threads."""
+        stop_runs()
+        for _, worker in list(self.running.values()):
+            worker.join(timeout=120)
+
+
+def _label(spec: RunSpec) -> str:
+    return f"{spec.arm} seed {spec.seed}"
 
 
 def describe(store: ResultsStore, spec: RunSpec, status: str, label: str) -> str:

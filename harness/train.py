@@ -17,6 +17,7 @@ synchronisation inside a step: the loss stays on the device until a log interval
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -32,21 +33,14 @@ import torch.nn.functional as F
 
 from harness import checkpoint
 from harness.config import TrainConfig
-from harness.batches import BatchSampler, eval_batches
+from harness.batches import BatchSampler, BatchShape, eval_batches
 from harness.data import load_corpus
 from harness.files import atomic_write_json
+from harness.placement import cpu_threads
 from harness.record import COMPLETED, DIVERGED, RunResult, RunSpec, progress_line
 from harness.versions import versions
-from model import GPTModel, ModelConfig, init_weights, parameter_counts
+from model import GPTModel, ModelConfig, init_weights, parameter_counts, sequences_from
 
-# Intra-op threads of one CPU worker. Measured on the 2-core development box with the tiny preset
-# (see reports/benchmarks.md): one thread per worker trains several times faster than two,
-# because the small preset's matmuls are too small to split profitably and two OpenMP threads
-# spin-wait on each other whenever anything else wants a core. torchrun already sets
-# OMP_NUM_THREADS=1 when it starts several processes; with one process torch would take every
-# core, so the worker sets it deliberately. HARNESS_CPU_THREADS=N overrides (a large model on a
-# many-core machine with one worker wants more).
-CPU_THREADS = 1
 # Tokens per evaluation forward on the CPU: large enough that per-op overhead vanishes, small
 # enough that a layer's activations stay in cache (larger batches were slower per token).
 CPU_EVAL_TOKENS = 4096
@@ -84,10 +78,9 @@ def setup_distributed(timeout_s: float) -> Dist:
 
 
 def configure_threads(device: torch.device) -> int:
-    """Set this process's intra-op threads for CPU training (see CPU_THREADS); returns the count."""
+    """Set this process's intra-op threads for CPU training (harness.placement.cpu_threads); returns the count."""
     if device.type == "cpu":
-        requested = os.environ.get("HARNESS_CPU_THREADS", "").strip()
-        torch.set_num_threads(int(requested) if requested.isdigit() and int(requested) > 0 else CPU_THREADS)
+        torch.set_num_threads(cpu_threads())
     return torch.get_num_threads()
 
 
@@ -167,6 +160,15 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"  # Linux: KiB
 
 
+def dropout_seed_for(dropout_seed: int, step: int, first_sequence: int | None) -> int:
+    """torch's seed for one micro-step's dropout. On the eager CPU path the masks are keyed per
+    sequence (model.gpt.keep_mask), so one seed per step gives every sequence the same masks
+    however the batch is placed (first_sequence None); the fused kernels elsewhere draw one
+    stream per micro-batch, keyed by its first sequence (the same placement gives the same masks)."""
+    key = f"harness-dropout/{dropout_seed}/{step}/{'' if first_sequence is None else first_sequence}"
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
+
+
 def eval_loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                   amp: torch.dtype | None) -> torch.Tensor:
     """Summed token NLL of one batch, float64, on the device (no host synchronisation)."""
@@ -197,10 +199,12 @@ class Trainer:
     """One run's model, optimiser and training step, exactly as the worker runs them.
 
     Construction order is part of the determinism contract: build the model, initialise it per
-    parameter name from init_seed, seed this rank's dropout stream, build AdamW and the scaler,
-    restore a checkpoint (weights, optimiser, random state) if given, then compile and wrap in
-    DDP. `train_step(step)` does one optimiser step on the global batch of `step`; it never reads
-    a value back to the host: the loss accumulates on the device until `window_loss()`.
+    parameter name from init_seed, build AdamW and the scaler, restore a checkpoint (weights,
+    optimiser) if given, then compile and wrap in DDP. `train_step(step)` does one optimiser step
+    on the global batch of `step` (tcfg.global_batch sequences, split over the processes and then
+    micro-steps by BatchShape); it never reads a value back to the host: the loss accumulates on
+    the device until `window_loss()`. Dropout is seeded afresh for every micro-step from
+    (dropout_seed, step), so neither a resume nor the placement changes the masks (dropout_seed_for).
     """
 
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, d: Dist, *, train_tokens, data_seed: int,
@@ -210,20 +214,22 @@ class Trainer:
         self.mcfg, self.tcfg, self.d = mcfg, tcfg, d
         self.steps = steps
         self.tokens_per_step = tokens_per_step
-        self.global_batch = tokens_per_step // mcfg.context_length
-        self.accum = tcfg.grad_accum
+        self.shape = BatchShape.of(tcfg.global_batch, d.world, tcfg.micro_batch)
+        if tokens_per_step != tcfg.global_batch * mcfg.context_length:
+            raise ValueError(f"tokens_per_step {tokens_per_step} is not global_batch x context_length")
+        self.accum = self.shape.accum
         self.amp = autocast_dtype(tcfg.precision, d.device)
+        self.dropout_seed = dropout_seed
 
         self.model = model_cls(mcfg).to(d.device)
         init_weights(self.model, init_seed)
-        torch.manual_seed(dropout_seed + 7919 * d.rank)
         # fused: one multi-tensor kernel for the whole update (CUDA and CPU); with a GradScaler
         # it also takes the inf check on the device, so fp16 steps never wait for the host.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2),
                                            weight_decay=tcfg.weight_decay, fused=True)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp is torch.float16)
         if resume_from is not None:
-            state = checkpoint.load(resume_from, self.model, d.rank, d.device)
+            state = checkpoint.load(resume_from, self.model, d.device)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
 
@@ -243,7 +249,7 @@ class Trainer:
         return str(self.amp or torch.float32).replace("torch.", "")
 
     def _fetch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.sampler.batch(step, self.global_batch, self.d.rank, self.d.world, self.tcfg.micro_batch, micro)
+        x, y = self.sampler.batch(step, self.shape, self.d.rank, micro)
         return to_device(x, self.d.device), to_device(y, self.d.device)
 
     def _batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,15 +264,18 @@ class Trainer:
             self._next = ((step, micro), self._fetch(step, micro))
 
     def train_step(self, step: int) -> None:
-        """One optimiser step over the global batch of `step` (grad_accum micro-steps)."""
+        """One optimiser step over the global batch of `step` (self.accum micro-steps on this process)."""
         self.lr = lr_at(step, self.steps, self.tcfg)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
+        per_sequence = self.d.device.type == "cpu" and not self.compiled  # model.gpt.keep_mask's path
         for micro in range(self.accum):
             x, y = self._batch(step, micro)
             last = micro == self.accum - 1
             sync = last or self.d.world == 1  # DDP all-reduces gradients on the last micro-step only
-            with (nullcontext() if sync else self.train_model.no_sync()):
+            first = self.shape.first_sequence(self.d.rank, micro)
+            torch.manual_seed(dropout_seed_for(self.dropout_seed, step, None if per_sequence else first))
+            with (nullcontext() if sync else self.train_model.no_sync()), sequences_from(first):
                 with autocast(self.d.device, self.amp):
                     logits = self.train_model(x)  # through DDP's forward, so its gradient hooks arm
                     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
@@ -321,12 +330,6 @@ def main(spec_path: str) -> int:
     status, reason, diverged_step = COMPLETED, "", None
 
     def save(step: int) -> None:
-        stage = checkpoint.prepare_staging(run_dir) if d.main else checkpoint.staging_dir(run_dir)
-        if d.world > 1:
-            dist.barrier()
-        checkpoint.save_rng(stage, d.rank)
-        if d.world > 1:
-            dist.barrier()
         if d.main:
             checkpoint.commit(run_dir, trainer.model,
                               {"optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict()},

@@ -6,7 +6,8 @@ configs (the harness command line, plans, errors) starts in a fraction of a seco
 
 from model.config import ModelConfig
 
-__all__ = ["ModelConfig", "GPTModel", "count_parameters", "flops_per_token", "init_weights", "parameter_counts"]
+__all__ = ["ModelConfig", "GPTModel", "count_parameters", "flops_per_token", "init_weights", "parameter_counts",
+           "sequences_from"]
 
 
 def __getattr__(name: str):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -83,18 +85,38 @@ def _fast_cpu_dropout(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+_first_sequence = 0  # index in its step's global batch of the current micro-batch's first sequence
+
+
+@contextmanager
+def sequences_from(first: int) -> Iterator[None]:
+    """Key the CPU dropout masks drawn inside this block by global sequence index: the micro-batch's
+    row b is sequence first + b of its step. With one torch seed per step, every sequence then gets
+    the same masks however the step's batch is split over processes and micro-steps."""
+    global _first_sequence
+    before, _first_sequence = _first_sequence, first
+    try:
+        yield
+    finally:
+        _first_sequence = before
+
+
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, sequences: int | None = None) -> torch.Tensor:
     """A CPU dropout mask: each entry 1 with probability 1 - p, else 0 (float, in `dtype`).
 
-    Drawn with numpy's SFC64 generator, seeded by one draw from torch's default CPU generator:
-    the masks are as deterministic as torch's own dropout (a pure function of torch's random
-    state, so torch.manual_seed and a restored checkpoint reproduce them exactly), but about twice
-    as fast to draw as torch.rand and four times as fast as the bernoulli_ behind F.dropout, whose
-    Mersenne twister dominated a CPU training step of the small presets. (U >= p keeps an entry
-    with probability 1 - p, U uniform on [0, 1) in steps of 2^-24, as torch.rand's floats are.)
+    The tensor holds `sequences` (default shape[0]) equal contiguous blocks, one per sequence of the
+    micro-batch. Block b is drawn with numpy's SFC64 generator seeded by (one draw from torch's
+    default CPU generator, the sequence's global index; see sequences_from): the masks are a pure
+    function of torch's random state and the sequence, as deterministic as torch's own dropout but
+    about twice as fast to draw as torch.rand and four times as fast as the bernoulli_ behind
+    F.dropout, whose Mersenne twister dominated a CPU training step of the small presets. (U >= p
+    keeps an entry with probability 1 - p, U uniform on [0, 1) in steps of 2^-24, as torch.rand's.)
     """
     seed = int(torch.randint(0, 2**62, (1,)).item())
-    u = np.random.Generator(np.random.SFC64(seed)).random(tuple(shape), dtype=np.float32)
+    n = shape[0] if sequences is None else sequences
+    u = np.empty(tuple(shape), dtype=np.float32)
+    for b, block in enumerate(u.reshape(n, -1)):
+        np.random.Generator(np.random.SFC64([seed, _first_sequence + b])).random(out=block, dtype=np.float32)
     mask = torch.from_numpy(u).ge_(p)
     return mask if dtype == torch.float32 else mask.to(dtype)
 
@@ -128,7 +150,7 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     scores = torch.baddbmm(bias, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
                            alpha=1.0 / math.sqrt(D))
     weights = torch.softmax(scores, dim=-1)
-    weights = weights * keep_mask(weights.shape, p, weights.dtype)
+    weights = weights * keep_mask(weights.shape, p, weights.dtype, sequences=B)
     y = torch.bmm(weights, v.reshape(B * H, T, D))
     return y.mul_(1.0 / (1.0 - p)).view(B, H, T, D)
 

@@ -14,7 +14,7 @@ import torch
 
 from conftest import flip_bit
 from harness import data
-from harness.batches import BatchSampler, check_epochs, epochs_needed, eval_batches, n_windows
+from harness.batches import BatchSampler, BatchShape, check_epochs, epochs_needed, eval_batches, n_windows
 from harness.data import TEST_PLAYS, CacheWarning, load_corpus
 from harness.errors import UserError
 from harness.tokenizers import get_tokenizer
@@ -362,7 +362,7 @@ TOKENS = np.arange(10 * 8 + 3, dtype=np.uint16)  # 10 windows of T=8, plus a sho
 def _all_rows(sampler, step, global_batch, world_size, micro_batch):
     per_rank = global_batch // world_size
     xs = [
-        sampler.batch(step, global_batch, rank, world_size, micro_batch, m)[0]
+        sampler.batch(step, BatchShape.of(global_batch, world_size, micro_batch), rank, m)[0]
         for rank in range(world_size)
         for m in range(per_rank // micro_batch)
     ]
@@ -372,21 +372,21 @@ def _all_rows(sampler, step, global_batch, world_size, micro_batch):
 def test_batch_is_a_pure_function_of_seed_and_step():
     a, b = BatchSampler(TOKENS, 8, data_seed=3), BatchSampler(TOKENS, 8, data_seed=3)
     for _ in range(3):  # b jumps around; a goes in order: same answers
-        b.batch(7, 4, 0, 1, 4, 0)
+        b.batch(7, BatchShape.of(4, 1, 4), 0, 0)
     for step in (0, 5, 2):
-        xa, ya = a.batch(step, 4, 0, 1, 2, 1)
-        xb, yb = b.batch(step, 4, 0, 1, 2, 1)
+        xa, ya = a.batch(step, BatchShape.of(4, 1, 2), 0, 1)
+        xb, yb = b.batch(step, BatchShape.of(4, 1, 2), 0, 1)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    x, y = a.batch(0, 4, 0, 1, 4, 0)
+    x, y = a.batch(0, BatchShape.of(4, 1, 4), 0, 0)
     assert x.dtype == torch.int64 and x.shape == (4, 8)
     assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(x[:, 0] % 8, torch.zeros(4, dtype=torch.int64))
     c = BatchSampler(TOKENS, 8, data_seed=4)
-    assert not all(torch.equal(a.batch(s, 4, 0, 1, 4, 0)[0], c.batch(s, 4, 0, 1, 4, 0)[0]) for s in range(3))
+    assert not all(torch.equal(a.batch(s, BatchShape.of(4, 1, 4), 0, 0)[0], c.batch(s, BatchShape.of(4, 1, 4), 0, 0)[0]) for s in range(3))
 
 
 def test_unshuffled_order_is_the_fixed_sequential_order():
     s = BatchSampler(TOKENS, 8, data_seed=0, shuffle=False)
-    x, y = s.batch(1, 3, 0, 1, 3, 0)
+    x, y = s.batch(1, BatchShape.of(3, 1, 3), 0, 0)
     assert x[:, 0].tolist() == [24, 32, 40]
     assert torch.equal(y, x + 1)
 
@@ -397,33 +397,35 @@ def test_rank_and_micro_step_slicing_is_layout_independent():
         one_proc = _all_rows(s, step, 4, world_size=1, micro_batch=2)
         two_proc = _all_rows(s, step, 4, world_size=2, micro_batch=2)
         four_proc = _all_rows(s, step, 4, world_size=4, micro_batch=1)
-        whole = s.batch(step, 4, 0, 1, 4, 0)[0]
+        whole = s.batch(step, BatchShape.of(4, 1, 4), 0, 0)[0]
         assert torch.equal(one_proc, two_proc) and torch.equal(one_proc, four_proc)
         assert torch.equal(one_proc, whole)
 
 
 def test_epochs_wrap_deterministically():
     s = BatchSampler(TOKENS, 8, data_seed=5)
-    starts = torch.cat([s.batch(step, 5, 0, 1, 5, 0)[0][:, 0] for step in range(6)]).tolist()
+    starts = torch.cat([s.batch(step, BatchShape.of(5, 1, 5), 0, 0)[0][:, 0] for step in range(6)]).tolist()
     epochs = [sorted(starts[i : i + 10]) for i in range(0, 30, 10)]
     assert all(e == list(range(0, 80, 8)) for e in epochs)  # each epoch visits every window once
     assert starts[:10] != starts[10:20]  # epochs are reshuffled
     fresh = BatchSampler(TOKENS, 8, data_seed=5)
-    assert fresh.batch(4, 5, 0, 1, 5, 0)[0][:, 0].tolist() == starts[20:25]
-    across = BatchSampler(TOKENS, 8, data_seed=5).batch(2, 4, 0, 1, 4, 0)[0][:, 0].tolist()
+    assert fresh.batch(4, BatchShape.of(5, 1, 5), 0, 0)[0][:, 0].tolist() == starts[20:25]
+    across = BatchSampler(TOKENS, 8, data_seed=5).batch(2, BatchShape.of(4, 1, 4), 0, 0)[0][:, 0].tolist()
     assert across == starts[8:12]  # a batch straddling the epoch boundary
 
 
 def test_batch_layout_errors():
     s = BatchSampler(TOKENS, 8, data_seed=0)
-    with pytest.raises(UserError, match="not divisible by world_size"):
-        s.batch(0, 6, 0, 4, 1, 0)
-    with pytest.raises(UserError, match="not divisible by micro_batch"):
-        s.batch(0, 6, 0, 2, 2, 0)
+    with pytest.raises(UserError, match=r"6 sequences cannot be split evenly over 4 processes; valid process "
+                                        r"counts \(--nproc x --nnodes\): 1, 2, 3, 6$"):
+        BatchShape.of(6, 4, 1)
+    assert BatchShape.of(6, 2, 2) == BatchShape(6, 2, 1)  # the micro-batch adapts to the share: 3 -> 1
+    assert BatchShape.of(96, 1, 12).accum == 8 and BatchShape.of(96, 8, 12).accum == 1
+    assert BatchShape.of(96, 3, 12).micro_batch == 8  # the largest divisor of 32 up to 12
     with pytest.raises(ValueError, match="micro_step"):
-        s.batch(0, 4, 0, 1, 2, 2)
+        s.batch(0, BatchShape.of(4, 1, 2), 0, 2)
     with pytest.raises(ValueError, match="rank"):
-        s.batch(0, 4, 2, 2, 2, 0)
+        s.batch(0, BatchShape.of(4, 2, 2), 2, 0)
     with pytest.raises(UserError, match="fewer than context_length"):
         BatchSampler(np.arange(8, dtype=np.uint16), 8, data_seed=0)
 

@@ -27,8 +27,6 @@ def fake_run(results, arm: str = "baseline", seed: int = 0, with_checkpoint: boo
     model = GPTModel(cfg.model)
     init_weights(model, spec.init_seed)
     if with_checkpoint:
-        stage = checkpoint.prepare_staging(run_dir)
-        checkpoint.save_rng(stage, 0)
         checkpoint.commit(run_dir, model, {"optimizer": {}, "scaler": {}}, {"step": 3, "curve": [], "elapsed_s": 0.0})
     return spec, model.eval()
 

@@ -60,7 +60,7 @@ def test_trainer_reproduces_harness_run_exactly(tmp_path, worker_threads):
 
 def _trainer(model_cls=GPTModel, **train):
     mcfg = dataclasses.replace(SMALL)
-    tcfg = TrainConfig(micro_batch=4, grad_accum=2, **train)
+    tcfg = TrainConfig(global_batch=8, micro_batch=4, **train)
     tokens = torch.randint(0, SMALL.vocab_size, (5000,), generator=torch.Generator().manual_seed(0)).numpy()
     return Trainer(mcfg, tcfg, CPU, train_tokens=tokens, data_seed=1, init_seed=2, dropout_seed=3, steps=6,
                    tokens_per_step=8 * SMALL.context_length, model_cls=model_cls), tokens
@@ -120,13 +120,30 @@ def test_keep_mask_rate_and_determinism():
     assert gpt.keep_mask((3, 4), 0.1, torch.bfloat16).dtype == torch.bfloat16
 
 
+def test_keep_masks_are_keyed_by_the_sequence_not_by_the_micro_batch():
+    """A sequence gets the same mask in a micro-batch of 4 as in one of 2 that starts at it: what
+    makes the CPU path's dropout independent of processes and micro-steps (same torch seed)."""
+    torch.manual_seed(5)
+    whole = gpt.keep_mask((4, 3, 10), 0.5, torch.float32)
+    torch.manual_seed(5)
+    with gpt.sequences_from(2):
+        tail = gpt.keep_mask((2, 3, 10), 0.5, torch.float32)
+    assert torch.equal(whole[2:], tail) and not torch.equal(whole[:2], tail)
+    torch.manual_seed(5)  # attention weights: (sequences x heads, T, T), one block per sequence
+    weights = gpt.keep_mask((4 * 2, 5, 5), 0.5, torch.float32, sequences=4)
+    torch.manual_seed(5)
+    with gpt.sequences_from(1):
+        second = gpt.keep_mask((1 * 2, 5, 5), 0.5, torch.float32, sequences=1)
+    assert torch.equal(weights[2:4], second)
+
+
 class _SharedMasks:
     """The same sequence of keep-masks for two models: a private generator per model."""
 
     def __init__(self):
         self.g = torch.Generator().manual_seed(123)
 
-    def __call__(self, shape, p, dtype):
+    def __call__(self, shape, p, dtype, sequences=None):
         return (torch.rand(tuple(shape), generator=self.g) >= p).to(dtype)
 
 
@@ -191,7 +208,7 @@ def test_cpu_attention_path_equals_sdpa_without_dropout():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_train_step_never_synchronises_with_the_host():
     dev = Dist(rank=0, world=1, local_rank=0, device=torch.device("cuda", 0))
-    tcfg = TrainConfig(micro_batch=4, grad_accum=2, compile="off", grad_clip=1.0)
+    tcfg = TrainConfig(global_batch=8, micro_batch=4, compile="off", grad_clip=1.0)
     tokens = torch.randint(0, SMALL.vocab_size, (5000,)).numpy()
     for precision in ("bf16", "fp16"):
         trainer = Trainer(SMALL, dataclasses.replace(tcfg, precision=precision), dev, train_tokens=tokens,
