@@ -211,20 +211,21 @@ def sweep_cmd(
     jobs_asked = parse_jobs(jobs)
     cluster = cluster_options(launcher, partition, gpus_per_node, time_limit, slurm_array_parallelism,
                               cpus_per_task, mem_gb, slurm_arg, slurm_setup, wait)
+    if cluster.launcher != "torchrun" and jobs_asked is not None:
+        raise UserError(f"--jobs is for runs on this machine; --launcher {cluster.launcher} runs jobs in parallel "
+                        "by itself (--slurm-array-parallelism)")
     tensorboard = check_log(log)
     plan = Plan.for_sweep(arms, seeds, seed_list, preset, parse_sets(sets), tokens, budget, name,
                           cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results, data)
-    print_plan(plan, console)
+    jobs_here = plan.launcher.jobs(jobs_asked) if cluster.launcher == "torchrun" else 1
+    print_plan(plan, console, jobs_here)
     if dry_run:
         return 0
     if cluster.launcher != "torchrun":
-        if jobs_asked is not None:
-            raise UserError(f"--jobs is for runs on this machine; --launcher {cluster.launcher} runs jobs in parallel "
-                            "by itself (--slurm-array-parallelism)")
         from harness.slurm import submit_plan
 
         return submit_plan(plan, cluster, retries, console, tensorboard=tensorboard)
-    outcome = run_here(plan, retries=retries, tensorboard=tensorboard, jobs=plan.launcher.jobs(jobs_asked))
+    outcome = run_here(plan, retries=retries, tensorboard=tensorboard, jobs=jobs_here)
     console.print(f"results: {plan.store.runs_path} (sweep {plan.sweep!r}); report with:\n"
                   f"  harness report --sweep {plan.sweep} --results {results}")
     return 0 if outcome.all_completed else 1

@@ -92,15 +92,15 @@ class Launcher:
 
     def jobs(self, asked: int | None) -> int:
         """Runs at once: as asked, or (None) as many as fit without sharing (placement.auto_jobs)."""
-        if asked is not None:
-            return asked
-        return 1 if self.nnodes > 1 else auto_jobs(self.nproc, gpu_count())
+        if self.nnodes > 1:
+            if asked not in (None, 1):
+                raise UserError("--jobs above 1 is for runs on one node: a multi-node run takes every node's GPUs")
+            return 1
+        return asked if asked is not None else auto_jobs(self.nproc, gpu_count())
 
     def for_jobs(self, jobs: int) -> tuple[list["Launcher"], bool]:
         """One launcher per concurrent run, each with its own slot (GPUs or CPU cores), and whether
         the slots had to share devices (more jobs than the machine holds)."""
-        if jobs > 1 and self.nnodes > 1:
-            raise UserError("--jobs above 1 is for runs on one node: a multi-node run takes every node's GPUs")
         found, shared = slots(jobs, self.nproc, gpu_count())
         return [dataclasses.replace(self, slot=s) for s in found], shared
 

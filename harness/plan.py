@@ -25,7 +25,7 @@ from harness.budget import Budget, chinchilla, fixed_budget
 from harness.errors import UserError
 from harness.files import atomic_write_json
 from harness.launch import Launcher
-from harness.record import RunSpec
+from harness.record import COMPLETED, RunSpec
 from harness.results import ResultsStore
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+,=-]{0,199}")
@@ -257,19 +257,20 @@ def read_jobs(results: Path, sweep: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------- showing a plan
 
 
-def estimate_seconds(plan: Plan) -> float | None:
-    """Wall time from tokens/s of earlier runs of this preset on this world size in the store."""
+def estimate_seconds(plan: Plan, jobs: int = 1) -> float | None:
+    """Wall time from tokens/s of earlier runs of this preset on this world size in the store,
+    `jobs` runs at a time."""
     frame = plan.store.runs_frame()
     past = frame[(frame["preset"] == plan.preset) & (frame["world_size"] == plan.launcher.world_size)
-                 & (frame["status"] == "completed")]
+                 & (frame["status"] == COMPLETED)]
     if past.empty:
         return None
     rate = float(past["tokens_per_s"].median())
     overhead = float((past["wall_time_s"] - past["tokens_seen"] / past["tokens_per_s"]).median()) + 5.0
-    return sum(s.tokens / rate + overhead for s in plan.specs)
+    return sum(s.tokens / rate + overhead for s in plan.specs) / min(jobs, len(plan.specs))
 
 
-def print_plan(plan: Plan, console) -> None:
+def print_plan(plan: Plan, console, jobs: int = 1) -> None:
     from rich.table import Table
 
     table = Table(title=f"sweep {plan.sweep}: preset {plan.preset}, seeds {format_seeds(plan.seeds)}, "
@@ -282,11 +283,12 @@ def print_plan(plan: Plan, console) -> None:
     console.print(table)
     for note in plan.notes:
         console.print(f"note: {note}")
-    est = estimate_seconds(plan)
+    est = estimate_seconds(plan, jobs)
     total_tokens = sum(s.tokens for s in plan.specs)
     when = f"about {format_duration(est)} (from earlier runs in {plan.store.root})" if est else \
         "unknown until a run of this preset has completed here"
-    console.print(f"{len(plan.specs)} runs, {total_tokens:,} training tokens in all; estimated time {when}")
+    at_once = f", up to {jobs} at once" if jobs > 1 else ""
+    console.print(f"{len(plan.specs)} runs{at_once}, {total_tokens:,} training tokens in all; estimated time {when}")
 
 
 def format_seeds(seeds: list[int]) -> str:

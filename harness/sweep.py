@@ -55,9 +55,9 @@ def execute_plan(plan: Plan, console: Console, retries: int = 1, jobs: int = 1,
     its own slot: GPUs or CPU cores), started in seed-major order; Ctrl-C stops every running run.
 
     on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard)."""
+    launchers, shared = plan.launcher.for_jobs(jobs)
     plan.store.ensure_writable()
     save_plan(plan)
-    launchers, shared = plan.launcher.for_jobs(jobs)
     if shared:
         console.print(f"note: {jobs} runs at once share this machine's "
                       f"{'GPUs' if launchers[0].slot.gpus else 'CPU cores'} (more jobs than it holds)")

@@ -20,10 +20,11 @@ def token_cache(tmp_path_factory) -> Path:
     return cache
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
-    """`harness ARGS...` in a subprocess, exactly as a user would type it."""
+def cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`harness ARGS...` in a subprocess, exactly as a user would type it (env: added variables)."""
     proc = subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd or REPO, capture_output=True,
-                          text=True, timeout=timeout, env=os.environ | {"COLUMNS": "200"})
+                          text=True, timeout=timeout, env=os.environ | {"COLUMNS": "200"} | (env or {}))
     if check and proc.returncode != 0:
         raise AssertionError(f"harness {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

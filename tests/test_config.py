@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from harness import config as cfgmod
@@ -35,12 +37,28 @@ def test_gpt2_small_is_the_books_config():
     assert (t.lr, t.weight_decay, t.micro_batch, t.tokenizer) == (4e-4, 0.1, 12, "gpt2")
 
 
-@pytest.mark.parametrize("nproc, params, raw, tokens, steps, per_step", [
-    (8, 163_009_536, 3_260_190_720, 3_260_252_160, 33_165, 98_304),
+@pytest.mark.parametrize("nproc", [8, 1, 2, 4, 3, 12, 96])  # the global batch (96 x 1024) is the preset's
+@pytest.mark.parametrize("params, raw, tokens, steps, per_step", [
+    (163_009_536, 3_260_190_720, 3_260_252_160, 33_165, 98_304),
 ])
-def test_chinchilla_reproduces_the_seed_authors_budget(nproc, params, raw, tokens, steps, per_step):
+def test_chinchilla_reproduces_the_seed_authors_budget_on_any_process_count(nproc, params, raw, tokens, steps,
+                                                                             per_step):
     b = chinchilla(cfgmod.resolve("gpt2-small"), nproc)
     assert (b.params, b.raw_tokens, b.tokens, b.steps, b.tokens_per_step) == (params, raw, tokens, steps, per_step)
+
+
+def test_a_process_count_that_cannot_share_the_global_batch_is_refused_with_the_valid_ones():
+    with pytest.raises(UserError, match=r"96 sequences cannot be split evenly over 5 processes; valid process "
+                                        r"counts \(--nproc x --nnodes\): 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 96$"):
+        chinchilla(cfgmod.resolve("gpt2-small"), 5)
+
+
+def test_chinchilla_cli_prints_the_same_budget_for_1_and_8_processes():
+    from conftest import invoke
+
+    one, eight = (json.loads(invoke("chinchilla", "--preset", "gpt2-small", "--nproc", n, "--json")[1])
+                  for n in ("1", "8"))
+    assert one == eight and one[0]["tokens"] == 3_260_252_160 and one[0]["steps"] == 33_165
 
 
 def test_chinchilla_qkv_bias_and_tied_counts():

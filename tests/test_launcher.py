@@ -1,4 +1,5 @@
-"""torchrun command lines (an argument list, no shell; single node standalone, multi-node c10d) and Ctrl-C."""
+"""Command lines (an argument list, no shell: the worker itself for one process, torchrun standalone for
+one node, c10d for several), placement of concurrent runs on their own cores or GPUs, and Ctrl-C."""
 
 import os
 import signal
@@ -9,9 +10,40 @@ from pathlib import Path
 
 import pytest
 
-from harness import launch, procs
+from harness import launch, placement, procs
+from harness.errors import UserError
 from harness.launch import Launcher
+from harness.placement import Slot
 from conftest import cli
+
+
+def test_one_process_runs_the_worker_itself_with_torchruns_variables():
+    launcher = Launcher()
+    assert launcher.command(Path("/r/spec.json"), "run-1")[1:] == ["-m", "harness.train", "/r/spec.json"]
+    assert launcher.env == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    assert "RANK" not in Launcher(nproc=2).env
+
+
+def test_concurrent_runs_get_their_own_cores_or_gpus(monkeypatch):
+    monkeypatch.setattr(placement, "usable_cores", lambda: [0, 1, 2, 3])
+    monkeypatch.delenv("HARNESS_CPU_THREADS", raising=False)
+    assert placement.auto_jobs(1, 0) == 4 and placement.auto_jobs(2, 0) == 2 and placement.auto_jobs(8, 0) == 1
+    found, shared = placement.slots(2, 2, 0)
+    assert [s.cpus for s in found] == [(0, 1), (2, 3)] and not shared and found[0].env() == {"OMP_NUM_THREADS": "1"}
+    found, shared = placement.slots(3, 2, 0)  # asked for more than the machine holds: shared, round-robin
+    assert shared and [s.cpus for s in found] == [(0, 1), (2, 3), (0, 1)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert placement.auto_jobs(1, 4) == 4 and placement.auto_jobs(2, 4) == 2
+    found, shared = placement.slots(2, 2, 4)
+    assert [s.env() for s in found] == [{"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
+    assert placement.slots(1, 8, 8) == ([Slot()], False)
+    with pytest.raises(UserError, match="--jobs above 1 is for runs on one node"):
+        Launcher(nproc=1, nnodes=2, rdzv_endpoint="h:1").jobs(2)
+    assert Launcher(nproc=1, nnodes=2, rdzv_endpoint="h:1").jobs(None) == 1
+    for bad in ("0", "-1", "x", "1.5", "2000"):
+        with pytest.raises(UserError, match="--jobs"):
+            placement.parse_jobs(bad)
+    assert placement.parse_jobs("auto") is None and placement.parse_jobs(" 3 ") == 3
 
 
 def test_single_node_is_standalone():

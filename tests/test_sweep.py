@@ -37,9 +37,9 @@ def assert_exactly_once(results: Path, n: int) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """One uninterrupted sweep, the yardstick for resumed and concurrent ones."""
+    """One uninterrupted sweep, one run at a time: the yardstick for resumed and concurrent ones."""
     results = tmp_path_factory.mktemp("reference")
-    out = cli(*SWEEP, "--results", str(results), check=True)
+    out = cli(*SWEEP, "--jobs", "1", "--results", str(results), check=True)
     assert "harness report --sweep micro-qkv_bias" in out.stdout
     return results
 
@@ -102,8 +102,57 @@ def test_failed_run_is_retried_once_recorded_and_the_sweep_goes_on(tmp_path):
     assert "log.txt" in proc.stdout
 
 
+def started(output: str) -> list[str]:
+    """The runs a sweep started, in order, from its plain progress lines ('[12:00:00] start baseline seed 0 (...)')."""
+    return [line.split("] start ", 1)[1].split(" (")[0] for line in output.splitlines() if "] start " in line]
+
+
+AFFINITY_HOOK = ("import json, os, sys\n"
+                 "if 'LOCAL_RANK' in os.environ and 'harness.train' in sys.argv[0] + ' '.join(sys.orig_argv):\n"
+                 "    path = os.path.join(os.environ['AFFINITY_LOG'], str(os.getpid()))\n"
+                 "    open(path, 'w').write(json.dumps(sorted(os.sched_getaffinity(0))))\n")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_concurrent_runs_give_every_row_once_and_the_same_losses(reference, tmp_path):
+    """--jobs 2: two runs at a time, each pinned to its own core, started seed-major; the same rows
+    and bit-identical test losses as one run at a time."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(AFFINITY_HOOK)
+    (tmp_path / "affinity").mkdir()
+    out = cli(*SWEEP, "--jobs", "2", "--results", str(tmp_path / "r"), check=True,
+              env={"PYTHONPATH": str(hook), "AFFINITY_LOG": str(tmp_path / "affinity")}).stdout
+    assert_exactly_once(tmp_path / "r", 4)
+    assert losses(tmp_path / "r") == losses(reference)
+    assert started(out) == ["baseline seed 0", "qkv_bias seed 0", "baseline seed 1", "qkv_bias seed 1"]
+    cores = [tuple(json.loads(p.read_text())) for p in (tmp_path / "affinity").iterdir()]
+    assert len(cores) == 4 and all(len(c) == 1 for c in cores) and len(set(cores)) == 2
+
+
+def test_killed_concurrent_sweep_loses_and_duplicates_nothing(reference, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *SWEEP, "--jobs", "2", "--results", str(tmp_path)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (tmp_path / "runs.parquet").exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and both runs' workers, mid-way
+    proc.wait()
+    cli(*SWEEP, "--jobs", "2", "--results", str(tmp_path), check=True)
+    assert_exactly_once(tmp_path, 4)
+    assert losses(tmp_path) == losses(reference)
+
+
 @pytest.mark.parametrize("args, message", [
     (["sweep", "qkv_bais"], "did you mean 'qkv_bias'"),
+    (["sweep", "qkv_bias", "--jobs", "0"], "--jobs '0': give a number of runs at once from 1 to 1024, or auto"),
+    (["sweep", "qkv_bias", "--jobs", "many"], "--jobs 'many'"),
+    (["sweep", "qkv_bias", "--preset", "micro", "--nproc", "3"],
+     "a global batch of 8 sequences cannot be split evenly over 3 processes; valid process counts "
+     "(--nproc x --nnodes): 1, 2, 4, 8"),
+    (["sweep", "qkv_bias", "--launcher", "local", "--jobs", "2"], "--jobs is for runs on this machine"),
+    (["sweep", "qkv_bias", "--nnodes", "2", "--rdzv-endpoint", "h:1", "--jobs", "2"], "--jobs above 1 is for runs on one node"),
+    (["sweep", "qkv_bias", "--set", "grad_accum=2"], "grad_accum is no longer a key: gradient accumulation is derived"),
     (["sweep", "qkv_bias", "--seeds", "0"], "--seeds must be >= 1"),
     (["sweep", "qkv_bias", "--seed-list", "1,x"], "--seed-list"),
     (["sweep", "missing_sweep.toml"], "cannot read sweep file"),
