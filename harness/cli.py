@@ -174,6 +174,15 @@ def sweep_cmd(
     results: ResultsOpt = Path("results"),
     name: Annotated[Optional[str], typer.Option(help="Sweep name (default: preset and arms).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs, budgets, estimated time) and stop.")] = False,
+    until_decided: Annotated[bool, typer.Option(
+        "--until-decided", help="Adaptive: run seeds in rounds and stop giving an arm seeds once a sequential test "
+                                "(valid under optional stopping) decides it better, worse or equivalent.")] = False,
+    max_seeds: Annotated[Optional[int], typer.Option(help="--until-decided: seeds per arm at most (default 20).")] = None,
+    min_seeds: Annotated[Optional[int], typer.Option(help="--until-decided: seeds before any decision (default 3).")] = None,
+    margin: Annotated[Optional[float], typer.Option(
+        help="--until-decided: also decide 'equivalent' when the difference lies within +-margin.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(
+        help="--until-decided: family-wise error across arms (default 0.05).")] = None,
     retries: Annotated[int, typer.Option(help="Retries of a failed run.")] = 1,
     jobs: Annotated[str, typer.Option(
         help="Runs at once on this machine, each on its own GPUs or CPU cores; auto: GPUs // --nproc on CUDA, "
@@ -209,6 +218,7 @@ def sweep_cmd(
     if retries < 0:
         raise UserError(f"--retries must be >= 0, got {retries}")
     jobs_asked = parse_jobs(jobs)
+    adaptive = adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha)
     cluster = cluster_options(launcher, partition, gpus_per_node, time_limit, slurm_array_parallelism,
                               cpus_per_task, mem_gb, slurm_arg, slurm_setup, wait)
     if cluster.launcher != "torchrun" and jobs_asked is not None:
@@ -216,7 +226,7 @@ def sweep_cmd(
                         "by itself (--slurm-array-parallelism)")
     tensorboard = check_log(log)
     plan = Plan.for_sweep(arms, seeds, seed_list, preset, parse_sets(sets), tokens, budget, name,
-                          cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results, data)
+                          cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results, data, adaptive)
     jobs_here = plan.launcher.jobs(jobs_asked) if cluster.launcher == "torchrun" else 1
     print_plan(plan, console, jobs_here)
     if dry_run:
@@ -244,6 +254,26 @@ def cluster_options(launcher: str, partition, gpus_per_node, time_limit, array_p
                           mem_gb, tuple(slurm_arg or ()), tuple(slurm_setup or ()), wait)
     opts.check()
     return opts
+
+
+def adaptive_settings(until_decided: bool, max_seeds, min_seeds, margin, alpha):
+    """The adaptive sweep's settings, or None; its options without --until-decided are refused."""
+    from harness.adaptive import Adaptive
+
+    given = {"--max-seeds": max_seeds, "--min-seeds": min_seeds, "--margin": margin, "--alpha": alpha}
+    if not until_decided:
+        named = [flag for flag, value in given.items() if value is not None]
+        if named:
+            raise UserError(f"{named[0]} belongs to --until-decided (an adaptive sweep); for a fixed sweep's "
+                            "report give it to `harness report`" if named[0] in ("--margin", "--alpha") else
+                            f"{named[0]} belongs to --until-decided (an adaptive sweep)")
+        return None
+    defaults = Adaptive()
+    settings = Adaptive(alpha=defaults.alpha if alpha is None else alpha, margin=margin,
+                        min_seeds=defaults.min_seeds if min_seeds is None else min_seeds,
+                        max_seeds=defaults.max_seeds if max_seeds is None else max_seeds)
+    settings.check()
+    return settings
 
 
 def run_here(plan, retries: int, tensorboard: bool, jobs: int = 1):

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from harness import stats
+from harness.adaptive import Adaptive, arm_states
 from harness.outcomes import OUTCOMES, check_integrity
+from harness.pairing import pairing_gain
 from harness.record import COMPLETED
 
 
@@ -32,6 +34,9 @@ class SweepReport:
     noise: dict
     provenance: dict
     notes: list[str]
+    pairing: pd.DataFrame  # what pairing by seed bought, per paired arm (harness.pairing)
+    adaptive: pd.DataFrame | None = None  # an adaptive sweep's per-arm sequential decisions
+    adaptive_settings: Adaptive | None = None
     plots: dict[str, Path] = field(default_factory=dict)
 
 
@@ -75,10 +80,47 @@ def _parse_json(text: str):
         return text
 
 
+def pairing_table(done: pd.DataFrame, arms: Sequence[str], baseline: str, alpha: float) -> pd.DataFrame:
+    """Per arm that shares at least 3 seeds with the baseline: correlation, variance ratio
+    unpaired/paired with its interval, equivalent unpaired seeds (harness.pairing)."""
+    by = done.drop_duplicates(["arm", "seed"]).set_index(["arm", "seed"])["test_loss"]
+    rows = []
+    if baseline in by.index.get_level_values(0):
+        base = by.loc[baseline]
+        for arm in arms:
+            if arm == baseline or arm not in by.index.get_level_values(0):
+                continue
+            own = by.loc[arm]
+            common = own.index.intersection(base.index)
+            gain = pairing_gain(own.loc[common].to_numpy(), base.loc[common].to_numpy(), alpha)
+            if gain.n >= 3:
+                rows.append({"arm": arm, **asdict(gain), "sentence": gain.sentence()})
+    columns = ["arm", "n", "correlation", "variance_ratio", "ratio_low", "ratio_high", "equivalent_seeds", "sentence"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def adaptive_table(rows: pd.DataFrame, arms: Sequence[str], baseline: str, settings: Adaptive,
+                   accounting: pd.DataFrame) -> pd.DataFrame:
+    """An adaptive sweep's arms: seeds given, the round each was decided, why it stopped, its
+    sequential interval, and runs saved against a fixed design at max_seeds."""
+    compared = [a for a in arms if a != baseline]
+    states = arm_states(rows[rows["outcome"].eq(COMPLETED)], compared, baseline, settings)
+    seeds = accounting.set_index("arm")["seeds"]
+    out = []
+    for arm in compared:
+        st = states[arm]
+        given = int(seeds.get(arm, 0))
+        out.append({"arm": arm, "seeds": given, "pairs": st.look.n, "state": st.state,
+                    "decided_round": None if st.decided_round is None else st.decided_round + 1,
+                    "seq_low": st.look.low, "seq_high": st.look.high, "runs_saved": settings.max_seeds - given})
+    return pd.DataFrame(out, columns=["arm", "seeds", "pairs", "state", "decided_round", "seq_low", "seq_high",
+                                      "runs_saved"])
+
+
 def build_sweep_report(
     outcomes: pd.DataFrame, sweep: str, baseline: str, *, alpha: float, margin: float | None,
     power: float, n_resamples: int, boot_seed: int, allow_mismatch: bool,
-    mismatches: list[str] | None = None,
+    mismatches: list[str] | None = None, adaptive: Adaptive | None = None,
 ) -> SweepReport:
     """Statistics and accounting for one sweep (no rendering, no files)."""
     rows = outcomes[outcomes["sweep"].eq(sweep)]
@@ -114,9 +156,11 @@ def build_sweep_report(
                      f"{int(short.iloc[0]['planned_tokens'])})")
     base_losses = done.loc[done["arm"].eq(baseline), "test_loss"].to_numpy()
     noise = stats.noise_floor(base_losses, alpha, power)
+    seq = adaptive_table(rows, arms, baseline, adaptive, accounting) if adaptive and has_baseline else None
     return SweepReport(
         sweep=sweep, baseline=baseline, has_baseline=has_baseline, table=table,
         accounting=accounting, problems=problems, mismatches=mismatches,
         allow_mismatch=allow_mismatch, noise=noise, provenance=_provenance(rows, arms),
-        notes=notes,
+        notes=notes, pairing=pairing_table(done, arms, baseline, alpha), adaptive=seq,
+        adaptive_settings=adaptive if seq is not None else None,
     )

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.adaptive import Adaptive
 from harness.errors import UserError
 from harness.files import sha256_file
 from harness.record import COMPLETED, DIVERGED, FAILED, STATUSES, RunRow, column_kinds
+from harness.planfile import read_plan
 from harness.results import MANIFEST as STORE_MANIFEST, RUNS as RUNS_FILE, ResultsStore
 
 RUN_KINDS = column_kinds(RunRow)  # every column of the run record: int, float or str
@@ -46,6 +48,7 @@ class Store:
     curves: pd.DataFrame
     files: list[FileInfo]
     warnings: list[str] = field(default_factory=list)
+    adaptive: dict[str, Adaptive] = field(default_factory=dict)  # sweep -> settings, for adaptive sweeps
 
 
 def _candidates(results_dir: Path, name: str) -> list[Path]:
@@ -120,7 +123,12 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
     else:
         curves = pd.DataFrame({"run_id": pd.Series(dtype=str), "attempt": [], "step": [],
                                "tokens": [], "train_loss": []})
-    return Store(runs=runs, curves=curves, files=infos, warnings=messages)
+    adaptive = {}
+    for sweep in runs["sweep"].unique():
+        settings = Adaptive.from_dict(read_plan(results_dir, sweep).get("adaptive"))
+        if settings is not None:
+            adaptive[sweep] = settings
+    return Store(runs=runs, curves=curves, files=infos, warnings=messages, adaptive=adaptive)
 
 
 def _normalise_runs(runs: pd.DataFrame, warn) -> pd.DataFrame:

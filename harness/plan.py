@@ -4,13 +4,12 @@ A Plan is fixed before anything trains. Building it resolves each arm's config o
 the arm's interventions, then --set and --data), computes the budgets, checks every corpus and
 tokenizer against every arm, and lists the runs seed-major (seed 0 of every arm, then seed 1, ...)
 so that a sweep stopped half-way is still balanced and paired. Also here: the sweep file format,
-how --seeds/--seed-list/a sweep file become a seed list, and the plan as written to disk
-(RESULTS/sweeps/<sweep>.json, which `harness status` reads; <sweep>.jobs.json for Slurm jobs).
+and how --seeds/--seed-list/a sweep file become a seed list. The plan as written to disk is
+harness.planfile.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tomllib
@@ -18,20 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from harness import config as cfgmod
 from harness.budget import Budget, chinchilla, fixed_budget
 from harness.errors import UserError
-from harness.files import atomic_write_json
 from harness.launch import Launcher
+from harness.adaptive import Adaptive
 from harness.record import COMPLETED, RunSpec
 from harness.results import ResultsStore
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+,=-]{0,199}")
 SWEEP_FILE_KEYS = {"name": str, "description": str, "preset": str, "arms": list, "seeds": int, "seed_list": list,
                    "budget": str, "tokens": int, "set": dict}
-PLANS = "sweeps"  # RESULTS/sweeps/<sweep>.json and <sweep>.jobs.json
 DEFAULT_SEEDS = 5
 DEFAULT_PRESET = "tiny"
 
@@ -47,6 +43,7 @@ class Plan:
     launcher: Launcher
     store: ResultsStore
     notes: list[str] = field(default_factory=list)
+    adaptive: Adaptive | None = None  # an adaptive sweep: rounds of seeds until each arm is decided
 
     @classmethod
     def build(cls, arms: list[str], seeds: list[int], preset: str, sets: dict[str, Any], tokens: int | None,
@@ -85,16 +82,27 @@ class Plan:
     @classmethod
     def for_sweep(cls, arms: list[str], seeds: int | None, seed_list: str | None, preset: str | None,
                   sets: dict[str, Any], tokens: int | None, budget: str | None, name: str | None,
-                  launcher: Launcher, results: Path, data: str | None) -> "Plan":
-        """`harness sweep`: arms (or one sweep file) and options; an option given wins over the file."""
+                  launcher: Launcher, results: Path, data: str | None, adaptive: Adaptive | None = None) -> "Plan":
+        """`harness sweep`: arms (or one sweep file) and options; an option given wins over the file.
+        An adaptive sweep plans seeds 0 .. max_seeds-1 and runs them in rounds (harness.adaptive)."""
         file: dict[str, Any] = {}
         if len(arms) == 1 and (arms[0].endswith(".toml") or Path(arms[0]).is_file()):
             file = load_sweep_file(Path(arms[0]))
             arms = file["arms"]
-        return cls.build(arms=arms, seeds=seed_values(seeds, seed_list, file), preset=preset or file.get("preset", DEFAULT_PRESET),
+        if adaptive is not None:
+            if seeds is not None or seed_list is not None:
+                raise UserError("--until-decided runs seeds 0, 1, ... until each arm is decided, at most --max-seeds; "
+                                "drop --seeds / --seed-list")
+            adaptive.check()
+            seed_list_here = list(range(adaptive.max_seeds))
+        else:
+            seed_list_here = seed_values(seeds, seed_list, file)
+        plan = cls.build(arms=arms, seeds=seed_list_here, preset=preset or file.get("preset", DEFAULT_PRESET),
                          sets=file.get("set", {}) | sets, tokens=tokens if tokens is not None else file.get("tokens"),
                          budget=budget or file.get("budget", "baseline"), sweep=name or file.get("name"),
                          include_baseline=True, launcher=launcher, results=results, data=data)
+        plan.adaptive = adaptive
+        return plan
 
 
 def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world_size: int) -> RunSpec:
@@ -190,70 +198,6 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
     return data | {"name": data.get("name", path.stem), "set": sets}
 
 
-# ----------------------------------------------------------------------------- the plan on disk
-
-
-def plan_path(results: Path, sweep: str) -> Path:
-    return Path(results) / PLANS / f"{sweep}.json"
-
-
-def jobs_path(results: Path, sweep: str) -> Path:
-    return Path(results) / PLANS / f"{sweep}.jobs.json"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def save_plan(plan: Plan) -> Path:
-    """RESULTS/sweeps/<name>.json: what the sweep intends to run, so status can show what is queued."""
-    path = plan_path(plan.store.root, plan.sweep)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {
-        "sweep": plan.sweep, "preset": plan.preset, "arms": plan.arms, "seeds": plan.seeds,
-        "world_size": plan.launcher.world_size,
-        "budgets": {arm: b.as_dict() for arm, b in plan.budgets.items()},
-        "runs": [{"run_id": s.run_id, "arm": s.arm, "seed": s.seed, "config_hash": s.config_hash} for s in plan.specs],
-    })
-    return path
-
-
-def read_plan(results: Path, sweep: str) -> dict[str, Any]:
-    """A saved plan ({} when there is none or it is unreadable)."""
-    plan = _read_json(plan_path(results, sweep))
-    return plan if isinstance(plan, dict) else {}
-
-
-def saved_sweeps(results: Path) -> list[str]:
-    """Names of the sweeps with a saved plan, sorted by file name."""
-    folder = Path(results) / PLANS
-    names = []
-    if folder.is_dir():
-        for p in sorted(folder.glob("*.json")):
-            data = None if p.name.endswith(".jobs.json") else _read_json(p)
-            if isinstance(data, dict) and isinstance(data.get("sweep"), str):
-                names.append(data["sweep"])
-    return names
-
-
-def record_jobs(results: Path, sweep: str, jobs: dict[str, str]) -> None:
-    """Add run id -> job id entries to RESULTS/sweeps/<sweep>.jobs.json."""
-    path = jobs_path(results, sweep)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=60):
-        known = _read_json(path) or {}
-        known.update(jobs)
-        atomic_write_json(path, known)
-
-
-def read_jobs(results: Path, sweep: str) -> dict[str, str]:
-    jobs = _read_json(jobs_path(results, sweep))
-    return jobs if isinstance(jobs, dict) else {}
-
-
 # ----------------------------------------------------------------------------- showing a plan
 
 
@@ -288,7 +232,49 @@ def print_plan(plan: Plan, console, jobs: int = 1) -> None:
     when = f"about {format_duration(est)} (from earlier runs in {plan.store.root})" if est else \
         "unknown until a run of this preset has completed here"
     at_once = f", up to {jobs} at once" if jobs > 1 else ""
-    console.print(f"{len(plan.specs)} runs{at_once}, {total_tokens:,} training tokens in all; estimated time {when}")
+    if plan.adaptive is None:
+        console.print(f"{len(plan.specs)} runs{at_once}, {total_tokens:,} training tokens in all; estimated time {when}")
+        return
+    a = plan.adaptive
+    arms = len(plan.arms) - 1
+    console.print(f"adaptive: rounds of one seed each until every arm is decided (alpha {a.alpha:g} across {arms} "
+                  f"arm(s), Bonferroni; " + (f"equivalence margin +-{a.margin:g}; " if a.margin else "")
+                  + f"decisions from {a.min_seeds} seeds on)")
+    console.print(f"runs at most: {len(plan.specs)} ({len(plan.arms)} arms x {a.max_seeds} seeds){at_once}, "
+                  f"{total_tokens:,} training tokens; at least {(arms + 1) * a.min_seeds} if every arm is decided at "
+                  f"{a.min_seeds} seeds; estimated time {'at most ' if est else ''}{when}")
+    expected = expected_runs(plan)
+    if expected is not None:
+        console.print(f"runs expected: about {expected:,.0f} (simulated from the effects and noise of earlier runs of "
+                      f"these arms in {plan.store.root})")
+    else:
+        console.print("runs expected: unknown until earlier runs of these arms are in the store "
+                      "(at least 2 paired seeds per arm)")
+
+
+def expected_runs(plan: Plan, sweeps: int = 2000) -> float | None:
+    """Expected runs of an adaptive plan, by simulation from each arm's effect and paired noise as
+    observed in earlier runs of the same configs in the store (any sweep); None without them."""
+    from harness.sequential import simulate
+
+    a = plan.adaptive
+    frame = plan.store.runs_frame()
+    if a is None or frame.empty:
+        return None
+    done = frame[(frame["status"] == COMPLETED)]
+    by_hash = {s.arm: s.config_hash for s in plan.specs}
+    base = done[done["config_hash"] == by_hash["baseline"]].drop_duplicates("seed").set_index("seed")["test_loss"]
+    effects, sds = [], []
+    for arm in plan.arms[1:]:
+        own = done[done["config_hash"] == by_hash[arm]].drop_duplicates("seed").set_index("seed")["test_loss"]
+        common = own.index.intersection(base.index)
+        if len(common) < 2:
+            return None
+        d = (own.loc[common] - base.loc[common]).to_numpy(dtype=float)
+        effects.append(float(d.mean()))
+        sds.append(max(float(d.std(ddof=1)), 1e-12))
+    sim = simulate(effects, sds, a.alpha, a.min_seeds, a.max_seeds, sweeps, a.margin)
+    return float(sim["n"].max(axis=1).mean() + sim["n"].sum(axis=1).mean())
 
 
 def format_seeds(seeds: list[int]) -> str:

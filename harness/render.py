@@ -19,6 +19,7 @@ from harness import stats
 from harness.compare import SweepReport
 from harness.outcomes import FileInfo
 from harness.plots import MAX_PLOT_ARMS, plot_arms
+from harness.sequential import METHOD
 
 SIGN_CONVENTION = ("diff = mean(arm) - mean(baseline) of test loss: negative = lower loss = "
                    "better.")
@@ -111,12 +112,15 @@ def render_markdown_section(rep: SweepReport, *, level: int, alpha: float,
         out.append("")
 
     arms_rows = t[t["arm"] != rep.baseline] if rep.has_baseline else t.iloc[0:0]
-    if len(arms_rows):
+    if rep.adaptive is not None:
+        out += render_adaptive(rep, hh)
+    elif len(arms_rows):
         out += [f"{hh} Verdicts", ""]
         out += [_verdict_line(r, rep.baseline, alpha) for r in arms_rows.itertuples()]
         out.append("")
 
-    out += [f"{hh} Test loss", ""]
+    out += [f"{hh} Test loss" + (" (fixed-n, descriptive: on the seeds each arm was given)"
+                                 if rep.adaptive is not None else ""), ""]
     ci_label = f"{100 * (1 - alpha):g}% CI"
     rows = []
     for r in t.itertuples():
@@ -167,9 +171,23 @@ def render_markdown_section(rep: SweepReport, *, level: int, alpha: float,
         out.append(f"Not computable: {md_escape(nf['note'] or 'no baseline runs')}; a noise "
                    "floor needs at least 2 completed baseline runs with different losses.")
     out.append("")
+    if len(rep.pairing):
+        out.append(pairing_sentence(rep.pairing))
+        out.append("")
     out.append(f"`harness sweep {md_escape(rep.baseline)} --seeds N` runs the baseline alone "
                "N times: its spread answers \"is it noise?\" directly.")
     out.append("")
+    if len(rep.pairing):
+        out += [f"{hh} What pairing bought", ""]
+        out.append("Every arm shares its seeds with the baseline: identical shared initial weights, the same data "
+                   "order and dropout masks. How much that cut the noise of the difference:")
+        out.append("")
+        out.append(_md_table(["arm", "shared seeds", "correlation with baseline",
+                              f"variance unpaired / paired ({100 * (1 - alpha):g}% CI)", "equivalent unpaired seeds"],
+                             [[md_escape(r.arm), str(r.n), f"{r.correlation:.3f}",
+                               f"{r.variance_ratio:,.1f} [{r.ratio_low:,.1f}, {r.ratio_high:,.1f}]",
+                               f"{r.equivalent_seeds:,.0f}"] for r in rep.pairing.itertuples()], "lrrrr"))
+        out.append("")
 
     out += [f"{hh} Runs", ""]
     out.append("Every seed that was started is counted; n in the tables above is the completed "
@@ -222,6 +240,19 @@ def render_markdown_section(rep: SweepReport, *, level: int, alpha: float,
     out.append("")
 
     out += [f"{hh} Methods", ""]
+    if rep.adaptive_settings is not None:
+        a = rep.adaptive_settings
+        out.append(f"- adaptive sweep (the verdicts above): {md_escape(METHOD)}; an arm is decided better or worse "
+                   "when its repeated confidence interval excludes 0"
+                   + (f", equivalent when it lies inside ±{a.margin:g}" if a.margin else "")
+                   + f"; decisions from {a.min_seeds} seeds on, at most {a.max_seeds}; family-wise error "
+                   f"{a.alpha:g}. The intervals hold at any stopping time; the fixed-n figures below are descriptive "
+                   "(they ignore that the number of seeds depended on the data).")
+    if len(rep.pairing):
+        out.append("- pairing: Pearson correlation of arm and baseline over shared seeds; variance ratio "
+                   "(var(arm) + var(baseline)) / var(arm - baseline) with an F(n-1, n-1) interval on "
+                   "var(arm + baseline) / var(arm - baseline) (exact when both have equal seed variance, "
+                   "Pitman-Morgan); equivalent unpaired seeds = shared seeds x ratio.")
     out += [
         f"- diff, {ci_label}, p: paired t-test and t interval on per-seed differences when the "
         "arm shares at least 2 seeds (and at least half of its runs) with the baseline, "
@@ -289,6 +320,44 @@ def jsonable(x):
     return x
 
 
+def pairing_sentence(pairing) -> str:
+    """The noise floor's one sentence on pairing: the median arm."""
+    mid = pairing.sort_values("variance_ratio").iloc[(len(pairing) - 1) // 2]
+    over = f" (the median of {len(pairing)} arms)" if len(pairing) > 1 else ""
+    return (f"Pairing by seed{over}: arm and baseline correlate at r = {mid.correlation:.2f}, so the paired "
+            f"difference has 1/{mid.variance_ratio:,.0f} of the unpaired variance: {mid.n} paired seeds are worth "
+            f"about {mid.equivalent_seeds:,.0f} unpaired ones.")
+
+
+STOP_REASONS = {"better": "interval below 0", "worse": "interval above 0", "equivalent": "interval inside the margin",
+                "undecided at the cap": "reached --max-seeds", "undecided": "not decided yet (stopped early)"}
+
+
+def render_adaptive(rep: SweepReport, hh: str) -> list[str]:
+    a, seq = rep.adaptive_settings, rep.adaptive
+    base_seeds = int(rep.accounting.set_index("arm")["seeds"].get(rep.baseline, 0))
+    made = base_seeds + int(seq["seeds"].sum())
+    fixed = (1 + len(seq)) * a.max_seeds
+    out = [f"{hh} Verdicts (adaptive sweep)", ""]
+    out.append(f"This sweep was adaptive (`--until-decided`): each arm got seeds until a sequential test decided "
+               f"it, at most {a.max_seeds}; family-wise error {a.alpha:g} across {len(seq)} arm(s)"
+               + (f", equivalence margin ±{a.margin:g}" if a.margin else "") + f". It made {made} runs where a "
+               f"fixed design at {a.max_seeds} seeds makes {fixed} ({fixed - made} saved, "
+               f"{100 * made / max(fixed, 1):.0f}% of the runs).")
+    out.append("")
+    out.append(_md_table(["arm", "verdict", "seeds", "decided in round", "stop reason", "sequential interval",
+                          "runs saved"],
+                         [[md_escape(r.arm), r.state, str(r.seeds),
+                           "-" if pd_isna(r.decided_round) else str(int(r.decided_round)), STOP_REASONS[r.state],
+                           _ci(r.seq_low, r.seq_high), str(r.runs_saved)] for r in seq.itertuples()], "llrrlrr"))
+    out.append("")
+    return out
+
+
+def pd_isna(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def sweep_to_json(rep: SweepReport) -> dict:
     arms = []
     for row in rep.table.to_dict(orient="records"):
@@ -308,6 +377,9 @@ def sweep_to_json(rep: SweepReport) -> dict:
                                          for k, v in rep.noise["seeds_needed"].items()]},
         "integrity": {"mismatches": rep.mismatches, "allow_mismatch": rep.allow_mismatch},
         "notes": rep.notes,
+        "pairing": rep.pairing.drop(columns="sentence").to_dict(orient="records"),
+        "adaptive": None if rep.adaptive is None else {
+            **rep.adaptive_settings.as_dict(), "arms": rep.adaptive.to_dict(orient="records")},
         "provenance": rep.provenance,
         "plots": {k: str(v) for k, v in rep.plots.items()},
     })
@@ -339,6 +411,12 @@ def render_terminal(rep: SweepReport, console: Console, alpha: float) -> None:
     if bad.sum():
         console.print(f"  not completed: {int(bad['diverged'])} diverged, {int(bad['failed'])} "
                       f"failed, {int(bad['invalid'])} invalid (listed in the report)")
+    if rep.adaptive is not None:
+        for r in rep.adaptive.itertuples():
+            console.print(f"  {escape(r.arm)}: {r.state} after {r.seeds} seeds (sequential interval "
+                          f"{_ci(r.seq_low, r.seq_high)}), {r.runs_saved} runs saved; the table's tests are descriptive")
+    if len(rep.pairing):
+        console.print(f"  {escape(pairing_sentence(rep.pairing))}")
     for m in rep.mismatches:
         console.print(f"  [bold red]--allow-mismatch:[/] {escape(m)}")
     for n in rep.notes:

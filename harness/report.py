@@ -85,7 +85,8 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
     problems = comparability(outcomes, sweeps, opts)
     reps = [build_sweep_report(outcomes, sw, opts.baseline, alpha=opts.alpha, margin=opts.margin,
                                power=opts.power, n_resamples=opts.n_resamples, boot_seed=opts.boot_seed,
-                               allow_mismatch=opts.allow_mismatch, mismatches=problems[sw])
+                               allow_mismatch=opts.allow_mismatch, mismatches=problems[sw],
+                               adaptive=store.adaptive.get(sw))
             for sw in sweeps]
     settings = {"results_dir": str(Path(results_dir).resolve()), "sweep": sweep, "baseline": opts.baseline,
                 "alpha": opts.alpha, "margin": opts.margin, "power": opts.power,

@@ -275,17 +275,39 @@ def _executor(opts: ClusterOptions, folder: Path, name: str, nproc: int, nnodes:
 
 
 def submit_plan(plan, opts: ClusterOptions, retries: int, console, tensorboard: bool = False) -> int:
-    """Submit the plan's missing runs as jobs; wait for them (local, or --wait). Returns an exit code."""
-    from harness.plan import record_jobs, save_plan
+    """Submit the plan's missing runs as jobs; wait for them (local, or --wait). Returns an exit code.
+
+    An adaptive plan goes round by round (harness.adaptive.rounds): each round's jobs are waited
+    for before the next round is decided; with --no-wait one round is submitted and the same
+    command, run again once it has finished, decides and submits the next."""
+    from harness.adaptive import rounds
+    from harness.planfile import save_plan
+
+    plan.store.ensure_writable()
+    save_plan(plan)
+    if plan.adaptive is None:
+        return _submit_runs(plan, plan.specs, opts, retries, console, tensorboard)
+    policy, code = RetryPolicy(retries), 0
+    adaptive_opts = dataclasses.replace(opts, wait=opts.wait is not False)
+    for specs in rounds(plan, console):
+        code = max(code, _submit_runs(plan, specs, adaptive_opts, retries, console, tensorboard))
+        unsettled = [s for s in specs if policy.settled(plan.store.history(s.sweep, s.run_id).statuses) is None]
+        if unsettled:
+            console.print(f"round of seed {specs[0].seed} is still running ({len(unsettled)} run(s)); run the same "
+                          "command again once it has finished to decide and submit the next round")
+            return code
+    return code
+
+
+def _submit_runs(plan, specs: list[RunSpec], opts: ClusterOptions, retries: int, console, tensorboard: bool) -> int:
+    from harness.planfile import record_jobs
     from harness.sweep import describe
 
     store: ResultsStore = plan.store
-    store.ensure_writable()
     results = store.root.resolve()
-    save_plan(plan)
     policy = RetryPolicy(retries)
     pending, done, busy, failed = [], 0, 0, []
-    for spec in plan.specs:
+    for spec in specs:
         status = policy.settled(store.history(spec.sweep, spec.run_id).statuses)
         if status in FINAL:
             done += 1
@@ -299,7 +321,7 @@ def submit_plan(plan, opts: ClusterOptions, retries: int, console, tensorboard: 
         console.print(f"[yellow]{spec.arm} seed {spec.seed}[/yellow] has failed "
                       f"{len(store.history(spec.sweep, spec.run_id).rows)} times; not resubmitted "
                       f"(see {store.run_dir(spec.run_id)}/log.txt)")
-    console.print(f"{len(plan.specs)} runs: {done} done, {busy} running elsewhere, {len(failed)} failed, "
+    console.print(f"{len(specs)} runs: {done} done, {busy} running elsewhere, {len(failed)} failed, "
                   f"{len(pending)} to submit ({opts.launcher})")
     if not pending:
         return 0 if not failed else 1

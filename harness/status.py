@@ -1,7 +1,7 @@
 """`harness status`: where each sweep stands, per arm: done, running, queued, failed, diverged.
 
 A sweep's plan (every run it will make) is written when it starts, to RESULTS/sweeps/<sweep>.json
-(harness.plan.save_plan, by every launcher). Each planned run is then, in this order:
+(harness.planfile.save_plan, by every launcher). Each planned run is then, in this order:
   done      the results store holds a completed row of it in this sweep
   diverged  ... a diverged row (a final outcome: training is deterministic, it is not retried)
   running   its run folder is locked by a live process (a sweep, or a Slurm/local job)
@@ -18,9 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.plan import read_jobs, read_plan, saved_sweeps
+from harness.adaptive import Adaptive, arm_states
+from harness.config import BASELINE
+from harness.planfile import read_jobs, read_plan, saved_sweeps
 from harness.procs import is_running
 from harness.record import COMPLETED, DIVERGED, parse_progress
+from harness.sequential import UNDECIDED
 from harness.results import ResultsStore
 
 STATES = ("done", "running", "queued", "failed", "diverged")
@@ -66,12 +69,35 @@ def sweep_names(results: Path) -> list[str]:
     return list(dict.fromkeys(saved_sweeps(results) + recorded))
 
 
+def adaptive_state(results: Path, sweep: str) -> dict[str, Any] | None:
+    """An adaptive sweep's round and each arm's state (None for a fixed sweep)."""
+    plan = read_plan(results, sweep)
+    settings = Adaptive.from_dict(plan.get("adaptive"))
+    if settings is None:
+        return None
+    rows = ResultsStore(results).sweep_frame(sweep)
+    arms = [a for a in plan.get("arms", []) if a != BASELINE]
+    states = arm_states(rows, arms, BASELINE, settings)
+    done_seeds = rows[rows["arm"] == BASELINE]["seed"].nunique() if not rows.empty else 0
+    return {"round": int(done_seeds), "max_seeds": settings.max_seeds,
+            "arms": {a: {"state": st.state, "seeds": len(st.seeds), "low": st.look.low, "high": st.look.high}
+                     for a, st in states.items()}}
+
+
 def sweep_status(results: Path, sweep: str) -> list[RunState]:
-    """Every run of `sweep` with its state, in plan order (seed-major)."""
+    """Every run of `sweep` with its state, in plan order (seed-major); for an adaptive sweep
+    without the runs its decided arms will never make."""
     results = Path(results)
     store = ResultsStore(results)
     rows = store.sweep_frame(sweep)
     planned = [r for r in read_plan(results, sweep).get("runs", []) if isinstance(r, dict) and "run_id" in r]
+    adaptive = adaptive_state(results, sweep)
+    if adaptive is not None:
+        finished = {a for a, st in adaptive["arms"].items() if st["state"] != UNDECIDED}
+        if len(finished) == len(adaptive["arms"]):
+            finished.add(BASELINE)
+        recorded = set(rows["run_id"]) if not rows.empty else set()
+        planned = [r for r in planned if r.get("arm") not in finished or r["run_id"] in recorded]
     if not rows.empty:  # runs recorded under this sweep that no plan names (older sweeps)
         known = {r["run_id"] for r in planned}
         first = rows.sort_values("attempt").drop_duplicates("run_id")
@@ -126,7 +152,7 @@ def status_payload(results: Path, sweep: str | None = None) -> dict[str, Any]:
     for name in names:
         states = sweep_status(results, name)
         payload[name] = {"arms": summarize(states), "totals": dict(Counter(s.state for s in states)),
-                         "runs": [asdict(s) for s in states]}
+                         "runs": [asdict(s) for s in states], "adaptive": adaptive_state(results, name)}
     return payload
 
 
@@ -144,6 +170,11 @@ def print_status(payload: dict[str, Any], console, show_runs: bool = False) -> N
             loss = f"{a['mean_test_loss']:.4f}" if a["mean_test_loss"] is not None else "-"
             table.add_row(arm, str(a["runs"]), *(str(a[k]) if a[k] else "-" for k in STATES), loss)
         console.print(table)
+        adaptive = info.get("adaptive")
+        if adaptive:
+            console.print(f"adaptive sweep: round {adaptive['round']} of at most {adaptive['max_seeds']}; "
+                          + "; ".join(f"{arm}: {st['state']} after {st['seeds']} seeds"
+                                      for arm, st in adaptive["arms"].items()), highlight=False)
         if show_runs:
             runs = Table(title=f"runs of {name}")
             for col in ("arm", "seed", "run id", "state", "attempts", "job", "detail"):

@@ -20,8 +20,10 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.markup import escape
 
+from harness.adaptive import rounds
 from harness.launch import Launcher, Outcome, execute
-from harness.plan import Plan, save_plan
+from harness.plan import Plan
+from harness.planfile import save_plan
 from harness.procs import ctrl_c_latch, interrupted, stop_runs
 from harness.progress import RunProgress
 from harness.record import COMPLETED, FAILED, FINAL, RetryPolicy, RunSpec
@@ -53,6 +55,7 @@ def execute_plan(plan: Plan, console: Console, retries: int = 1, jobs: int = 1,
                  on_progress: Callable[[RunSpec, dict[str, Any]], None] | None = None) -> SweepOutcome:
     """Run every run of the plan that the store does not hold yet, up to `jobs` at once (each in
     its own slot: GPUs or CPU cores), started in seed-major order; Ctrl-C stops every running run.
+    An adaptive plan runs in rounds until every arm is decided (harness.adaptive).
 
     on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard)."""
     launchers, shared = plan.launcher.for_jobs(jobs)
@@ -61,20 +64,23 @@ def execute_plan(plan: Plan, console: Console, retries: int = 1, jobs: int = 1,
     if shared:
         console.print(f"note: {jobs} runs at once share this machine's "
                       f"{'GPUs' if launchers[0].slot.gpus else 'CPU cores'} (more jobs than it holds)")
-    runner = _Runner(plan, console, RetryPolicy(retries), launchers, on_progress)
+    policy = RetryPolicy(retries)
+    outcome = SweepOutcome()
     try:
         with ctrl_c_latch():
-            runner.run()
+            for specs in rounds(plan, console):
+                runner = _Runner(plan, specs, console, policy, launchers, on_progress)
+                try:
+                    runner.run()
+                finally:
+                    runner.stop()
+                    outcome.done.update(runner.outcome.done)
     except KeyboardInterrupt:
-        runner.stop()
-        done = sum(runner.policy.settled(plan.store.history(s.sweep, s.run_id).statuses) in FINAL for s in plan.specs)
-        console.print(f"\nstopped: {done} of {len(plan.specs)} runs done in sweep {plan.sweep}; "
+        done = sum(policy.settled(plan.store.history(s.sweep, s.run_id).statuses) in FINAL for s in plan.specs)
+        console.print(f"\nstopped: {done} of {len(plan.specs)} planned runs done in sweep {plan.sweep}; "
                       f"continue with: {continue_command()}")
         raise SystemExit(130) from None
-    except BaseException:
-        runner.stop()
-        raise
-    return runner.outcome
+    return outcome
 
 
 class _Runner:
@@ -82,19 +88,19 @@ class _Runner:
     finished run is settled, retried (at the front of the queue) or counted; a run that another
     sweep process holds is left to it and looked at again once nothing else is running."""
 
-    def __init__(self, plan: Plan, console: Console, policy: RetryPolicy, launchers: list[Launcher],
-                 on_progress: Callable[[RunSpec, dict[str, Any]], None] | None):
+    def __init__(self, plan: Plan, specs: list[RunSpec], console: Console, policy: RetryPolicy,
+                 launchers: list[Launcher], on_progress: Callable[[RunSpec, dict[str, Any]], None] | None):
         self.plan, self.console, self.policy, self.launchers = plan, console, policy, launchers
         self.on_progress = on_progress
         self.outcome = SweepOutcome()
-        self.pending: deque[RunSpec] = deque(plan.specs)
+        self.pending: deque[RunSpec] = deque(specs)
         self.busy: list[RunSpec] = []
         self.free = list(range(len(launchers)))
         self.running: dict[str, tuple[int, threading.Thread]] = {}
         self.finished: queue.Queue[tuple[RunSpec, Outcome | None, BaseException | None]] = queue.Queue()
 
     def run(self) -> None:
-        with RunProgress(self.console, len(self.plan.specs)) as self.progress:
+        with RunProgress(self.console, len(self.pending)) as self.progress:
             while self.pending or self.running or self.busy:
                 self._start_what_fits()
                 if not self.running:
@@ -172,7 +178,9 @@ class _Runner:
         self.progress.finish_run(spec.run_id, describe(self.plan.store, spec, status, label))
 
     def stop(self) -> None:
-        """Stop every running run (their processes are terminated) and wait for their threads."""
+        """Stop every run still running (their processes are terminated) and wait for their threads."""
+        if not self.running:
+            return
         stop_runs()
         for _, worker in list(self.running.values()):
             worker.join(timeout=120)

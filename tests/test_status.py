@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from harness.launch import Launcher
-from harness.plan import Plan, save_plan
+from harness.plan import Plan
+from harness.planfile import save_plan
 from harness.procs import is_running
 from harness.record import RunResult, RunRow
 from harness.results import ResultsStore

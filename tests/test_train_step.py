@@ -17,7 +17,8 @@ from conftest import cli
 from harness.config import TrainConfig
 from harness.data import load_corpus
 from harness.plan import RunSpec
-from harness.train import (CPU_EVAL_TOKENS, CPU_THREADS, Dist, Trainer, auto_eval_batch, configure_threads)
+from harness.placement import CPU_THREADS
+from harness.train import CPU_EVAL_TOKENS, Dist, Trainer, auto_eval_batch, configure_threads
 from model import GPTModel, ModelConfig, init_weights
 from model import gpt
 from model.book import BookGPTModel
