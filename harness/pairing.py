@@ -23,6 +23,11 @@ import numpy as np
 from scipy import stats as sps
 
 
+def fraction(ratio: float) -> str:
+    """'1/38 of' for a large gain, '0.84 times' when pairing bought little or cost."""
+    return f"1/{ratio:,.0f} of" if ratio >= 2 else f"{1 / ratio:.2f} times"
+
+
 @dataclass(frozen=True)
 class PairingGain:
     n: int  # shared seeds
@@ -36,7 +41,7 @@ class PairingGain:
         if not math.isfinite(self.variance_ratio):
             return "pairing's gain is not computable here (fewer than 3 shared seeds, or no spread)"
         return (f"arm and baseline correlate at r = {self.correlation:.2f} across seeds, so the paired difference "
-                f"has 1/{self.variance_ratio:.0f} of the unpaired variance: {self.n} paired seeds are worth about "
+                f"has {fraction(self.variance_ratio)} the unpaired variance: {self.n} paired seeds are worth about "
                 f"{self.equivalent_seeds:,.0f} unpaired ones")
 
 

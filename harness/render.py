@@ -18,6 +18,7 @@ from rich.table import Table
 from harness import stats
 from harness.compare import SweepReport
 from harness.outcomes import FileInfo
+from harness.pairing import fraction
 from harness.plots import MAX_PLOT_ARMS, plot_arms
 from harness.sequential import METHOD
 
@@ -325,7 +326,7 @@ def pairing_sentence(pairing) -> str:
     mid = pairing.sort_values("variance_ratio").iloc[(len(pairing) - 1) // 2]
     over = f" (the median of {len(pairing)} arms)" if len(pairing) > 1 else ""
     return (f"Pairing by seed{over}: arm and baseline correlate at r = {mid.correlation:.2f}, so the paired "
-            f"difference has 1/{mid.variance_ratio:,.0f} of the unpaired variance: {mid.n} paired seeds are worth "
+            f"difference has {fraction(mid.variance_ratio)} the unpaired variance: {mid.n} paired seeds are worth "
             f"about {mid.equivalent_seeds:,.0f} unpaired ones.")
 
 

@@ -14,6 +14,7 @@ low-precision autocast, through the real Trainer step, for every architectural s
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -92,9 +93,11 @@ def test_compiled_bf16_matches_eager_fp32_for_the_other_switches(names):
 
 
 def test_a_compiled_training_step_runs_with_dropout():
+    """Compiled, dropout on (inductor's own random numbers, so not the eager path's masks): the
+    losses are those of the eager run to within the spread that other masks give."""
     mcfg = config(*TOGETHER["nope+no_bias+tied"])
-    got = losses(mcfg, "fp32", compile=True)
-    assert all(4.0 < v < 5.5 for v in got), got  # near ln(97): finite, and the step trained
+    compiled, eager = losses(mcfg, "fp32", compile=True), losses(mcfg, "fp32", compile=False)
+    assert all(math.isfinite(v) and abs(v - e) < 0.1 * e for v, e in zip(compiled, eager)), (compiled, eager)
 
 
 def test_fp16_with_a_grad_scaler_trains_like_fp32():
