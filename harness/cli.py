@@ -36,6 +36,12 @@ DataOpt = Annotated[Optional[str], typer.Option(
 LogOpt = Annotated[str, typer.Option(
     "--log", help="'tensorboard': also write loss curves to RESULTS/tensorboard/<sweep>/<run_id> "
                   "(needs harness[tensorboard]); 'none' (default).")]
+VaryOpt = Annotated[Optional[str], typer.Option(
+    "--vary", help="Vary only this random stream with the seed (init, data or dropout); the other two take seed "
+                   "0's values. For noise studies by hand (harness noise does it for you).")]
+InitSeedOpt = Annotated[Optional[int], typer.Option("--init-seed", help="Fix the initial weights' seed for every run.")]
+DataSeedOpt = Annotated[Optional[int], typer.Option("--data-seed", help="Fix the data order's seed for every run.")]
+DropoutSeedOpt = Annotated[Optional[int], typer.Option("--dropout-seed", help="Fix the dropout masks' seed for every run.")]
 BudgetOpt = Annotated[str, typer.Option(
     "--budget", help="'baseline': every arm trains on the baseline's Chinchilla budget (default, "
                      "as the seed author did); 'own': each arm on its own Chinchilla count.")]
@@ -143,6 +149,10 @@ def run_cmd(
     rdzv_endpoint: Annotated[str, typer.Option(help="host:port of the c10d rendezvous (multi-node).")] = "",
     data: DataOpt = None,
     log: LogOpt = "none",
+    vary: VaryOpt = None,
+    init_seed: InitSeedOpt = None,
+    data_seed: DataSeedOpt = None,
+    dropout_seed: DropoutSeedOpt = None,
 ):
     """One exact, deterministic training run under torchrun, recorded in the results store."""
     from harness.launch import Launcher
@@ -154,7 +164,8 @@ def run_cmd(
     tensorboard = check_log(log)
     plan = Plan.build(arms=[arm], seeds=[seed], preset=preset, sets=parse_sets(sets), data=data, tokens=tokens,
                       budget=budget, sweep=sweep, include_baseline=False,
-                      launcher=Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint), results=results)
+                      launcher=Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint), results=results,
+                      streams=streams(vary, init_seed, data_seed, dropout_seed))
     return 0 if run_here(plan, retries=0, tensorboard=tensorboard).all_completed else 1
 
 
@@ -192,6 +203,10 @@ def sweep_cmd(
     rdzv_endpoint: Annotated[str, typer.Option(help="host:port of the c10d rendezvous (multi-node).")] = "",
     data: DataOpt = None,
     log: LogOpt = "none",
+    vary: VaryOpt = None,
+    init_seed: InitSeedOpt = None,
+    data_seed: DataSeedOpt = None,
+    dropout_seed: DropoutSeedOpt = None,
     launcher: Annotated[str, typer.Option(
         help="torchrun: run here, one run after another (default); slurm: submit each run as a Slurm job "
              "(one job array per sweep) through submitit; local: the same jobs through submitit's local executor.")] = "torchrun",
@@ -226,7 +241,8 @@ def sweep_cmd(
                         "by itself (--slurm-array-parallelism)")
     tensorboard = check_log(log)
     plan = Plan.for_sweep(arms, seeds, seed_list, preset, parse_sets(sets), tokens, budget, name,
-                          cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results, data, adaptive)
+                          cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint), results, data, adaptive,
+                          streams(vary, init_seed, data_seed, dropout_seed))
     jobs_here = plan.launcher.jobs(jobs_asked) if cluster.launcher == "torchrun" else 1
     print_plan(plan, console, jobs_here)
     if dry_run:
@@ -254,6 +270,70 @@ def cluster_options(launcher: str, partition, gpus_per_node, time_limit, array_p
                           mem_gb, tuple(slurm_arg or ()), tuple(slurm_setup or ()), wait)
     opts.check()
     return opts
+
+
+@command("noise")
+def noise_cmd(
+    preset: PresetOpt = "tiny",
+    seeds: Annotated[int, typer.Option(help="Runs per source of noise (and of the ordinary seeds).")] = 8,
+    arm: Annotated[Optional[str], typer.Option(
+        help="Also study this arm, and its paired difference with the baseline per source.")] = None,
+    replicates: Annotated[int, typer.Option(
+        help="Runs with identical seeds: bit-identical on CPU; on GPU their spread is the nondeterminism floor "
+             "(give more there, e.g. 8).")] = 2,
+    sets: SetOpt = None,
+    tokens: TokensOpt = None,
+    data: DataOpt = None,
+    results: ResultsOpt = Path("results"),
+    name: Annotated[Optional[str], typer.Option(help="Study name (default: noise-PRESET-ARMS).")] = None,
+    nproc: Annotated[Optional[int], typer.Option(help="Processes per run (default: GPUs, else 1).")] = None,
+    jobs: Annotated[str, typer.Option(help="Runs at once on this machine (as harness sweep --jobs).")] = "auto",
+    retries: Annotated[int, typer.Option(help="Retries of a failed run.")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs, budgets) and stop.")] = False,
+    launcher: Annotated[str, typer.Option(help="torchrun (here), local or slurm, as harness sweep --launcher.")] = "torchrun",
+    partition: Annotated[Optional[str], typer.Option(help="Slurm partition.")] = None,
+    time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm/local: each job's time limit.")] = None,
+):
+    """Where seed noise comes from: runs that vary one random stream at a time (initial weights, data
+    order, dropout masks), all three, and none; `harness report` decomposes the test loss's variance."""
+    from harness.plan import Plan, print_plan
+
+    if retries < 0:
+        raise UserError(f"--retries must be >= 0, got {retries}")
+    jobs_asked = parse_jobs(jobs)
+    cluster = cluster_options(launcher, partition, None, time_limit, None, None, None, None, None, None)
+    if cluster.launcher != "torchrun" and jobs_asked is not None:
+        raise UserError(f"--jobs is for runs on this machine; --launcher {cluster.launcher} runs jobs in parallel by itself")
+    plan = Plan.noise_study(preset, arm, seeds, replicates, parse_sets(sets), tokens,
+                            cluster.run_launcher(nproc, 1, 0, ""), results, name, data)
+    jobs_here = plan.launcher.jobs(jobs_asked) if cluster.launcher == "torchrun" else 1
+    print_plan(plan, console, jobs_here)
+    if dry_run:
+        return 0
+    if cluster.launcher != "torchrun":
+        from harness.slurm import submit_plan
+
+        return submit_plan(plan, cluster, retries, console)
+    outcome = run_here(plan, retries=retries, tensorboard=False, jobs=jobs_here)
+    console.print(f"results: {plan.store.runs_path} (study {plan.sweep!r}); decompose the noise with:\n"
+                  f"  harness report --sweep {plan.sweep} --results {results}")
+    return 0 if outcome.all_completed else 1
+
+
+def streams(vary: str | None, init_seed: int | None, data_seed: int | None, dropout_seed: int | None):
+    """--vary STREAM and --init-seed/--data-seed/--dropout-seed as (vary, fixed sub-seeds)."""
+    from harness.plan import STREAMS
+
+    if vary is not None and vary not in STREAMS:
+        raise UserError(f"--vary {vary!r}: allowed: {', '.join(STREAMS)}")
+    fixed = {name: value for name, value in (("init", init_seed), ("data", data_seed), ("dropout", dropout_seed))
+             if value is not None}
+    for name, value in fixed.items():
+        if not 0 <= value < 2**31:
+            raise UserError(f"--{name}-seed {value}: give a seed from 0 to {2**31 - 1}")
+    if vary is not None and vary in fixed:
+        raise UserError(f"--vary {vary} and --{vary}-seed contradict each other; give one")
+    return (vary or "", fixed)
 
 
 def adaptive_settings(until_decided: bool, max_seeds, min_seeds, margin, alpha):

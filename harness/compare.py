@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import stats
+from harness import noise, stats
 from harness.adaptive import Adaptive, arm_states
 from harness.outcomes import OUTCOMES, check_integrity
 from harness.pairing import pairing_gain
@@ -164,3 +164,50 @@ def build_sweep_report(
         notes=notes, pairing=pairing_table(done, arms, baseline, alpha), adaptive=seq,
         adaptive_settings=adaptive if seq is not None else None,
     )
+
+
+@dataclass
+class NoiseReport:
+    """A noise study (harness noise): variance components per source, for the baseline and an arm,
+    the paired difference per source, and the smallest detectable differences."""
+
+    sweep: str
+    baseline: str
+    arm: str | None
+    components: dict[str, pd.DataFrame]  # arm -> harness.noise.components
+    paired: pd.DataFrame | None  # harness.noise.paired_components, with an arm
+    detect: dict[int, float]
+    detect_paired: bool
+    replicates_identical: bool | None  # None: fewer than 2 replicates
+    notes: list[str]
+    provenance: dict
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def build_noise_report(outcomes: pd.DataFrame, sweep: str, baseline: str, settings: dict, alpha: float,
+                       power: float) -> NoiseReport:
+    rows = outcomes[outcomes["sweep"].eq(sweep) & outcomes["outcome"].eq(COMPLETED)]
+    arm = settings.get("arm")
+    by_source: dict[str, dict[str, pd.Series]] = {}
+    for name in [a for a in (baseline, arm) if a]:
+        mine = rows[rows["arm"].eq(name)]
+        by_source[name] = {v: g.set_index("seed")["test_loss"].astype(float) for v, g in mine.groupby("vary")}
+    tables = {name: noise.components({v: s.to_numpy() for v, s in src.items()}, alpha)
+              for name, src in by_source.items()}
+    paired = noise.paired_components(by_source[baseline], by_source[arm], alpha) if arm and arm in by_source else None
+    if paired is not None and (paired["source"] == noise.ALL).any():
+        sd, is_paired = float(paired.loc[paired["source"] == noise.ALL, "sd_diff"].iloc[0]), True
+    else:
+        base = tables.get(baseline)
+        sd = float(base.loc[base["source"] == noise.ALL, "sd"].iloc[0]) if base is not None and \
+            (base["source"] == noise.ALL).any() else float("nan")
+        is_paired = False
+    replicate = by_source.get(baseline, {}).get(noise.REPLICATE)
+    identical = None if replicate is None or len(replicate) < 2 else bool(np.ptp(replicate.to_numpy()) == 0)
+    notes = []
+    missing = [f"{name}: {noise.LABELS[v]}" for name, src in by_source.items()
+               for v in (*noise.SOURCES, noise.ALL) if len(src.get(v, ())) < 2]
+    if missing:
+        notes.append("fewer than 2 completed runs (no spread yet) for " + "; ".join(missing))
+    return NoiseReport(sweep, baseline, arm, tables, paired, noise.detectable(sd, is_paired, alpha, power),
+                       is_paired, identical, notes, _provenance(outcomes[outcomes["sweep"].eq(sweep)], list(by_source)))

@@ -49,6 +49,7 @@ class Store:
     files: list[FileInfo]
     warnings: list[str] = field(default_factory=list)
     adaptive: dict[str, Adaptive] = field(default_factory=dict)  # sweep -> settings, for adaptive sweeps
+    noise: dict[str, dict] = field(default_factory=dict)  # sweep -> settings, for noise studies
 
 
 def _candidates(results_dir: Path, name: str) -> list[Path]:
@@ -123,12 +124,15 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
     else:
         curves = pd.DataFrame({"run_id": pd.Series(dtype=str), "attempt": [], "step": [],
                                "tokens": [], "train_loss": []})
-    adaptive = {}
+    adaptive, noise = {}, {}
     for sweep in runs["sweep"].unique():
-        settings = Adaptive.from_dict(read_plan(results_dir, sweep).get("adaptive"))
+        plan = read_plan(results_dir, sweep)
+        settings = Adaptive.from_dict(plan.get("adaptive"))
         if settings is not None:
             adaptive[sweep] = settings
-    return Store(runs=runs, curves=curves, files=infos, warnings=messages, adaptive=adaptive)
+        if isinstance(plan.get("noise"), dict):
+            noise[sweep] = plan["noise"]
+    return Store(runs=runs, curves=curves, files=infos, warnings=messages, adaptive=adaptive, noise=noise)
 
 
 def _normalise_runs(runs: pd.DataFrame, warn) -> pd.DataFrame:
@@ -177,12 +181,12 @@ def resolve_outcomes(runs: pd.DataFrame) -> pd.DataFrame:
                        + reason[unknown]).str.rstrip(": ")
     r["reason"] = reason
     r["_priority"] = (r["outcome"] != COMPLETED).astype(int)
-    keys = ["sweep", "arm", "seed"]
+    keys = ["sweep", "arm", "vary", "seed"]  # vary: a noise study's runs of one seed differ by source
     r["attempts"] = r.groupby(keys)["status"].transform("size").astype(int)
     r["_order"] = np.arange(len(r))
     r["_attempt"] = r["attempt"].fillna(-1.0)
     r = r.sort_values(keys + ["_priority", "_attempt", "finished_at", "_order"],
-                      ascending=[True, True, True, True, False, False, False], kind="mergesort")
+                      ascending=[True] * len(keys) + [True, False, False, False], kind="mergesort")
     chosen = r.drop_duplicates(keys, keep="first")
     return chosen.drop(columns=["_priority", "_order", "_attempt"]).reset_index(drop=True)
 

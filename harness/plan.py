@@ -43,12 +43,15 @@ class Plan:
     launcher: Launcher
     store: ResultsStore
     notes: list[str] = field(default_factory=list)
+    configs: dict[str, cfgmod.ArmConfig] = field(default_factory=dict)  # each arm's resolved config
     adaptive: Adaptive | None = None  # an adaptive sweep: rounds of seeds until each arm is decided
+    noise: dict[str, Any] | None = None  # a noise study: {"seeds", "replicates", "arm"} (harness.noise)
 
     @classmethod
     def build(cls, arms: list[str], seeds: list[int], preset: str, sets: dict[str, Any], tokens: int | None,
               budget: str, sweep: str | None, include_baseline: bool, launcher: Launcher, results: Path,
-              data: str | None = None) -> "Plan":
+              data: str | None = None, streams: tuple[str, dict[str, int]] = ("", {})) -> "Plan":
+        """streams: (vary, fixed sub-seeds), see sub_seeds."""
         if not seeds:
             raise UserError("no seeds: give --seeds N (N >= 1) or --seed-list 0,1,2")
         if any(s < 0 for s in seeds):
@@ -76,13 +79,42 @@ class Plan:
         if not SWEEP_NAME.fullmatch(name):
             raise UserError(f"sweep name {name!r}: use letters, digits and . _ + , = - (it names files), "
                             "starting with a letter or digit")
-        specs = [run_spec(configs[arm], seed, budgets[arm], name, world) for seed in seeds for arm in arms]
-        return cls(name, preset, arms, list(seeds), budgets, specs, launcher, ResultsStore(results), notes)
+        vary, fixed = streams
+        specs = [run_spec(configs[arm], seed, budgets[arm], name, world, vary, fixed) for seed in seeds for arm in arms]
+        return cls(name, preset, arms, list(seeds), budgets, specs, launcher, ResultsStore(results), notes, configs)
+
+    @classmethod
+    def noise_study(cls, preset: str, arm: str | None, seeds: int, replicates: int, sets: dict[str, Any],
+                    tokens: int | None, launcher: Launcher, results: Path, name: str | None = None,
+                    data: str | None = None) -> "Plan":
+        """`harness noise`: for the baseline (and `arm`), `seeds` runs varying each random stream
+        alone (init, data, dropout) and all three, plus `replicates` runs with identical seeds;
+        seed-major, so a study stopped half-way has every source at the same depth."""
+        if seeds < 2:
+            raise UserError(f"--seeds must be >= 2 (a spread needs two runs per source), got {seeds}")
+        if not 1 <= replicates <= 1000:
+            raise UserError(f"--replicates must be from 1 to 1000, got {replicates}")
+        if arm == cfgmod.BASELINE:
+            raise UserError("--arm baseline: the baseline is always in the study; name an intervention")
+        arms = [a for a in (cfgmod.BASELINE, arm) if a]
+        sweep = name or f"noise-{preset}-{'-'.join(arms)}"
+        plan = cls.build(arms=arms, seeds=list(range(seeds)), preset=preset, sets=sets, tokens=tokens,
+                         budget="baseline", sweep=sweep, include_baseline=True, launcher=launcher, results=results,
+                         data=data)
+        world = launcher.world_size
+        specs = [run_spec(plan.configs[a], seed, plan.budgets[a], sweep, world, vary)
+                 for seed in range(seeds) for vary in ("", *STREAMS) for a in plan.arms]
+        specs += [run_spec(plan.configs[a], r, plan.budgets[a], sweep, world, "replicate")
+                  for r in range(replicates) for a in plan.arms]
+        plan.specs = specs
+        plan.noise = {"seeds": seeds, "replicates": replicates, "arm": arm}
+        return plan
 
     @classmethod
     def for_sweep(cls, arms: list[str], seeds: int | None, seed_list: str | None, preset: str | None,
                   sets: dict[str, Any], tokens: int | None, budget: str | None, name: str | None,
-                  launcher: Launcher, results: Path, data: str | None, adaptive: Adaptive | None = None) -> "Plan":
+                  launcher: Launcher, results: Path, data: str | None, adaptive: Adaptive | None = None,
+                  streams: tuple[str, dict[str, int]] = ("", {})) -> "Plan":
         """`harness sweep`: arms (or one sweep file) and options; an option given wins over the file.
         An adaptive sweep plans seeds 0 .. max_seeds-1 and runs them in rounds (harness.adaptive)."""
         file: dict[str, Any] = {}
@@ -100,23 +132,42 @@ class Plan:
         plan = cls.build(arms=arms, seeds=seed_list_here, preset=preset or file.get("preset", DEFAULT_PRESET),
                          sets=file.get("set", {}) | sets, tokens=tokens if tokens is not None else file.get("tokens"),
                          budget=budget or file.get("budget", "baseline"), sweep=name or file.get("name"),
-                         include_baseline=True, launcher=launcher, results=results, data=data)
+                         include_baseline=True, launcher=launcher, results=results, data=data, streams=streams)
         plan.adaptive = adaptive
         return plan
 
 
-def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world_size: int) -> RunSpec:
-    """The run's identity hashes what changes the outcome (config, budget, batch), not the arm's name."""
+STREAMS = ("init", "data", "dropout")  # the random streams a run's seed derives
+VARY = (*STREAMS, "replicate")
+REFERENCE_SEED = 0  # the streams a noise study holds fixed take this seed's values
+
+
+def sub_seeds(seed: int, vary: str = "", fixed: dict[str, int] | None = None) -> dict[str, int]:
+    """The init, data-order and dropout seeds of run seed `seed`: all derived from it (vary ""),
+    only `vary`'s stream derived from it and the others from REFERENCE_SEED, or none (replicate:
+    every run identical); `fixed` sets streams by hand (--init-seed ...)."""
+    varied = STREAMS if vary == "" else (vary,) if vary in STREAMS else ()
+    out = {p: cfgmod.derive_seed(seed if p in varied else REFERENCE_SEED, p) for p in STREAMS}
+    return out | (fixed or {})
+
+
+def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world_size: int, vary: str = "",
+             fixed: dict[str, int] | None = None) -> RunSpec:
+    """The run's identity hashes what changes the outcome (config, budget, batch, and sub-seeds set
+    by hand), not the arm's name; a noise study's runs carry what they vary in their id."""
     identity = cfg.as_dict() | {"tokens": budget.tokens, "tokens_per_step": budget.tokens_per_step}
     identity.pop("arm")
+    if fixed:
+        identity["fixed_seeds"] = dict(sorted(fixed.items()))
     digest = cfgmod.config_hash(identity)
     safe_arm = cfg.arm.replace("/", "_")
+    tag = f"-{vary}" if vary else ""
+    seeds = sub_seeds(seed, vary, fixed)
     return RunSpec(
-        run_id=f"{safe_arm}-s{seed}-{digest[:10]}", sweep=sweep, arm=cfg.arm, seed=seed,
-        init_seed=cfgmod.derive_seed(seed, "init"), data_seed=cfgmod.derive_seed(seed, "data"),
-        dropout_seed=cfgmod.derive_seed(seed, "dropout"), preset=cfg.preset, config=cfg.as_dict(),
-        overrides=cfg.overrides, config_hash=digest, params=budget.params, tokens=budget.tokens,
-        steps=budget.steps, tokens_per_step=budget.tokens_per_step, world_size=world_size,
+        run_id=f"{safe_arm}-s{seed}{tag}-{digest[:10]}", sweep=sweep, arm=cfg.arm, seed=seed,
+        init_seed=seeds["init"], data_seed=seeds["data"], dropout_seed=seeds["dropout"], preset=cfg.preset,
+        config=cfg.as_dict(), overrides=cfg.overrides, config_hash=digest, params=budget.params, tokens=budget.tokens,
+        steps=budget.steps, tokens_per_step=budget.tokens_per_step, world_size=world_size, vary=vary,
     )
 
 
@@ -223,7 +274,8 @@ def print_plan(plan: Plan, console, jobs: int = 1) -> None:
         table.add_column(col, justify="left" if col == "arm" else "right")
     for arm in plan.arms:
         b = plan.budgets[arm]
-        table.add_row(arm, f"{b.params:,}", f"{b.tokens:,}", f"{b.steps:,}", f"{b.tokens_per_step:,}", str(len(plan.seeds)))
+        runs = sum(1 for s in plan.specs if s.arm == arm)
+        table.add_row(arm, f"{b.params:,}", f"{b.tokens:,}", f"{b.steps:,}", f"{b.tokens_per_step:,}", str(runs))
     console.print(table)
     for note in plan.notes:
         console.print(f"note: {note}")
@@ -232,6 +284,10 @@ def print_plan(plan: Plan, console, jobs: int = 1) -> None:
     when = f"about {format_duration(est)} (from earlier runs in {plan.store.root})" if est else \
         "unknown until a run of this preset has completed here"
     at_once = f", up to {jobs} at once" if jobs > 1 else ""
+    if plan.noise is not None:
+        n = plan.noise
+        console.print(f"noise study: per arm {n['seeds']} runs varying only the initial weights, only the data order, "
+                      f"only the dropout masks, and all three, plus {n['replicates']} with identical seeds")
     if plan.adaptive is None:
         console.print(f"{len(plan.specs)} runs{at_once}, {total_tokens:,} training tokens in all; estimated time {when}")
         return

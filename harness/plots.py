@@ -207,3 +207,35 @@ def make_plots(rep: SweepReport, outcomes, curve_agg, md_dir: Path, stem: str,
         "paired": plot_paired(rep, outcomes, targets["paired"]) if rep.has_baseline else False,
     }
     rep.plots = {k: targets[k] for k, ok in made.items() if ok}
+
+
+def plot_noise(rep, path: Path) -> bool:
+    """Per-source sd of the test loss with its interval, for the baseline (and the arm, and their
+    paired difference)."""
+    from harness.noise import LABELS, SOURCES
+
+    series = {f"{name}": t.set_index("source") for name, t in rep.components.items()}
+    if rep.paired is not None and len(rep.paired):
+        series[f"{rep.arm} - {rep.baseline} (paired)"] = rep.paired.set_index("source").rename(columns={"sd_diff": "sd"})
+    order = [s for s in (*SOURCES, "", "replicate") if any(s in t.index for t in series.values())]
+    if not order:
+        return False
+    fig = _figure(8, 1.4 + 0.5 * len(order))
+    ax = fig.add_subplot()
+    y = np.arange(len(order))[::-1].astype(float)
+    width = 0.8 / len(series)
+    for k, (label, t) in enumerate(series.items()):
+        pos = y + 0.4 - width * (k + 0.5)
+        sd = np.array([t.loc[s, "sd"] if s in t.index else np.nan for s in order], dtype=float)
+        lo = np.array([t.loc[s, "low"] if s in t.index else np.nan for s in order], dtype=float)
+        hi = np.array([t.loc[s, "high"] if s in t.index else np.nan for s in order], dtype=float)
+        ax.errorbar(sd, pos, xerr=[np.nan_to_num(sd - lo), np.nan_to_num(hi - sd)], fmt="o", capsize=3,
+                    label=_short(label, 40))
+    ax.set_yticks(y, [LABELS[s] for s in order])
+    ax.set_xlabel("sd of the test loss across runs, with 95% chi-square interval")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{_short(rep.sweep)}: where the seed noise comes from")
+    fig.subplots_adjust(left=0.3, right=0.97, bottom=0.16, top=0.88)
+    fig.savefig(path, pil_kwargs={"compress_level": 1})
+    return True

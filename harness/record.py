@@ -68,6 +68,7 @@ class RunSpec:
     steps: int
     tokens_per_step: int
     world_size: int
+    vary: str = ""  # "": the ordinary seeds; a noise study's "init", "data", "dropout" or "replicate"
 
     @property
     def interventions(self) -> str:
@@ -153,6 +154,7 @@ class RunRow(RunResult):
     planned_tokens: int  # the budget; tokens_seen equals it for a completed run
     tokens_per_step: int
     world_size: int  # processes per run
+    vary: str = ""  # which random streams the seed varied: "" all three; init, data, dropout; replicate none
     git_commit: str = ""
     started_at: str = ""
     run_dir: str = ""
@@ -166,7 +168,7 @@ class RunRow(RunResult):
                    data_seed=spec.data_seed, dropout_seed=spec.dropout_seed, preset=spec.preset,
                    config=spec.config, config_hash=spec.config_hash, overrides=spec.overrides,
                    params=spec.params, planned_tokens=spec.tokens, tokens_per_step=spec.tokens_per_step,
-                   world_size=spec.world_size, **attempt_facts)
+                   world_size=spec.world_size, vary=spec.vary, **attempt_facts)
 
     def columns(self) -> dict[str, Any]:
         """The row as the table stores it: JSON text for dicts, no curve."""

@@ -15,8 +15,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from harness import stats
-from harness.compare import SweepReport
+from harness import noise, stats
+from harness.compare import NoiseReport, SweepReport
 from harness.outcomes import FileInfo
 from harness.pairing import fraction
 from harness.plots import MAX_PLOT_ARMS, plot_arms
@@ -425,3 +425,99 @@ def render_terminal(rep: SweepReport, console: Console, alpha: float) -> None:
     for r in rep.table.itertuples():
         for n in r.notes:
             console.print(f"  {escape(r.arm)}: {escape(n)}", style="dim")
+
+
+# =========================================================================== noise studies
+
+
+def _sd_ci(low, high) -> str:
+    return "n/a" if not (math.isfinite(stats._f(low)) and math.isfinite(stats._f(high))) else \
+        f"[{_num(low)}, {_num(high)}]"
+
+
+def render_noise_section(rep: NoiseReport, *, level: int, alpha: float, power: float, md_dir: Path) -> str:
+    h, hh = "#" * level, "#" * (level + 1)
+    ci = f"{100 * (1 - alpha):g}% CI"
+    arms = ", ".join(md_escape(a) for a in rep.components)
+    out = [f"{h} Noise study {md_escape(rep.sweep)}", ""]
+    out.append(f"Runs of {arms} that vary one random stream at a time with the seed, the other two held at seed 0's "
+               "values: the initial weights, the data order, the dropout masks; then all three (the ordinary seeds), "
+               "and none (identical seeds).")
+    out.append("")
+    for n in rep.notes:
+        out += [f"> Note: {md_escape(n)}", ""]
+    for name, t in rep.components.items():
+        out += [f"{hh} Where {md_escape(name)}'s seed noise comes from", ""]
+        out.append(_md_table(["source", "runs", "sd of the test loss", ci, "share of the three sources' variance"],
+                             [[md_escape(r.label), str(r.n), _num(r.sd), _sd_ci(r.low, r.high),
+                               "-" if not math.isfinite(stats._f(r.share)) else f"{100 * r.share:.0f}%"]
+                              for r in t.itertuples()], "lrrrr"))
+        out.append("")
+        parts = t[t["source"].isin(noise.SOURCES)]
+        everything = t[t["source"] == noise.ALL]
+        if len(parts) == 3 and len(everything) and math.isfinite(stats._f(everything["sd"].iloc[0])):
+            summed, whole = float((parts["sd"] ** 2).sum()), float(everything["sd"].iloc[0] ** 2)
+            if whole > 0:
+                out.append(f"The three sources' variances sum to {100 * summed / whole:.0f}% of the ordinary seeds' "
+                           "variance (100% when they add up independently; each figure is an estimate from few runs).")
+                out.append("")
+    if rep.replicates_identical is not None:
+        out.append("Identical seeds gave bit-identical test losses (the CPU path is deterministic): no "
+                   "nondeterminism floor." if rep.replicates_identical else
+                   "Identical seeds gave different test losses: their sd above is the nondeterminism floor "
+                   "(GPU kernels), and every source's sd includes it.")
+        out.append("")
+    if rep.paired is not None and len(rep.paired):
+        out += [f"{hh} What pairing cancels: {md_escape(rep.arm)} - {md_escape(rep.baseline)} per source", ""]
+        out.append(_md_table(["source", "pairs", "sd of the paired difference", ci,
+                              "unpaired variance left by pairing"],
+                             [[md_escape(r.label), str(r.n), _num(r.sd_diff), _sd_ci(r.low, r.high),
+                               "-" if not math.isfinite(stats._f(r.left)) else f"{100 * r.left:.1f}%"]
+                              for r in rep.paired.itertuples()], "lrrrr"))
+        out.append("")
+    out += [f"{hh} The smallest difference this setup can detect", ""]
+    what = (f"paired seeds (sd of {md_escape(rep.arm)} - {md_escape(rep.baseline)} over the ordinary seeds)"
+            if rep.detect_paired else "seeds per arm, unpaired (no --arm in this study: the paired figure needs one)")
+    out.append(_md_table(["seeds", f"difference detected with {power:.0%} power at alpha {alpha:g}"],
+                         [[str(n), _num(d)] for n, d in rep.detect.items()], "rr"))
+    out.append("")
+    out.append(f"Seeds are {what}.")
+    out.append("")
+    if rep.plots:
+        out += [f"{hh} Plot", ""]
+        for p in rep.plots.values():
+            rel = Path(p).relative_to(md_dir) if Path(p).is_relative_to(md_dir) else Path(p)
+            out += [f"![Per-source sd with intervals]({quote(rel.as_posix())})", ""]
+    out += [f"{hh} Methods", ""]
+    out.append(f"- {md_escape(noise.METHOD)}.")
+    out.append(f"- smallest detectable difference: two-sided t-test power (statsmodels) at alpha {alpha:g}, "
+               f"{power:.0%} power, at the observed sd.")
+    out.append("")
+    return "\n".join(out)
+
+
+def noise_to_json(rep: NoiseReport) -> dict:
+    return jsonable({
+        "sweep": rep.sweep, "kind": "noise study", "baseline": rep.baseline, "arm": rep.arm,
+        "components": {name: t.to_dict(orient="records") for name, t in rep.components.items()},
+        "paired": None if rep.paired is None else rep.paired.to_dict(orient="records"),
+        "detectable": [{"seeds": n, "difference": d} for n, d in rep.detect.items()],
+        "detectable_paired": rep.detect_paired, "replicates_identical": rep.replicates_identical,
+        "notes": rep.notes, "plots": {k: str(v) for k, v in rep.plots.items()},
+    })
+
+
+def render_noise_terminal(rep: NoiseReport, console: Console) -> None:
+    from rich.markup import escape
+
+    for name, t in rep.components.items():
+        table = Table(title=f"noise study {escape(rep.sweep)}: {escape(name)}", title_justify="left")
+        for col in ("source", "runs", "sd", "95% CI", "share"):
+            table.add_column(col, justify="left" if col == "source" else "right")
+        for r in t.itertuples():
+            table.add_row(r.label, str(r.n), _num(r.sd), _sd_ci(r.low, r.high),
+                          "-" if not math.isfinite(stats._f(r.share)) else f"{100 * r.share:.0f}%")
+        console.print(table)
+    console.print("  smallest detectable difference (80% power): "
+                  + ", ".join(f"{n} seeds {_num(d)}" for n, d in rep.detect.items())
+                  + (" (paired)" if rep.detect_paired else " (unpaired)"))

@@ -25,13 +25,14 @@ from rich.console import Console
 from rich.markup import escape as rich_escape
 
 from harness import stats
-from harness.compare import SweepReport, arm_order, build_sweep_report
+from harness.compare import NoiseReport, SweepReport, arm_order, build_noise_report, build_sweep_report
 from harness.errors import UserError
 from harness.outcomes import OUTCOMES, Store, check_integrity, load_store, resolve_outcomes
-from harness.plots import aggregate_curves, make_plots
+from harness.plots import aggregate_curves, make_plots, plot_noise
 from harness.record import COMPLETED
-from harness.render import (SIGN_CONVENTION, jsonable, md_escape, render_markdown_section, render_provenance,
-                            render_terminal, sweep_to_json)
+from harness.render import (SIGN_CONVENTION, jsonable, md_escape, noise_to_json, render_markdown_section,
+                            render_noise_section, render_noise_terminal, render_provenance, render_terminal,
+                            sweep_to_json)
 
 Fmt = Literal["markdown", "json"]
 FORMATS = ("markdown", "json")
@@ -83,7 +84,9 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
     sweeps = select_sweeps(outcomes, sweep, opts.baseline, results_dir)
     require_completed(outcomes[outcomes["sweep"].isin(sweeps)], sweeps, warn)
     problems = comparability(outcomes, sweeps, opts)
-    reps = [build_sweep_report(outcomes, sw, opts.baseline, alpha=opts.alpha, margin=opts.margin,
+    reps = [build_noise_report(outcomes, sw, opts.baseline, store.noise[sw], opts.alpha, opts.power)
+            if sw in store.noise else
+            build_sweep_report(outcomes, sw, opts.baseline, alpha=opts.alpha, margin=opts.margin,
                                power=opts.power, n_resamples=opts.n_resamples, boot_seed=opts.boot_seed,
                                allow_mismatch=opts.allow_mismatch, mismatches=problems[sw],
                                adaptive=store.adaptive.get(sw))
@@ -157,14 +160,14 @@ def comparability(outcomes: pd.DataFrame, sweeps: list[str], opts: ReportOptions
     return problems
 
 
-def write_json(reps: list[SweepReport], store: Store, settings: dict, warnings_: list[str], out: Path | None,
+def write_json(reps: list, store: Store, settings: dict, warnings_: list[str], out: Path | None,
                stdout: TextIO) -> list[Path]:
     doc = jsonable({
         "generated_by": generated_by(), "options": settings, "sign_convention": SIGN_CONVENTION,
         "results_files": [{"path": str(f.path.resolve()), "kind": f.kind, "rows": f.rows, "bytes": f.size,
                            "sha256": f.sha256, "modified": f.modified} for f in store.files],
         "warnings": warnings_,
-        "sweeps": [sweep_to_json(r) for r in reps],
+        "sweeps": [noise_to_json(r) if isinstance(r, NoiseReport) else sweep_to_json(r) for r in reps],
     })
     text = json.dumps(doc, indent=2, allow_nan=False)
     stdout.write(text + "\n")
@@ -182,7 +185,7 @@ def write_json(reps: list[SweepReport], store: Store, settings: dict, warnings_:
     return [out]
 
 
-def markdown_files(reps: list[SweepReport], out: Path | None, reports_dir: Path) -> list[tuple[Path, list[SweepReport]]]:
+def markdown_files(reps: list, out: Path | None, reports_dir: Path) -> list[tuple[Path, list[SweepReport]]]:
     """Which sections go in which file: all in `out` (a file), else one file per sweep in
     `out` (a folder) or reports_dir, named after the sweep."""
     if out is not None and not Path(out).is_dir():
@@ -198,7 +201,7 @@ def markdown_files(reps: list[SweepReport], out: Path | None, reports_dir: Path)
     return groups
 
 
-def write_markdown(reps: list[SweepReport], store: Store, outcomes: pd.DataFrame, settings: dict,
+def write_markdown(reps: list, store: Store, outcomes: pd.DataFrame, settings: dict,
                    warnings_: list[str], opts: ReportOptions, out: Path | None, reports_dir: Path, plots: bool,
                    console: Console) -> list[Path]:
     md_written: list[Path] = []
@@ -216,7 +219,11 @@ def write_markdown(reps: list[SweepReport], store: Store, outcomes: pd.DataFrame
             if plots:
                 stem = md_path.stem + (f"_{slug(rep.sweep)}" if multi else "")
                 try:
-                    make_plots(rep, outcomes, curve_agg, md_dir, stem, opts.margin, opts.alpha)
+                    if isinstance(rep, NoiseReport):
+                        target = md_dir / f"{stem}_noise.png"
+                        rep.plots = {"noise": target} if plot_noise(rep, target) else {}
+                    else:
+                        make_plots(rep, outcomes, curve_agg, md_dir, stem, opts.margin, opts.alpha)
                 except OSError as exc:
                     raise UserError(f"cannot write plots to {md_dir}: {exc.strerror}; choose another --out") from None
                 written += list(rep.plots.values())
@@ -227,7 +234,8 @@ def write_markdown(reps: list[SweepReport], store: Store, outcomes: pd.DataFrame
         for msg in warnings_:
             parts += [f"> Warning: {md_escape(msg)}", ""]
         for rep in group:
-            parts.append(render_markdown_section(
+            parts.append(render_noise_section(rep, level=level, alpha=opts.alpha, power=opts.power, md_dir=md_dir)
+                         if isinstance(rep, NoiseReport) else render_markdown_section(
                 rep, level=level, alpha=opts.alpha, margin=opts.margin, power=opts.power,
                 n_resamples=opts.n_resamples, boot_seed=opts.boot_seed, md_dir=md_dir))
         parts.append(render_provenance(store.files, group, settings, level + (0 if multi else 1)))
@@ -237,7 +245,10 @@ def write_markdown(reps: list[SweepReport], store: Store, outcomes: pd.DataFrame
             raise UserError(f"cannot write report {md_path}: {exc.strerror}; choose another --out") from None
         md_written.append(md_path)
         for rep in group:
-            render_terminal(rep, console, opts.alpha)
+            if isinstance(rep, NoiseReport):
+                render_noise_terminal(rep, console)
+            else:
+                render_terminal(rep, console, opts.alpha)
         console.print(f"report written to {rich_escape(str(md_path))}", highlight=False)
     return md_written + written
 

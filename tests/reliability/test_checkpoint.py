@@ -150,9 +150,11 @@ def test_malicious_pickle_in_a_checkpoint_is_refused_and_never_executed(tmp_path
     assert marker.exists()
     marker.unlink()
 
-    # the worker's loader refuses it with a clear error
-    with pytest.raises(checkpoint.CheckpointError, match=f"refusing to load .*{name}.*weights_only=True"):
-        checkpoint.load(folder, torch.nn.Linear(4, 3), 0, torch.device("cpu"))
+    # the worker's loader refuses it with a clear error (it never opens a stray file such as an older
+    # version's rng_rank0.pt at all)
+    if name == "optimizer.pt":
+        with pytest.raises(checkpoint.CheckpointError, match=f"refusing to load .*{name}.*weights_only=True"):
+            checkpoint.load(folder, torch.nn.Linear(4, 3), torch.device("cpu"))
     assert not marker.exists()
     # the launching parent refuses it before any worker starts, and moves it aside
     with pytest.warns(UserWarning, match=f"{name}, which torch.load\\(weights_only=True\\) refuses"):

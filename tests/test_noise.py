@@ -1,0 +1,105 @@
+"""Noise anatomy (`harness noise`, harness.noise): the decomposition recovers known variance
+components with intervals that cover at their level (simulation), a noise study end to end on the
+micro preset (identical seeds reproduce bit for bit on CPU), sub-seeds set by hand on `harness
+run`, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import cli
+from harness.noise import ALL, REPLICATE, components, paired_components, sd_interval
+
+
+def mc(p: float, n: int) -> float:
+    return 3 * math.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.parametrize("sims", [2000, pytest.param(20000, marks=pytest.mark.slow)])
+def test_the_decomposition_recovers_known_components_and_its_intervals_cover(sims):
+    rng = np.random.default_rng(3)
+    truth = {"init": 0.004, "data": 0.002, "dropout": 0.001}
+    hits = {k: 0 for k in truth}
+    estimates = {k: [] for k in truth}
+    for _ in range(sims):
+        for k, sd in truth.items():
+            _, est, low, high = sd_interval(3.0 + sd * rng.standard_normal(8))
+            hits[k] += low <= sd <= high
+            estimates[k].append(est**2)
+    for k, sd in truth.items():
+        assert abs(hits[k] / sims - 0.95) <= mc(0.05, sims)
+        assert np.mean(estimates[k]) == pytest.approx(sd**2, rel=0.05)  # the variance estimate is unbiased
+
+
+def test_shares_and_the_paired_difference_per_source():
+    seeds = range(6)
+    base = {"init": pd.Series([3.0, 3.1, 2.9, 3.05, 2.95, 3.0], index=seeds),
+            "data": pd.Series([3.0, 3.01, 2.99, 3.0, 3.02, 2.98], index=seeds)}
+    arm = {"init": base["init"] - 0.02, "data": base["data"] - 0.02 + np.array([0, 0.01, -0.01, 0, 0.01, -0.01])}
+    t = components({k: v.to_numpy() for k, v in base.items()})
+    assert t["share"].sum() == pytest.approx(1.0) and t.set_index("source").loc["init", "share"] > 0.9
+    p = paired_components(base, arm).set_index("source")
+    assert p.loc["init", "sd_diff"] == pytest.approx(0, abs=1e-12) and p.loc["init", "left"] < 1e-12
+    assert 0 < p.loc["data", "left"] < 1
+    assert math.isnan(sd_interval([1.0])[1])
+
+
+def test_a_noise_study_end_to_end(tmp_path):
+    args = ["noise", "--preset", "micro", "--seeds", "2", "--arm", "qkv_bias", "--tokens", "2000",
+            "--results", str(tmp_path / "r")]
+    dry = cli(*args, "--dry-run", check=True).stdout
+    assert "20 runs" in dry and "noise study" in dry
+    out = cli(*args, check=True).stdout
+    assert "harness report --sweep noise-micro-baseline-qkv_bias" in out
+    rows = pd.read_parquet(tmp_path / "r" / "runs.parquet")
+    assert len(rows) == 20 and (rows["status"] == "completed").all()
+    assert set(rows["vary"]) == {"", "init", "data", "dropout", "replicate"}
+    init = rows[(rows["vary"] == "init") & (rows["arm"] == "baseline")]
+    assert init["init_seed"].nunique() == 2 and init["data_seed"].nunique() == 1 and init["dropout_seed"].nunique() == 1
+    replicates = rows[rows["vary"] == "replicate"].groupby("arm")["test_loss"]
+    assert (replicates.nunique() == 1).all()  # identical seeds: bit-identical on CPU
+    report = json.loads(cli("report", "--results", str(tmp_path / "r"), "--format", "json", check=True).stdout)
+    study = report["sweeps"][0]
+    assert study["kind"] == "noise study" and study["replicates_identical"] is True
+    assert {c["source"] for c in study["components"]["baseline"]} == {"init", "data", "dropout", ALL, REPLICATE}
+    assert [d["seeds"] for d in study["detectable"]] == [3, 5, 10] and study["detectable_paired"] is True
+    cli("report", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "noise.md"), check=True)
+    text = (tmp_path / "noise.md").read_text()
+    assert "Where baseline's seed noise comes from" in text and "What pairing cancels" in text
+    assert (tmp_path / "noise_noise.png").exists()
+    again = cli(*args, check=True).stdout  # resumable: nothing runs twice
+    assert again.count("already in the store") == 20
+
+
+def test_sub_seeds_by_hand_are_recorded(tmp_path):
+    common = ["run", "--preset", "micro", "--seed", "3", "--tokens", "2000", "--results", str(tmp_path)]
+    cli(*common, "--vary", "data", check=True)
+    cli(*common, "--init-seed", "1234", check=True)
+    rows = pd.read_parquet(tmp_path / "runs.parquet").set_index("vary")
+    ordinary = cli("run", "--preset", "micro", "--seed", "0", "--tokens", "2000", "--results", str(tmp_path / "o"),
+                   check=True)
+    zero = pd.read_parquet(tmp_path / "o" / "runs.parquet").iloc[0]
+    assert ordinary.returncode == 0 and rows.loc["data", "init_seed"] == zero["init_seed"]  # held at seed 0's
+    assert rows.loc["data", "data_seed"] != zero["data_seed"] and rows.loc["data", "dropout_seed"] == zero["dropout_seed"]
+    fixed = rows.loc[""]
+    assert fixed["init_seed"] == 1234 and "-s3-" in fixed["run_id"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["noise", "--seeds", "1"], "--seeds must be >= 2"),
+    (["noise", "--replicates", "0"], "--replicates must be from 1 to 1000"),
+    (["noise", "--arm", "baseline"], "--arm baseline"),
+    (["noise", "--arm", "qkv_bais"], "did you mean 'qkv_bias'"),
+    (["run", "--vary", "weights"], "--vary 'weights': allowed: init, data, dropout"),
+    (["run", "--init-seed", "-1"], "--init-seed -1"),
+    (["sweep", "qkv_bias", "--vary", "init", "--init-seed", "3"], "contradict"),
+])
+def test_bad_noise_input(tmp_path, args, message):
+    proc = cli(*args, "--results", str(tmp_path))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
