@@ -1,5 +1,8 @@
 """Rendering a built SweepReport: markdown (with the Methods that say how each number was made),
 JSON (the same numbers), and the terminal table. Nothing here computes a statistic.
+
+One module (about 520 lines): each report section's markdown, JSON and terminal forms stay side by
+side so that they say the same thing.
 """
 
 from __future__ import annotations
