@@ -48,9 +48,6 @@ class Adaptive:
         if self.max_seeds > 1000:
             raise UserError(f"--max-seeds must be at most 1000, got {self.max_seeds}")
 
-    def alpha_per_arm(self, arms: int) -> float:
-        return self.alpha / max(arms, 1)
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"method": METHOD}
 

@@ -187,7 +187,7 @@ class _Runner:
 
 
 def _label(spec: RunSpec) -> str:
-    return f"{spec.arm} seed {spec.seed}"
+    return f"{spec.arm} seed {spec.seed}" + (f" ({spec.vary})" if spec.vary else "")
 
 
 def describe(store: ResultsStore, spec: RunSpec, status: str, label: str) -> str:

@@ -57,7 +57,7 @@ def main() -> int:
     print(f"(c) realistic sweep, {len(eff)} arms + baseline: expected runs {runs.mean():.1f} of the fixed design's "
           f"{fixed_runs} ({100 * runs.mean() / fixed_runs:.1f}%); null arms' family-wise false positives "
           f"{np.isin(sim['state'][:, eff == 0], [BETTER, WORSE]).any(axis=1).mean():.4f}\n")
-    print(f"| arm | true diff | noise sd | mean seeds | power adaptive | power fixed (Holm) | power fixed (Bonferroni) |")
+    print("| arm | true diff | noise sd | mean seeds | power adaptive | power fixed (Holm) | power fixed (Bonferroni) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for j, row in REALISTIC.iterrows():
         power = "-" if eff[j] == 0 else f"{right[:, j].mean():.3f}"
