@@ -156,3 +156,13 @@ def test_bad_adaptive_options(tmp_path, args, message):
     proc = cli("sweep", "qkv_bias", *args, "--results", str(tmp_path))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_an_adaptive_sweep_through_the_job_launcher_goes_round_by_round(tmp_path):
+    """--launcher local runs the Slurm path's code (submitit's local executor): one round of jobs at
+    a time, each decided before the next is submitted."""
+    out = cli("sweep", "weight_tying", "--until-decided", "--min-seeds", "2", "--max-seeds", "2", "--preset", "micro",
+              "--tokens", "2000", "--launcher", "local", "--results", str(tmp_path), check=True).stdout
+    assert out.index("round 1:") < out.index("started baseline seed 1") < out.index("round 2:")
+    rows = pd.read_parquet(tmp_path / "runs.parquet")
+    assert len(rows) == 4 and (rows["status"] == "completed").all()
