@@ -69,13 +69,12 @@ def sweep_names(results: Path) -> list[str]:
     return list(dict.fromkeys(saved_sweeps(results) + recorded))
 
 
-def adaptive_state(results: Path, sweep: str) -> dict[str, Any] | None:
-    """An adaptive sweep's round and each arm's state (None for a fixed sweep)."""
-    plan = read_plan(results, sweep)
+def adaptive_state(plan: dict[str, Any], rows) -> dict[str, Any] | None:
+    """An adaptive sweep's round and each arm's state, from its saved plan and recorded rows
+    (None for a fixed sweep)."""
     settings = Adaptive.from_dict(plan.get("adaptive"))
     if settings is None:
         return None
-    rows = ResultsStore(results).sweep_frame(sweep)
     arms = [a for a in plan.get("arms", []) if a != BASELINE]
     states = arm_states(rows, arms, BASELINE, settings)
     done_seeds = rows[rows["arm"] == BASELINE]["seed"].nunique() if not rows.empty else 0
@@ -84,14 +83,15 @@ def adaptive_state(results: Path, sweep: str) -> dict[str, Any] | None:
                      for a, st in states.items()}}
 
 
-def sweep_status(results: Path, sweep: str) -> list[RunState]:
-    """Every run of `sweep` with its state, in plan order (seed-major); for an adaptive sweep
-    without the runs its decided arms will never make."""
+def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None) -> tuple[list[RunState], dict | None]:
+    """Every run of `sweep` with its state, in plan order (seed-major), and an adaptive sweep's
+    state (its runs list leaves out those its decided arms will never make)."""
     results = Path(results)
-    store = ResultsStore(results)
+    store = store or ResultsStore(results)
     rows = store.sweep_frame(sweep)
-    planned = [r for r in read_plan(results, sweep).get("runs", []) if isinstance(r, dict) and "run_id" in r]
-    adaptive = adaptive_state(results, sweep)
+    plan = read_plan(results, sweep)
+    planned = [r for r in plan.get("runs", []) if isinstance(r, dict) and "run_id" in r]
+    adaptive = adaptive_state(plan, rows)
     if adaptive is not None:
         finished = {a for a, st in adaptive["arms"].items() if st["state"] != UNDECIDED}
         if len(finished) == len(adaptive["arms"]):
@@ -128,7 +128,7 @@ def sweep_status(results: Path, sweep: str) -> list[RunState]:
             state = "queued"
         out.append(RunState(run_id, run.get("arm", "?"), int(run.get("seed", -1)), state, len(statuses),
                             detail[:200], test_loss, jobs.get(run_id)))
-    return out
+    return out, adaptive
 
 
 def summarize(states: list[RunState]) -> dict[str, dict[str, Any]]:
@@ -148,11 +148,12 @@ def summarize(states: list[RunState]) -> dict[str, dict[str, Any]]:
 
 def status_payload(results: Path, sweep: str | None = None) -> dict[str, Any]:
     names = [sweep] if sweep else sweep_names(results)
+    store = ResultsStore(results)
     payload = {}
     for name in names:
-        states = sweep_status(results, name)
+        states, adaptive = sweep_status(results, name, store)
         payload[name] = {"arms": summarize(states), "totals": dict(Counter(s.state for s in states)),
-                         "runs": [asdict(s) for s in states], "adaptive": adaptive_state(results, name)}
+                         "runs": [asdict(s) for s in states], "adaptive": adaptive}
     return payload
 
 
