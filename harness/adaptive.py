@@ -3,7 +3,7 @@
 The sweep runs in rounds, seed-major: round r gives seed r to the baseline and to every arm still
 undecided after the rounds before it. After each round every undecided arm is looked at with the
 sequential test of harness.sequential (repeated confidence intervals, valid under optional
-stopping, Bonferroni across arms); a decided arm gets no more seeds; the baseline goes on while
+stopping, Holm-type alpha recycling across arms); a decided arm gets no more seeds; the baseline goes on while
 any arm is undecided; at max_seeds the rest are "undecided at the cap".
 
 Everything here is a function of the results store: an arm's state is recomputed from its

@@ -294,7 +294,7 @@ def print_plan(plan: Plan, console, jobs: int = 1) -> None:
     a = plan.adaptive
     arms = len(plan.arms) - 1
     console.print(f"adaptive: rounds of one seed each until every arm is decided (alpha {a.alpha:g} across {arms} "
-                  f"arm(s), Bonferroni; " + (f"equivalence margin +-{a.margin:g}; " if a.margin else "")
+                  f"arm(s), Holm-type recycling; " + (f"equivalence margin +-{a.margin:g}; " if a.margin else "")
                   + f"decisions from {a.min_seeds} seeds on)")
     console.print(f"runs at most: {len(plan.specs)} ({len(plan.arms)} arms x {a.max_seeds} seeds){at_once}, "
                   f"{total_tokens:,} training tokens; at least {(arms + 1) * a.min_seeds} if every arm is decided at "
@@ -319,9 +319,9 @@ def expected_runs(plan: Plan, sweeps: int = 2000) -> float | None:
         return None
     done = frame[(frame["status"] == COMPLETED)]
     by_hash = {s.arm: s.config_hash for s in plan.specs}
-    base = done[done["config_hash"] == by_hash["baseline"]].drop_duplicates("seed").set_index("seed")["test_loss"]
+    base = done[done["config_hash"] == by_hash[cfgmod.BASELINE]].drop_duplicates("seed").set_index("seed")["test_loss"]
     effects, sds = [], []
-    for arm in plan.arms[1:]:
+    for arm in [a for a in plan.arms if a != cfgmod.BASELINE]:
         own = done[done["config_hash"] == by_hash[arm]].drop_duplicates("seed").set_index("seed")["test_loss"]
         common = own.index.intersection(base.index)
         if len(common) < 2:
