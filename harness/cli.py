@@ -215,7 +215,8 @@ def sweep_cmd(
         help="torchrun: run here, one run after another (default); slurm: submit each run as a Slurm job "
              "(one job array per sweep) through submitit; local: the same jobs through submitit's local executor.")] = "torchrun",
     partition: Annotated[Optional[str], typer.Option(help="Slurm partition.")] = None,
-    gpus_per_node: Annotated[Optional[int], typer.Option(help="Slurm/local: GPUs (torchrun processes) per node of each run.")] = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(help="Slurm/local: GPUs (torchrun processes) per node of each run; 0 for CPU-only jobs "
+        "(Slurm default: 1 where the partition has GPUs, else 0).")] = None,
     time_limit: Annotated[Optional[str], typer.Option(
         "--time", help="Slurm/local: each job's time limit (HH:MM:SS, D-HH:MM:SS, 90m, 4h; slurm default 24:00:00); "
                        "a job that reaches it is requeued and resumes from its checkpoint.")] = None,
@@ -273,7 +274,7 @@ def cluster_options(launcher: str, partition, gpus_per_node, time_limit, array_p
     opts = ClusterOptions(launcher, partition, gpus_per_node, time_limit, array_parallelism, cpus_per_task,
                           mem_gb, tuple(slurm_arg or ()), tuple(slurm_setup or ()), wait)
     opts.check()
-    return opts
+    return opts.with_partition_gpus()
 
 
 @command("noise")

@@ -143,14 +143,19 @@ def stall_timeout() -> float:
     return value
 
 
-def _failure_reason(log: Path, returncode: int) -> str:
-    """The most telling line of the last attempt's log: the exception (or signal) of the rank that
-    torchrun names as the root cause, else the workers' last exception, else their last signal."""
+def _attempt_text(log: Path) -> str:
+    """The last attempt's part of a run's log."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
-        text = ""
-    lines = text[text.rfind("=== attempt"):].splitlines()
+        return ""
+    return text[text.rfind("=== attempt"):]
+
+
+def _failure_reason(log: Path, returncode: int) -> str:
+    """The most telling line of the last attempt's log: the exception (or signal) of the rank that
+    torchrun names as the root cause, else the workers' last exception, else their last signal."""
+    lines = _attempt_text(log).splitlines()
     exceptions: list[tuple[str | None, str]] = []
     for ln in lines:  # torchrun prefixes each worker's lines with [rankN]: (or [defaultN]:)
         m = RANK_PREFIX.match(ln)
@@ -183,6 +188,24 @@ def _failure_reason(log: Path, returncode: int) -> str:
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b(:|$)")
 RANK_PREFIX = re.compile(r"^\[(?:rank|default)(\d+)\]:\s?(.*)$")
 SIGNAL = re.compile(r"Signal \d+ \(\w+\)")
+# Signals that stop a run from outside (Ctrl-C, Slurm's preemption and time limit, a closed
+# terminal): the attempt is interrupted, not failed, and resumes from its checkpoint.
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2)
+TORCHRUN_SIGNALLED = re.compile(r"Received (?:Signals\.)?(SIG[A-Z0-9]+) death signal")
+
+
+def interrupt_signal(returncode: int, attempt_log: str) -> str | None:
+    """The signal that stopped the workers from outside, from their exit status alone (a process
+    killed by it, or exiting 128+N as a shell reports it) or torchrun's own word that it got one;
+    None for a failure of the run itself. The attempt is judged by what happened to its
+    processes, so it does not depend on which of two signal handlers ran first."""
+    for sig in INTERRUPTS:
+        if returncode in (-sig, 128 + sig):
+            return sig.name
+    m = TORCHRUN_SIGNALLED.search(attempt_log)
+    if m and m.group(1) in {s.name for s in INTERRUPTS}:
+        return m.group(1)
+    return None
 
 
 # ----------------------------------------------------------------------------- running a run
@@ -190,8 +213,9 @@ SIGNAL = re.compile(r"Signal \d+ \(\w+\)")
 
 @dataclass
 class Outcome:
-    row: RunRow | None  # None: nothing to do any more (another process finished it)
+    row: RunRow | None  # None: nothing recorded (another process finished it, or interrupted)
     log: Path
+    interrupted: str | None = None  # the signal that stopped the workers from outside (nothing recorded)
 
 
 def _notice(message: str, log: Path | None = None) -> None:
@@ -267,6 +291,11 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
     elif stalled is not None:
         result = _failed(stalled)
     else:
+        stopped_by = interrupt_signal(returncode, _attempt_text(log))
+        if stopped_by is not None:
+            _notice(f"run {spec.run_id} was interrupted by {stopped_by}; it resumes from its checkpoint "
+                    "when run again (not counted as a failed attempt)", log)
+            return Outcome(None, log, interrupted=stopped_by)
         result = _failed(_failure_reason(log, returncode))
     row = RunRow.of(spec, attempt, result, git_commit=git_commit(), started_at=started, run_dir=str(run_dir))
     try:

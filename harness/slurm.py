@@ -1,35 +1,30 @@
 """Sweeps as Slurm jobs (or local jobs through the same code), via submitit.
 
 `harness sweep ... --launcher slurm` plans the sweep exactly as the default launcher does, then
-submits every run that the results store does not hold yet as one job of a Slurm job array
-(at most --slurm-array-parallelism at once). Each job runs harness.launch.execute for its run
-inside the allocation: torchrun with --gpus-per-node processes on each of its --nnodes nodes,
-the nodes meeting at a c10d rendezvous on the first node; only the first node records the
-result, in the same results store (a shared filesystem). `--launcher local` runs the very same
-job callable through submitit's LocalExecutor, as local subprocesses, which is how it is tested
-without Slurm.
+submits every run that the results store does not hold yet, and that no live Slurm job of this
+sweep already holds, as one job of a Slurm job array (at most --slurm-array-parallelism at
+once). Each job is harness.slurmjob.RunJob: it runs the run in its allocation and records it in
+the same results store (a shared filesystem), resuming from the checkpoint after a preemption
+or time limit. `--launcher local` runs the very same job callable through submitit's
+LocalExecutor, as local subprocesses.
 
-Preemption and time limits: submitit asks Slurm to signal a job (USR2) shortly before its time
-limit, and on preemption. The job callable is checkpointable: submitit then requeues it with
-the same arguments, and the requeued job resumes the run from its newest checkpoint (the
-training worker writes one every `checkpoint_every` steps, about ten per run by default). A run
-killed by Slurm's SIGTERM is not recorded as a failed attempt. A run that really fails is retried
-(--retries) inside its job; a run the store holds as done is never submitted again, so
-re-running the sweep command resubmits only what is missing.
+GPUs per node follow the partition (sinfo): one per process where it has GPUs, none on a
+CPU-only partition, unless --gpus-per-node says otherwise. What Slurm is asked goes through
+harness.slurmctl: a Slurm that does not answer, or an sbatch that refuses, is one clear error
+and leaves nothing that looks submitted. --wait polls squeue only, so it stays quiet on clusters
+without accounting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 import os
 import re
 import shutil
-import signal
-import subprocess
-import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +33,16 @@ from harness.errors import UserError
 from harness.files import atomic_write_bytes
 from harness.launch import Launcher, default_nproc
 from harness.procs import is_running
+from harness.planfile import read_jobs
 from harness.record import COMPLETED, FAILED, FINAL, RetryPolicy, RunSpec
 from harness.results import ResultsStore
+from harness.slurmctl import SlurmUnavailable, job_states, last_line
 
 LAUNCHERS = ("torchrun", "local", "slurm")
 DEFAULT_SLURM_TIME = "24:00:00"
 DEFAULT_LOCAL_TIME_MIN = 7 * 24 * 60
-_TERMINATING = threading.Event()
+SIGNAL_DELAY_S = 120  # USR2 before the time limit (a quarter of the limit when that is shorter)
+POLL_S = 5.0  # seconds between two squeue calls while waiting
 
 
 # ----------------------------------------------------------------------------- options
@@ -88,6 +86,7 @@ class ClusterOptions:
     slurm_setup: tuple[str, ...] = ()
     wait: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    partition_gpus: int | None = None  # GPUs per node of the Slurm partition, asked by with_partition_gpus
 
     def check(self) -> None:
         """One clear UserError for a bad combination; nothing is submitted before this passes."""
@@ -107,8 +106,9 @@ class ClusterOptions:
             if self.wait is not None:
                 raise UserError("--wait/--no-wait is for --launcher slurm/local")
             return
-        for flag, v in (("--gpus-per-node", self.gpus_per_node), ("--slurm-array-parallelism", self.array_parallelism),
-                        ("--cpus-per-task", self.cpus_per_task)):
+        if self.gpus_per_node is not None and self.gpus_per_node < 0:
+            raise UserError(f"--gpus-per-node must be >= 0 (0: a CPU-only job), got {self.gpus_per_node}")
+        for flag, v in (("--slurm-array-parallelism", self.array_parallelism), ("--cpus-per-task", self.cpus_per_task)):
             if v is not None and v < 1:
                 raise UserError(f"{flag} must be >= 1, got {v}")
         if self.mem_gb is not None and self.mem_gb <= 0:
@@ -124,6 +124,23 @@ class ClusterOptions:
         except ImportError:
             raise UserError(f"--launcher {self.launcher} needs submitit: pip install 'harness[slurm]'") from None
 
+    def with_partition_gpus(self) -> "ClusterOptions":
+        """For Slurm without --gpus-per-node: what the partition has (sinfo), so that a CPU-only
+        partition gets CPU-only jobs. This is also the first question to the controller: a Slurm
+        that does not answer is one clear error before anything is written."""
+        if self.launcher != "slurm":
+            return self
+        from harness.slurmctl import partition_gpus
+
+        return dataclasses.replace(self, partition_gpus=partition_gpus(self.partition))
+
+    def gpus(self, nproc: int) -> int:
+        """GPUs per node to ask for: as given; else (Slurm) one per process where the partition
+        has GPUs, none where it has none; else (local) none."""
+        if self.gpus_per_node is not None:
+            return self.gpus_per_node
+        return nproc if self.partition_gpus else 0
+
     def slurm_additional(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for item in self.slurm_args:
@@ -135,8 +152,8 @@ class ClusterOptions:
         return out
 
     def nproc(self, nproc: int | None, default: int) -> int:
-        """Processes (GPUs) per node per run: --gpus-per-node, else --nproc, else `default`."""
-        if self.gpus_per_node is not None and nproc is not None and nproc != self.gpus_per_node:
+        """Processes per node per run: --gpus-per-node (when > 0), else --nproc, else `default`."""
+        if self.gpus_per_node and nproc is not None and nproc != self.gpus_per_node:
             raise UserError(f"--nproc {nproc} and --gpus-per-node {self.gpus_per_node} disagree; give one")
         return self.gpus_per_node or nproc or default
 
@@ -149,95 +166,6 @@ class ClusterOptions:
         return Launcher.checked(self.nproc(nproc, 1 if self.launcher == "slurm" else default_nproc()), nnodes)
 
 
-# ----------------------------------------------------------------------------- the job
-
-
-@dataclass(frozen=True)
-class JobLauncher(Launcher):
-    """A Launcher that does not record a run whose job Slurm is terminating (preemption)."""
-
-    @property
-    def records(self) -> bool:
-        return self.node_rank == 0 and not _TERMINATING.is_set()
-
-
-def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
-    # Slurm sends SIGTERM to every process of a preempted or cancelled job: torchrun dies too,
-    # and that attempt must not be recorded as a failure. submitit requeues on its own signal.
-    _TERMINATING.set()
-
-
-class RunJob:
-    """One run as a submitit job: resumable, requeued with the same arguments on preemption."""
-
-    def __init__(self, spec: dict[str, Any], results: str, nproc: int, retries: int, tensorboard: bool = False):
-        self.spec, self.results, self.nproc = spec, results, nproc
-        self.retries, self.tensorboard = retries, tensorboard
-
-    def checkpoint(self, *args: Any, **kwargs: Any):
-        """submitit calls this on preemption/timeout: requeue the same run (it resumes from its checkpoint)."""
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(self, *args, **kwargs)
-
-    def __call__(self) -> dict[str, Any]:
-        import submitit
-
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        env = submitit.JobEnvironment()
-        spec = RunSpec(**self.spec)
-        store = ResultsStore(Path(self.results))
-        endpoint = ""
-        if env.num_nodes > 1:
-            port = 20000 + zlib.crc32(str(env.job_id).encode()) % 20000
-            endpoint = f"{env.hostnames[0]}:{port}"
-        launcher = JobLauncher(nproc=self.nproc, nnodes=env.num_nodes, node_rank=env.node, rdzv_endpoint=endpoint)
-        if env.node:
-            return self._follow(spec, store, launcher)
-        return self._lead(spec, store, launcher)
-
-    def _lead(self, spec: RunSpec, store: ResultsStore, launcher: JobLauncher) -> dict[str, Any]:
-        from harness.launch import execute
-
-        tb = None
-        if self.tensorboard:
-            from harness.tblog import TensorBoardLog
-
-            tb = TensorBoardLog(store.root)
-        policy = RetryPolicy(self.retries)
-        while True:
-            history = store.history(spec.sweep, spec.run_id)
-            status = policy.settled(history.statuses)
-            if status in FINAL:
-                return {"run_id": spec.run_id, "status": status}
-            if status == FAILED:
-                raise RuntimeError(f"run {spec.run_id} failed {len(history.rows)} time(s): "
-                                   f"{history.rows[-1]['reason']} (log: {store.run_dir(spec.run_id) / 'log.txt'})")
-            result = execute(spec, store, launcher,
-                             on_progress=(lambda p: tb.progress(spec, p)) if tb else None,
-                             should_run=lambda: policy.settled(store.history(spec.sweep, spec.run_id).statuses) is None)
-            if result is None:  # another process (a duplicate job, a local sweep) runs it: wait for it
-                time.sleep(15)
-                continue
-            if tb is not None:
-                tb.finish(spec, result.row.columns() if result.row else None)
-            if _TERMINATING.is_set():  # preempted (the attempt was not recorded): Slurm requeues the job now
-                time.sleep(600)
-                raise RuntimeError(f"run {spec.run_id} was terminated by Slurm")
-
-    def _follow(self, spec: RunSpec, store: ResultsStore, launcher: JobLauncher) -> dict[str, Any]:
-        """Nodes after the first run torchrun for the same run and leave the recording to node 0."""
-        run_dir = store.run_dir(spec.run_id)
-        spec_path = run_dir / "spec.json"
-        for _ in range(1 + self.retries):
-            if any(st in FINAL for st in store.history(spec.sweep, spec.run_id).statuses) or (run_dir / "result.json").exists():
-                break
-            with (run_dir / f"log.node{launcher.node_rank}.txt").open("a") as log:
-                subprocess.run(launcher.command(spec_path, spec.run_id), stdout=log, stderr=subprocess.STDOUT,
-                               env=os.environ | {"PYTHONUNBUFFERED": "1"}, check=False)
-        return {"run_id": spec.run_id, "node": launcher.node_rank}
-
-
 # ----------------------------------------------------------------------------- submission
 
 
@@ -245,12 +173,17 @@ def _executor(opts: ClusterOptions, folder: Path, name: str, nproc: int, nnodes:
     import submitit
 
     if opts.launcher == "slurm":
+        timeout_min = parse_time(opts.time or DEFAULT_SLURM_TIME)
         executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm", slurm_max_num_timeout=100)
         params: dict[str, Any] = {
-            "name": name, "timeout_min": parse_time(opts.time or DEFAULT_SLURM_TIME),
-            "nodes": nnodes, "tasks_per_node": 1, "gpus_per_node": nproc,
-            "slurm_array_parallelism": parallel, "slurm_signal_delay_s": 120,
+            "name": name, "timeout_min": timeout_min, "nodes": nnodes, "tasks_per_node": 1,
+            "slurm_array_parallelism": parallel,
+            # USR2 this long before the time limit: submitit requeues the job, which resumes the run
+            "slurm_signal_delay_s": min(SIGNAL_DELAY_S, max(10, timeout_min * 60 // 4)),
         }
+        gpus = opts.gpus(nproc)
+        if gpus:
+            params["gpus_per_node"] = gpus
         if opts.partition:
             params["slurm_partition"] = opts.partition
         if opts.cpus_per_task:
@@ -279,39 +212,69 @@ def submit_plan(plan, opts: ClusterOptions, retries: int, console, tensorboard: 
 
     An adaptive plan goes round by round (harness.adaptive.rounds): each round's jobs are waited
     for before the next round is decided; with --no-wait one round is submitted and the same
-    command, run again once it has finished, decides and submits the next."""
+    command, run again once it has finished, decides and submits the next. A submission that
+    Slurm refuses leaves the results folder as it was (no plan of a sweep that never started)."""
     from harness.adaptive import rounds
-    from harness.planfile import save_plan
+    from harness.planfile import plan_path, save_plan
 
     plan.store.ensure_writable()
+    saved = plan_path(plan.store.root, plan.sweep)
+    before = saved.read_bytes() if saved.exists() else None
     save_plan(plan)
-    if plan.adaptive is None:
-        return _submit_runs(plan, plan.specs, opts, retries, console, tensorboard)
-    policy, code = RetryPolicy(retries), 0
-    adaptive_opts = dataclasses.replace(opts, wait=opts.wait is not False)
-    for specs in rounds(plan, console):
-        code = max(code, _submit_runs(plan, specs, adaptive_opts, retries, console, tensorboard))
-        unsettled = [s for s in specs if policy.settled(plan.store.history(s.sweep, s.run_id).statuses) is None]
-        if unsettled:
-            console.print(f"round of seed {specs[0].seed} is still running ({len(unsettled)} run(s)); run the same "
-                          "command again once it has finished to decide and submit the next round")
-            return code
-    return code
+    try:
+        if plan.adaptive is None:
+            return _submit_runs(plan, plan.specs, opts, retries, console, tensorboard)
+        policy, code = RetryPolicy(retries), 0
+        adaptive_opts = dataclasses.replace(opts, wait=opts.wait is not False)
+        for specs in rounds(plan, console):
+            code = max(code, _submit_runs(plan, specs, adaptive_opts, retries, console, tensorboard))
+            unsettled = [s for s in specs if policy.settled(plan.store.history(s.sweep, s.run_id).statuses) is None]
+            if unsettled:
+                console.print(f"round of seed {specs[0].seed} is still running ({len(unsettled)} run(s)); run the "
+                              "same command again once it has finished to decide and submit the next round")
+                return code
+        return code
+    except SubmissionRefused:
+        if before is None and not read_jobs(plan.store.root, plan.sweep):
+            saved.unlink(missing_ok=True)
+        elif before is not None:
+            atomic_write_bytes(saved, before)
+        raise
+
+
+class SubmissionRefused(UserError):
+    """sbatch (or submitit before it) refused the jobs; nothing of them was left behind."""
+
+
+@dataclass
+class _Pending:
+    """What a submission writes before sbatch answers, to be taken back if it refuses."""
+
+    run_dirs: list[Path] = field(default_factory=list)
+    folder_entries: set[str] = field(default_factory=set)
+
+    def undo(self, folder: Path) -> None:
+        for run_dir in self.run_dirs:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if entry.name not in self.folder_entries:
+                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
 def _submit_runs(plan, specs: list[RunSpec], opts: ClusterOptions, retries: int, console, tensorboard: bool) -> int:
     from harness.planfile import record_jobs
-    from harness.sweep import describe
 
     store: ResultsStore = plan.store
     results = store.root.resolve()
     policy = RetryPolicy(retries)
+    queued = _queued_in_slurm(results, plan.sweep, specs, policy, store) if opts.launcher == "slurm" else {}
     pending, done, busy, failed = [], 0, 0, []
     for spec in specs:
         status = policy.settled(store.history(spec.sweep, spec.run_id).statuses)
         if status in FINAL:
             done += 1
-        elif is_running(store.run_dir(spec.run_id)):
+        elif spec.run_id in queued or is_running(store.run_dir(spec.run_id)):
             busy += 1
         elif status == FAILED:
             failed.append(spec)
@@ -321,55 +284,122 @@ def _submit_runs(plan, specs: list[RunSpec], opts: ClusterOptions, retries: int,
         console.print(f"[yellow]{spec.arm} seed {spec.seed}[/yellow] has failed "
                       f"{len(store.history(spec.sweep, spec.run_id).rows)} times; not resubmitted "
                       f"(see {store.run_dir(spec.run_id)}/log.txt)")
-    console.print(f"{len(specs)} runs: {done} done, {busy} running elsewhere, {len(failed)} failed, "
+    console.print(f"{len(specs)} runs: {done} done, {busy} running or queued elsewhere, {len(failed)} failed, "
                   f"{len(pending)} to submit ({opts.launcher})")
-    if not pending:
+    wait = opts.wait if opts.wait is not None else opts.launcher == "local"
+    if not pending and not (wait and queued):
         return 0 if not failed else 1
+    nproc, nnodes = plan.launcher.nproc, plan.launcher.nnodes
+    folder = results / "submitit" / re.sub(r"[^A-Za-z0-9._+,=-]+", "_", plan.sweep)
+    written = _Pending(folder_entries={e.name for e in folder.iterdir()} if folder.is_dir() else set())
     for spec in pending:  # every node of a multi-node job reads the spec from here
         run_dir = store.run_dir(spec.run_id)
+        if not run_dir.exists():
+            written.run_dirs.append(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "spec.json", spec.to_json().encode())
-    nproc, nnodes = plan.launcher.nproc, plan.launcher.nnodes
     if opts.launcher == "slurm":
-        parallel = opts.array_parallelism or len(pending)
+        parallel = opts.array_parallelism or max(1, len(pending))
     else:
         parallel = max(1, min(len(pending), (os.cpu_count() or 1) // nproc))
-    folder = results / "submitit" / re.sub(r"[^A-Za-z0-9._+,=-]+", "_", plan.sweep)
     try:
         executor = _executor(opts, folder, f"harness-{plan.sweep}", nproc, nnodes, parallel)
     except (RuntimeError, ValueError, NameError) as err:
-        raise UserError(f"--launcher {opts.launcher}: submitit refused the job parameters: "
-                        f"{str(err).strip().splitlines()[0]}") from None
+        written.undo(folder)
+        raise SubmissionRefused(f"--launcher {opts.launcher}: submitit refused the job parameters: "
+                                f"{str(err).strip().splitlines()[0]}") from None
 
-    def job_for(spec: RunSpec) -> RunJob:
+    def job_for(spec: RunSpec):
+        from harness.slurmjob import RunJob
+
         return RunJob(dataclasses.asdict(spec), str(results), nproc, retries, tensorboard)
 
-    wait = opts.wait if opts.wait is not None else opts.launcher == "local"
-    jobs: dict[str, Any] = {}
-    running: dict[str, tuple[RunSpec, Any]] = {}
-    queue = list(pending)
-    try:
-        if opts.launcher == "slurm":
-            with executor.batch():
-                submitted = [(spec, executor.submit(job_for(spec))) for spec in queue]
-            queue = []
-            for spec, job in submitted:
-                jobs[spec.run_id] = job
-            record_jobs(results, plan.sweep, {rid: str(job.job_id) for rid, job in jobs.items()})
-            first = submitted[0][1].job_id.split("_")[0]
-            console.print(f"submitted {len(submitted)} runs as Slurm job array {first} "
+    if opts.launcher == "slurm":
+        jobs: dict[str, str] = {}
+        if pending:
+            try:
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():  # submitit prints sbatch's stderr
+                    submitted = [(spec, executor.submit(job_for(spec))) for spec in pending]
+            except Exception as err:  # noqa: BLE001 - sbatch's refusal, whatever submitit wraps it in
+                written.undo(folder)
+                raise SubmissionRefused(f"sbatch refused the jobs: {last_line(str(err)) or type(err).__name__}; "
+                                        "nothing was submitted") from None
+            jobs = {spec.run_id: str(job.job_id) for spec, job in submitted}
+            record_jobs(results, plan.sweep, jobs)
+            console.print(f"submitted {len(submitted)} runs as Slurm job array {submitted[0][1].job_id.split('_')[0]} "
                           f"(at most {parallel} at once); logs in {folder}")
         if not wait:
             console.print(f"watch it with: harness status --sweep {plan.sweep} --results {store.root}")
             return 0
-        outcome_ok = not failed
-        running.update({rid: (next(s for s in pending if s.run_id == rid), j) for rid, j in jobs.items()})
+        watched = {spec.run_id: (spec, jobs.get(spec.run_id) or queued[spec.run_id])
+                   for spec in specs if spec.run_id in jobs or spec.run_id in queued}
+        return _wait_for_slurm(store, watched, policy, console, folder, ok=not failed)
+    return _run_local(store, plan.sweep, executor, pending, job_for, parallel, policy, console, ok=not failed)
+
+
+def _queued_in_slurm(results: Path, sweep: str, specs: list[RunSpec], policy: RetryPolicy,
+                     store: ResultsStore) -> dict[str, str]:
+    """Run id -> job id of this sweep's unsettled runs whose Slurm job is still pending or running
+    (a sweep command run again while its array runs submits nothing twice)."""
+
+    recorded = read_jobs(results, sweep)
+    wanted = {s.run_id: recorded[s.run_id] for s in specs if s.run_id in recorded
+              and policy.settled(store.history(s.sweep, s.run_id).statuses) is None}
+    states = job_states(list(wanted.values()))
+    return {rid: job for rid, job in wanted.items() if job in states and states[job].active}
+
+
+def _wait_for_slurm(store: ResultsStore, watched: dict[str, tuple[RunSpec, str]], policy: RetryPolicy, console,
+                    folder: Path, ok: bool) -> int:
+    """Poll squeue (never sacct: quiet where accounting is off) until every watched job has left
+    the queue; then each run's outcome is what the results store holds."""
+    from harness.sweep import describe
+
+    try:
+        while watched:
+            time.sleep(POLL_S)
+            try:
+                states = job_states([job for _, job in watched.values()])
+            except SlurmUnavailable as err:
+                console.print(f"[yellow]{err}[/yellow]; asking again in {POLL_S:g} s")
+                continue
+            for run_id, (spec, job) in list(watched.items()):
+                state = states.get(job)
+                if state is not None and state.active:
+                    continue
+                del watched[run_id]
+                label = f"{spec.arm} seed {spec.seed}"
+                status = policy.settled(store.history(spec.sweep, spec.run_id).statuses)
+                if status is None:
+                    ok = False
+                    ended = state.describe(job) if state else f"Slurm job {job} has left the queue"
+                    console.print(f"[yellow]{label}[/yellow]: {ended} without recording the run "
+                                  f"(logs: {folder / job.split('_')[0]}); run the same command again to resubmit it")
+                    continue
+                ok &= status == COMPLETED
+                console.print(describe(store, spec, status, label))
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        console.print(f"\nstopped waiting; the Slurm jobs go on (harness status --sweep "
+                      f"{next(iter(watched.values()))[0].sweep if watched else ''} --results {store.root})")
+        raise SystemExit(130) from None
+
+
+def _run_local(store: ResultsStore, sweep: str, executor, pending: list[RunSpec], job_for, parallel: int,
+               policy: RetryPolicy, console, ok: bool) -> int:
+    """--launcher local: the same job callable as Slurm's, as local subprocesses, `parallel` at once."""
+    from harness.planfile import record_jobs
+    from harness.sweep import describe
+
+    running: dict[str, tuple[RunSpec, Any]] = {}
+    queue = list(pending)
+    try:
         while queue or running:
             while queue and len(running) < parallel:
                 spec = queue.pop(0)
                 job = executor.submit(job_for(spec))
                 running[spec.run_id] = (spec, job)
-                record_jobs(results, plan.sweep, {spec.run_id: str(job.job_id)})
+                record_jobs(store.root, sweep, {spec.run_id: f"local:{job.job_id}"})
                 console.print(f"started {spec.arm} seed {spec.seed} as local job {job.job_id}")
             for run_id, (spec, job) in list(running.items()):
                 if not job.done():
@@ -379,22 +409,18 @@ def _submit_runs(plan, specs: list[RunSpec], opts: ClusterOptions, retries: int,
                 try:
                     job.result()
                 except Exception as err:  # noqa: BLE001 - the job's own failure, reported per run
-                    outcome_ok = False
+                    ok = False
                     last = str(err).strip().splitlines()
                     console.print(f"[yellow]{label}[/yellow]: job {job.job_id} failed: "
                                   f"{last[-1] if last else type(err).__name__} (logs: {job.paths.stdout.parent})")
                     continue
                 status = policy.settled(store.history(spec.sweep, spec.run_id).statuses) or FAILED
-                outcome_ok &= status == COMPLETED
+                ok &= status == COMPLETED
                 console.print(describe(store, spec, status, label))
             time.sleep(1.0)
-        return 0 if outcome_ok else 1
+        return 0 if ok else 1
     except KeyboardInterrupt:
-        if opts.launcher == "slurm":
-            console.print(f"\nstopped waiting for sweep {plan.sweep}; the Slurm jobs go on "
-                          f"(harness status --sweep {plan.sweep} --results {store.root})")
-        else:
-            for _, job in running.values():
-                job.cancel(check=False)
-            console.print(f"\nstopped sweep {plan.sweep}; run the same command again to continue")
+        for _, job in running.values():
+            job.cancel(check=False)
+        console.print(f"\nstopped sweep {sweep}; run the same command again to continue")
         raise SystemExit(130) from None

@@ -4,11 +4,16 @@ A sweep's plan (every run it will make) is written when it starts, to RESULTS/sw
 (harness.planfile.save_plan, by every launcher). Each planned run is then, in this order:
   done      the results store holds a completed row of it in this sweep
   diverged  ... a diverged row (a final outcome: training is deterministic, it is not retried)
-  running   its run folder is locked by a live process (a sweep, or a Slurm/local job)
+  running   its run folder is locked by a live process here, or Slurm runs its job
+  queued    planned, not started, or its Slurm job waits in the queue (also after a requeue)
   failed    it has only failed attempts and nothing runs it now
-  queued    planned, not started (or its Slurm job waits in the queue)
+  interrupted  started and stopped (killed, Ctrl-C) before recording: resumes when run again
+  cancelled its Slurm job was cancelled before it recorded the run
+  lost      its Slurm job ended without recording the run, or Slurm no longer knows it
 A sweep recorded before plans were written shows the runs its rows name (none queued).
-Slurm and local jobs are listed in RESULTS/sweeps/<sweep>.jobs.json (run id -> job id).
+Slurm and local jobs are listed in RESULTS/sweeps/<sweep>.jobs.json (run id -> job id); the
+state of Slurm jobs is asked of Slurm (harness.slurmctl: squeue, then sacct where accounting is
+on). Where Slurm does not answer, the sweep's `slurm` entry says so and those runs show as queued.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from harness.procs import is_running
 from harness.record import COMPLETED, DIVERGED, parse_progress
 from harness.sequential import UNDECIDED
 from harness.results import ResultsStore
+from harness.slurmctl import SLURM_JOB_ID, SlurmUnavailable, job_states
 
-STATES = ("done", "running", "queued", "failed", "diverged")
+STATES = ("done", "running", "queued", "failed", "interrupted", "cancelled", "lost", "diverged")
 
 
 def _progress(run_dir: Path) -> str:
@@ -83,9 +89,38 @@ def adaptive_state(plan: dict[str, Any], rows) -> dict[str, Any] | None:
                      for a, st in states.items()}}
 
 
-def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None) -> tuple[list[RunState], dict | None]:
-    """Every run of `sweep` with its state, in plan order (seed-major), and an adaptive sweep's
-    state (its runs list leaves out those its decided arms will never make)."""
+def _resume_step(run_dir: Path) -> int | None:
+    """The step a stopped run resumes from (its newest checkpoint), if it has one."""
+    import json
+
+    try:
+        return int(json.loads((run_dir / "checkpoint" / "meta.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _started(run_dir: Path) -> bool:
+    try:
+        with (run_dir / "log.txt").open("rb") as f:
+            return b"=== attempt" in f.read(4096)
+    except OSError:
+        return False
+
+
+def slurm_view(jobs: dict[str, str], unsettled: list[str]) -> tuple[dict[str, Any], str | None]:
+    """Slurm's state of the unsettled runs' Slurm jobs, and why Slurm could not say (if so)."""
+    asked = [jobs[r] for r in unsettled if SLURM_JOB_ID.fullmatch(jobs.get(r, ""))]
+    if not asked:
+        return {}, None
+    try:
+        return job_states(asked), None
+    except SlurmUnavailable as err:
+        return {}, str(err)
+
+
+def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
+    """Every run of `sweep` with its state, in plan order (seed-major); an adaptive sweep's state
+    (its runs list leaves out those its decided arms will never make); why Slurm did not answer."""
     results = Path(results)
     store = store or ResultsStore(results)
     rows = store.sweep_frame(sweep)
@@ -104,11 +139,15 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None) -
         planned += [{"run_id": r.run_id, "arm": r.arm, "seed": int(r.seed)}
                     for r in first.itertuples() if r.run_id not in known]
     jobs = read_jobs(results, sweep)
+    settled = {r["run_id"] for r in planned if {COMPLETED, DIVERGED} & set(store.history(sweep, r["run_id"]).statuses)}
+    slurm, slurm_error = slurm_view(jobs, [r["run_id"] for r in planned if r["run_id"] not in settled])
     out = []
     for run in planned:
         run_id = run["run_id"]
         history = store.history(sweep, run_id)
         statuses = history.statuses
+        job = jobs.get(run_id)
+        in_slurm = slurm.get(job) if job else None
         detail, test_loss = "", None
         run_dir = store.run_dir(run_id)
         if COMPLETED in statuses:
@@ -118,17 +157,30 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None) -
         elif DIVERGED in statuses:
             state = "diverged"
             detail = str(history.settled_row(DIVERGED)["reason"])
-        elif is_running(run_dir):
+        elif is_running(run_dir) or (in_slurm is not None and in_slurm.state == "RUNNING"):
             state = "running"
             detail = _progress(run_dir)
+        elif in_slurm is not None and in_slurm.active:
+            state = "queued"
+            detail = in_slurm.describe(job)
         elif statuses:
             state = "failed"
             detail = str(history.rows[-1]["reason"])
+        elif in_slurm is not None:  # ended without a row
+            state = "cancelled" if in_slurm.state.startswith("CANCELLED") else "lost"
+            detail = f"{in_slurm.describe(job)}; run the sweep command again to resubmit it"
+        elif job and SLURM_JOB_ID.fullmatch(job) and slurm_error is None:
+            state = "lost"
+            detail = f"Slurm no longer lists job {job} and it recorded nothing; run the sweep command again"
+        elif _started(run_dir):
+            state = "interrupted"
+            step = _resume_step(run_dir)
+            detail = f"resumes from step {step:,}" if step is not None else "restarts from step 0"
         else:
             state = "queued"
         out.append(RunState(run_id, run.get("arm", "?"), int(run.get("seed", -1)), state, len(statuses),
-                            detail[:200], test_loss, jobs.get(run_id)))
-    return out, adaptive
+                            detail[:200], test_loss, job))
+    return out, adaptive, slurm_error
 
 
 def summarize(states: list[RunState]) -> dict[str, dict[str, Any]]:
@@ -151,13 +203,16 @@ def status_payload(results: Path, sweep: str | None = None) -> dict[str, Any]:
     store = ResultsStore(results)
     payload = {}
     for name in names:
-        states, adaptive = sweep_status(results, name, store)
+        states, adaptive, slurm_error = sweep_status(results, name, store)
         payload[name] = {"arms": summarize(states), "totals": dict(Counter(s.state for s in states)),
-                         "runs": [asdict(s) for s in states], "adaptive": adaptive}
+                         "runs": [asdict(s) for s in states], "adaptive": adaptive,
+                         "slurm": f"Slurm did not answer ({slurm_error}): its jobs' states are unknown"
+                                  if slurm_error else None}
     return payload
 
 
 def print_status(payload: dict[str, Any], console, show_runs: bool = False) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     for name, info in payload.items():
@@ -171,6 +226,8 @@ def print_status(payload: dict[str, Any], console, show_runs: bool = False) -> N
             loss = f"{a['mean_test_loss']:.4f}" if a["mean_test_loss"] is not None else "-"
             table.add_row(arm, str(a["runs"]), *(str(a[k]) if a[k] else "-" for k in STATES), loss)
         console.print(table)
+        if info.get("slurm"):
+            console.print(f"[yellow]{escape(info['slurm'])}[/yellow]")
         adaptive = info.get("adaptive")
         if adaptive:
             console.print(f"adaptive sweep: round {adaptive['round']} of at most {adaptive['max_seeds']}; "

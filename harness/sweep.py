@@ -163,6 +163,11 @@ class _Runner:
             self.busy.append(spec)
             return
         label = _label(spec)
+        if result.interrupted:  # its workers were stopped from outside: so is the sweep
+            self.progress.drop_run(spec.run_id)
+            self.console.print(f"{escape(label)} was interrupted by {result.interrupted} (not counted as a "
+                               "failed attempt; it resumes from its checkpoint)")
+            raise KeyboardInterrupt
         if result.row and result.row.status == FAILED:
             self.console.print(f"[yellow]{escape(label)} failed[/yellow]: {escape(result.row.reason)} "
                                f"(log: {escape(str(result.log))})")

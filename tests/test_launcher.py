@@ -66,7 +66,7 @@ def test_multi_node_needs_an_endpoint(tmp_path):
     assert proc.returncode == 2 and "--rdzv-endpoint" in proc.stderr
 
 
-def test_ctrl_c_while_torchrun_forks_is_deferred_then_stops_the_run(tmp_path, monkeypatch, capfd):
+def test_ctrl_c_while_torchrun_forks_is_deferred_then_stops_the_run(tmp_path, monkeypatch, capfd, request):
     """A KeyboardInterrupt raised inside Python's at-fork hooks is printed as "Exception ignored"
     and lost; the latch holds it until the fork is done, then the run is stopped and cleaned up."""
     real_popen = subprocess.Popen
@@ -79,6 +79,9 @@ def test_ctrl_c_while_torchrun_forks_is_deferred_then_stops_the_run(tmp_path, mo
         return proc
 
     monkeypatch.setattr(procs.subprocess, "Popen", popen_interrupted_mid_fork)
+    # as in a terminal, also where the tests were started in the background (SIGINT ignored: the latch leaves that alone)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     lock = procs.RunLock(tmp_path / ".lock")
     assert lock.acquire()
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 
 from conftest import cli, invoke
-from harness import slurm
+from harness import slurmjob
 from harness.errors import UserError
-from harness.slurm import ClusterOptions, JobLauncher, RunJob, parse_time
+from harness.slurm import ClusterOptions, parse_time
+from harness.slurmjob import JobLauncher, RunJob
 
 submitit = pytest.importorskip("submitit")
 
@@ -43,7 +44,7 @@ def test_cluster_options_are_checked():
         (ClusterOptions("local", array_parallelism=4), "--slurm-array-parallelism is a Slurm option"),
         (ClusterOptions("torchrun", gpus_per_node=8), "with torchrun use --nproc"),
         (ClusterOptions("local", time="soon"), "--time 'soon'"),
-        (ClusterOptions("local", gpus_per_node=0), "--gpus-per-node must be >= 1"),
+        (ClusterOptions("local", gpus_per_node=-1), "--gpus-per-node must be >= 0"),
         (ClusterOptions("pbs"), "allowed: torchrun, local, slurm"),
     ]:
         with pytest.raises(UserError, match=message):
@@ -59,16 +60,15 @@ def test_cluster_options_are_checked():
 def test_a_terminated_job_does_not_record_its_attempt():
     launcher = JobLauncher(nproc=1)
     assert launcher.records
-    slurm._TERMINATING.set()
+    slurmjob._TERMINATING.set()
     try:
         assert not launcher.records
     finally:
-        slurm._TERMINATING.clear()
+        slurmjob._TERMINATING.clear()
 
 
-@pytest.mark.skipif(bool(os.environ.get("SLURM_JOB_ID")) or __import__("shutil").which("sbatch") is not None,
-                    reason="this machine has Slurm")
-def test_slurm_options_without_slurm_are_one_line_and_exit_2(tmp_path):
+def test_slurm_options_without_slurm_are_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
     common = ["qkv_bias", "--seeds", "5", "--preset", "micro", "--results", str(tmp_path)]
     code, _, err = invoke("sweep", *common, "--launcher", "slurm", "--partition", "gpu", "--gpus-per-node", "8")
     assert code == 2 and err.count("\n") == 1 and "this machine has no Slurm" in err
@@ -82,7 +82,10 @@ def test_slurm_submission_writes_one_job_array(tmp_path, monkeypatch):
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(FAKE_SBATCH)
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    for tool in ("sbatch", "srun"):
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'gpu*|gpu:8(S:0-1)'\n")
+    (bin_dir / "squeue").write_text("#!/bin/sh\n[ -f \"$FAKE_SBATCH_DIR/script.sh\" ] && "
+                                    "for i in 0 1 2 3; do echo \"4242_$i|PENDING|Priority\"; done\nexit 0\n")
+    for tool in ("sbatch", "srun", "sinfo", "squeue"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_SBATCH_DIR", str(tmp_path))
@@ -104,7 +107,8 @@ def test_slurm_submission_writes_one_job_array(tmp_path, monkeypatch):
     assert spec["world_size"] == 8 and spec["sweep"] == "cluster"
     from harness.status import status_payload
 
-    assert status_payload(results, "cluster")["cluster"]["totals"] == {"queued": 4}
+    status = status_payload(results, "cluster")["cluster"]
+    assert status["totals"] == {"queued": 4} and status["runs"][0]["detail"] == "Slurm job 4242_0 pending (Priority)"
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is None, reason="needs harness[tensorboard]")
