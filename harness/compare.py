@@ -120,9 +120,10 @@ def adaptive_table(rows: pd.DataFrame, arms: Sequence[str], baseline: str, setti
 def build_sweep_report(
     outcomes: pd.DataFrame, sweep: str, baseline: str, *, alpha: float, margin: float | None,
     power: float, n_resamples: int, boot_seed: int, allow_mismatch: bool,
-    mismatches: list[str] | None = None, adaptive: Adaptive | None = None,
+    mismatches: list[str] | None = None, adaptive: Adaptive | None = None, inert: dict[str, str] | None = None,
 ) -> SweepReport:
-    """Statistics and accounting for one sweep (no rendering, no files)."""
+    """Statistics and accounting for one sweep (no rendering, no files). `inert`: arms that change
+    nothing where they ran (an A/A comparison), with why."""
     rows = outcomes[outcomes["sweep"].eq(sweep)]
     arms = arm_order(rows["arm"].unique(), baseline)
     has_baseline = baseline in set(arms)
@@ -130,6 +131,8 @@ def build_sweep_report(
     if not has_baseline:
         notes.append(f"no arm named {baseline!r} in this sweep (arms: {', '.join(arms)}); "
                      "only descriptive statistics are shown (choose one with --baseline)")
+    notes += [f"{arm} is an A/A comparison, not an intervention: {why}"
+              for arm, why in (inert or {}).items() if arm in set(arms)]
     if mismatches is None:
         mismatches = check_integrity(rows, arms)
     done = rows[rows["outcome"].eq(COMPLETED)]

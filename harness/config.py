@@ -14,6 +14,8 @@ import difflib
 import hashlib
 import json
 import math
+import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,8 @@ SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 PRESETS_DIR = SWEEPS_DIR / "presets"
 INTERVENTIONS_DIR = SWEEPS_DIR / "interventions"
 BASELINE = "baseline"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a preset's or an intervention's name: a file name, not a path
+NAME_RULE = "letters, digits and _ . - (at most 64, starting with a letter or digit)"
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,44 @@ class Preset:
 
 
 def _names(folder: Path) -> list[str]:
-    return sorted(p.stem for p in folder.glob("*.toml"))
+    """The names of the folder's regular .toml files (not FIFOs, not dangling or looping links)."""
+    names = []
+    for p in folder.glob("*.toml"):
+        try:
+            regular = stat.S_ISREG(p.stat().st_mode)
+        except OSError:
+            regular = False
+        if regular and NAME.fullmatch(p.stem):
+            names.append(p.stem)
+    return sorted(names)
+
+
+def _definition(folder: Path, name: str, kind: str, known: list[str], hint: str) -> dict[str, Any]:
+    """The TOML table of preset/intervention `name`: a name (never a path) of a regular file in `folder`."""
+    if not NAME.fullmatch(name):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise UserError(f"bad {kind} name {shown!r}: use {NAME_RULE}; {kind}s are files in {folder}")
+    path = folder / f"{name}.toml"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"unknown {kind} {name!r}{_closest(name, known)}; {hint}") from None
+    except OSError as err:
+        raise UserError(f"cannot read {kind} {name!r} ({path}): {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{kind} {name!r} ({path}) is not a regular file")
+    return _read_toml(path)
+
+
+def _check_keys(path: Path, data: dict[str, Any], allowed: dict[str, type]) -> None:
+    """Only the file kind's own top-level keys, each of its type (a [section] is a table)."""
+    for key, value in data.items():
+        if key not in allowed:
+            raise UserError(f"{path}: unknown {'section [' + key + ']' if isinstance(value, dict) else 'key ' + repr(key)}"
+                            f"{_closest(key, list(allowed))}; allowed: {', '.join(allowed)}")
+        if not isinstance(value, allowed[key]):
+            want = "a table" if allowed[key] is dict else "a string"
+            raise UserError(f"{path}: {key} must be {want}, got {value!r}")
 
 
 def preset_names() -> list[str]:
@@ -178,42 +219,49 @@ def intervention_names() -> list[str]:
     return _names(INTERVENTIONS_DIR)
 
 
+PRESET_KEYS = {"description": str, "model": dict, "train": dict}
+INTERVENTION_KEYS = {"description": str, "source": str, "set": dict}
+
+
 def load_preset(name: str) -> Preset:
     path = PRESETS_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise UserError(f"unknown preset {name!r}{_closest(name, preset_names())}; "
-                        f"available: {', '.join(preset_names())}")
-    data = _read_toml(path)
+    data = _definition(PRESETS_DIR, name, "preset", preset_names(), f"available: {', '.join(preset_names())}")
+    _check_keys(path, data, PRESET_KEYS)
     tables = {"model": MODEL_KEYS, "train": TRAIN_KEYS}
-    for section, table in data.items():
-        if section in tables:
-            for key, value in table.items():
-                if key not in tables[section]:
-                    raise UserError(f"{path}: [{section}] has unknown key {key!r}"
-                                    f"{_closest(key, tables[section])}")
-                coerce(key, value, str(path))
+    for section, keys in tables.items():
+        for key, value in data.get(section, {}).items():
+            if key not in keys:
+                raise UserError(f"{path}: [{section}] has unknown key {key!r}{_closest(key, keys)}")
+            coerce(key, value, str(path))
     return Preset(name, data.get("description", ""), dict(data.get("model", {})), dict(data.get("train", {})))
 
 
 def load_intervention(name: str) -> Intervention:
     path = INTERVENTIONS_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise UserError(f"unknown intervention {name!r}{_closest(name, intervention_names())}; "
-                        "run `harness list` to see them")
-    data = _read_toml(path)
-    overrides = data.get("set", {})
-    if not isinstance(overrides, dict):
-        raise UserError(f"{path}: [set] must be a table of key = value")
-    overrides = {k: coerce(k, v, str(path)) for k, v in overrides.items()}
+    data = _definition(INTERVENTIONS_DIR, name, "intervention", intervention_names(), "run `harness list` to see them")
+    _check_keys(path, data, INTERVENTION_KEYS)
+    overrides = {k: coerce(k, v, str(path)) for k, v in data.get("set", {}).items()}
     return Intervention(name, data.get("description", ""), data.get("source", ""), overrides)
 
 
 def split_arm(arm: str) -> list[str]:
-    """'qkv_bias+no_dropout' -> ['qkv_bias', 'no_dropout']; 'baseline' -> []."""
+    """An arm's interventions, each once, in the order given, without the baseline:
+    'qkv_bias+no_dropout' -> ['qkv_bias', 'no_dropout']; 'qkv_bias+baseline+qkv_bias' -> ['qkv_bias']."""
     parts = [p.strip() for p in arm.split("+")]
     if not arm.strip() or any(not p for p in parts):
-        raise UserError(f"bad arm name {arm!r}: use intervention names joined by '+', e.g. qkv_bias+no_dropout")
-    return [p for p in parts if p != BASELINE]
+        shown = arm if len(arm) <= 80 else arm[:77] + "..."
+        raise UserError(f"bad arm name {shown!r}: use intervention names joined by '+', e.g. qkv_bias+no_dropout")
+    for p in parts:
+        if not NAME.fullmatch(p):
+            shown = p if len(p) <= 80 else p[:77] + "..."
+            raise UserError(f"bad intervention name {shown!r} in arm: use {NAME_RULE}; interventions are files "
+                            f"in {INTERVENTIONS_DIR}")
+    return list(dict.fromkeys(p for p in parts if p != BASELINE))
+
+
+def canonical_arm(arm: str) -> str:
+    """One name per set of interventions as given: duplicates and 'baseline' dropped."""
+    return "+".join(split_arm(arm)) or BASELINE
 
 
 def arm_overrides(arm: str) -> dict[str, Any]:
@@ -246,6 +294,7 @@ class ArmConfig:
 
 def resolve(preset: str, arm: str = BASELINE, sets: dict[str, Any] | None = None) -> ArmConfig:
     """Preset values, then the arm's interventions, then --set overrides (which win)."""
+    arm = canonical_arm(arm)
     p = load_preset(preset)
     overrides = arm_overrides(arm) | dict(sets or {})
     model_kw = p.model | {k: v for k, v in overrides.items() if k in MODEL_KEYS}
@@ -257,6 +306,20 @@ def resolve(preset: str, arm: str = BASELINE, sets: dict[str, Any] | None = None
     except ValueError as err:
         raise UserError(f"arm {arm!r} on preset {preset!r}: {err}") from None
     return ArmConfig(preset, arm, model, train, overrides)
+
+
+# keys whose 'auto' means a device-dependent value: (on a CPU, on GPUs)
+DEVICE_DEFAULTS = {"precision": ("fp32", "bf16"), "compile": ("off", "on")}
+
+
+def value_of(cfg: ArmConfig, key: str) -> Any:
+    return getattr(cfg.model if key in MODEL_KEYS else cfg.train, key)
+
+
+def effective(cfg: ArmConfig, key: str, on_gpu: bool) -> Any:
+    """A key's value as the run uses it on that device ('auto' resolved)."""
+    value = value_of(cfg, key)
+    return DEVICE_DEFAULTS[key][on_gpu] if key in DEVICE_DEFAULTS and value == "auto" else value
 
 
 def config_hash(payload: dict[str, Any]) -> str:

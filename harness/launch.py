@@ -58,6 +58,10 @@ class Launcher:
     rdzv_endpoint: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
     slot: Slot = Slot()
+    gpus: bool | None = None  # whether the runs use GPUs (None: they run here, so ask torch)
+
+    def uses_gpus(self) -> bool:
+        return self.gpus if self.gpus is not None else gpu_count() > 0
 
     @property
     def env(self) -> dict[str, str]:

@@ -50,6 +50,7 @@ class Store:
     warnings: list[str] = field(default_factory=list)
     adaptive: dict[str, Adaptive] = field(default_factory=dict)  # sweep -> settings, for adaptive sweeps
     noise: dict[str, dict] = field(default_factory=dict)  # sweep -> settings, for noise studies
+    inert: dict[str, dict[str, str]] = field(default_factory=dict)  # sweep -> A/A arm -> why (harness.plan)
 
 
 def _candidates(results_dir: Path, name: str) -> list[Path]:
@@ -124,7 +125,7 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
     else:
         curves = pd.DataFrame({"run_id": pd.Series(dtype=str), "attempt": [], "step": [],
                                "tokens": [], "train_loss": []})
-    adaptive, noise = {}, {}
+    adaptive, noise, inert = {}, {}, {}
     for sweep in runs["sweep"].unique():
         plan = read_plan(results_dir, sweep)
         settings = Adaptive.from_dict(plan.get("adaptive"))
@@ -132,7 +133,10 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
             adaptive[sweep] = settings
         if isinstance(plan.get("noise"), dict):
             noise[sweep] = plan["noise"]
-    return Store(runs=runs, curves=curves, files=infos, warnings=messages, adaptive=adaptive, noise=noise)
+        if isinstance(plan.get("inert"), dict):
+            inert[sweep] = {str(a): str(why) for a, why in plan["inert"].items()}
+    return Store(runs=runs, curves=curves, files=infos, warnings=messages, adaptive=adaptive, noise=noise,
+                 inert=inert)
 
 
 def _normalise_runs(runs: pd.DataFrame, warn) -> pd.DataFrame:

@@ -46,6 +46,7 @@ class Plan:
     configs: dict[str, cfgmod.ArmConfig] = field(default_factory=dict)  # each arm's resolved config
     adaptive: Adaptive | None = None  # an adaptive sweep: rounds of seeds until each arm is decided
     noise: dict[str, Any] | None = None  # a noise study: {"seeds", "replicates", "arm"} (harness.noise)
+    inert: dict[str, str] = field(default_factory=dict)  # A/A arms: arm -> why it changes nothing here
 
     @classmethod
     def build(cls, arms: list[str], seeds: list[int], preset: str, sets: dict[str, Any], tokens: int | None,
@@ -59,10 +60,22 @@ class Plan:
         if budget not in ("baseline", "own"):
             raise UserError(f"--budget {budget!r}: use 'baseline' or 'own'")
         sets = with_data(sets, data)
-        arms = list(dict.fromkeys(arms))
+        notes = []
+        canonical = {}
+        for arm in arms:
+            name = cfgmod.canonical_arm(arm)
+            if name != arm:
+                notes.append(f"arm {arm!r} is {name!r}")
+            canonical.setdefault(name, arm)
+        arms = list(canonical)
         if include_baseline and cfgmod.BASELINE not in arms:
             arms.insert(0, cfgmod.BASELINE)
         configs = {arm: cfgmod.resolve(preset, arm, sets) for arm in arms}
+        same = identical_arms(configs)
+        for arm, first in same.items():
+            notes.append(f"arm {arm!r} trains exactly the configuration of {first!r}: planned once, as {first!r}")
+            arms.remove(arm)
+            del configs[arm]
         world = launcher.world_size
         baseline = configs.get(cfgmod.BASELINE) or cfgmod.resolve(preset, cfgmod.BASELINE, sets)
         base_tokens = chinchilla(baseline, world).tokens
@@ -74,14 +87,18 @@ class Plan:
                 budgets[arm] = chinchilla(cfg, world)
             else:
                 budgets[arm] = fixed_budget(cfg, world, base_tokens)
-        notes = check_data(configs, budgets)
+        notes += check_data(configs, budgets)
+        inert = inert_arms(configs, launcher)
+        notes += [f"{arm} is an A/A comparison here: {why}" for arm, why in inert.items()]
+        notes = list(dict.fromkeys(notes))
         name = sweep or default_sweep_name(preset, arms)
         if not SWEEP_NAME.fullmatch(name):
             raise UserError(f"sweep name {name!r}: use letters, digits and . _ + , = - (it names files), "
                             "starting with a letter or digit")
         vary, fixed = streams
         specs = [run_spec(configs[arm], seed, budgets[arm], name, world, vary, fixed) for seed in seeds for arm in arms]
-        return cls(name, preset, arms, list(seeds), budgets, specs, launcher, ResultsStore(results), notes, configs)
+        return cls(name, preset, arms, list(seeds), budgets, specs, launcher, ResultsStore(results), notes, configs,
+                   inert=inert)
 
     @classmethod
     def noise_study(cls, preset: str, arm: str | None, seeds: int, replicates: int, sets: dict[str, Any],
@@ -169,6 +186,40 @@ def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world
         config=cfg.as_dict(), overrides=cfg.overrides, config_hash=digest, params=budget.params, tokens=budget.tokens,
         steps=budget.steps, tokens_per_step=budget.tokens_per_step, world_size=world_size, vary=vary,
     )
+
+
+def identical_arms(configs: dict[str, cfgmod.ArmConfig]) -> dict[str, str]:
+    """Arms whose resolved configuration equals an earlier arm's (same interventions in another
+    order, an intervention the preset or --set already applies): arm -> that earlier arm."""
+    first: dict[str, str] = {}
+    same = {}
+    for arm, cfg in configs.items():
+        key = cfgmod.config_hash(cfg.as_dict() | {"arm": ""})
+        if key in first:
+            same[arm] = first[key]
+        else:
+            first[key] = arm
+    return same
+
+
+def inert_arms(configs: dict[str, cfgmod.ArmConfig], launcher: Launcher) -> dict[str, str]:
+    """Arms whose switches change nothing on the device the runs use (fp32 on a CPU, where
+    precision 'auto' is fp32 already): an A/A comparison, labelled as such in plan and report."""
+    base = configs.get(cfgmod.BASELINE)
+    if base is None:
+        return {}
+    inert = {}
+    for arm, cfg in configs.items():
+        if arm == cfgmod.BASELINE:
+            continue
+        differing = {k for k in cfgmod.ALL_KEYS if cfgmod.value_of(cfg, k) != cfgmod.value_of(base, k)}
+        if differing and differing <= set(cfgmod.DEVICE_DEFAULTS):
+            on_gpu = launcher.uses_gpus()
+            if all(cfgmod.effective(cfg, k, on_gpu) == cfgmod.effective(base, k, on_gpu) for k in differing):
+                changed = ", ".join(f"{k}={cfgmod.value_of(cfg, k)}" for k in sorted(differing))
+                inert[arm] = (f"{changed} is what the baseline already runs with on {'GPUs' if on_gpu else 'a CPU'}, "
+                              "so this arm trains the baseline again")
+    return inert
 
 
 def default_sweep_name(preset: str, arms: list[str]) -> str:

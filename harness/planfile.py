@@ -43,6 +43,7 @@ def save_plan(plan) -> Path:
         "runs": [{"run_id": s.run_id, "arm": s.arm, "seed": s.seed, "config_hash": s.config_hash} for s in plan.specs],
         "adaptive": plan.adaptive.as_dict() if plan.adaptive else None,
         "noise": plan.noise,
+        "inert": plan.inert,
     })
     return path
 

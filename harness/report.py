@@ -89,7 +89,7 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
             build_sweep_report(outcomes, sw, opts.baseline, alpha=opts.alpha, margin=opts.margin,
                                power=opts.power, n_resamples=opts.n_resamples, boot_seed=opts.boot_seed,
                                allow_mismatch=opts.allow_mismatch, mismatches=problems[sw],
-                               adaptive=store.adaptive.get(sw))
+                               adaptive=store.adaptive.get(sw), inert=store.inert.get(sw))
             for sw in sweeps]
     settings = {"results_dir": str(Path(results_dir).resolve()), "sweep": sweep, "baseline": opts.baseline,
                 "alpha": opts.alpha, "margin": opts.margin, "power": opts.power,

@@ -163,7 +163,10 @@ class ClusterOptions:
             return Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint)
         if node_rank or rdzv_endpoint:
             raise UserError(f"--node-rank and --rdzv-endpoint are set per job by --launcher {self.launcher}; drop them")
-        return Launcher.checked(self.nproc(nproc, 1 if self.launcher == "slurm" else default_nproc()), nnodes)
+        launcher = Launcher.checked(self.nproc(nproc, 1 if self.launcher == "slurm" else default_nproc()), nnodes)
+        if self.launcher == "slurm":
+            launcher = dataclasses.replace(launcher, gpus=self.gpus(launcher.nproc) > 0)
+        return launcher
 
 
 # ----------------------------------------------------------------------------- submission
