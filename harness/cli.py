@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness import config as cfgmod
+from harness.bounds import check_int
 from harness.errors import UserError
 from harness.placement import parse_jobs
 
@@ -58,6 +59,9 @@ def command(name: str, group: typer.Typer = app):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
+                for key, value in kwargs.items():  # every number a user gives is bounded before use
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        check_int(key, value)
                 rv = fn(*args, **kwargs)
             except UserError as err:
                 err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)

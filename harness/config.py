@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from harness.bounds import check_int
 from harness.errors import UserError
 from model.config import ModelConfig, documented, key_docs
 
@@ -138,6 +139,8 @@ def coerce(key: str, value: Any, where: str) -> Any:
         raise UserError(f"{where}: {key} must be a finite number, got {value!r}")
     if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
         raise UserError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
+    if kind is int:
+        check_int(f"{where}: {key} =", value)
     return value
 
 

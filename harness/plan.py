@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import config as cfgmod
+from harness.bounds import MAX_SEED, MAX_SEEDS, check_int, check_seeds
 from harness.budget import Budget, chinchilla, fixed_budget
 from harness.errors import UserError
 from harness.launch import Launcher
@@ -56,7 +57,12 @@ class Plan:
         if not seeds:
             raise UserError("no seeds: give --seeds N (N >= 1) or --seed-list 0,1,2")
         if any(s < 0 for s in seeds):
-            raise UserError(f"seeds must be >= 0, got {seeds}")
+            raise UserError(f"seeds must be >= 0, got {format_seeds(sorted(s for s in seeds if s < 0))}")
+        check_seeds(seeds, len(dict.fromkeys(arms)) + include_baseline)
+        for stream, value in streams[1].items():
+            check_int(f"{stream} seed", value, MAX_SEED)
+        if tokens is not None:
+            check_int("tokens", tokens)
         if budget not in ("baseline", "own"):
             raise UserError(f"--budget {budget!r}: use 'baseline' or 'own'")
         sets = with_data(sets, data)
@@ -264,15 +270,18 @@ def seed_values(seeds: int | None, seed_list: str | None, file: dict[str, Any] |
     if seeds is not None and seed_list is not None:
         raise UserError("give --seeds or --seed-list, not both")
     if seed_list is not None:
+        if seed_list.count(",") >= MAX_SEEDS:
+            raise UserError(f"--seed-list: at most {MAX_SEEDS:,} seeds per sweep")
         try:
             return [int(s) for s in seed_list.split(",") if s.strip()]
         except ValueError:
-            raise UserError(f"--seed-list {seed_list!r}: expected comma-separated integers, e.g. 7,11,13") from None
+            raise UserError(f"--seed-list {seed_list[:60]!r}: expected comma-separated integers, e.g. 7,11,13") from None
     if seeds is None and "seed_list" in file:
         return list(file["seed_list"])
     count = seeds if seeds is not None else file.get("seeds", DEFAULT_SEEDS)
     if count < 1:
         raise UserError(f"--seeds must be >= 1, got {count}")
+    check_int("seeds", count)
     return list(range(count))
 
 

@@ -412,7 +412,8 @@ class ResultsStore:
                         raise ValueError("checksum mismatch")
                     if row["attempt"] != int(m.group(1)) or row["run_id"] != folder.name:
                         raise ValueError("names another run or attempt")
-                except (OSError, ValueError, KeyError, TypeError) as err:
+                    _row_table([row])  # a row the tables cannot hold must not block every later replay
+                except (OSError, ValueError, KeyError, TypeError, OverflowError, pa.ArrowException) as err:
                     try:
                         moved = self.quarantine(path)
                     except OSError:
@@ -463,6 +464,10 @@ class ResultsStore:
     def append(self, row: RunRow) -> bool:
         """Add one run attempt and its curve; False (and nothing written) if it is already there."""
         columns, curve = row.columns(), list(row.curve)
+        try:
+            _row_table([columns])
+        except (OverflowError, ValueError, TypeError, pa.ArrowException) as err:
+            raise WriteError(f"run {row.run_id} attempt {row.attempt} cannot be recorded: {err}") from None
         with self.locked():
             key = (row.run_id, row.attempt)
             runs = self.runs()
@@ -475,8 +480,7 @@ class ResultsStore:
 
     def _append_tables(self, runs: pa.Table, items: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
         """Under the lock: the tables plus `items`, committed curves first, then runs, then the manifest."""
-        new_rows = pa.Table.from_pylist([{k: row.get(k) for k in RUN_SCHEMA.names} for row, _ in items],
-                                        schema=RUN_SCHEMA)
+        new_rows = _row_table([row for row, _ in items])
         new_runs = pa.concat_tables([runs, new_rows])
         updates = {RUNS: _table_bytes(new_runs)}
         keys = [(row["run_id"], row["attempt"]) for row, curve in items if curve]
@@ -504,3 +508,8 @@ class ResultsStore:
                 atomic_write_bytes(self.root / name, updates[name])
         # 3. the manifest accepts only the new state
         self._write_manifest({n: [new.get(n, current[n])] for n in (RUNS, CURVES)})
+
+
+def _row_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows as the runs table holds them (raises if a value does not fit its column)."""
+    return pa.Table.from_pylist([{k: row.get(k) for k in RUN_SCHEMA.names} for row in rows], schema=RUN_SCHEMA)
