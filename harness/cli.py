@@ -32,7 +32,16 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 300)
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `harness list`).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override any config key for every arm, e.g. --set lr=1e-3 (repeatable).")]
-ResultsOpt = Annotated[Path, typer.Option("--results", help="Results folder.")]
+
+
+def a_path(text: str) -> Path:
+    """A path option's value: an empty one is refused, not taken as the current folder."""
+    if not text.strip():
+        raise typer.BadParameter("an empty path; give a folder (use . for the current one)")
+    return Path(text)
+
+
+ResultsOpt = Annotated[Path, typer.Option("--results", help="Results folder.", parser=a_path)]
 TokensOpt = Annotated[Optional[int], typer.Option(
     "--tokens", help="Fixed token budget for every arm (rounded up to whole global batches).")]
 DataOpt = Annotated[Optional[str], typer.Option(
@@ -40,7 +49,7 @@ DataOpt = Annotated[Optional[str], typer.Option(
                    "file or folder, or a folder of shards such as `harness data prepare` writes.")]
 LogOpt = Annotated[str, typer.Option(
     "--log", help="'tensorboard': also write loss curves to RESULTS/tensorboard/<sweep>/<run_id> "
-                  "(needs harness[tensorboard]); 'none' (default).")]
+                  "(needs harness\\[tensorboard]); 'none' (default).")]
 VaryOpt = Annotated[Optional[str], typer.Option(
     "--vary", help="Vary only this random stream with the seed (init, data or dropout); the other two take seed "
                    "0's values. For noise studies by hand (harness noise does it for you).")]
@@ -385,7 +394,7 @@ def data_prepare_cmd(
     paths: Annotated[Optional[list[Path]], typer.Argument(
         help="Local files or folders: JSON lines (.jsonl/.json), Parquet (.parquet) or text (.txt/.md, one "
              "document per file), all of one kind.", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (train.bin, test.bin, manifest.json).",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (train.bin, test.bin, manifest.json).", parser=a_path,
                                                 show_default=False)] = None,
     hf: Annotated[Optional[str], typer.Option("--hf", help="A Hugging Face dataset id, streamed through the "
                                               "`datasets` library, e.g. HuggingFaceFW/fineweb.")] = None,
@@ -422,7 +431,7 @@ def data_prepare_cmd(
 @command("export")
 def export_cmd(
     run: Annotated[str, typer.Argument(help="Run id (or a unique prefix, or the run's folder).")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.", parser=a_path)],
     fmt: Annotated[str, typer.Option("--format", help="'hf': a Hugging Face transformers GPT-2 folder.")] = "hf",
     results: ResultsOpt = Path("results"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds.")] = False,
@@ -445,7 +454,8 @@ def export_cmd(
         console.print(f"checked: GPT2LMHeadModel reproduces harness's logits (max abs difference "
                       f"{record['max_abs_logit_diff']:.2e})", highlight=False)
     else:
-        console.print("not checked (transformers is not installed: pip install 'harness[hf]')", highlight=False)
+        console.print("not checked (transformers is not installed: pip install 'harness[hf]')", highlight=False,
+                      markup=False)
     console.print(f"load it with: transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})", highlight=False)
 
 
@@ -504,7 +514,8 @@ def report_cmd(
     alpha: Annotated[float, typer.Option(help="Significance level, after Holm's correction across arms.")] = 0.05,
     margin: Annotated[Optional[float], typer.Option(
         help="Equivalence margin in test loss: TOST declares 'equivalent' when the difference is within +-margin.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Markdown file (or folder) to write (default: reports/<sweep>.md).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Markdown file (or folder) to write (default: reports/<sweep>.md).",
+                                                parser=a_path)] = None,
     fmt: Annotated[str, typer.Option("--format", help="markdown (file + terminal table) or json (stdout).")] = "markdown",
     allow_mismatch: Annotated[bool, typer.Option(
         "--allow-mismatch", help="Compare arms whose budgets, presets or test sets differ (stated in the report).")] = False,

@@ -32,7 +32,7 @@ import torch
 from harness import checkpoint
 from harness.errors import UserError
 from harness.files import atomic_write_bytes, atomic_write_json
-from harness.results import ResultsStore
+from harness.results import ResultsStore, guard_destination
 from model.config import ModelConfig
 
 FORMATS = ("hf",)
@@ -241,6 +241,7 @@ def export_run(run: RunRef, out: Path, fmt: str = "hf", overwrite: bool = False,
     if reasons:
         raise UserError(f"run {run.run_id} (arm {run.spec.get('arm')}) cannot be a GPT-2: " + "; ".join(reasons))
     out = Path(out).expanduser()
+    guard_destination(out, "--out", {f"run {run.run_id}'s folder (its checkpoint)": run.run_dir})
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

@@ -24,7 +24,7 @@ from harness.errors import UserError
 from harness.launch import Launcher
 from harness.adaptive import Adaptive
 from harness.record import COMPLETED, RunSpec
-from harness.results import ResultsStore
+from harness.results import ResultsStore, guard_destination
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+,=-]{0,199}")
 SWEEP_FILE_KEYS = {"name": str, "description": str, "preset": str, "arms": list, "seeds": int, "seed_list": list,
@@ -101,6 +101,9 @@ class Plan:
         if not SWEEP_NAME.fullmatch(name):
             raise UserError(f"sweep name {name!r}: use letters, digits and . _ + , = - (it names files), "
                             "starting with a letter or digit")
+        guard_destination(results, "--results", {"the training data": Path(cfg.train.data) for cfg in configs.values()
+                                                 if Path(cfg.train.data).exists()} | {"the sweeps folder": cfgmod.SWEEPS_DIR},
+                          may_contain_inputs=True)
         vary, fixed = streams
         specs = [run_spec(configs[arm], seed, budgets[arm], name, world, vary, fixed) for seed in seeds for arm in arms]
         return cls(name, preset, arms, list(seeds), budgets, specs, launcher, ResultsStore(results), notes, configs,

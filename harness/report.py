@@ -30,6 +30,7 @@ from harness.errors import UserError
 from harness.outcomes import OUTCOMES, Store, check_integrity, load_store, resolve_outcomes
 from harness.plots import aggregate_curves, make_plots, plot_noise
 from harness.record import COMPLETED
+from harness.results import CURVES, MANIFEST, RUNS, guard_destination
 from harness.render import (SIGN_CONVENTION, jsonable, md_escape, noise_to_json, render_markdown_section,
                             render_noise_section, render_noise_terminal, render_provenance, render_terminal,
                             sweep_to_json)
@@ -74,6 +75,9 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
     stderr so stdout stays machine-readable. `options`: the fields of ReportOptions."""
     opts = ReportOptions(**options)
     opts.check()
+    if out is not None:
+        root = Path(results_dir)
+        guard_destination(out, "--out", {f"the results store's {name}": root / name for name in (RUNS, CURVES, MANIFEST)})
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not allowed: use markdown or json")
     console = console or Console()

@@ -26,6 +26,7 @@ invariant (no recorded row lost, duplicated or silently altered) and share its l
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tempfile
@@ -513,3 +514,30 @@ class ResultsStore:
 def _row_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows as the runs table holds them (raises if a value does not fit its column)."""
     return pa.Table.from_pylist([{k: row.get(k) for k in RUN_SCHEMA.names} for row in rows], schema=RUN_SCHEMA)
+
+
+def is_store(folder: Path) -> bool:
+    """Whether `folder` is a results store (its run folders and a table or manifest)."""
+    return (folder / "runs").is_dir() and any((folder / name).exists() for name in (RUNS, CURVES, MANIFEST))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def guard_destination(dest: Path, flag: str, inputs: dict[str, Path] | None = None,
+                      may_contain_inputs: bool = False) -> None:
+    """An output never overwrites an input: `dest` may not lie in a results store's run folders
+    (trained weights, checkpoints, journals) or be one of its tables, nor be, lie inside or
+    (unless may_contain_inputs) contain one of the command's `inputs` (what -> path)."""
+    d = Path(os.path.abspath(Path(dest).expanduser()))
+    for store in (d, *d.parents):
+        if not is_store(store):
+            continue
+        if _inside(d, store / "runs") or d in {store / RUNS, store / CURVES, store / MANIFEST}:
+            raise UserError(f"{flag} {dest}: that is inside the results store {store} (its runs and tables are "
+                            "written only by harness); choose a folder outside it")
+    for what, path in (inputs or {}).items():
+        p = Path(os.path.abspath(Path(path).expanduser()))
+        if _inside(d, p) or (not may_contain_inputs and _inside(p, d)):
+            raise UserError(f"{flag} {dest}: that would overwrite {what} ({p}); choose another destination")
