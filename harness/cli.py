@@ -7,6 +7,7 @@ the library. About 530 lines because there are twelve commands, not because it h
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -34,8 +35,10 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override any config key for every arm, e.g. --set lr=1e-3 (repeatable).")]
 
 
-def a_path(text: str) -> Path:
+def a_path(text: str | Path) -> Path:
     """A path option's value: an empty one is refused, not taken as the current folder."""
+    if isinstance(text, Path):  # a default
+        return text
     if not text.strip():
         raise typer.BadParameter("an empty path; give a folder (use . for the current one)")
     return Path(text)
@@ -71,6 +74,8 @@ def command(name: str, group: typer.Typer = app):
                 for key, value in kwargs.items():  # every number a user gives is bounded before use
                     if isinstance(value, int) and not isinstance(value, bool):
                         check_int(key, value)
+                    if isinstance(value, float) and not math.isfinite(value):
+                        raise UserError(f"--{key.replace('_', '-')} {value}: must be a finite number")
                 rv = fn(*args, **kwargs)
             except UserError as err:
                 err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
@@ -490,8 +495,10 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ):
     """Runs done, running, queued, failed and diverged, per arm of each sweep."""
+    from harness.results import require_folder
     from harness.status import print_status, status_payload, sweep_names
 
+    require_folder(results)
     if sweep is not None and sweep not in sweep_names(results):
         known = ", ".join(sweep_names(results)) or "none"
         raise UserError(f"no sweep {sweep!r} in {results} (sweeps there: {known})")

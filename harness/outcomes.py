@@ -21,7 +21,7 @@ from harness.errors import UserError
 from harness.files import sha256_file
 from harness.record import COMPLETED, DIVERGED, FAILED, STATUSES, RunRow, column_kinds
 from harness.planfile import read_plan
-from harness.results import MANIFEST as STORE_MANIFEST, RUNS as RUNS_FILE, ResultsStore
+from harness.results import MANIFEST as STORE_MANIFEST, RUNS as RUNS_FILE, ResultsStore, require_folder
 
 RUN_KINDS = column_kinds(RunRow)  # every column of the run record: int, float or str
 RUN_REQUIRED = ("sweep", "arm", "seed", "status", "test_loss")
@@ -86,9 +86,7 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
     if not results_dir.exists():
         raise UserError(f"no results: folder {results_dir} does not exist (run `harness sweep` "
                         "first, or point --results at a results folder)")
-    if not results_dir.is_dir():
-        raise UserError(f"no results: {results_dir} is not a folder (expected a results folder "
-                        f"holding {RUNS_FILE})")
+    require_folder(results_dir)
     if (results_dir / STORE_MANIFEST).exists():
         # a store written by harness: tables failing their checksums are quarantined and rebuilt first
         ResultsStore(results_dir, warn=_warn).check()

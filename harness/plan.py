@@ -24,7 +24,7 @@ from harness.errors import UserError
 from harness.launch import Launcher
 from harness.adaptive import Adaptive
 from harness.record import COMPLETED, RunSpec
-from harness.results import ResultsStore, guard_destination
+from harness.results import ResultsStore, guard_destination, require_folder
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+,=-]{0,199}")
 SWEEP_FILE_KEYS = {"name": str, "description": str, "preset": str, "arms": list, "seeds": int, "seed_list": list,
@@ -101,6 +101,7 @@ class Plan:
         if not SWEEP_NAME.fullmatch(name):
             raise UserError(f"sweep name {name!r}: use letters, digits and . _ + , = - (it names files), "
                             "starting with a letter or digit")
+        require_folder(results)
         guard_destination(results, "--results", {"the training data": Path(cfg.train.data) for cfg in configs.values()
                                                  if Path(cfg.train.data).exists()} | {"the sweeps folder": cfgmod.SWEEPS_DIR},
                           may_contain_inputs=True)

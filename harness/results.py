@@ -516,6 +516,12 @@ def _row_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([{k: row.get(k) for k in RUN_SCHEMA.names} for row in rows], schema=RUN_SCHEMA)
 
 
+def require_folder(results: Path) -> None:
+    """One message, for every command, for a --results that is something other than a folder."""
+    if Path(results).exists() and not Path(results).is_dir():
+        raise UserError(f"--results {results} is not a folder (expected a results folder holding {RUNS})")
+
+
 def is_store(folder: Path) -> bool:
     """Whether `folder` is a results store (its run folders and a table or manifest)."""
     return (folder / "runs").is_dir() and any((folder / name).exists() for name in (RUNS, CURVES, MANIFEST))
