@@ -193,6 +193,11 @@ def resolve_outcomes(runs: pd.DataFrame) -> pd.DataFrame:
     return chosen.drop(columns=["_priority", "_order", "_attempt"]).reset_index(drop=True)
 
 
+def _seed_list(seeds) -> str:
+    ordered = sorted(int(s) for s in seeds)
+    return ", ".join(map(str, ordered[:8])) + (f" and {len(ordered) - 8} more" if len(ordered) > 8 else "")
+
+
 def check_integrity(outcomes: pd.DataFrame, arms: Sequence[str]) -> list[str]:
     """Mismatches between the compared arms that make a comparison invalid (human-readable)."""
     done = outcomes[outcomes["outcome"].eq(COMPLETED) & outcomes["arm"].isin(list(arms))]
@@ -204,9 +209,15 @@ def check_integrity(outcomes: pd.DataFrame, arms: Sequence[str]) -> list[str]:
         per_arm = vals.groupby(done["arm"]).unique()
         distinct = set().union(*[set(v) for v in per_arm]) if len(per_arm) else set()
         if len(distinct) > 1:
-            detail = ", ".join(f"{a}: {'/'.join(sorted(map(str, v)))}"
-                               for a, v in per_arm.items())
-            problems.append(f"{label} differs ({detail})")
+            mixed = [a for a, v in per_arm.items() if len(v) > 1]
+            if mixed:  # within an arm: say which seeds have which, since pairing by seed is what breaks
+                seeds = done["seed"].groupby([done["arm"], vals]).unique()
+                detail = "; ".join(f"{a}: " + ", ".join(f"{v} (seeds {_seed_list(seeds[(a, v)])})"
+                                                        for v in sorted(per_arm[a], key=str)) for a in mixed)
+                problems.append(f"{label} differs across seeds ({detail})")
+            else:
+                detail = ", ".join(f"{a}: {'/'.join(sorted(map(str, v)))}" for a, v in per_arm.items())
+                problems.append(f"{label} differs between arms ({detail})")
     hashes = done.groupby("arm")["config_hash"].unique()
     for arm, vals in hashes.items():
         vals = [v for v in vals if v]
