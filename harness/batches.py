@@ -31,6 +31,9 @@ def epochs_needed(tokens_budget: int, split_len: int, context_length: int) -> fl
 
 def check_epochs(tokens_budget: int, split_len: int, context_length: int, allow_repeat: bool) -> float:
     """epochs_needed, raising UserError when it exceeds one and repeating data was not allowed."""
+    if n_windows(split_len, context_length) == 0:
+        raise UserError(f"the train split has {split_len:,} tokens, fewer than context_length + 1 = "
+                        f"{context_length + 1}: not one training window; use a larger corpus or a shorter context")
     epochs = epochs_needed(tokens_budget, split_len, context_length)
     if epochs > 1 and not allow_repeat:
         raise UserError(

@@ -22,6 +22,7 @@ from rich.table import Table
 from harness import config as cfgmod
 from harness.bounds import check_int
 from harness.errors import UserError
+from harness.files import environment_failure
 from harness.placement import parse_jobs
 
 app = typer.Typer(help="Seed-sweep benchmarking for from-scratch GPT-2 training: did this change "
@@ -79,6 +80,14 @@ def command(name: str, group: typer.Typer = app):
                 rv = fn(*args, **kwargs)
             except UserError as err:
                 err_console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+            except OSError as err:  # the machine's failure (disk full, permissions) where no write wrapped it
+                if not environment_failure(err):
+                    raise
+                where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+                err_console.print(f"[red]error:[/red] {escape(err.strerror or str(err))}{escape(where)}; what is "
+                                  "recorded is intact: free space (or fix permissions) and run the same command again",
+                                  highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:
                 err_console.print("interrupted", highlight=False)

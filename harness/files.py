@@ -9,6 +9,7 @@ Standard library only, so the training worker can use it without importing pyarr
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -27,6 +28,18 @@ class WriteError(UserError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "write failed"
+
+
+# the machine's failures, not a run's: a full disk or quota, a read-only or forbidden folder, no file handles
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.EMFILE, errno.ENFILE})
+
+
+def environment_failure(err: BaseException) -> bool:
+    """Whether an exception is the machine failing (disk full, permissions ...), by errno, or by
+    message where a library (pyarrow) raises OSError without one."""
+    return isinstance(err, OSError) and (err.errno in ENVIRONMENT_ERRNOS
+                                         or "No space left on device" in str(err) or "Disk quota exceeded" in str(err))
 
 
 def write_error(path: Path, err: OSError, what: str = "") -> WriteError:

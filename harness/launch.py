@@ -41,7 +41,8 @@ from harness.errors import UserError
 from harness.files import WriteError, atomic_write_bytes, quarantine, write_error
 from harness.placement import Slot, auto_jobs, slots
 from harness.procs import RunLock, interrupted, kill_stale_workers, kill_tree, spawn
-from harness.record import FAILED, RunResult, RunRow, RunSpec, parse_progress
+from harness.record import (CONFIG, ENVIRONMENT, FAILED, UNRUNNABLE, RunResult, RunRow, RunSpec, find_stopped,
+                            parse_progress)
 from harness.results import ResultsStore
 from harness.versions import git_commit, versions
 
@@ -295,12 +296,21 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
     elif stalled is not None:
         result = _failed(stalled)
     else:
-        stopped_by = interrupt_signal(returncode, _attempt_text(log))
+        text = _attempt_text(log)
+        stopped_by = interrupt_signal(returncode, text)
         if stopped_by is not None:
             _notice(f"run {spec.run_id} was interrupted by {stopped_by}; it resumes from its checkpoint "
                     "when run again (not counted as a failed attempt)", log)
             return Outcome(None, log, interrupted=stopped_by)
-        result = _failed(_failure_reason(log, returncode))
+        why = find_stopped(text)
+        if why is not None and why[0] == ENVIRONMENT:  # the machine's failure: nothing is counted
+            raise WriteError(f"run {spec.run_id} stopped: {why[1]}; nothing was recorded, and the run resumes from "
+                             "its last checkpoint when the same command runs again (once there is space)")
+        if why is not None and why[0] == CONFIG:
+            result = RunResult(status=UNRUNNABLE, reason=why[1], versions=versions(),
+                               finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        else:
+            result = _failed(_failure_reason(log, returncode))
     row = RunRow.of(spec, attempt, result, git_commit=git_commit(), started_at=started, run_dir=str(run_dir))
     try:
         if launcher.records:

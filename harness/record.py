@@ -2,10 +2,14 @@
 
   RunSpec      fixed before launch, written to runs/<id>/spec.json; the worker trains exactly it
   PROGRESS     the line format the worker prints while training and the parent parses
+  STOPPED      the line a worker prints when it stops on an error that is not the run's: the
+               machine's (disk full, read-only, permissions: not counted, the run resumes) or the
+               configuration's (the run can never run as planned: recorded unrunnable, not retried)
   RunResult    what the worker measured, written to runs/<id>/result.json at the end
   RunRow       one attempt's row in runs.parquet: who (the spec), which attempt, and the result
   CurvePoint   one point of a loss curve in curves.parquet
-  statuses     completed, diverged, failed; FINAL ones are never retried (training is deterministic)
+  statuses     completed, diverged, unrunnable, failed; FINAL ones are never retried (training is
+               deterministic, and so is a configuration that cannot run)
   RetryPolicy  when a run still has to run, and when it has settled
 
 The Parquet schemas are derived from these dataclasses, so a new per-run metric is one field of
@@ -22,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, get_type_hints
 
-COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
-STATUSES = (COMPLETED, DIVERGED, FAILED)
-FINAL = (COMPLETED, DIVERGED)  # outcomes that are not retried: training is deterministic
+COMPLETED, DIVERGED, UNRUNNABLE, FAILED = "completed", "diverged", "unrunnable", "failed"
+STATUSES = (COMPLETED, DIVERGED, UNRUNNABLE, FAILED)
+FINAL = (COMPLETED, DIVERGED, UNRUNNABLE)  # outcomes that are not retried: each would happen again
 
 PROGRESS = "PROGRESS "  # prefix of the worker's progress lines: PROGRESS {"step": .., "steps": .., ...}
 
@@ -32,6 +36,28 @@ PROGRESS = "PROGRESS "  # prefix of the worker's progress lines: PROGRESS {"step
 def progress_line(step: int, steps: int, tokens: int, loss: float, tokens_per_s: float) -> str:
     return PROGRESS + json.dumps({"step": step, "steps": steps, "tokens": tokens, "loss": loss,
                                   "tokens_per_s": tokens_per_s})
+
+
+STOPPED = "HARNESS-STOPPED "  # STOPPED {"kind": "environment" | "config", "message": ...}
+ENVIRONMENT, CONFIG = "environment", "config"
+
+
+def stopped_line(kind: str, message: str) -> str:
+    return STOPPED + json.dumps({"kind": kind, "message": message})
+
+
+def find_stopped(text: str) -> tuple[str, str] | None:
+    """(kind, message) of the last STOPPED line in a worker's output (torchrun may prefix it)."""
+    for line in reversed(text.splitlines()):
+        at = line.find(STOPPED)
+        if at < 0:
+            continue
+        try:
+            value = json.loads(line[at + len(STOPPED):])
+            return str(value["kind"]), str(value["message"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def parse_progress(line: str) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ from harness.adaptive import Adaptive, arm_states
 from harness.config import BASELINE
 from harness.planfile import read_jobs, read_plan, saved_sweeps
 from harness.procs import is_running
-from harness.record import COMPLETED, DIVERGED, parse_progress
+from harness.record import COMPLETED, DIVERGED, FINAL, parse_progress
 from harness.sequential import UNDECIDED
 from harness.results import ResultsStore
 from harness.slurmctl import SLURM_JOB_ID, SlurmUnavailable, job_states
@@ -139,7 +139,7 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
         planned += [{"run_id": r.run_id, "arm": r.arm, "seed": int(r.seed)}
                     for r in first.itertuples() if r.run_id not in known]
     jobs = read_jobs(results, sweep)
-    settled = {r["run_id"] for r in planned if {COMPLETED, DIVERGED} & set(store.history(sweep, r["run_id"]).statuses)}
+    settled = {r["run_id"] for r in planned if set(FINAL) & set(store.history(sweep, r["run_id"]).statuses)}
     slurm, slurm_error = slurm_view(jobs, [r["run_id"] for r in planned if r["run_id"] not in settled])
     out = []
     for run in planned:

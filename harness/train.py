@@ -35,9 +35,10 @@ from harness import checkpoint
 from harness.config import TrainConfig
 from harness.batches import BatchSampler, BatchShape, eval_batches
 from harness.data import load_corpus
-from harness.files import atomic_write_json
+from harness.errors import UserError
+from harness.files import atomic_write_json, environment_failure
 from harness.placement import cpu_threads
-from harness.record import COMPLETED, DIVERGED, RunResult, RunSpec, progress_line
+from harness.record import COMPLETED, CONFIG, DIVERGED, ENVIRONMENT, RunResult, RunSpec, progress_line, stopped_line
 from harness.versions import versions
 from model import GPTModel, ModelConfig, init_weights, parameter_counts, sequences_from
 
@@ -387,5 +388,18 @@ def main(spec_path: str) -> int:
     return 0
 
 
+def stop(kind: str, message: str) -> int:
+    """Tell the parent why this worker stops (harness.record.STOPPED) and exit non-zero."""
+    print(stopped_line(kind, message), flush=True)
+    return 3
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    try:
+        sys.exit(main(sys.argv[1]))
+    except OSError as err:  # WriteError included: the machine's failure, not the run's
+        if not environment_failure(err):
+            raise
+        sys.exit(stop(ENVIRONMENT, str(err)))
+    except UserError as err:  # the configuration cannot run (checked at plan time where it can be)
+        sys.exit(stop(CONFIG, str(err)))

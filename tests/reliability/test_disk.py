@@ -63,19 +63,25 @@ def test_read_only_results_folder_is_one_clear_line(tmp_path, data):
     assert not (results / "runs.parquet").exists()
 
 
-def test_disk_full_while_checkpointing_fails_the_run_cleanly_and_keeps_the_last_checkpoint(tmp_path, data):
+def test_disk_full_while_checkpointing_is_not_the_runs_failure_and_the_run_resumes(tmp_path, data):
+    """ENOSPC in the worker is the machine's failure: one line, exit 2, no failed attempt counted,
+    the last complete checkpoint kept; with space again the same command resumes from it."""
     results = tmp_path / "r"
     fault = {"role": "worker", "point": "ckpt-meta:before", "nth": 4, "action": "enospc"}
     proc = run(run_args(results, data, 0), env(fault))
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # the run failed; the CLI did not crash
-    assert "Traceback" not in proc.stdout
-    got = rows(results)
-    assert [(r["status"]) for r in got] == ["failed"]
-    assert "No space left on device" in got[0]["reason"] and "meta.json" in got[0]["reason"]
-    ckpt = Path(got[0]["run_dir"]) / "checkpoint"
-    meta = json.loads((ckpt / "meta.json").read_text())
-    assert meta["step"] == 3  # the last checkpoint that was written completely
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc)
+    assert "No space left on device" in line and "meta.json" in line and "resumes" in line
+    assert not (results / "runs.parquet").exists()  # nothing recorded: no attempt was spent
+    run_dir = next((results / "runs").iterdir())
     from harness import checkpoint
 
-    assert checkpoint.latest(Path(got[0]["run_dir"]), quarantine_bad=True)[1]["step"] == 3
-    assert not (Path(got[0]["run_dir"]) / "quarantine").exists()
+    assert checkpoint.latest(run_dir, quarantine_bad=True)[1]["step"] == 3  # the last complete checkpoint
+    assert not (run_dir / "quarantine").exists()
+
+    again = run(run_args(results, data, 0))  # space again (default --retries): it resumes and completes
+    assert again.returncode == 0, again.stdout + again.stderr
+    got = rows(results)
+    assert [(r["status"], r["attempt"]) for r in got] == [("completed", 1)]
+    resumed = (run_dir / "log.txt").read_text().split("=== attempt")[-1]
+    assert json.loads(next(ln for ln in resumed.splitlines() if ln.startswith("PROGRESS "))[9:])["step"] > 3
