@@ -35,11 +35,16 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
                                 errno.EMFILE, errno.ENFILE})
 
 
+ENVIRONMENT_MESSAGES = ("No space left on device", "Disk quota exceeded", "Read-only file system")
+
+
 def environment_failure(err: BaseException) -> bool:
-    """Whether an exception is the machine failing (disk full, permissions ...), by errno, or by
-    message where a library (pyarrow) raises OSError without one."""
-    return isinstance(err, OSError) and (err.errno in ENVIRONMENT_ERRNOS
-                                         or "No space left on device" in str(err) or "Disk quota exceeded" in str(err))
+    """Whether an exception is the machine failing (disk full, permissions ...): an OSError by its
+    errno, or any error by the OS's words where a library wraps them (pyarrow's OSError without
+    an errno, safetensors' SafetensorError "... No space left on device (os error 28)")."""
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        return True
+    return isinstance(err, Exception) and any(m in str(err) for m in ENVIRONMENT_MESSAGES)
 
 
 def write_error(path: Path, err: OSError, what: str = "") -> WriteError:

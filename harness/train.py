@@ -397,9 +397,9 @@ def stop(kind: str, message: str) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1]))
-    except OSError as err:  # WriteError included: the machine's failure, not the run's
-        if not environment_failure(err):
-            raise
-        sys.exit(stop(ENVIRONMENT, str(err)))
-    except UserError as err:  # the configuration cannot run (checked at plan time where it can be)
-        sys.exit(stop(CONFIG, str(err)))
+    except Exception as err:  # noqa: BLE001 - classified, else raised as it was
+        if environment_failure(err):  # the machine's failure (WriteError included), not the run's
+            sys.exit(stop(ENVIRONMENT, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__))
+        if isinstance(err, UserError):  # the configuration cannot run (checked at plan time where it can be)
+            sys.exit(stop(CONFIG, str(err)))
+        raise
