@@ -87,7 +87,7 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
         raise UserError(f"no results: folder {results_dir} does not exist (run `harness sweep` "
                         "first, or point --results at a results folder)")
     require_folder(results_dir)
-    if (results_dir / STORE_MANIFEST).exists():
+    if (results_dir / STORE_MANIFEST).exists() or (results_dir / "runs").is_dir():
         # a store written by harness: tables failing their checksums are quarantined and rebuilt first
         ResultsStore(results_dir, warn=_warn).check()
     infos: list[FileInfo] = []

@@ -77,6 +77,27 @@ def _parse(data: bytes, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+def _disagreement(table: pa.Table | None, rebuilt: pa.Table, name: str) -> str | None:
+    """How a table differs from its rebuild from the journals, beyond lacking some of their rows
+    (a crash between journal and table): rows no journal holds, or rows that differ from theirs."""
+    if table is None:
+        return None
+    keys = ["run_id", "attempt"] + (["step"] if name == CURVES else [])
+
+    def by_key(t: pa.Table) -> dict[tuple, str]:
+        return {tuple(r[k] for k in keys): json.dumps(r, sort_keys=True, default=str)
+                for r in t.select(rebuilt.column_names).to_pylist()}
+
+    have, want = by_key(table), by_key(rebuilt)
+    extra = [k for k in have if k not in want]
+    changed = [k for k in have if k in want and have[k] != want[k]]
+    if extra:
+        return f"holds {len(extra)} row(s) no journal entry has (e.g. run {extra[0][0]} attempt {extra[0][1]})"
+    if changed:
+        return f"holds {len(changed)} row(s) that differ from their journal entries (e.g. run {changed[0][0]})"
+    return None
+
+
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
@@ -281,6 +302,8 @@ class ResultsStore:
         cached = self._cache.get(name)
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]
+        if repair and not self.manifest_path.exists() and self._has_journal():
+            self._adopt()  # no manifest: reconcile the tables with the journals before trusting them
         table, problem, data = self._verify(name)
         if problem is None:
             if table is None:
@@ -299,19 +322,57 @@ class ResultsStore:
                 return table if table is not None else self._schema(name).empty_table()
             return self._repair(problem)[name]
 
+    def _has_journal(self) -> bool:
+        return next((self.root / "runs").glob(f"*/{ATTEMPTS}/*.json"), None) is not None
+
     def _untracked(self, name: str, data: bytes | None) -> bool:
         tables, _ = self._read_manifest()
         return data is not None and (tables is None or name not in tables)
 
     def _adopt(self) -> None:
-        """A folder written before manifests existed (or by hand): record its tables as they are."""
+        """Tables without a manifest (deleted, or a folder written before manifests existed): where
+        journals exist they are the truth (each entry carries its checksum), so a table that is
+        unreadable or disagrees with them is quarantined and both are rebuilt from them; a table
+        that only lacks some journal entries is completed from them. Then the manifest is written.
+        A folder without journals (older than them) is recorded as it is."""
         try:
             with self.locked():
                 tables, problem = self._read_manifest()
-                if problem is None and (tables is None or any(n not in tables for n in (RUNS, CURVES))):
-                    self._write_manifest({n: [self._state(n)] for n in (RUNS, CURVES)})
+                if problem is not None or (tables is not None and all(n in tables for n in (RUNS, CURVES))):
+                    return
+                journal = self.journal()
+                new_bytes = {}
+                for name in (RUNS, CURVES):
+                    current, why = self._readable(name)
+                    if why is None and not journal:
+                        continue
+                    rebuilt = self._rebuild(name, journal)
+                    why = why or _disagreement(current, rebuilt, name)
+                    if why is None and current is not None and current.num_rows == rebuilt.num_rows:
+                        continue
+                    path = self.root / name
+                    if why is not None and path.exists():
+                        moved = self.quarantine(path)
+                        self._warn(f"{path} has no manifest and {why}: rebuilt it from {len(journal)} journal "
+                                   f"entr{'y' if len(journal) == 1 else 'ies'}; the file is kept as {moved}")
+                        self._warn_unrecoverable(moved, name, journal)
+                    new_bytes[name] = _table_bytes(rebuilt)
+                for name, data in new_bytes.items():
+                    atomic_write_bytes(self.root / name, data)
+                self._write_manifest({n: [self._state(n, new_bytes.get(n))] for n in (RUNS, CURVES)})
         except (WriteError, OSError):
             pass  # a read-only folder: verification simply stays off for it
+
+    def _readable(self, name: str) -> tuple[pa.Table | None, str | None]:
+        """(the table, None), (None, None) when there is none, or (None, why it cannot be read)."""
+        try:
+            data = (self.root / name).read_bytes()
+        except FileNotFoundError:
+            return None, None
+        try:
+            return _parse(data, self._schema(name)), None
+        except Exception as err:  # noqa: BLE001 - any unparsable table is corrupt
+            return None, f"is not a readable results table ({type(err).__name__})"
 
     def _state(self, name: str, data: bytes | None = None) -> dict[str, Any]:
         if data is None:
