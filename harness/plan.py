@@ -11,6 +11,7 @@ harness.planfile.
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -145,7 +146,7 @@ class Plan:
         """`harness sweep`: arms (or one sweep file) and options; an option given wins over the file.
         An adaptive sweep plans seeds 0 .. max_seeds-1 and runs them in rounds (harness.adaptive)."""
         file: dict[str, Any] = {}
-        if len(arms) == 1 and (arms[0].endswith(".toml") or Path(arms[0]).is_file()):
+        if len(arms) == 1 and (arms[0].endswith(".toml") or os.path.isfile(arms[0])):
             file = load_sweep_file(Path(arms[0]))
             arms = file["arms"]
         if adaptive is not None:

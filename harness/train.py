@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -397,6 +398,8 @@ def stop(kind: str, message: str) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main(sys.argv[1]))
+    except KeyboardInterrupt:  # Ctrl-C reached this worker: exit as the shell reports it, so the parent
+        sys.exit(128 + signal.SIGINT)  # records the attempt as interrupted, not failed
     except Exception as err:  # noqa: BLE001 - classified, else raised as it was
         if environment_failure(err):  # the machine's failure (WriteError included), not the run's
             sys.exit(stop(ENVIRONMENT, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__))
