@@ -58,7 +58,7 @@ import numpy as np
 from filelock import FileLock
 
 from harness.errors import UserError
-from harness.files import atomic_write_bytes, fsync_dir
+from harness.files import atomic_write_bytes, fsync_dir, user_path
 from harness.shards import SHARD_DTYPE
 from harness.shards import digest as shard_digest
 from harness.tokenizers import Tokenizer, get_tokenizer
@@ -102,16 +102,16 @@ class Corpus:
 def default_cache_dir() -> Path:
     """$HARNESS_CACHE if set, else ~/.cache/harness."""
     env = os.environ.get("HARNESS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
+    return user_path(env) if env else Path.home() / ".cache" / "harness"
 
 
 def load_corpus(source: str, tokenizer_name: str, cache_dir: Path | str | None = None) -> Corpus:
     """Tokenize `source` once (or reuse its verified cache) and memory-map both splits."""
     tokenizer = get_tokenizer(tokenizer_name)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = user_path(cache_dir) if cache_dir is not None else default_cache_dir()
     if source == SHAKESPEARE:
         return _load_text(_shakespeare_source(), tokenizer, root)
-    path = Path(source).expanduser()
+    path = user_path(source)
     if not path.exists():
         raise UserError(
             f"data source {source!r} does not exist; allowed: 'shakespeare', a UTF-8 text file, "

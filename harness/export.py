@@ -31,7 +31,7 @@ import torch
 
 from harness import checkpoint
 from harness.errors import UserError
-from harness.files import atomic_write_bytes, atomic_write_json
+from harness.files import atomic_write_bytes, atomic_write_json, user_path
 from harness.results import ResultsStore, guard_destination
 from model.config import ModelConfig
 
@@ -62,7 +62,7 @@ def locate_run(ref: str, results: Path) -> RunRef:
     """A run by id (or unique id prefix) in the results folder, or by its run folder's path."""
     results = Path(results)
     runs = results / "runs"
-    path = Path(ref).expanduser()
+    path = user_path(ref)
     if path.is_dir() and (path / "spec.json").is_file():
         run_dir = path
     elif (runs / ref).is_dir():
@@ -240,7 +240,7 @@ def export_run(run: RunRef, out: Path, fmt: str = "hf", overwrite: bool = False,
     reasons = unsupported(cfg)
     if reasons:
         raise UserError(f"run {run.run_id} (arm {run.spec.get('arm')}) cannot be a GPT-2: " + "; ".join(reasons))
-    out = Path(out).expanduser()
+    out = user_path(out)
     guard_destination(out, "--out", {f"run {run.run_id}'s folder (its checkpoint)": run.run_dir})
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; give a folder")

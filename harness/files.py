@@ -30,6 +30,14 @@ class WriteError(UserError, OSError):
         return str(self.args[0]) if self.args else "write failed"
 
 
+def user_path(text: str | Path) -> Path:
+    """A path as the user wrote it, with ~ expanded where it can be ('~nobody' stays as written)."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # no such user, or no home directory
+        return Path(text)
+
+
 # the machine's failures, not a run's: a full disk or quota, a read-only or forbidden folder, no file handles
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                                 errno.EMFILE, errno.ENFILE})

@@ -48,7 +48,7 @@ from filelock import FileLock, Timeout
 from rich.console import Console
 
 from harness.errors import UserError
-from harness.files import atomic_write_json
+from harness.files import atomic_write_json, user_path
 from harness.shards import MANIFEST, PREPARED_FORMAT, SHARD_DTYPE, open_shard, read_prepared_manifest
 from harness.shards import digest as shard_digest
 from harness.tokenizers import Tokenizer, get_tokenizer
@@ -85,7 +85,7 @@ class Source:
     def local(cls, paths: list[Path], field: str = "text") -> "Source":
         files: list[Path] = []
         for path in paths:
-            path = Path(path).expanduser()
+            path = user_path(path)
             if not path.exists():
                 raise UserError(f"{str(path)!r} does not exist; give JSONL, Parquet or text files, "
                                 "or folders holding them")
@@ -303,7 +303,7 @@ def prepare(source: Source, out: Path, tokenizer: str = "gpt2", test_tokens: int
         raise UserError(f"--test-tokens must be >= 2, got {test_tokens}")
     if train_tokens is not None and train_tokens < 2:
         raise UserError(f"--train-tokens must be >= 2, got {train_tokens}")
-    out = Path(out).expanduser()
+    out = user_path(out)
     from harness.results import guard_destination
 
     guard_destination(out, "--out", {f"the input {Path(f).name}": Path(f) for f in source.files})
@@ -511,7 +511,7 @@ class _Progress:
 
 def check_tokenizer(data: str, tokenizer: str) -> None:
     """UserError when `data` is a prepared folder made with another tokenizer, or unfinished."""
-    path = Path(data).expanduser()
+    path = user_path(data)
     if not path.is_dir():
         return
     if (path / STATE).exists() and not (path / "train.bin").exists():

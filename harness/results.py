@@ -43,7 +43,8 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from harness.errors import UserError
-from harness.files import WriteError, atomic_write_bytes, atomic_write_json, quarantine, sha256_bytes, write_error
+from harness.files import (WriteError, atomic_write_bytes, atomic_write_json, quarantine, sha256_bytes, user_path,
+                           write_error)
 from harness.record import COMPLETED, CurvePoint, RunRow, arrow_schema
 
 RUN_SCHEMA = arrow_schema(RunRow)
@@ -597,7 +598,7 @@ def guard_destination(dest: Path, flag: str, inputs: dict[str, Path] | None = No
     """An output never overwrites an input: `dest` may not lie in a results store's run folders
     (trained weights, checkpoints, journals) or be one of its tables, nor be, lie inside or
     (unless may_contain_inputs) contain one of the command's `inputs` (what -> path)."""
-    d = Path(os.path.abspath(Path(dest).expanduser()))
+    d = Path(os.path.abspath(user_path(dest)))
     for store in (d, *d.parents):
         if not is_store(store):
             continue
@@ -605,6 +606,6 @@ def guard_destination(dest: Path, flag: str, inputs: dict[str, Path] | None = No
             raise UserError(f"{flag} {dest}: that is inside the results store {store} (its runs and tables are "
                             "written only by harness); choose a folder outside it")
     for what, path in (inputs or {}).items():
-        p = Path(os.path.abspath(Path(path).expanduser()))
+        p = Path(os.path.abspath(user_path(path)))
         if _inside(d, p) or (not may_contain_inputs and _inside(p, d)):
             raise UserError(f"{flag} {dest}: that would overwrite {what} ({p}); choose another destination")
