@@ -158,6 +158,7 @@ def test_bad_adaptive_options(tmp_path, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # tests/test_slurm_cluster.py runs an adaptive sweep round by round on a real Slurm in CI
 def test_an_adaptive_sweep_through_the_job_launcher_goes_round_by_round(tmp_path):
     """--launcher local runs the Slurm path's code (submitit's local executor): one round of jobs at
     a time, each decided before the next is submitted."""

@@ -147,6 +147,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+@pytest.mark.slow  # tests/test_slurm_cluster.py preempts real Slurm jobs in CI
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the job's process through /proc")
 def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     from harness import config as cfgmod
