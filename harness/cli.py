@@ -504,7 +504,7 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ):
     """Runs done, running, queued, failed and diverged, per arm of each sweep."""
-    from harness.results import require_folder
+    from harness.outputs import require_folder
     from harness.status import print_status, status_payload, sweep_names
 
     require_folder(results)

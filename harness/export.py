@@ -32,7 +32,8 @@ import torch
 from harness import checkpoint
 from harness.errors import UserError
 from harness.files import atomic_write_bytes, atomic_write_json, user_path
-from harness.results import ResultsStore, guard_destination
+from harness.outputs import guard_destination
+from harness.results import ResultsStore
 from model.config import ModelConfig
 
 FORMATS = ("hf",)

@@ -21,7 +21,8 @@ from harness.errors import UserError
 from harness.files import sha256_file
 from harness.record import COMPLETED, DIVERGED, FAILED, STATUSES, RunRow, column_kinds
 from harness.planfile import read_plan
-from harness.results import MANIFEST as STORE_MANIFEST, RUNS as RUNS_FILE, ResultsStore, require_folder
+from harness.outputs import require_folder
+from harness.results import MANIFEST as STORE_MANIFEST, RUNS as RUNS_FILE, ResultsStore
 
 RUN_KINDS = column_kinds(RunRow)  # every column of the run record: int, float or str
 RUN_REQUIRED = ("sweep", "arm", "seed", "status", "test_loss")

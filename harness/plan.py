@@ -25,7 +25,8 @@ from harness.errors import UserError
 from harness.launch import Launcher
 from harness.adaptive import Adaptive
 from harness.record import COMPLETED, RunSpec
-from harness.results import ResultsStore, guard_destination, require_folder
+from harness.outputs import guard_destination, require_folder
+from harness.results import ResultsStore
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+,=-]{0,199}")
 SWEEP_FILE_KEYS = {"name": str, "description": str, "preset": str, "arms": list, "seeds": int, "seed_list": list,

@@ -304,7 +304,7 @@ def prepare(source: Source, out: Path, tokenizer: str = "gpt2", test_tokens: int
     if train_tokens is not None and train_tokens < 2:
         raise UserError(f"--train-tokens must be >= 2, got {train_tokens}")
     out = user_path(out)
-    from harness.results import guard_destination
+    from harness.outputs import guard_destination
 
     guard_destination(out, "--out", {f"the input {Path(f).name}": Path(f) for f in source.files})
     if out.exists() and not out.is_dir():

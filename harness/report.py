@@ -30,7 +30,8 @@ from harness.errors import UserError
 from harness.outcomes import OUTCOMES, Store, check_integrity, load_store, resolve_outcomes
 from harness.plots import aggregate_curves, make_plots, plot_noise
 from harness.record import COMPLETED
-from harness.results import CURVES, MANIFEST, RUNS, guard_destination
+from harness.outputs import guard_destination
+from harness.results import CURVES, MANIFEST, RUNS
 from harness.render import (SIGN_CONVENTION, jsonable, md_escape, noise_to_json, render_markdown_section,
                             render_noise_section, render_noise_terminal, render_provenance, render_terminal,
                             sweep_to_json)

@@ -15,18 +15,21 @@ Integrity: a row is first written to its run's journal, then to the tables, then
 records the tables' new checksums (while the tables are being swapped it accepts the old and the
 new ones, so a crash in between is not mistaken for corruption). Every read verifies the table's
 bytes against the manifest; a table that is torn, bit-flipped or missing is moved to quarantine/
-with a warning naming its path and rebuilt from the journals, so no recorded row is lost. A write
+with a warning naming its path and rebuilt from the journals, so no recorded row is lost. Without
+a manifest (deleted by hand) the journals, which carry their own checksums, are the truth: a table
+that is unreadable or disagrees with them is quarantined and rebuilt, one that lacks some of their
+rows is completed. A write
 that fails (full or read-only disk) leaves the previous files intact and raises WriteError, a
 UserError the CLI prints as one line.
 
-One module (about 500 lines): verification, repair, the journal and the queries all guard one
-invariant (no recorded row lost, duplicated or silently altered) and share its lock.
+One module (about 600 lines): verification, repair, the journal and the queries all guard one
+invariant (no recorded row lost, duplicated or silently altered) and share its lock. Where other
+commands may write, given this layout, is harness.outputs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import tempfile
@@ -43,8 +46,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from harness.errors import UserError
-from harness.files import (WriteError, atomic_write_bytes, atomic_write_json, quarantine, sha256_bytes, user_path,
-                           write_error)
+from harness.files import WriteError, atomic_write_bytes, atomic_write_json, quarantine, sha256_bytes, write_error
 from harness.record import COMPLETED, CurvePoint, RunRow, arrow_schema
 
 RUN_SCHEMA = arrow_schema(RunRow)
@@ -576,36 +578,3 @@ class ResultsStore:
 def _row_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows as the runs table holds them (raises if a value does not fit its column)."""
     return pa.Table.from_pylist([{k: row.get(k) for k in RUN_SCHEMA.names} for row in rows], schema=RUN_SCHEMA)
-
-
-def require_folder(results: Path) -> None:
-    """One message, for every command, for a --results that is something other than a folder."""
-    if Path(results).exists() and not Path(results).is_dir():
-        raise UserError(f"--results {results} is not a folder (expected a results folder holding {RUNS})")
-
-
-def is_store(folder: Path) -> bool:
-    """Whether `folder` is a results store (its run folders and a table or manifest)."""
-    return (folder / "runs").is_dir() and any((folder / name).exists() for name in (RUNS, CURVES, MANIFEST))
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def guard_destination(dest: Path, flag: str, inputs: dict[str, Path] | None = None,
-                      may_contain_inputs: bool = False) -> None:
-    """An output never overwrites an input: `dest` may not lie in a results store's run folders
-    (trained weights, checkpoints, journals) or be one of its tables, nor be, lie inside or
-    (unless may_contain_inputs) contain one of the command's `inputs` (what -> path)."""
-    d = Path(os.path.abspath(user_path(dest)))
-    for store in (d, *d.parents):
-        if not is_store(store):
-            continue
-        if _inside(d, store / "runs") or d in {store / RUNS, store / CURVES, store / MANIFEST}:
-            raise UserError(f"{flag} {dest}: that is inside the results store {store} (its runs and tables are "
-                            "written only by harness); choose a folder outside it")
-    for what, path in (inputs or {}).items():
-        p = Path(os.path.abspath(user_path(path)))
-        if _inside(d, p) or (not may_contain_inputs and _inside(p, d)):
-            raise UserError(f"{flag} {dest}: that would overwrite {what} ({p}); choose another destination")

@@ -42,7 +42,18 @@ LAUNCHERS = ("torchrun", "local", "slurm")
 DEFAULT_SLURM_TIME = "24:00:00"
 DEFAULT_LOCAL_TIME_MIN = 7 * 24 * 60
 SIGNAL_DELAY_S = 120  # USR2 before the time limit (a quarter of the limit when that is shorter)
-POLL_S = 5.0  # seconds between two squeue calls while waiting
+POLL_S = 5.0  # seconds between two squeue calls while waiting (HARNESS_SLURM_POLL_S overrides it)
+
+
+def poll_seconds() -> float:
+    raw = os.environ.get("HARNESS_SLURM_POLL_S", "").strip()
+    try:
+        value = float(raw) if raw else POLL_S
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 3600:
+        raise UserError(f"HARNESS_SLURM_POLL_S={raw!r}: expected seconds between 0 and 3600")
+    return value
 
 
 # ----------------------------------------------------------------------------- options
@@ -358,13 +369,14 @@ def _wait_for_slurm(store: ResultsStore, watched: dict[str, tuple[RunSpec, str]]
     the queue; then each run's outcome is what the results store holds."""
     from harness.sweep import describe
 
+    poll = poll_seconds()
     try:
         while watched:
-            time.sleep(POLL_S)
+            time.sleep(poll)
             try:
                 states = job_states([job for _, job in watched.values()])
             except SlurmUnavailable as err:
-                console.print(f"[yellow]{err}[/yellow]; asking again in {POLL_S:g} s")
+                console.print(f"[yellow]{err}[/yellow]; asking again in {poll:g} s")
                 continue
             for run_id, (spec, job) in list(watched.items()):
                 state = states.get(job)

@@ -1,8 +1,9 @@
-"""Shared test helpers: a per-session token cache, the CLI as a user runs it (cli: a subprocess;\ninvoke: in this process), and flip_bit to damage a file."""
+"""Shared test helpers: a small corpus, a per-session token cache, the CLI as a user runs it (cli: a subprocess;\ninvoke: in this process), and flip_bit to damage a file."""
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def corpus(folder: Path) -> Path:
+    """A deterministic ~48 KB text: enough for 3,000-token micro runs, with a small test split so
+    evaluation takes milliseconds (the embedded Shakespeare's test split takes seconds)."""
+    path = folder / "corpus.txt"
+    if not path.exists():
+        rng = random.Random(7)
+        words = ["the", "king", "shall", "speak", "of", "love", "and", "war", "my", "lord", "thou", "art",
+                 "a", "fool", "night", "day", "sweet", "prince", "honour", "crown", "blood", "fair"]
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + "."
+                 for _ in range(1100)]
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """corpus() once per session: for end-to-end tests whose runs need not read Shakespeare."""
+    return corpus(tmp_path_factory.mktemp("small-corpus"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -113,12 +113,13 @@ def test_pairing_gain_of_the_demo_figures():
     assert math.isnan(pairing_gain(arm[:2], base[:2]).variance_ratio)
 
 
-ADAPTIVE = ["sweep", "qkv_bias", "weight_tying", "--until-decided", "--min-seeds", "2", "--max-seeds", "4",
+ADAPTIVE_ARGS = ["sweep", "qkv_bias", "weight_tying", "--until-decided", "--min-seeds", "2", "--max-seeds", "4",
             "--preset", "micro", "--tokens", "3000"]
 
 
-def test_an_adaptive_sweep_end_to_end(tmp_path):
+def test_an_adaptive_sweep_end_to_end(tmp_path, small_corpus):
     results = str(tmp_path / "r")
+    ADAPTIVE = [*ADAPTIVE_ARGS, "--data", str(small_corpus)]
     plan = cli(*ADAPTIVE, "--dry-run", "--results", results, check=True).stdout
     assert "runs at most: 12" in plan and "runs expected: unknown" in plan
     out = cli(*ADAPTIVE, "--results", results, check=True).stdout

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import cli
+from conftest import cli, invoke
 from harness.noise import ALL, REPLICATE, components, paired_components, sd_interval
 
 
@@ -49,9 +49,9 @@ def test_shares_and_the_paired_difference_per_source():
     assert math.isnan(sd_interval([1.0])[1])
 
 
-def test_a_noise_study_end_to_end(tmp_path):
+def test_a_noise_study_end_to_end(tmp_path, small_corpus):
     args = ["noise", "--preset", "micro", "--seeds", "2", "--arm", "qkv_bias", "--tokens", "2000",
-            "--results", str(tmp_path / "r")]
+            "--data", str(small_corpus), "--results", str(tmp_path / "r")]
     dry = cli(*args, "--dry-run", check=True).stdout
     assert "20 runs" in dry and "noise study" in dry
     out = cli(*args, check=True).stdout
@@ -76,15 +76,16 @@ def test_a_noise_study_end_to_end(tmp_path):
     assert again.count("already in the store") == 20
 
 
-def test_sub_seeds_by_hand_are_recorded(tmp_path):
-    common = ["run", "--preset", "micro", "--seed", "3", "--tokens", "2000", "--results", str(tmp_path)]
-    cli(*common, "--vary", "data", check=True)
-    cli(*common, "--init-seed", "1234", check=True)
+def test_sub_seeds_by_hand_are_recorded(tmp_path, small_corpus):
+    data = ["--set", f"data={small_corpus}"]
+    common = ["run", "--preset", "micro", "--seed", "3", "--tokens", "2000", *data, "--results", str(tmp_path)]
+    assert invoke(*common, "--vary", "data")[0] == 0
+    assert invoke(*common, "--init-seed", "1234")[0] == 0
     rows = pd.read_parquet(tmp_path / "runs.parquet").set_index("vary")
-    ordinary = cli("run", "--preset", "micro", "--seed", "0", "--tokens", "2000", "--results", str(tmp_path / "o"),
-                   check=True)
+    ordinary = invoke("run", "--preset", "micro", "--seed", "0", "--tokens", "2000", *data, "--results",
+                      str(tmp_path / "o"))
     zero = pd.read_parquet(tmp_path / "o" / "runs.parquet").iloc[0]
-    assert ordinary.returncode == 0 and rows.loc["data", "init_seed"] == zero["init_seed"]  # held at seed 0's
+    assert ordinary[0] == 0 and rows.loc["data", "init_seed"] == zero["init_seed"]  # held at seed 0's
     assert rows.loc["data", "data_seed"] != zero["data_seed"] and rows.loc["data", "dropout_seed"] == zero["dropout_seed"]
     fixed = rows.loc[""]
     assert fixed["init_seed"] == 1234 and "-s3-" in fixed["run_id"]

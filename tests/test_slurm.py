@@ -111,6 +111,7 @@ def test_slurm_submission_writes_one_job_array(tmp_path, monkeypatch):
     assert status["totals"] == {"queued": 4} and status["runs"][0]["detail"] == "Slurm job 4242_0 pending (Priority)"
 
 
+@pytest.mark.slow  # the same job code runs on a real Slurm in CI (tests/test_slurm_cluster.py)
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is None, reason="needs harness[tensorboard]")
 def test_local_launcher_runs_the_sweep_like_torchrun(tmp_path):
     results = tmp_path / "results"

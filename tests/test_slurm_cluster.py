@@ -19,8 +19,19 @@ from conftest import REPO, cli, invoke
 from slurmkit import ClusterUnavailable, SlurmCluster
 
 pytest.importorskip("submitit")
-MICRO = ["--preset", "micro", "--tokens", "1500"]
-LONG = ["--preset", "micro", "--tokens", "204800", "--set", "checkpoint_every=50"]  # 800 steps, ~8 s
+
+
+@pytest.fixture(scope="module")
+def micro(small_corpus) -> list[str]:
+    """A few-second run on the small corpus (its test split evaluates in milliseconds)."""
+    return ["--preset", "micro", "--tokens", "1500", "--set", f"data={small_corpus}"]
+
+
+@pytest.fixture(scope="module")
+def long_run(small_corpus) -> list[str]:
+    """800 steps (about 8 s) with a checkpoint every 50: long enough to be preempted half-way."""
+    return ["--preset", "micro", "--tokens", "204800", "--set", "checkpoint_every=50", "--set",
+            f"data={small_corpus}", "--set", "allow_repeat=true"]
 
 
 def _start(tmp_path_factory, gpus: int) -> SlurmCluster:
@@ -45,7 +56,7 @@ def gpu_cluster(tmp_path_factory):
 
 
 def harness(cluster: SlurmCluster, *args: str, check: bool = True, timeout: float = 600):
-    return cli(*args, env=cluster.env, check=check, timeout=timeout)
+    return cli(*args, env=cluster.env | {"HARNESS_SLURM_POLL_S": "1"}, check=check, timeout=timeout)
 
 
 def scripts(results: Path) -> list[str]:
@@ -67,10 +78,10 @@ def status(cluster: SlurmCluster, results: Path, sweep: str) -> dict:
     return json.loads(harness(cluster, "status", "--json", "--results", str(results)).stdout)[sweep]
 
 
-def test_adaptive_sweep_on_a_cpu_only_partition(cpu_cluster, tmp_path):
+def test_adaptive_sweep_on_a_cpu_only_partition(cpu_cluster, tmp_path, micro):
     """No GPUs asked of a partition without any; round by round; quiet waiting without accounting."""
     results = tmp_path / "results"
-    proc = harness(cpu_cluster, "sweep", "qkv_bias", *MICRO, "--until-decided", "--min-seeds", "2",
+    proc = harness(cpu_cluster, "sweep", "qkv_bias", *micro, "--until-decided", "--min-seeds", "2",
                    "--max-seeds", "2", "--launcher", "slurm", "--wait", "--name", "cpu", "--results", str(results))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "sacct" not in proc.stdout + proc.stderr and "Warning" not in proc.stderr
@@ -83,18 +94,18 @@ def test_adaptive_sweep_on_a_cpu_only_partition(cpu_cluster, tmp_path):
     assert "qkv_bias" in report.stdout
 
 
-def test_sweep_on_a_gpu_partition(gpu_cluster, tmp_path):
+def test_sweep_on_a_gpu_partition(gpu_cluster, tmp_path, micro):
     results = tmp_path / "results"
-    harness(gpu_cluster, "sweep", "qkv_bias", "--seeds", "1", *MICRO, "--launcher", "slurm", "--wait",
+    harness(gpu_cluster, "sweep", "qkv_bias", "--seeds", "1", *micro, "--launcher", "slurm", "--wait",
             "--name", "gpu", "--results", str(results))
     assert set(rows(results)["status"]) == {"completed"}
     assert any("#SBATCH --gpus-per-node=1\n" in s for s in scripts(results))
     assert status(gpu_cluster, results, "gpu")["totals"] == {"done": 2}
 
 
-def test_status_asks_slurm_and_a_second_sweep_submits_nothing_twice(cpu_cluster, tmp_path):
+def test_status_asks_slurm_and_a_second_sweep_submits_nothing_twice(cpu_cluster, tmp_path, long_run):
     results = tmp_path / "results"
-    args = ["sweep", "qkv_bias", "--seeds", "2", *LONG, "--launcher", "slurm", "--slurm-array-parallelism", "1",
+    args = ["sweep", "qkv_bias", "--seeds", "2", *long_run, "--launcher", "slurm", "--slurm-array-parallelism", "1",
             "--name", "st", "--results", str(results)]
     first = harness(cpu_cluster, *args)
     assert "submitted 4 runs" in first.stdout
@@ -114,15 +125,15 @@ def test_status_asks_slurm_and_a_second_sweep_submits_nothing_twice(cpu_cluster,
     cpu_cluster.run("scancel", "--name", "harness-st")
 
 
-def test_preemption_by_requeue_and_by_usr2_resumes_bit_identically(cpu_cluster, tmp_path):
-    """The array's first job is requeued by `scontrol requeue`, its second signalled USR2 (as before a
-    time limit or on preemption): both resume from their checkpoints to the uninterrupted test loss."""
+def test_preemption_by_requeue_and_by_usr2_resumes_bit_identically(cpu_cluster, tmp_path, long_run):
+    """The array's two jobs run at once; the first is requeued by `scontrol requeue`, the second
+    signalled USR2 (as before a time limit or on preemption): both resume from their checkpoints
+    to the uninterrupted test loss."""
     results, reference = tmp_path / "results", tmp_path / "reference"
-    args = ["qkv_bias", "--seeds", "1", *LONG]
+    args = ["qkv_bias", "--seeds", "1", *long_run]
     local = subprocess.Popen([sys.executable, "-m", "harness", "sweep", *args, "--jobs", "1", "--results",
                               str(reference)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    harness(cpu_cluster, "sweep", *args, "--launcher", "slurm", "--slurm-array-parallelism", "1", "--name", "pre",
-            "--results", str(results))
+    harness(cpu_cluster, "sweep", *args, "--launcher", "slurm", "--name", "pre", "--results", str(results))
     jobs = {job: run_id for run_id, job in json.loads((results / "sweeps" / "pre.jobs.json").read_text()).items()}
     for job, preempt in zip(sorted(jobs), (["scontrol", "requeue"], ["scancel", "--signal=USR2"])):
         meta = results / "runs" / jobs[job] / "checkpoint" / "meta.json"
@@ -142,10 +153,11 @@ def test_preemption_by_requeue_and_by_usr2_resumes_bit_identically(cpu_cluster, 
 
 
 @pytest.mark.slow
-def test_a_real_time_limit_requeues_and_resumes(cpu_cluster, tmp_path):
+def test_a_real_time_limit_requeues_and_resumes(cpu_cluster, tmp_path, small_corpus):
     """--time 1: Slurm signals USR2 before the limit, the job is requeued and resumes (about 3 minutes)."""
     results, reference = tmp_path / "results", tmp_path / "reference"
-    args = ["--seeds", "1", "--preset", "micro", "--tokens", "9000000", "--set", "checkpoint_every=200"]
+    args = ["--seeds", "1", "--preset", "micro", "--tokens", "9000000", "--set", "checkpoint_every=200",
+            "--set", f"data={small_corpus}", "--set", "allow_repeat=true"]
     harness(cpu_cluster, "sweep", "qkv_bias", *args, "--launcher", "slurm", "--time", "1", "--wait",
             "--name", "tl", "--results", str(results), timeout=900)
     harness(cpu_cluster, "sweep", "qkv_bias", *args, "--jobs", "2", "--results", str(reference), timeout=900)
@@ -155,11 +167,11 @@ def test_a_real_time_limit_requeues_and_resumes(cpu_cluster, tmp_path):
     assert all((results / "runs" / r / "log.txt").read_text().count("=== attempt") >= 2 for r in got["run_id"])
 
 
-def test_slurm_refusals_are_one_line_and_leave_nothing_submitted(cpu_cluster, tmp_path, monkeypatch):
+def test_slurm_refusals_are_one_line_and_leave_nothing_submitted(cpu_cluster, tmp_path, monkeypatch, micro):
     from harness.status import status_payload
 
     results = tmp_path / "results"
-    common = ["sweep", "qkv_bias", "--seeds", "1", *MICRO, "--launcher", "slurm", "--name", "x", "--results", str(results)]
+    common = ["sweep", "qkv_bias", "--seeds", "1", *micro, "--launcher", "slurm", "--name", "x", "--results", str(results)]
     cases = [
         (None, [], r"sinfo failed: .*configuration"),  # no SLURM_CONF and no /etc/slurm/slurm.conf
         (str(cpu_cluster.conf), ["--partition", "nope"], r"--partition 'nope': Slurm has no such partition \(it has: cpu\)"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -14,26 +13,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import corpus  # noqa: F401 - the reliability suite's corpus is the shared one
+
 from harness.procs import sigkill
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK = Path(__file__).resolve().parent / "faulthook"
 MICRO = ["--preset", "micro", "--tokens", "3000"]
 FIGURES = os.environ.get("HARNESS_RELIABILITY_FIGURES")  # a JSON-lines file the suite appends its figures to
-
-
-def corpus(folder: Path) -> Path:
-    """A deterministic ~48 KB text: enough for 3,000-token micro runs, with a small test split so
-    evaluation takes milliseconds (the embedded Shakespeare's test split takes seconds)."""
-    path = folder / "corpus.txt"
-    if not path.exists():
-        rng = random.Random(7)
-        words = ["the", "king", "shall", "speak", "of", "love", "and", "war", "my", "lord", "thou", "art",
-                 "a", "fool", "night", "day", "sweet", "prince", "honour", "crown", "blood", "fair"]
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + "."
-                 for _ in range(1100)]
-        path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def sweep_args(results: Path, data: Path, seeds: int = 1, arms=("qkv_bias",), extra=()) -> list[str]:

@@ -303,8 +303,8 @@ PARENT_WITHOUT_CTRL_C = ("import runpy, signal, sys; signal.signal(signal.SIGINT
 
 def test_a_worker_interrupted_by_ctrl_c_is_not_a_failed_attempt_and_stops_the_sweep(tmp_path, data):
     results = tmp_path / "r"
-    args = ["sweep", "qkv_bias", "--seeds", "1", "--preset", "micro", "--tokens", "102400", "--set",
-            "checkpoint_every=25", "--set", f"data={data}", "--set", "allow_repeat=true", "--jobs", "1",
+    args = ["sweep", "qkv_bias", "--seeds", "1", "--preset", "micro", "--tokens", "51200", "--set",
+            "checkpoint_every=10", "--set", f"data={data}", "--set", "allow_repeat=true", "--jobs", "1",
             "--results", str(results)]
     proc = subprocess.Popen([sys.executable, "-c", PARENT_WITHOUT_CTRL_C, *args], cwd=REPO, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
