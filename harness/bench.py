@@ -297,7 +297,7 @@ def append_row(store: ResultsStore, row: dict[str, Any]) -> Path:
     new = pa.Table.from_pylist([{k: row.get(k) for k in BENCH_SCHEMA.names}], schema=BENCH_SCHEMA)
     with store.locked():
         if path.exists():
-            old = pq.read_table(path)
+            old = pq.read_table(path, use_threads=False)
             new = pa.concat_tables([old, new], promote_options="permissive")
         sink = pa.BufferOutputStream()
         pq.write_table(new, sink, compression="zstd")

@@ -176,7 +176,7 @@ class ResultsStore:
         return self._table(RUNS)
 
     def runs_frame(self) -> pd.DataFrame:
-        return self.runs().to_pandas()
+        return self.runs().to_pandas(use_threads=False)
 
     def curves(self) -> pa.Table:
         return self._table(CURVES)
@@ -203,7 +203,7 @@ class ResultsStore:
     def sweep_frame(self, sweep: str) -> pd.DataFrame:
         """The rows of one sweep (every attempt)."""
         runs = self.runs()
-        return runs.filter(pc.equal(runs["sweep"], sweep)).to_pandas()
+        return runs.filter(pc.equal(runs["sweep"], sweep)).to_pandas(use_threads=False)
 
     def sweeps(self) -> list[str]:
         """Names of the sweeps with recorded rows, in order of first appearance."""

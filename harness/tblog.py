@@ -107,7 +107,7 @@ class TensorBoardLog:
                 continue
             row = final[-1]
             if curves is None:
-                curves = store.curves().to_pandas()
+                curves = store.curves().to_pandas(use_threads=False)
             pts = curves[(curves["run_id"] == spec.run_id) & (curves["attempt"] == row["attempt"])]
             self.finish(spec, row, pts.sort_values("step").to_dict("records"))
             written += 1
