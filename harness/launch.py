@@ -197,16 +197,23 @@ SIGNAL = re.compile(r"Signal \d+ \(\w+\)")
 # terminal): the attempt is interrupted, not failed, and resumes from its checkpoint.
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2)
 TORCHRUN_SIGNALLED = re.compile(r"Received (?:Signals\.)?(SIG[A-Z0-9]+) death signal")
+# a worker's traceback ending in KeyboardInterrupt: Ctrl-C reached it (also while it was still importing torch)
+KEYBOARD_INTERRUPT = re.compile(r"^(?:\[(?:rank|default)\d+\]:\s?)?KeyboardInterrupt\s*$", re.M)
 
 
 def interrupt_signal(returncode: int, attempt_log: str) -> str | None:
-    """The signal that stopped the workers from outside, from their exit status alone (a process
-    killed by it, or exiting 128+N as a shell reports it) or torchrun's own word that it got one;
-    None for a failure of the run itself. The attempt is judged by what happened to its
-    processes, so it does not depend on which of two signal handlers ran first."""
+    """The signal that stopped the workers from outside, from their exit status (a process killed
+    by it, or exiting 128+N as a shell reports it), torchrun's own word that it got one, or a
+    worker's traceback ending in KeyboardInterrupt; None for a failure of the run itself. The
+    attempt is judged by what happened to its processes, so it does not depend on which of two
+    signal handlers (this process's, the worker's) ran first."""
+    if returncode == 0:
+        return None
     for sig in INTERRUPTS:
         if returncode in (-sig, 128 + sig):
             return sig.name
+    if KEYBOARD_INTERRUPT.search(attempt_log):
+        return signal.SIGINT.name
     m = TORCHRUN_SIGNALLED.search(attempt_log)
     if m and m.group(1) in {s.name for s in INTERRUPTS}:
         return m.group(1)
@@ -309,6 +316,8 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
         if why is not None and why[0] == CONFIG:
             result = RunResult(status=UNRUNNABLE, reason=why[1], versions=versions(),
                                finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        elif interrupted():  # Ctrl-C here too: this process's own stop, not the run's failure
+            raise KeyboardInterrupt
         else:
             result = _failed(_failure_reason(log, returncode))
     row = RunRow.of(spec, attempt, result, git_commit=git_commit(), started_at=started, run_dir=str(run_dir))

@@ -99,3 +99,13 @@ def test_ctrl_c_outside_a_fork_raises_at_once():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
     assert pressed.is_set()
+
+
+@pytest.mark.parametrize("returncode, log, stopped_by", [
+    (-signal.SIGTERM, "", "SIGTERM"), (-signal.SIGUSR2, "", "SIGUSR2"), (130, "", "SIGINT"), (143, "", "SIGTERM"),
+    (1, "Traceback (most recent call last):\n  File \"x\", line 1\nKeyboardInterrupt\n", "SIGINT"),  # while importing
+    (1, "[rank0]: KeyboardInterrupt\n", "SIGINT"), (1, "Received Signals.SIGTERM death signal, shutting down", "SIGTERM"),
+    (1, "ValueError: bad\n", None), (-signal.SIGKILL, "", None), (0, "KeyboardInterrupt\n", None),
+])
+def test_an_attempt_is_judged_interrupted_by_how_its_workers_stopped(returncode, log, stopped_by):
+    assert launch.interrupt_signal(returncode, log) == stopped_by
