@@ -8,7 +8,7 @@ and its memory small; any other integer fits in 31 bits, and token counts in 50.
 
 from __future__ import annotations
 
-from harness.errors import UserError
+from harness.errors import UserError, shown
 
 MAX_SEED = 2**31 - 1
 MAX_SEEDS = 10_000
@@ -28,8 +28,7 @@ def check_int(name: str, value: int, limit: int | None = None) -> int:
     limit = limit if limit is not None else LIMITS.get(name, MAX_INT)
     if not -MAX_INT - 1 <= value <= limit:
         flag = name if name.startswith("-") or " " in name else "--" + name.replace("_", "-")
-        shown = str(value) if len(str(value)) <= 30 else f"{str(value)[:27]}..."
-        raise UserError(f"{flag} {shown} is out of range: at most {limit:,} ({WHY.get(limit, 'the limit')})")
+        raise UserError(f"{flag} {shown(value, 30)} is out of range: at most {limit:,} ({WHY.get(limit, 'the limit')})")
     return value
 
 

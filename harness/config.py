@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from harness.bounds import check_int
-from harness.errors import UserError
+from harness.errors import UserError, shown
 from model.config import ModelConfig, documented, key_docs
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
@@ -189,8 +189,7 @@ def _names(folder: Path) -> list[str]:
 def _definition(folder: Path, name: str, kind: str, known: list[str], hint: str) -> dict[str, Any]:
     """The TOML table of preset/intervention `name`: a name (never a path) of a regular file in `folder`."""
     if not NAME.fullmatch(name):
-        shown = name if len(name) <= 80 else name[:77] + "..."
-        raise UserError(f"bad {kind} name {shown!r}: use {NAME_RULE}; {kind}s are files in {folder}")
+        raise UserError(f"bad {kind} name {shown(name)!r}: use {NAME_RULE}; {kind}s are files in {folder}")
     path = folder / f"{name}.toml"
     try:
         mode = path.stat().st_mode
@@ -252,12 +251,10 @@ def split_arm(arm: str) -> list[str]:
     'qkv_bias+no_dropout' -> ['qkv_bias', 'no_dropout']; 'qkv_bias+baseline+qkv_bias' -> ['qkv_bias']."""
     parts = [p.strip() for p in arm.split("+")]
     if not arm.strip() or any(not p for p in parts):
-        shown = arm if len(arm) <= 80 else arm[:77] + "..."
-        raise UserError(f"bad arm name {shown!r}: use intervention names joined by '+', e.g. qkv_bias+no_dropout")
+        raise UserError(f"bad arm name {shown(arm)!r}: use intervention names joined by '+', e.g. qkv_bias+no_dropout")
     for p in parts:
         if not NAME.fullmatch(p):
-            shown = p if len(p) <= 80 else p[:77] + "..."
-            raise UserError(f"bad intervention name {shown!r} in arm: use {NAME_RULE}; interventions are files "
+            raise UserError(f"bad intervention name {shown(p)!r} in arm: use {NAME_RULE}; interventions are files "
                             f"in {INTERVENTIONS_DIR}")
     return list(dict.fromkeys(p for p in parts if p != BASELINE))
 

@@ -21,7 +21,7 @@ from typing import Any
 from harness import config as cfgmod
 from harness.bounds import MAX_SEED, MAX_SEEDS, check_int, check_seeds
 from harness.budget import Budget, chinchilla, fixed_budget
-from harness.errors import UserError
+from harness.errors import UserError, shown
 from harness.launch import Launcher
 from harness.adaptive import Adaptive
 from harness.record import COMPLETED, RunSpec
@@ -281,7 +281,7 @@ def seed_values(seeds: int | None, seed_list: str | None, file: dict[str, Any] |
         try:
             return [int(s) for s in seed_list.split(",") if s.strip()]
         except ValueError:
-            raise UserError(f"--seed-list {seed_list[:60]!r}: expected comma-separated integers, e.g. 7,11,13") from None
+            raise UserError(f"--seed-list {shown(seed_list, 60)!r}: expected comma-separated integers, e.g. 7,11,13") from None
     if seeds is None and "seed_list" in file:
         return list(file["seed_list"])
     count = seeds if seeds is not None else file.get("seeds", DEFAULT_SEEDS)
