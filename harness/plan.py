@@ -60,7 +60,6 @@ class Plan:
             raise UserError("no seeds: give --seeds N (N >= 1) or --seed-list 0,1,2")
         if any(s < 0 for s in seeds):
             raise UserError(f"seeds must be >= 0, got {format_seeds(sorted(s for s in seeds if s < 0))}")
-        check_seeds(seeds, len(dict.fromkeys(arms)) + include_baseline)
         for stream, value in streams[1].items():
             check_int(f"{stream} seed", value, MAX_SEED)
         if tokens is not None:
@@ -68,16 +67,12 @@ class Plan:
         if budget not in ("baseline", "own"):
             raise UserError(f"--budget {budget!r}: use 'baseline' or 'own'")
         sets = with_data(sets, data)
-        notes = []
-        canonical = {}
-        for arm in arms:
-            name = cfgmod.canonical_arm(arm)
-            if name != arm:
-                notes.append(f"arm {arm!r} is {name!r}")
-            canonical.setdefault(name, arm)
-        arms = list(canonical)
+        canonical = {arm: cfgmod.canonical_arm(arm) for arm in arms}
+        notes = [f"arm {arm!r} is {name!r}" for arm, name in canonical.items() if name != arm]
+        arms = list(dict.fromkeys(canonical.values()))
         if include_baseline and cfgmod.BASELINE not in arms:
             arms.insert(0, cfgmod.BASELINE)
+        check_seeds(seeds, len(arms))  # before any config is resolved or run planned
         configs = {arm: cfgmod.resolve(preset, arm, sets) for arm in arms}
         same = identical_arms(configs)
         for arm, first in same.items():
