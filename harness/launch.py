@@ -314,8 +314,7 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
             raise WriteError(f"run {spec.run_id} stopped: {why[1]}; nothing was recorded, and the run resumes from "
                              "its last checkpoint when the same command runs again (once there is space)")
         if why is not None and why[0] == CONFIG:
-            result = RunResult(status=UNRUNNABLE, reason=why[1], versions=versions(),
-                               finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            result = _failed(why[1], UNRUNNABLE)
         elif interrupted():  # Ctrl-C here too: this process's own stop, not the run's failure
             raise KeyboardInterrupt
         else:
@@ -334,8 +333,9 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
     return Outcome(row, log)
 
 
-def _failed(reason: str) -> RunResult:
-    return RunResult(status=FAILED, reason=reason, versions=versions(),
+def _failed(reason: str, status: str = FAILED) -> RunResult:
+    """The result of an attempt that trained nothing to the end: FAILED, or UNRUNNABLE (never retried)."""
+    return RunResult(status=status, reason=reason, versions=versions(),
                      finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
