@@ -33,7 +33,7 @@ from harness.errors import UserError
 from harness.files import atomic_write_bytes
 from harness.launch import Launcher, default_nproc
 from harness.procs import is_running
-from harness.planfile import read_jobs
+from harness.planfile import read_jobs, record_jobs
 from harness.record import COMPLETED, FAILED, FINAL, RetryPolicy, RunSpec
 from harness.results import ResultsStore
 from harness.slurmctl import SlurmUnavailable, job_states, last_line
@@ -277,15 +277,15 @@ class _Pending:
 
 
 def _submit_runs(plan, specs: list[RunSpec], opts: ClusterOptions, retries: int, console, tensorboard: bool) -> int:
-    from harness.planfile import record_jobs
-
     store: ResultsStore = plan.store
     results = store.root.resolve()
     policy = RetryPolicy(retries)
-    queued = _queued_in_slurm(results, plan.sweep, specs, policy, store) if opts.launcher == "slurm" else {}
+    settled = {spec.run_id: policy.settled(store.history(spec.sweep, spec.run_id).statuses) for spec in specs}
+    unsettled = [spec.run_id for spec in specs if settled[spec.run_id] is None]
+    queued = _queued_in_slurm(results, plan.sweep, unsettled) if opts.launcher == "slurm" else {}
     pending, done, busy, failed = [], 0, 0, []
     for spec in specs:
-        status = policy.settled(store.history(spec.sweep, spec.run_id).statuses)
+        status = settled[spec.run_id]
         if status in FINAL:
             done += 1
         elif spec.run_id in queued or is_running(store.run_dir(spec.run_id)):
@@ -347,27 +347,24 @@ def _submit_runs(plan, specs: list[RunSpec], opts: ClusterOptions, retries: int,
             return 0
         watched = {spec.run_id: (spec, jobs.get(spec.run_id) or queued[spec.run_id])
                    for spec in specs if spec.run_id in jobs or spec.run_id in queued}
-        return _wait_for_slurm(store, watched, policy, console, folder, ok=not failed)
+        return _wait_for_slurm(store, plan.sweep, watched, policy, console, folder, ok=not failed)
     return _run_local(store, plan.sweep, executor, pending, job_for, parallel, policy, console, ok=not failed)
 
 
-def _queued_in_slurm(results: Path, sweep: str, specs: list[RunSpec], policy: RetryPolicy,
-                     store: ResultsStore) -> dict[str, str]:
-    """Run id -> job id of this sweep's unsettled runs whose Slurm job is still pending or running
-    (a sweep command run again while its array runs submits nothing twice)."""
-
+def _queued_in_slurm(results: Path, sweep: str, unsettled: list[str]) -> dict[str, str]:
+    """Run id -> job id of the unsettled runs whose Slurm job is still pending or running (a
+    sweep command run again while its array runs submits nothing twice)."""
     recorded = read_jobs(results, sweep)
-    wanted = {s.run_id: recorded[s.run_id] for s in specs if s.run_id in recorded
-              and policy.settled(store.history(s.sweep, s.run_id).statuses) is None}
+    wanted = {run_id: recorded[run_id] for run_id in unsettled if run_id in recorded}
     states = job_states(list(wanted.values()))
     return {rid: job for rid, job in wanted.items() if job in states and states[job].active}
 
 
-def _wait_for_slurm(store: ResultsStore, watched: dict[str, tuple[RunSpec, str]], policy: RetryPolicy, console,
-                    folder: Path, ok: bool) -> int:
+def _wait_for_slurm(store: ResultsStore, sweep: str, watched: dict[str, tuple[RunSpec, str]], policy: RetryPolicy,
+                    console, folder: Path, ok: bool) -> int:
     """Poll squeue (never sacct: quiet where accounting is off) until every watched job has left
     the queue; then each run's outcome is what the results store holds."""
-    from harness.sweep import describe
+    from harness.sweep import describe, run_label
 
     poll = poll_seconds()
     try:
@@ -383,7 +380,7 @@ def _wait_for_slurm(store: ResultsStore, watched: dict[str, tuple[RunSpec, str]]
                 if state is not None and state.active:
                     continue
                 del watched[run_id]
-                label = f"{spec.arm} seed {spec.seed}"
+                label = run_label(spec)
                 status = policy.settled(store.history(spec.sweep, spec.run_id).statuses)
                 if status is None:
                     ok = False
@@ -395,16 +392,14 @@ def _wait_for_slurm(store: ResultsStore, watched: dict[str, tuple[RunSpec, str]]
                 console.print(describe(store, spec, status, label))
         return 0 if ok else 1
     except KeyboardInterrupt:
-        console.print(f"\nstopped waiting; the Slurm jobs go on (harness status --sweep "
-                      f"{next(iter(watched.values()))[0].sweep if watched else ''} --results {store.root})")
+        console.print(f"\nstopped waiting; the Slurm jobs go on (harness status --sweep {sweep} --results {store.root})")
         raise SystemExit(130) from None
 
 
 def _run_local(store: ResultsStore, sweep: str, executor, pending: list[RunSpec], job_for, parallel: int,
                policy: RetryPolicy, console, ok: bool) -> int:
     """--launcher local: the same job callable as Slurm's, as local subprocesses, `parallel` at once."""
-    from harness.planfile import record_jobs
-    from harness.sweep import describe
+    from harness.sweep import describe, run_label
 
     running: dict[str, tuple[RunSpec, Any]] = {}
     queue = list(pending)
@@ -420,7 +415,7 @@ def _run_local(store: ResultsStore, sweep: str, executor, pending: list[RunSpec]
                 if not job.done():
                     continue
                 del running[run_id]
-                label = f"{spec.arm} seed {spec.seed}"
+                label = run_label(spec)
                 try:
                     job.result()
                 except Exception as err:  # noqa: BLE001 - the job's own failure, reported per run

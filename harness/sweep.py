@@ -120,7 +120,7 @@ class _Runner:
     def _start_what_fits(self) -> None:
         while self.free and self.pending:
             spec = self.pending.popleft()
-            label = _label(spec)
+            label = run_label(spec)
             status = settled(self.plan.store, spec, self.policy)
             if status is not None:
                 self.outcome.record(spec, status)
@@ -162,7 +162,7 @@ class _Runner:
             self.progress.drop_run(spec.run_id)
             self.busy.append(spec)
             return
-        label = _label(spec)
+        label = run_label(spec)
         if result.interrupted:  # its workers were stopped from outside: so is the sweep
             self.progress.drop_run(spec.run_id)
             self.console.print(f"{escape(label)} was interrupted by {result.interrupted} (not counted as a "
@@ -191,7 +191,8 @@ class _Runner:
             worker.join(timeout=120)
 
 
-def _label(spec: RunSpec) -> str:
+def run_label(spec: RunSpec) -> str:
+    """How a run is named in progress lines: arm and seed (and a noise study's varied stream)."""
     return f"{spec.arm} seed {spec.seed}" + (f" ({spec.vary})" if spec.vary else "")
 
 
