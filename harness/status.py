@@ -18,6 +18,7 @@ on). Where Slurm does not answer, the sweep's `slurm` entry says so and those ru
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,8 +92,6 @@ def adaptive_state(plan: dict[str, Any], rows) -> dict[str, Any] | None:
 
 def _resume_step(run_dir: Path) -> int | None:
     """The step a stopped run resumes from (its newest checkpoint), if it has one."""
-    import json
-
     try:
         return int(json.loads((run_dir / "checkpoint" / "meta.json").read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -139,12 +138,12 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
         planned += [{"run_id": r.run_id, "arm": r.arm, "seed": int(r.seed)}
                     for r in first.itertuples() if r.run_id not in known]
     jobs = read_jobs(results, sweep)
-    settled = {r["run_id"] for r in planned if set(FINAL) & set(store.history(sweep, r["run_id"]).statuses)}
-    slurm, slurm_error = slurm_view(jobs, [r["run_id"] for r in planned if r["run_id"] not in settled])
+    histories = {r["run_id"]: store.history(sweep, r["run_id"]) for r in planned}
+    slurm, slurm_error = slurm_view(jobs, [rid for rid, h in histories.items() if not set(FINAL) & set(h.statuses)])
     out = []
     for run in planned:
         run_id = run["run_id"]
-        history = store.history(sweep, run_id)
+        history = histories[run_id]
         statuses = history.statuses
         job = jobs.get(run_id)
         in_slurm = slurm.get(job) if job else None
