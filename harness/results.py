@@ -346,18 +346,19 @@ class ResultsStore:
                 journal = self.journal()
                 new_bytes = {}
                 for name in (RUNS, CURVES):
-                    current, why = self._readable(name)
+                    path = self.root / name
+                    current, why, _ = self._verify(name)
                     if why is None and not journal:
                         continue
                     rebuilt = self._rebuild(name, journal)
-                    why = why or _disagreement(current, rebuilt, name)
+                    differs = _disagreement(current, rebuilt, name)
+                    why = why or (f"{path} {differs}" if differs else None)
                     if why is None and current is not None and current.num_rows == rebuilt.num_rows:
                         continue
-                    path = self.root / name
                     if why is not None and path.exists():
                         moved = self.quarantine(path)
-                        self._warn(f"{path} has no manifest and {why}: rebuilt it from {len(journal)} journal "
-                                   f"entr{'y' if len(journal) == 1 else 'ies'}; the file is kept as {moved}")
+                        self._warn(f"{why}; without a manifest the journals decide: rebuilt it from {len(journal)} "
+                                   f"journal entr{'y' if len(journal) == 1 else 'ies'}; the file is kept as {moved}")
                         self._warn_unrecoverable(moved, name, journal)
                     new_bytes[name] = _table_bytes(rebuilt)
                 for name, data in new_bytes.items():
@@ -365,17 +366,6 @@ class ResultsStore:
                 self._write_manifest({n: [self._state(n, new_bytes.get(n))] for n in (RUNS, CURVES)})
         except (WriteError, OSError):
             pass  # a read-only folder: verification simply stays off for it
-
-    def _readable(self, name: str) -> tuple[pa.Table | None, str | None]:
-        """(the table, None), (None, None) when there is none, or (None, why it cannot be read)."""
-        try:
-            data = (self.root / name).read_bytes()
-        except FileNotFoundError:
-            return None, None
-        try:
-            return _parse(data, self._schema(name)), None
-        except Exception as err:  # noqa: BLE001 - any unparsable table is corrupt
-            return None, f"is not a readable results table ({type(err).__name__})"
 
     def _state(self, name: str, data: bytes | None = None) -> dict[str, Any]:
         if data is None:
@@ -448,8 +438,7 @@ class ResultsStore:
 
     def _rebuild(self, name: str, journal: list[dict[str, Any]]) -> pa.Table:
         if name == RUNS:
-            rows = [{k: e["row"].get(k) for k in RUN_SCHEMA.names} for e in journal]
-            return pa.Table.from_pylist(rows, schema=RUN_SCHEMA)
+            return _row_table([e["row"] for e in journal])
         points = [{"run_id": e["row"]["run_id"], "attempt": e["row"]["attempt"], **p}
                   for e in journal for p in e["curve"]]
         return pa.Table.from_pylist([{k: p.get(k) for k in CURVE_SCHEMA.names} for p in points], schema=CURVE_SCHEMA)
