@@ -105,8 +105,9 @@ def test_sweep_on_a_gpu_partition(gpu_cluster, tmp_path, micro):
 
 def test_status_asks_slurm_and_a_second_sweep_submits_nothing_twice(cpu_cluster, tmp_path, long_run):
     results = tmp_path / "results"
-    args = ["sweep", "qkv_bias", "--seeds", "2", *long_run, "--launcher", "slurm", "--slurm-array-parallelism", "1",
-            "--name", "st", "--results", str(results)]
+    # ten times the long run (about 80 s each): none may finish before the cancel, which costs nothing
+    args = ["sweep", "qkv_bias", "--seeds", "2", *long_run, "--tokens", "2048000", "--launcher", "slurm",
+            "--slurm-array-parallelism", "1", "--name", "st", "--results", str(results)]
     first = harness(cpu_cluster, *args)
     assert "submitted 4 runs" in first.stdout
     wait_for(lambda: "running" in status(cpu_cluster, results, "st")["totals"], what="a running job")
