@@ -1,7 +1,10 @@
 """harness: seed-sweep benchmarking for from-scratch GPT-2 training.
 
-Modules: config (presets, interventions, overrides), budget (Chinchilla), tokenizers and data,
-train (the torchrun worker), checkpoint, results (Parquet store), sweep, stats, report, cli.
+The subpackages are the map: core (config keys, definitions, errors, files), data (corpora,
+tokens, batch order), model (the network and its switches), training (the worker, checkpoints,
+bench, export, generate), store (the run record and the results store), planning (sweep plans,
+budgets, adaptive rounds), launch (running plans here), cluster (Slurm), stats (pure
+statistics), report (report and status), trackers (TensorBoard), cli (the command line), and
+sweeps (the built-in presets and interventions, as data). Imports run one way: from cli down to
+core and model.
 """
-
-__version__ = "0.1.0"

@@ -1,10 +1,10 @@
 """The network: the book's GPT-2 (Raschka, "Build a Large Language Model (from Scratch)") with switches.
 
-model.config is plain data; the names from model.gpt load torch on first use, so that reading
+harness.model.config is plain data; the names from harness.model.gpt load torch on first use, so that reading
 configs (the harness command line, plans, errors) starts in a fraction of a second.
 """
 
-from model.config import ModelConfig
+from harness.model.config import ModelConfig
 
 __all__ = ["ModelConfig", "GPTModel", "count_parameters", "flops_per_token", "init_weights", "parameter_counts",
            "sequences_from"]
@@ -12,6 +12,6 @@ __all__ = ["ModelConfig", "GPTModel", "count_parameters", "flops_per_token", "in
 
 def __getattr__(name: str):
     if name in __all__:
-        from model import gpt
+        from harness.model import gpt
         return getattr(gpt, name)
     raise AttributeError(f"module 'model' has no attribute {name!r}")

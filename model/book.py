@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.config import ModelConfig
+from harness.model.config import ModelConfig
 
 
 class LayerNorm(nn.Module):

@@ -16,9 +16,11 @@ Mlp = Literal["gelu", "swiglu"]
 Init = Literal["torch_default", "gpt2"]
 
 
-def documented(default: Any, doc: str) -> Any:
-    """A config key: its default and its one-line meaning (shown by `harness list --keys`)."""
-    return dataclasses.field(default=default, metadata={"doc": doc})
+def documented(default: Any, doc: str, placement: bool = False) -> Any:
+    """A config key: its default and its one-line meaning (shown by `harness list --keys`).
+    placement: a knob of where and how fast the run computes (memory, compilation, logging), which
+    changes its result at most by float rounding; recorded with the run but not part of its identity."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "placement": placement})
 
 
 def key_docs(cls: type) -> dict[str, tuple[Any, str]]:

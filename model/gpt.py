@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import ModelConfig
+from harness.model.config import ModelConfig
 
 # The Linears that write into the residual stream; GPT-2 init scales them by 1/sqrt(2 * n_layers).
 RESIDUAL_PROJECTIONS = ("att.out_proj.weight", "ff.layers.2.weight", "ff.fc3.weight")

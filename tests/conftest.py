@@ -1,11 +1,14 @@
-"""Shared test helpers: a small corpus, a per-session token cache, the CLI as a user runs it (cli: a subprocess;\ninvoke: in this process), and flip_bit to damage a file."""
+"""Shared test helpers: a small corpus, a per-session token cache, the CLI as a user runs it (cli: a subprocess;\ninvoke: in this process), kill_mid_run for a crash mid-way, and flip_bit to damage a file."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +62,19 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
+
+
+def kill_mid_run(args: list[str], results: Path, timeout: float = 120) -> int:
+    """Start `harness ARGS --results RESULTS`, SIGKILL its whole process group once a run has saved
+    a checkpoint, and return that checkpoint's step (a run killed mid-way, as a crash leaves it)."""
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *args, "--results", str(results)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while not list(results.glob("runs/*/checkpoint/meta.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return int(json.loads(next(results.glob("runs/*/checkpoint/meta.json")).read_text())["step"])
 
 
 def flip_bit(path: Path, offset: int, mask: int = 0x01) -> None:

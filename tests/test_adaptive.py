@@ -1,10 +1,10 @@
 """Adaptive sweeps (`harness sweep --until-decided`) and what pairing bought.
 
-By simulation, through the sweep's own decision rule (harness.sequential.decide): under null data
+By simulation, through the sweep's own decision rule (harness.stats.sequential.decide): under null data
 the family-wise false-positive rate stays at alpha although every seed is looked at; the interval at
 the stopping time covers the true difference; on a realistic sweep the adaptive design makes at
 most 60% of the fixed design's runs with no arm's power more than 5 points below the fixed design's
-(Holm). The large versions are marked slow; tests/bench_adaptive.py prints the figures. Then the
+(Holm). The large versions are marked slow; tests/bench/adaptive.py prints the figures. Then the
 variance-ratio interval's coverage, and an adaptive sweep end to end on the micro preset.
 """
 
@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from conftest import cli
-from harness.pairing import pairing_gain
-from harness.sequential import AT_CAP, BETTER, EQUIVALENT, UNDECIDED, WORSE, boundaries, decide, simulate
+from harness.stats.pairing import pairing_gain
+from harness.stats.sequential import AT_CAP, BETTER, EQUIVALENT, UNDECIDED, WORSE, boundaries, decide, simulate
 
 ALPHA = 0.05
 # The seed author's one-seed differences from the baseline (REFERENCE.md), paired noise 0.002-0.007,

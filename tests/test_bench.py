@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import cli
-from harness import bench
-from harness.bench import BENCH_FILE, BENCH_SCHEMA, append_row, peak_flops
-from harness.results import ResultsStore
+from harness.training import bench
+from harness.training.bench import BENCH_FILE, BENCH_SCHEMA, append_row, peak_flops
+from harness.store.results import ResultsStore
 
 FAST = ["--preset", "micro", "--warmup", "1", "--steps", "2"]
 

@@ -19,9 +19,9 @@ import math
 import pytest
 import torch
 
-from harness.config import TrainConfig
-from harness.train import Dist, Trainer, evaluate
-from model import GPTModel, ModelConfig
+from harness.core.config import TrainConfig
+from harness.training.worker import Dist, Trainer, evaluate
+from harness.model import GPTModel, ModelConfig
 
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 BASE = ModelConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.1,

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from harness import config as cfgmod
-from harness.budget import chinchilla, fixed_budget
-from harness.errors import UserError
-from harness.plan import run_spec
+from harness.core import config as cfgmod
+from harness.planning.budget import chinchilla, fixed_budget
+from harness.core.errors import UserError
+from harness.planning.plan import run_spec
 
 REQUIRED = {"baseline", "gradient_clipping", "no_dropout", "qkv_bias", "weight_tying", "weight_decay_gpt2",
             "lr_schedule", "no_amp", "no_bias", "parallel_block", "gpt2_init", "rmsnorm", "swiglu", "rope",

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import flip_bit
-from harness import data
-from harness.batches import BatchSampler, BatchShape, check_epochs, epochs_needed, eval_batches, n_windows
-from harness.data import TEST_PLAYS, CacheWarning, load_corpus
-from harness.errors import UserError
-from harness.tokenizers import get_tokenizer
+from harness.data import corpus as data
+from harness.data.batches import BatchSampler, BatchShape, check_epochs, epochs_needed, eval_batches, n_windows
+from harness.data.corpus import TEST_PLAYS, CacheWarning, load_corpus
+from harness.core.errors import UserError
+from harness.data.tokenizers import get_tokenizer
 
 # ----------------------------------------------------------------------------- tokenizers
 

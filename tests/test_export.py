@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import cli, invoke
-from harness.errors import UserError
-from harness.export import export_run, load_run_model, locate_run, unsupported
-from harness.generate import generate_ids
-from model.config import ModelConfig
+from harness.core.errors import UserError
+from harness.training.export import export_run, load_run_model, locate_run, unsupported
+from harness.training.generate import generate_ids
+from harness.model.config import ModelConfig
 
 transformers = pytest.importorskip("transformers")
 COMBO = "qkv_bias+weight_tying+vocab_pad_64+no_bias"
@@ -87,7 +87,7 @@ def test_tied_qkv_bias_no_bias_padded_vocab(trained, tmp_path):
 
 
 def test_gpt2_tokenizer_files_load_in_transformers(tmp_path):
-    from harness.export import _write_gpt2_tokenizer
+    from harness.training.export import _write_gpt2_tokenizer
 
     _write_gpt2_tokenizer(tmp_path, 1024)
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))

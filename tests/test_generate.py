@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import checkpoint
-from harness import config as cfgmod
-from harness.budget import fixed_budget
-from harness.errors import UserError
-from harness.export import locate_run
-from harness.generate import generate_ids, sample
-from harness.plan import run_spec
-from harness.results import ResultsStore
-from model import GPTModel, init_weights
+from harness.training import checkpoint
+from harness.core import config as cfgmod
+from harness.planning.budget import fixed_budget
+from harness.core.errors import UserError
+from harness.training.export import locate_run
+from harness.training.generate import generate_ids, sample
+from harness.planning.plan import run_spec
+from harness.store.results import ResultsStore
+from harness.model import GPTModel, init_weights
 from conftest import invoke
 
 
@@ -92,7 +92,7 @@ def test_sample_from_a_run_checkpoint(tmp_path):
     run = locate_run(spec.run_id[:12], tmp_path)
     texts = sample(run, "Every effort moves you", max_new_tokens=15, temperature=0.8, top_k=50, seed=4, samples=2)
     new = generate_ids(model, list(b"Every effort moves you"), 15, temperature=0.8, top_k=50, seed=4, eos_id=256)
-    from harness.tokenizers import get_tokenizer
+    from harness.data.tokenizers import get_tokenizer
 
     assert texts[0] == "Every effort moves you" + get_tokenizer("bytes").decode(new)
     assert len(texts) == 2 and texts[1].startswith("Every effort moves you")

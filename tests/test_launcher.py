@@ -10,17 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from harness import launch, placement, procs
-from harness.errors import UserError
-from harness.launch import Launcher
-from harness.placement import Slot
+from harness.launch import torchrun as launch
+
+from harness.core import placement
+
+from harness.launch import procs
+from harness.core.errors import UserError
+from harness.launch.torchrun import Launcher
+from harness.core.placement import Slot
 from conftest import cli
 
 
 def test_one_process_runs_the_worker_itself_with_torchruns_variables():
     launcher = Launcher()
-    assert launcher.command(Path("/r/spec.json"), "run-1")[1:] == ["-m", "harness.train", "/r/spec.json"]
-    assert launcher.env == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    assert launcher.command(Path("/r/spec.json"), "run-1")[1:] == ["-m", "harness.training.worker", "/r/spec.json"]
+    assert launcher.env == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                            "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}  # the working directory is not on sys.path
     assert "RANK" not in Launcher(nproc=2).env
 
 
@@ -49,7 +54,7 @@ def test_concurrent_runs_get_their_own_cores_or_gpus(monkeypatch):
 def test_single_node_is_standalone():
     cmd = Launcher(nproc=2).command(Path("/r/spec.json"), "run-1")
     assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-                       "-m", "harness.train", "/r/spec.json"]
+                       "-m", "harness.training.worker", "/r/spec.json"]
 
 
 def test_multi_node_passes_rendezvous_through():

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPTModel, ModelConfig, count_parameters, flops_per_token, init_weights, parameter_counts
-from model import book
-from model import gpt
-from model.book import BookGPTModel
+from harness.model import GPTModel, ModelConfig, count_parameters, flops_per_token, init_weights, parameter_counts
+from harness.model import book
+from harness.model import gpt
+from harness.model.book import BookGPTModel
 
 TINY = ModelConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2,
                    drop_rate=0.1, mlp_multiple_of=16)

@@ -1,4 +1,4 @@
-"""Noise anatomy (`harness noise`, harness.noise): the decomposition recovers known variance
+"""Noise anatomy (`harness noise`, harness.stats.noise): the decomposition recovers known variance
 components with intervals that cover at their level (simulation), a noise study end to end on the
 micro preset (identical seeds reproduce bit for bit on CPU), sub-seeds set by hand on `harness
 run`, and bad input."""
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import cli, invoke
-from harness.noise import ALL, REPLICATE, components, paired_components, sd_interval
+from harness.stats.noise import ALL, REPLICATE, components, paired_components, sd_interval
 
 
 def mc(p: float, n: int) -> float:
@@ -53,16 +53,20 @@ def test_a_noise_study_end_to_end(tmp_path, small_corpus):
     args = ["noise", "--preset", "micro", "--seeds", "2", "--arm", "qkv_bias", "--tokens", "2000",
             "--data", str(small_corpus), "--results", str(tmp_path / "r")]
     dry = cli(*args, "--dry-run", check=True).stdout
-    assert "20 runs" in dry and "noise study" in dry
+    # per arm: seeds 0 and 1 ordinary, seed 1 of each source, replica 1; the seed-0 run is every source's
+    # seed 0 and replica 0, so it is trained once
+    assert "12 runs" in dry and "noise study" in dry
     out = cli(*args, check=True).stdout
     assert "harness report --sweep noise-micro-baseline-qkv_bias" in out
     rows = pd.read_parquet(tmp_path / "r" / "runs.parquet")
-    assert len(rows) == 20 and (rows["status"] == "completed").all()
+    assert len(rows) == 12 and (rows["status"] == "completed").all() and rows["identity"].nunique() == 12
     assert set(rows["vary"]) == {"", "init", "data", "dropout", "replicate"}
     init = rows[(rows["vary"] == "init") & (rows["arm"] == "baseline")]
-    assert init["init_seed"].nunique() == 2 and init["data_seed"].nunique() == 1 and init["dropout_seed"].nunique() == 1
-    replicates = rows[rows["vary"] == "replicate"].groupby("arm")["test_loss"]
-    assert (replicates.nunique() == 1).all()  # identical seeds: bit-identical on CPU
+    zero = rows[(rows["vary"] == "") & (rows["arm"] == "baseline") & (rows["seed"] == 0)].iloc[0]
+    assert init.iloc[0]["init_seed"] != zero["init_seed"] and init.iloc[0]["data_seed"] == zero["data_seed"]
+    replica = rows[rows["vary"] == "replicate"].set_index("arm")["test_loss"]
+    ordinary0 = rows[(rows["vary"] == "") & (rows["seed"] == 0)].set_index("arm")["test_loss"]
+    assert (replica == ordinary0.loc[replica.index]).all()  # identical seeds: bit-identical on CPU
     report = json.loads(cli("report", "--results", str(tmp_path / "r"), "--format", "json", check=True).stdout)
     study = report["sweeps"][0]
     assert study["kind"] == "noise study" and study["replicates_identical"] is True
@@ -73,7 +77,7 @@ def test_a_noise_study_end_to_end(tmp_path, small_corpus):
     assert "Where baseline's seed noise comes from" in text and "What pairing cancels" in text
     assert (tmp_path / "noise_noise.png").exists()
     again = cli(*args, check=True).stdout  # resumable: nothing runs twice
-    assert again.count("already in the store") == 20
+    assert again.count("already in the store") == 12
 
 
 def test_sub_seeds_by_hand_are_recorded(tmp_path, small_corpus):

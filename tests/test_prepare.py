@@ -14,11 +14,11 @@ import pytest
 from rich.console import Console
 
 from conftest import cli, invoke
-from harness import prepare as prep
-from harness.data import load_corpus
-from harness.errors import UserError
-from harness.prepare import Source, check_tokenizer, prepare
-from harness.tokenizers import get_tokenizer
+from harness.data import prepare as prep
+from harness.data.corpus import load_corpus
+from harness.core.errors import UserError
+from harness.data.prepare import Source, check_tokenizer, prepare
+from harness.data.tokenizers import get_tokenizer
 
 try:
     import datasets  # noqa: F401

@@ -1,4 +1,4 @@
-"""The run record (harness.record) and the results store's queries: the schema is derived from the
+"""The run record (harness.store.record) and the results store's queries: the schema is derived from the
 record, older tables migrate automatically, one retry policy, the PROGRESS format, and a cache that
 reads and verifies a table once per change."""
 
@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.outcomes import load_store
-from harness.record import (FAILED, PROGRESS, RetryPolicy, RunResult, RunRow, RunSpec, column_names, parse_progress,
+from harness.report.outcomes import load_store
+from harness.store.record import (FAILED, PROGRESS, RetryPolicy, RunResult, RunRow, RunSpec, column_names, parse_progress,
                             progress_line)
-from harness.results import CURVE_SCHEMA, RUN_SCHEMA, ResultsStore
+from harness.store.results import CURVE_SCHEMA, RUN_SCHEMA, ResultsStore
 
 
 def spec(seed: int = 0, sweep: str = "sw", arm: str = "qkv_bias") -> RunSpec:
@@ -100,4 +100,4 @@ def test_queries_read_and_verify_a_table_once_per_change(tmp_path, monkeypatch):
     assert reader.history("sw", spec(2).run_id).statuses == [FAILED, "completed"]
     assert verified == ["runs.parquet", "runs.parquet"]
     assert reader.sweeps() == ["sw"] and len(reader.sweep_frame("sw")) == 4 and reader.sweep_frame("other").empty
-    assert reader.latest_row(spec(2).run_id)["attempt"] == 2
+    assert reader.run_row(spec(2).run_id)["attempt"] == 2

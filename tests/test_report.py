@@ -1,4 +1,4 @@
-"""harness.report: reports built from synthetic results stores written as Parquet."""
+"""harness.report.build: reports built from synthetic results stores written as Parquet."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from bench_report import bench_report
+from bench.report import bench_report
 from synthetic import synthetic_results, write_results
 
-from harness import report as R
-from harness import stats as S
-from harness.errors import UserError
-from harness.outcomes import _normalise_runs, load_store, resolve_outcomes
-from harness.plots import aggregate_curves
-from harness.render import md_escape
+from harness.report import build as R
+from harness.stats import inference as S
+from harness.core.errors import UserError
+from harness.report.outcomes import _normalise_runs, load_store, resolve_outcomes
+from harness.report.plots import aggregate_curves
+from harness.report.render import md_escape
 
 REQUIRED_JSON_KEYS = {"arm", "n", "mean", "sd", "diff", "ci_low", "ci_high", "p", "p_holm",
                       "verdict"}
@@ -228,10 +228,17 @@ def test_integrity_config_hash_must_be_one_per_arm(run, tmp_path):
 
 def test_integrity_ignores_failed_runs_values(run, tmp_path):
     runs, curves = make_runs({"baseline": 0, "a": -0.01})
-    failed = attempt(runs, "a", 0, status="failed", test_loss=np.nan, test_set_id="",
-                     run_id="f1", finished_at="2024-01-01T00:00:00+00:00", reason="OOM")
+    failed = attempt(runs, "a", 0, status="failed", test_loss=np.nan, test_set_id="", attempt=1,
+                     finished_at="2024-01-01T00:00:00+00:00", reason="OOM")
+    runs.loc[(runs["arm"] == "a") & (runs["seed"] == 0), "attempt"] = 2  # the retry that completed
     write_store(tmp_path / "res", pd.concat([runs, failed]), curves)
-    run(tmp_path / "res")  # no refusal: the failed attempt never produced a test loss
+    run(tmp_path / "res", fmt="json")  # no refusal: the failed attempt never produced a test loss
+    sweep = json.loads(run.stdout.getvalue())["sweeps"][0]
+    assert sweep["integrity"]["mismatches"] == []
+    arms = {r["arm"]: r for r in sweep["arms"]}
+    assert arms["a"]["n"] == 5 and arms["a"]["n_pairs"] == 5  # seed 0 counts by its completed retry
+    accounting = {r["arm"]: r for r in sweep["runs"]}
+    assert accounting["a"]["completed"] == 5 and accounting["a"]["failed"] == 0 and accounting["a"]["attempts"] == 6
 
 
 # --------------------------------------------------------------------------- accounting
@@ -240,8 +247,8 @@ def test_integrity_ignores_failed_runs_values(run, tmp_path):
 def test_failed_and_diverged_runs_are_counted_and_listed(run, tmp_path):
     runs, curves = make_runs({"baseline": 0, "qkv_bias": -0.01}, seeds=5)
     retry_failed = attempt(runs, "qkv_bias", 1, status="failed", test_loss=np.nan,
-                           reason="CUDA OOM", run_id="old-attempt",
-                           finished_at="2024-01-01T00:00:00+00:00")
+                           reason="CUDA OOM", attempt=1, finished_at="2024-01-01T00:00:00+00:00")
+    runs.loc[(runs["arm"] == "qkv_bias") & (runs["seed"] == 1), "attempt"] = 2  # completed on the retry
     runs = runs[~((runs["arm"] == "qkv_bias") & runs["seed"].isin([3, 4]))]
     diverged = attempt(make_runs({"qkv_bias": 0}, seeds=5)[0], "qkv_bias", 3,
                        status="diverged", test_loss=np.nan, reason="loss is NaN at step 812",
@@ -267,9 +274,9 @@ def test_failed_and_diverged_runs_are_counted_and_listed(run, tmp_path):
 
 def test_completed_attempt_wins_whatever_the_order(tmp_path):
     runs, _ = make_runs({"baseline": 0}, seeds=2)
-    later_fail = attempt(runs, "baseline", 0, status="failed", test_loss=np.nan,
-                         finished_at="2030-01-01T00:00:00+00:00", run_id="later")
-    out = resolve_outcomes(_normalise_runs(pd.concat([runs, later_fail]), print))
+    later_fail = attempt(runs, "baseline", 0, status="failed", test_loss=np.nan, attempt=2,
+                         finished_at="2030-01-01T00:00:00+00:00")
+    out = resolve_outcomes(_normalise_runs(pd.concat([later_fail, runs]), print))
     row = out[(out["arm"] == "baseline") & (out["seed"] == 0)].iloc[0]
     assert row["outcome"] == "completed" and row["attempts"] == 2
 

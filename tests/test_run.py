@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO, cli
+from conftest import cli, kill_mid_run
 
 NO_DROPOUT = ["--set", "drop_rate=0"]
 
@@ -78,15 +73,7 @@ def test_killed_run_resumes_to_a_bit_identical_test_loss(tmp_path):
     expected = runs(tmp_path / "straight").iloc[0]["test_loss"]
 
     results = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "harness", *args, "--results", str(results)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not list(results.glob("runs/*/checkpoint/meta.json")) and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    meta = json.loads(next(results.glob("runs/*/checkpoint/meta.json")).read_text())
-    assert 0 < meta["step"] < 586, "the kill should land mid-run"
+    assert 0 < kill_mid_run(args, results) < 586, "the kill should land mid-run"
     assert not (results / "runs.parquet").exists()
     cli(*args, "--results", str(results), check=True)
     df = runs(results)
@@ -107,7 +94,7 @@ def test_divergence_is_recorded_with_its_step(tmp_path):
     (["run", "--preset", "tinny"], "unknown preset 'tinny' (did you mean 'tiny'?)"),
     (["run", "qkv_bais"], "unknown intervention 'qkv_bais' (did you mean 'qkv_bias'?)"),
     (["run", "rope+nope"], "conflict"),
-    (["run", "--seed", "-1"], "--seed must be >= 0"),
+    (["run", "--seed", "-1"], "seeds must be >= 0, got -1"),
     (["run", "--nproc", "0"], "--nproc must be >= 1"),
     (["run", "--preset", "micro", "--tokens", "10"], "below one step"),
     (["run", "--preset", "micro", "--set", "data=/nonexistent/corpus"], "/nonexistent/corpus"),

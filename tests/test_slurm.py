@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from conftest import cli, invoke
-from harness import slurmjob
-from harness.errors import UserError
-from harness.slurm import ClusterOptions, parse_time
-from harness.slurmjob import JobLauncher, RunJob
+from harness.cluster import slurmjob
+from harness.core.errors import UserError
+from harness.cluster.slurm import ClusterOptions, parse_time
+from harness.cluster.slurmjob import JobLauncher, RunJob
 
 submitit = pytest.importorskip("submitit")
 
@@ -105,7 +105,7 @@ def test_slurm_submission_writes_one_job_array(tmp_path, monkeypatch):
     assert sorted(jobs.values()) == ["4242_0", "4242_1", "4242_2", "4242_3"]
     spec = json.loads((results / "runs" / next(iter(jobs)) / "spec.json").read_text())
     assert spec["world_size"] == 8 and spec["sweep"] == "cluster"
-    from harness.status import status_payload
+    from harness.report.status import status_payload
 
     status = status_payload(results, "cluster")["cluster"]
     assert status["totals"] == {"queued": 4} and status["runs"][0]["detail"] == "Slurm job 4242_0 pending (Priority)"
@@ -151,10 +151,10 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow  # tests/test_slurm_cluster.py preempts real Slurm jobs in CI
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the job's process through /proc")
 def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
-    from harness import config as cfgmod
-    from harness.budget import fixed_budget
-    from harness.plan import run_spec
-    from harness.results import ResultsStore
+    from harness.core import config as cfgmod
+    from harness.planning.budget import fixed_budget
+    from harness.planning.plan import run_spec
+    from harness.store.results import ResultsStore
 
     cfg = cfgmod.resolve("micro", "baseline", {"checkpoint_every": 5})
     spec = run_spec(cfg, 0, fixed_budget(cfg, 1, 25_600), "pre", 1)  # 100 steps

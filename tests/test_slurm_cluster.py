@@ -169,7 +169,7 @@ def test_a_real_time_limit_requeues_and_resumes(cpu_cluster, tmp_path, small_cor
 
 
 def test_slurm_refusals_are_one_line_and_leave_nothing_submitted(cpu_cluster, tmp_path, monkeypatch, micro):
-    from harness.status import status_payload
+    from harness.report.status import status_payload
 
     results = tmp_path / "results"
     common = ["sweep", "qkv_bias", "--seeds", "1", *micro, "--launcher", "slurm", "--name", "x", "--results", str(results)]

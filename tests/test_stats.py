@@ -1,4 +1,4 @@
-"""harness.stats: unit tests against scipy/statsmodels and hand-checked numbers, plus
+"""harness.stats.inference: unit tests against scipy/statsmodels and hand-checked numbers, plus
 simulation tests of the error rates the report promises."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
 from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
-from harness import stats as S
+from harness.stats import inference as S
 
 # Hand-made sweep: 5 seeds, arm lower by 0.01-0.02 on every seed.
 BASE = pd.Series([3.70, 3.71, 3.69, 3.72, 3.70], index=[0, 1, 2, 3, 4])
@@ -32,7 +32,7 @@ def cheap_gc():
 
 @pytest.fixture(autouse=True)
 def no_leaking_warnings():
-    """No scipy/numpy/statsmodels warning may escape harness.stats."""
+    """No scipy/numpy/statsmodels warning may escape harness.stats.inference."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield

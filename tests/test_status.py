@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from harness.launch import Launcher
-from harness.plan import Plan
-from harness.planfile import save_plan
-from harness.procs import is_running
-from harness.record import RunResult, RunRow
-from harness.results import ResultsStore
-from harness.status import status_payload, sweep_names
+from harness.planning.plan import build_plan
+from harness.planning.request import SweepRequest
+from harness.store.planfile import save_plan
+from harness.launch.procs import is_running
+from harness.store.record import RunResult, RunRow
+from harness.store.results import ResultsStore
+from harness.report.status import status_payload, sweep_names
 from conftest import invoke
 
 
@@ -26,8 +26,8 @@ def row(spec, status: str, attempt: int = 1, test_loss: float = float("nan"), re
 
 @pytest.fixture
 def sweep(tmp_path):
-    plan = Plan.build(arms=["qkv_bias"], seeds=[0, 1, 2], preset="micro", sets={}, tokens=1000, budget="baseline",
-                      sweep="s1", include_baseline=True, launcher=Launcher(), results=tmp_path)
+    plan = build_plan(SweepRequest(("qkv_bias",), seeds=(0, 1, 2), preset="micro", tokens=1000, name="s1").check(),
+                      1, False, tmp_path)
     save_plan(plan)
     store = ResultsStore(tmp_path)
     by = {(s.arm, s.seed): s for s in plan.specs}

@@ -108,7 +108,7 @@ def started(output: str) -> list[str]:
 
 
 AFFINITY_HOOK = ("import json, os, sys\n"
-                 "if 'LOCAL_RANK' in os.environ and 'harness.train' in sys.argv[0] + ' '.join(sys.orig_argv):\n"
+                 "if 'LOCAL_RANK' in os.environ and 'harness.training.worker' in sys.argv[0] + ' '.join(sys.orig_argv):\n"
                  "    path = os.path.join(os.environ['AFFINITY_LOG'], str(os.getpid()))\n"
                  "    open(path, 'w').write(json.dumps(sorted(os.sched_getaffinity(0))))\n")
 
@@ -155,7 +155,7 @@ def test_killed_concurrent_sweep_loses_and_duplicates_nothing(reference, tmp_pat
     (["sweep", "qkv_bias", "--set", "grad_accum=2"], "grad_accum is no longer a key: gradient accumulation is derived"),
     (["sweep", "qkv_bias", "--seeds", "0"], "--seeds must be >= 1"),
     (["sweep", "qkv_bias", "--seed-list", "1,x"], "--seed-list"),
-    (["sweep", "missing_sweep.toml"], "cannot read sweep file"),
+    (["sweep", "missing_sweep.toml"], "sweep file 'missing_sweep.toml': no such file"),
 ])
 def test_bad_sweep_arguments(tmp_path, args, message):
     proc = cli(*args, "--results", str(tmp_path))

@@ -1,4 +1,4 @@
-"""The training step that `harness run` and `harness bench` share (harness.train.Trainer), and the
+"""The training step that `harness run` and `harness bench` share (harness.training.worker.Trainer), and the
 CPU fast path of the model: same results as the worker, deterministic, and the same function as
 the book's code in training mode too (dropout on), not only in eval mode (tests/test_model.py)."""
 
@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import cli
-from harness.config import TrainConfig
-from harness.data import load_corpus
-from harness.plan import RunSpec
-from harness.placement import CPU_THREADS
-from harness.train import CPU_EVAL_TOKENS, Dist, Trainer, auto_eval_batch, configure_threads
-from model import GPTModel, ModelConfig, init_weights
-from model import gpt
-from model.book import BookGPTModel
+from harness.core.config import TrainConfig
+from harness.data.corpus import load_corpus
+from harness.planning.plan import RunSpec
+from harness.core.placement import CPU_THREADS
+from harness.training.worker import CPU_EVAL_TOKENS, Dist, Trainer, auto_eval_batch, configure_threads
+from harness.model import GPTModel, ModelConfig, init_weights
+from harness.model import gpt
+from harness.model.book import BookGPTModel
 
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 SMALL = ModelConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.25)

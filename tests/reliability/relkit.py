@@ -15,7 +15,7 @@ import pytest
 
 from conftest import corpus  # noqa: F401 - the reliability suite's corpus is the shared one
 
-from harness.procs import sigkill
+from harness.launch.procs import sigkill
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK = Path(__file__).resolve().parent / "faulthook"

@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import invoke
-from harness import config as cfgmod
-from harness.errors import UserError
+from harness.core import config as cfgmod
+from harness.core.definitions import builtin_folder
+from harness.core.errors import UserError
 from relkit import MICRO, REPO, corpus, env, rows, run, sweep_args
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -77,7 +78,7 @@ def test_no_output_overwrites_an_input(trained, tmp_path, data):
         ("data", "prepare", str(data), "--out", str(data)),
         ("data", "prepare", str(data), "--out", str(data.parent), "--overwrite"),
         ("sweep", "qkv_bias", "--seeds", "1", *MICRO, "--results", str(run_dir / "nested"), "--dry-run"),
-        ("sweep", "qkv_bias", "--seeds", "1", *MICRO, "--results", str(cfgmod.INTERVENTIONS_DIR), "--dry-run"),
+        ("sweep", "qkv_bias", "--seeds", "1", *MICRO, "--results", str(builtin_folder() / "interventions"), "--dry-run"),
     ]
     for args in cases:
         code, out, err = invoke(*args)
@@ -103,9 +104,10 @@ def test_no_output_overwrites_an_input(trained, tmp_path, data):
     ("preset", 'model = 3\n', "model must be a table"),
 ])
 def test_definition_files_are_validated_strictly(tmp_path, monkeypatch, kind, text, needle):
-    folder = "INTERVENTIONS_DIR" if kind == "intervention" else "PRESETS_DIR"
-    monkeypatch.setattr(cfgmod, folder, tmp_path)
-    (tmp_path / "odd.toml").write_text(text)
+    folder = tmp_path / ("interventions" if kind == "intervention" else "presets")
+    folder.mkdir()
+    monkeypatch.setenv("HARNESS_SWEEPS", str(tmp_path))
+    (folder / "odd.toml").write_text(text)
     with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         cfgmod.load_intervention("odd") if kind == "intervention" else cfgmod.load_preset("odd")
 
@@ -158,18 +160,20 @@ def test_equal_configurations_are_one_arm_and_aa_arms_are_named(tmp_path):
                             "qkv_bias+no_dropout", "no_amp", "--seeds", "2", *MICRO, "--name", "canon",
                             "--results", str(tmp_path), "--dry-run")
     assert code == 0, err
-    from harness.plan import Plan
-    from harness.launch import Launcher
+    from harness.planning.plan import build_plan
+    from harness.planning.request import SweepRequest
 
-    plan = Plan.for_sweep(["qkv_bias+qkv_bias", "baseline+qkv_bias", "no_dropout+qkv_bias", "qkv_bias+no_dropout",
-                           "no_amp"], 2, None, "micro", {}, 3000, None, "canon", Launcher(gpus=False), tmp_path, None)
+    arms = ("qkv_bias+qkv_bias", "baseline+qkv_bias", "no_dropout+qkv_bias", "qkv_bias+no_dropout", "no_amp")
+    plan = build_plan(SweepRequest(arms, seeds=(0, 1), preset="micro", tokens=3000, name="canon").check(), 1, False,
+                      tmp_path)
     assert plan.arms == ["baseline", "qkv_bias", "no_dropout+qkv_bias", "no_amp"]
     assert len(plan.specs) == 8 and len({s.run_id for s in plan.specs}) == 8
     assert "arm 'qkv_bias+no_dropout' trains exactly the configuration of 'no_dropout+qkv_bias'" in out
     assert "no_amp is an A/A comparison here" in out and set(plan.inert) == {"no_amp"}
-    gpu_plan = Plan.for_sweep(["no_amp"], 2, None, "micro", {}, 3000, None, "g", Launcher(gpus=True), tmp_path, None)
+    gpu_plan = build_plan(SweepRequest(("no_amp",), seeds=(0, 1), preset="micro", tokens=3000, name="g").check(), 1,
+                          True, tmp_path)
     assert gpu_plan.inert == {}  # on GPUs fp32 is a real change (auto is bf16 there)
-    from harness.planfile import save_plan
+    from harness.store.planfile import save_plan
     from synthetic import synthetic_results, write_results
 
     runs, curves = synthetic_results(sweep="canon", arms={"baseline": 0.0, "no_amp": 0.0}, seeds=4)
@@ -214,7 +218,7 @@ def test_a_journal_entry_the_tables_cannot_hold_does_not_poison_the_store(traine
     entry = json.loads((run_dir / "attempts" / "1.json").read_text())
     row = dict(entry["row"], attempt=2, seed=2**63)
     body = json.dumps({"row": row, "curve": entry["curve"]}, sort_keys=True, default=str)
-    from harness.files import sha256_bytes
+    from harness.core.files import sha256_bytes
 
     (run_dir / "attempts" / "2.json").write_text(json.dumps({"row": row, "curve": entry["curve"],
                                                              "sha256": sha256_bytes(body.encode())}))
@@ -252,12 +256,12 @@ def test_data_too_short_for_one_window_is_refused_at_plan_time(tmp_path):
 
 def test_a_configuration_that_cannot_run_is_recorded_once_and_not_retried(tmp_path, data):
     """Data that shrank between plan and launch: the worker's UserError is the config's, not noise."""
-    from harness import config as cfg
-    from harness.budget import fixed_budget
-    from harness.launch import Launcher, execute
-    from harness.plan import run_spec
-    from harness.record import RetryPolicy, UNRUNNABLE
-    from harness.results import ResultsStore
+    from harness.core import config as cfg
+    from harness.planning.budget import fixed_budget
+    from harness.launch.torchrun import Launcher, execute
+    from harness.planning.plan import run_spec
+    from harness.store.record import RetryPolicy, UNRUNNABLE
+    from harness.store.results import ResultsStore
 
     short = tmp_path / "short.txt"
     short.write_text(data.read_text())
@@ -284,10 +288,12 @@ def test_arm_names_are_names(tmp_path, name):
 
 
 def test_odd_files_among_interventions_are_named_as_such(tmp_path, monkeypatch):
-    monkeypatch.setattr(cfgmod, "INTERVENTIONS_DIR", tmp_path)
-    os.mkfifo(tmp_path / "pipe.toml")
-    (tmp_path / "loop.toml").symlink_to(tmp_path / "loop.toml")
-    assert cfgmod.intervention_names() == []
+    folder = tmp_path / "interventions"
+    folder.mkdir()
+    monkeypatch.setenv("HARNESS_SWEEPS", str(tmp_path))
+    os.mkfifo(folder / "pipe.toml")
+    (folder / "loop.toml").symlink_to(folder / "loop.toml")
+    assert not {"pipe", "loop"} & set(cfgmod.intervention_names())
     with pytest.raises(UserError, match="not a regular file"):
         cfgmod.load_intervention("pipe")
     with pytest.raises(UserError, match="cannot read intervention 'loop'.*symbolic links"):
@@ -327,7 +333,7 @@ def test_a_worker_interrupted_by_ctrl_c_is_not_a_failed_attempt_and_stops_the_sw
 
 def test_status_shows_a_killed_run_as_interrupted(trained, tmp_path):
     results = copy_of(trained, tmp_path)
-    from harness.planfile import read_plan
+    from harness.store.planfile import read_plan
 
     plan = read_plan(results, "s")
     run_id = plan["runs"][0]["run_id"]
@@ -361,7 +367,7 @@ def test_smaller_ones(tmp_path, trained):
 
 
 def test_a_test_set_mixed_within_an_arm_is_named_as_mixed_across_seeds():
-    from harness.outcomes import check_integrity, resolve_outcomes
+    from harness.report.outcomes import check_integrity, resolve_outcomes
     from synthetic import synthetic_results
 
     runs, _ = synthetic_results(sweep="m", arms={"baseline": 0.0, "qkv_bias": -0.01}, seeds=4)

@@ -17,7 +17,7 @@ import torch
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 
 from conftest import flip_bit
-from harness import checkpoint
+from harness.training import checkpoint
 
 
 def save(run_dir: Path, step: int, model: torch.nn.Module | None = None) -> None:

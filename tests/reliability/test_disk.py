@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import ResultsStore
+from harness.store.results import ResultsStore
 from relkit import MICRO, corpus, env, rows, run
 
 
@@ -74,7 +74,7 @@ def test_disk_full_while_checkpointing_is_not_the_runs_failure_and_the_run_resum
     assert "No space left on device" in line and "meta.json" in line and "resumes" in line
     assert not (results / "runs.parquet").exists()  # nothing recorded: no attempt was spent
     run_dir = next((results / "runs").iterdir())
-    from harness import checkpoint
+    from harness.training import checkpoint
 
     assert checkpoint.latest(run_dir, quarantine_bad=True)[1]["step"] == 3  # the last complete checkpoint
     assert not (run_dir / "quarantine").exists()

@@ -20,9 +20,9 @@ from rich.console import Console
 from markdown_it import MarkdownIt
 from typer.testing import CliRunner
 
-from harness import config as cfgmod
-from harness.errors import UserError
-from harness.results import RUN_SCHEMA, ResultsStore
+from harness.core import config as cfgmod
+from harness.core.errors import UserError
+from harness.store.results import RUN_SCHEMA, ResultsStore
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                      HealthCheck.too_slow])
@@ -85,8 +85,9 @@ def toml_doc(top_keys):
 @example('[set]\nemb_dim = 99999999999999999\n')
 @example('set = 3\n')
 def test_intervention_files_load_or_fail_cleanly(tmp_path, monkeypatch, text):
-    monkeypatch.setattr(cfgmod, "INTERVENTIONS_DIR", tmp_path)
-    (tmp_path / "hostile.toml").write_text(text, encoding="utf-8", errors="surrogatepass")
+    (tmp_path / "interventions").mkdir(exist_ok=True)
+    monkeypatch.setenv("HARNESS_SWEEPS", str(tmp_path))
+    (tmp_path / "interventions" / "hostile.toml").write_text(text, encoding="utf-8", errors="surrogatepass")
     try:
         iv = cfgmod.load_intervention("hostile")
         arm = cfgmod.resolve("micro", "hostile")
@@ -107,7 +108,7 @@ SWEEP_KEYS = ["name", "description", "preset", "arms", "seeds", "seed_list", "bu
 @example('arms = ["qkv_bias"]\ntokens = -5\n')
 @example('arms = ["qkv_bias"]\nseeds = 0\n')
 def test_sweep_files_load_or_fail_cleanly(tmp_path, text):
-    from harness.plan import load_sweep_file
+    from harness.planning.request import load_sweep_file
 
     path = tmp_path / "hostile.toml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -218,7 +219,7 @@ def hostile_frame():
 @FAST
 @given(hostile_frame())
 def test_arbitrary_parquet_never_crashes_the_store_or_the_report(tmp_path, frame):
-    from harness.report import run_report
+    from harness.report.build import run_report
 
     root = tmp_path / "results"
     root.mkdir(exist_ok=True)
@@ -251,7 +252,7 @@ ARM_NAMES = st.text(alphabet=string.printable + "äß‮", min_size=1, max_size=
 @given(st.lists(ARM_NAMES, min_size=1, max_size=3, unique=True), ARM_NAMES)
 @example(["a|b", "<script>alert(1)</script>"], "*bold*_x_[l](http://e)")
 def test_arm_and_sweep_names_are_escaped_in_markdown(tmp_path, arms, sweep):
-    from harness.report import run_report
+    from harness.report.build import run_report
 
     assume("baseline" not in arms)
     rows = []

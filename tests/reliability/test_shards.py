@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import data as datamod
-from harness.errors import UserError
+from harness.data import corpus as datamod
+from harness.core.errors import UserError
 from conftest import flip_bit as flip
 from relkit import corpus
 

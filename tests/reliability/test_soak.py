@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import ResultsStore
+from harness.store.results import ResultsStore
 from relkit import slow_only  # noqa: F401 - a fixture
 from relkit import corpus, kill_leftovers, processes_using, record_figure, rows, start, sweep_args, wait_for
 

@@ -17,9 +17,9 @@ import pytest
 from rich.console import Console
 
 from conftest import flip_bit
-from harness.errors import UserError
-from harness.record import RunRow
-from harness.results import CURVES, MANIFEST, RUNS, ResultsStore, WriteError
+from harness.core.errors import UserError
+from harness.store.record import RunRow
+from harness.store.results import CURVES, MANIFEST, RUNS, ResultsStore, WriteError
 
 
 def make_row(i: int, attempt: int = 1, **kw) -> RunRow:
@@ -238,7 +238,7 @@ WRITER = """
 import sys
 from pathlib import Path
 sys.path[:0] = [{here!r}, str(Path({here!r}).parent)]  # test_store, and the conftest it imports
-from harness.results import ResultsStore
+from harness.store.results import ResultsStore
 from test_store import make_row
 store = ResultsStore(Path({root!r}), warn=print)
 for i in range({start}, {start} + 15):
@@ -262,7 +262,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
 
 
 def test_report_never_crashes_on_damaged_tables(tmp_path):
-    from harness.report import run_report
+    from harness.report.build import run_report
 
     for name, damage in sorted(DAMAGE.items()):
         root = tmp_path / name
@@ -311,7 +311,7 @@ def test_disk_full_at_any_write_of_an_append_keeps_the_tables_verifiable(tmp_pat
 
 
 def test_report_never_uses_an_altered_table(tmp_path):
-    from harness.report import run_report
+    from harness.report.build import run_report
 
     store = filled(tmp_path)
     table = store.runs()

@@ -39,7 +39,7 @@ def _cmdline():
 
 
 def _role(args):
-    if "harness.train" in args and "LOCAL_RANK" in os.environ:
+    if "harness.training.worker" in args and "LOCAL_RANK" in os.environ:
         return "worker"
     if "torch.distributed.run" in args:
         return "torchrun"

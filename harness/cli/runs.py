@@ -1,0 +1,275 @@
+"""The commands that train: `harness run`, `harness sweep`, `harness noise`.
+
+Each command's parameters are its options (Typer declares options as parameters, so these
+functions have many); each body builds the option groups once (a SweepRequest or NoiseRequest,
+the ClusterOptions, the adaptive settings), builds the plan, and hands everything to `launch`,
+the one place that chooses between running here and submitting to Slurm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from harness.cli.app import (BudgetOpt, DataOpt, DataSeedOpt, DropoutSeedOpt, InitSeedOpt, LogOpt, PresetOpt,
+                             ResultsOpt, SetOpt, SweepsOpt, TokensOpt, VaryOpt, command, console, definitions,
+                             non_negative, parse_sets)
+from harness.core import config as cfgmod
+from harness.core.errors import UserError
+
+NprocOpt = Annotated[Optional[int], typer.Option(help="Processes per node per run (default: GPUs, else 1).")]
+NnodesOpt = Annotated[int, typer.Option(help="Nodes per run (torchrun --nnodes).")]
+NodeRankOpt = Annotated[int, typer.Option(help="This node's rank (torchrun --node-rank).")]
+RdzvOpt = Annotated[str, typer.Option(help="host:port of the c10d rendezvous (multi-node).")]
+RetriesOpt = Annotated[int, typer.Option(help="Retries of a failed run.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs, budgets, estimated time) and stop.")]
+LauncherOpt = Annotated[str, typer.Option(
+    help="torchrun: run here, one run after another (default); slurm: submit each run as a Slurm job "
+         "(one job array per sweep) through submitit; local: the same jobs through submitit's local executor.")]
+PartitionOpt = Annotated[Optional[str], typer.Option(help="Slurm partition.")]
+TimeOpt = Annotated[Optional[str], typer.Option(
+    "--time", help="Slurm/local: each job's time limit (HH:MM:SS, D-HH:MM:SS, 90m, 4h; slurm default 24:00:00); "
+                   "a job that reaches it is requeued and resumes from its checkpoint.")]
+JobsOpt = Annotated[str, typer.Option(
+    help="Runs at once on this machine, each on its own GPUs or CPU cores; auto: GPUs // --nproc on CUDA, "
+         "cores // (--nproc x threads per process) on the CPU. Placement never changes the results.")]
+
+
+def streams(vary: str | None, init_seed: int | None, data_seed: int | None, dropout_seed: int | None):
+    """--vary STREAM and --init-seed/--data-seed/--dropout-seed as one Streams value."""
+    from harness.planning.request import Streams
+
+    fixed = {name: value for name, value in (("init", init_seed), ("data", data_seed), ("dropout", dropout_seed))
+             if value is not None}
+    return Streams(vary or "", fixed)
+
+
+def adaptive_settings(until_decided: bool, max_seeds, min_seeds, margin, alpha):
+    """The adaptive sweep's settings, or None; its options without --until-decided are refused."""
+    from harness.planning.adaptive import Adaptive
+
+    given = {"--max-seeds": max_seeds, "--min-seeds": min_seeds, "--margin": margin, "--alpha": alpha}
+    if not until_decided:
+        named = [flag for flag, value in given.items() if value is not None]
+        if named:
+            raise UserError(f"{named[0]} belongs to --until-decided (an adaptive sweep); for a fixed sweep's "
+                            "report give it to `harness report`" if named[0] in ("--margin", "--alpha") else
+                            f"{named[0]} belongs to --until-decided (an adaptive sweep)")
+        return None
+    defaults = Adaptive()
+    settings = Adaptive(alpha=defaults.alpha if alpha is None else alpha, margin=margin,
+                        min_seeds=defaults.min_seeds if min_seeds is None else min_seeds,
+                        max_seeds=defaults.max_seeds if max_seeds is None else max_seeds)
+    settings.check()
+    return settings
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a plan runs, checked before it is built (which reads corpora): retries of a failed run,
+    runs at once here (None: auto), and whether to log to TensorBoard."""
+
+    retries: int = 1
+    jobs: int | None = None
+    tensorboard: bool = False
+
+    @classmethod
+    def checked(cls, retries: int, jobs: str, log: str, cluster) -> "Execution":
+        from harness.core.placement import parse_jobs
+        from harness.trackers.tensorboard import check_log
+
+        non_negative(retries, "--retries")
+        jobs_asked = parse_jobs(jobs)
+        if cluster.launcher != "torchrun" and jobs_asked is not None:
+            raise UserError(f"--jobs is for runs on this machine; --launcher {cluster.launcher} runs jobs in parallel "
+                            "by itself (--slurm-array-parallelism)")
+        return cls(retries, jobs_asked, check_log(log))
+
+
+def launch(plan, launcher, cluster, how: Execution, dry_run: bool) -> int:
+    """Show the plan, then run it here (the torchrun launcher) or submit it (slurm, local); an exit code."""
+    from harness.planning.preview import print_plan
+
+    jobs_here = launcher.jobs(how.jobs) if cluster.launcher == "torchrun" else 1
+    print_plan(plan, console, jobs_here)
+    if dry_run:
+        return 0
+    if cluster.launcher != "torchrun":
+        from harness.cluster.slurm import submit_plan
+
+        return submit_plan(plan, launcher, cluster, how.retries, console, tensorboard=how.tensorboard)
+    outcome = run_here(plan, launcher, retries=how.retries, tensorboard=how.tensorboard, jobs=jobs_here)
+    console.print(f"results: {plan.results / 'runs.parquet'} ({'study' if plan.noise else 'sweep'} {plan.sweep!r}); "
+                  f"report with:\n  harness report --sweep {plan.sweep} --results {plan.results}")
+    return 0 if outcome.all_completed else 1
+
+
+def run_here(plan, launcher, retries: int, tensorboard: bool, jobs: int = 1):
+    """Execute a plan on this machine; with --log tensorboard, live curves and then test losses."""
+    from harness.launch.local import execute_plan
+
+    if not tensorboard:
+        return execute_plan(plan, launcher, console, retries=retries, jobs=jobs)
+    from harness.store.results import ResultsStore
+    from harness.trackers.tensorboard import TensorBoardLog
+
+    tb = TensorBoardLog(plan.results)
+    try:
+        return execute_plan(plan, launcher, console, retries=retries, jobs=jobs, on_progress=tb.progress)
+    finally:
+        tb.from_store(ResultsStore(plan.results), plan.specs)
+
+
+# one parameter per command-line option (Typer); the body only builds the option groups
+@command("run")
+def run_cmd(
+    arm: Annotated[str, typer.Argument(help="Arm: 'baseline', an intervention, or several joined by '+'.")] = cfgmod.BASELINE,
+    seed: Annotated[int, typer.Option(help="Run seed (derives init, data-order and dropout seeds).")] = 0,
+    preset: PresetOpt = "tiny",
+    nproc: NprocOpt = None,
+    sets: SetOpt = None,
+    tokens: TokensOpt = None,
+    budget: BudgetOpt = "baseline",
+    results: ResultsOpt = Path("results"),
+    sweep: Annotated[str, typer.Option(help="Sweep name to record the run under.")] = "adhoc",
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    rdzv_endpoint: RdzvOpt = "",
+    data: DataOpt = None,
+    log: LogOpt = "none",
+    vary: VaryOpt = None,
+    init_seed: InitSeedOpt = None,
+    data_seed: DataSeedOpt = None,
+    dropout_seed: DropoutSeedOpt = None,
+    sweeps_dirs: SweepsOpt = None,
+):
+    """One exact, deterministic training run under torchrun, recorded in the results store."""
+    from harness.launch.torchrun import Launcher
+    from harness.planning.plan import build_plan
+    from harness.planning.request import SweepRequest, with_data
+    from harness.trackers.tensorboard import check_log
+
+    tensorboard = check_log(log)
+    request = SweepRequest(arms=(arm,), seeds=(seed,), preset=preset, sets=with_data(parse_sets(sets), data),
+                           tokens=tokens, budget=budget, name=sweep, include_baseline=False,
+                           streams=streams(vary, init_seed, data_seed, dropout_seed)).check()
+    launcher = Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint)
+    plan = build_plan(request, launcher.world_size, launcher.uses_gpus(), results, definitions(sweeps_dirs))
+    return 0 if run_here(plan, launcher, retries=0, tensorboard=tensorboard).all_completed else 1
+
+
+# one parameter per command-line option (Typer); the body only builds the option groups
+@command("sweep")
+def sweep_cmd(
+    arms: Annotated[list[str], typer.Argument(
+        help="Interventions to compare with the baseline ('+' combines), or one sweep file (TOML: a path, or "
+             "the name of one in the definitions folders, e.g. interventions_32.toml).")],
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds 0..N-1 for every arm (default 5).")] = None,
+    seed_list: Annotated[Optional[str], typer.Option(help="Explicit seeds, e.g. 7,11,13.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name (default tiny).")] = None,
+    nproc: NprocOpt = None,
+    sets: SetOpt = None,
+    tokens: TokensOpt = None,
+    budget: Annotated[Optional[str], typer.Option(
+        "--budget", help="'baseline' (default): every arm trains on the baseline's Chinchilla budget, as the "
+                         "seed author did; 'own': each arm on its own Chinchilla count.")] = None,
+    results: ResultsOpt = Path("results"),
+    name: Annotated[Optional[str], typer.Option(help="Sweep name (default: preset and arms).")] = None,
+    dry_run: DryRunOpt = False,
+    until_decided: Annotated[bool, typer.Option(
+        "--until-decided", help="Adaptive: run seeds in rounds and stop giving an arm seeds once a sequential test "
+                                "(valid under optional stopping) decides it better, worse or equivalent.")] = False,
+    max_seeds: Annotated[Optional[int], typer.Option(help="--until-decided: seeds per arm at most (default 20).")] = None,
+    min_seeds: Annotated[Optional[int], typer.Option(help="--until-decided: seeds before any decision (default 3).")] = None,
+    margin: Annotated[Optional[float], typer.Option(
+        help="--until-decided: also decide 'equivalent' when the difference lies within +-margin.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(
+        help="--until-decided: family-wise error across arms (default 0.05).")] = None,
+    retries: RetriesOpt = 1,
+    jobs: JobsOpt = "auto",
+    nnodes: NnodesOpt = 1,
+    node_rank: NodeRankOpt = 0,
+    rdzv_endpoint: RdzvOpt = "",
+    data: DataOpt = None,
+    log: LogOpt = "none",
+    vary: VaryOpt = None,
+    init_seed: InitSeedOpt = None,
+    data_seed: DataSeedOpt = None,
+    dropout_seed: DropoutSeedOpt = None,
+    launcher: LauncherOpt = "torchrun",
+    partition: PartitionOpt = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(help="Slurm/local: GPUs (torchrun processes) per node of each run; 0 for CPU-only jobs "
+        "(Slurm default: 1 where the partition has GPUs, else 0).")] = None,
+    time_limit: TimeOpt = None,
+    slurm_array_parallelism: Annotated[Optional[int], typer.Option(help="Slurm: runs of the array at once (default: all).")] = None,
+    cpus_per_task: Annotated[Optional[int], typer.Option(help="Slurm: CPUs per node of each job.")] = None,
+    mem_gb: Annotated[Optional[float], typer.Option(help="Slurm: memory per node of each job, GB.")] = None,
+    slurm_arg: Annotated[Optional[list[str]], typer.Option(
+        help="Slurm: any other sbatch option as KEY=VALUE, e.g. account=myproj, qos=high (repeatable).")] = None,
+    slurm_setup: Annotated[Optional[list[str]], typer.Option(
+        help="Slurm: a shell line to run before each job, e.g. 'module load cuda' (repeatable).")] = None,
+    wait: Annotated[Optional[bool], typer.Option(
+        "--wait/--no-wait", help="Slurm/local: wait for the jobs and print each outcome (default: local waits, "
+                                 "slurm returns once submitted).")] = None,
+    sweeps_dirs: SweepsOpt = None,
+):
+    """Baseline + each intervention x N seeds, matched budgets, seed-major, resumable."""
+    from harness.cluster.slurm import ClusterOptions
+    from harness.planning.plan import build_plan
+    from harness.planning.request import sweep_request
+
+    library = definitions(sweeps_dirs)
+    cluster = ClusterOptions(launcher=launcher, partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
+                             array_parallelism=slurm_array_parallelism, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
+                             slurm_args=tuple(slurm_arg or ()), slurm_setup=tuple(slurm_setup or ()),
+                             wait=wait).checked()
+    how = Execution.checked(retries, jobs, log, cluster)
+    request = sweep_request(arms, seeds=seeds, seed_list=seed_list, preset=preset, sets=parse_sets(sets),
+                            tokens=tokens, budget=budget, name=name, data=data, library=library,
+                            adaptive=adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha),
+                            streams=streams(vary, init_seed, data_seed, dropout_seed))
+    run_launcher = cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint)
+    plan = build_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, library)
+    return launch(plan, run_launcher, cluster, how, dry_run)
+
+
+# one parameter per command-line option (Typer); the body only builds the option groups
+@command("noise")
+def noise_cmd(
+    preset: PresetOpt = "tiny",
+    seeds: Annotated[int, typer.Option(help="Runs per source of noise (and of the ordinary seeds).")] = 8,
+    arm: Annotated[Optional[str], typer.Option(
+        help="Also study this arm, and its paired difference with the baseline per source.")] = None,
+    replicates: Annotated[int, typer.Option(
+        help="Runs with identical seeds: bit-identical on CPU; on GPU their spread is the nondeterminism floor "
+             "(give more there, e.g. 8).")] = 2,
+    sets: SetOpt = None,
+    tokens: TokensOpt = None,
+    data: DataOpt = None,
+    results: ResultsOpt = Path("results"),
+    name: Annotated[Optional[str], typer.Option(help="Study name (default: noise-PRESET-ARMS).")] = None,
+    nproc: NprocOpt = None,
+    jobs: JobsOpt = "auto",
+    retries: RetriesOpt = 1,
+    dry_run: DryRunOpt = False,
+    launcher: LauncherOpt = "torchrun",
+    partition: PartitionOpt = None,
+    time_limit: TimeOpt = None,
+    sweeps_dirs: SweepsOpt = None,
+):
+    """Where seed noise comes from: runs that vary one random stream at a time (initial weights, data
+    order, dropout masks), all three, and none; `harness report` decomposes the test loss's variance."""
+    from harness.cluster.slurm import ClusterOptions
+    from harness.planning.plan import noise_plan
+    from harness.planning.request import NoiseRequest, with_data
+
+    cluster = ClusterOptions(launcher=launcher, partition=partition, time=time_limit).checked()
+    how = Execution.checked(retries, jobs, "none", cluster)
+    request = NoiseRequest(preset=preset, arm=arm, seeds=seeds, replicates=replicates,
+                           sets=with_data(parse_sets(sets), data), tokens=tokens, name=name).check()
+    run_launcher = cluster.run_launcher(nproc, 1, 0, "")
+    plan = noise_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, definitions(sweeps_dirs))
+    return launch(plan, run_launcher, cluster, how, dry_run)

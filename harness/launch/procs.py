@@ -1,0 +1,212 @@
+"""Process handling for runs: the run lock, finding and killing worker process trees, Ctrl-C.
+
+torchrun starts its workers in their own sessions, so killing a sweep's process group can leave
+them training; these helpers find them through Linux's /proc and kill whole trees. The run lock
+is an flock whose descriptor torchrun inherits, so it stays held while torchrun lives. Ctrl-C is
+latched: a sweep stops after the current run even where Python cannot raise the interrupt (while
+torchrun is being forked).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+_ctrl_c = threading.Event()    # set by ctrl_c_latch's handler
+_spawning = threading.Event()  # set while Popen forks torchrun
+
+
+@contextmanager
+def ctrl_c_latch() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt and is also remembered, so a sweep stops after the current
+    run even where the exception cannot be raised. While torchrun is being forked the handler only
+    remembers it: an exception raised inside Python's at-fork hooks would be printed as "Exception
+    ignored" with a traceback and lost; _launch raises it as soon as the fork is done."""
+    _ctrl_c.clear()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield _ctrl_c  # SIGINT ignored or handled by an embedding program: leave it alone
+        return
+
+    def on_sigint(signum, frame):
+        _ctrl_c.set()
+        if not _spawning.is_set():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield _ctrl_c
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def stop_runs() -> None:
+    """Make every run that this process is running stop, as Ctrl-C does (launch._launch polls it)."""
+    _ctrl_c.set()
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C was pressed under ctrl_c_latch (also while torchrun was being forked)."""
+    return _ctrl_c.is_set()
+
+
+def spawn(cmd: list[str], env: dict[str, str], keep_fd: int | None, cpus: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Start `cmd` with its output on a pipe, as a child that dies with this process, holding
+    `keep_fd` open, pinned to `cpus` (if any; its children inherit them); a Ctrl-C during the
+    fork is only latched (see ctrl_c_latch)."""
+    def in_child() -> None:  # after fork, before exec: nothing that takes a lock another thread may hold
+        if _prctl is not None:
+            _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphan keeps training
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    with _spawn_lock:  # concurrent runs: one fork at a time, so the latch's window stays exact
+        _spawning.set()
+        try:
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace", env=env, preexec_fn=in_child, bufsize=1,
+                                    pass_fds=(keep_fd,) if keep_fd is not None else ())
+        finally:
+            _spawning.clear()
+
+
+def _libc_prctl():
+    """libc's prctl, loaded once here: loading a library in a forked child could deadlock."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _libc_prctl()
+_spawn_lock = threading.Lock()
+
+
+class RunLock:
+    """An exclusive flock on runs/<id>/.lock whose descriptor the run's processes inherit (pass_fds),
+    so the lock outlives this process for as long as they do. Compatible with filelock.FileLock
+    (also flock)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        # close, never LOCK_UN: a worker that still holds the inherited descriptor keeps the lock
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+def is_running(run_dir: Path) -> bool:
+    """Whether another process holds the run folder's lock (a sweep, or a Slurm/local job runs it)."""
+    lock_file = Path(run_dir) / ".lock"
+    if not lock_file.exists():
+        return False
+    lock = RunLock(lock_file)
+    try:
+        if not lock.acquire():
+            return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
+def _proc_table() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc)."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+                table[int(entry.name)] = int(stat[stat.rfind(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return table
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _proc_table().items():
+        children.setdefault(parent, []).append(child)
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def sigkill(pids: list[int]) -> None:
+    """SIGKILL each process; one that is already gone is not an error."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (torchrun's workers live in their own sessions)."""
+    for _ in range(3):  # again, for children forked while we were looking
+        sigkill(process_tree(pid))
+        time.sleep(0.05)
+
+
+def stale_workers(spec_path: Path) -> list[int]:
+    """Processes (torchrun or its workers) still training this run, left by a killed attempt."""
+    target = str(spec_path.resolve())
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if "harness.training.worker" not in args or not any(a.endswith("spec.json") for a in args):
+                continue
+            cwd = os.readlink(Path(entry.path, "cwd"))
+        except OSError:
+            continue
+        if any(a.endswith("spec.json") and os.path.normpath(os.path.join(cwd, a)) == target for a in args):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_stale_workers(spec_path: Path, timeout: float = 30.0) -> list[int]:
+    """Kill the leftovers of an earlier attempt and wait until they are gone."""
+    pids = stale_workers(spec_path)
+    sigkill(pids)
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids

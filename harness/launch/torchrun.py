@@ -1,0 +1,408 @@
+"""Run one planned run under torchrun and record its outcome in the results store.
+
+The parent never trains: it writes spec.json into the run's folder, starts torchrun with an
+argument list (no shell), streams the workers' output into log.txt, forwards PROGRESS lines to a
+callback, and appends the result row. A run folder is locked while a process runs it, so two
+sweeps on one results folder never run the same run at once; a run whose workers finished but
+whose row was never written (a crash in between) is recorded without training again.
+
+Reliability, in the order execute() works:
+  * the run folder's lock (flock on runs/<id>/.lock) is also handed to torchrun, so it stays held
+    while torchrun lives even if this process is killed;
+  * workers of an earlier, killed attempt (torchrun starts them in their own sessions, so killing
+    a sweep's process group leaves them running) are found through /proc and killed first;
+  * journal entries (runs/<id>/attempts/) that never reached the tables are recorded;
+  * a damaged or unsafe checkpoint is quarantined before any worker starts (checkpoint.latest);
+  * a stall watchdog kills the whole torchrun process tree when the workers print nothing for
+    HARNESS_STALL_TIMEOUT seconds (default 1800), and the attempt is recorded as failed with
+    the reason "no progress for N s"; a dead worker makes torchrun stop the group by itself, and a
+    hung collective ends after HARNESS_COLLECTIVE_TIMEOUT (read by harness.training.worker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.training import checkpoint
+from harness.core.errors import UserError
+from harness.core.files import WriteError, atomic_write_bytes, quarantine, write_error
+from harness.core.placement import Slot, auto_jobs, slots
+from harness.launch.procs import RunLock, interrupted, kill_stale_workers, kill_tree, spawn
+from harness.store.record import (CONFIG, DATA_CHANGED, ENVIRONMENT, FAILED, UNRUNNABLE, RunResult, RunRow, RunSpec, find_stopped,
+                            parse_progress)
+from harness.store.results import ResultsStore
+from harness.core.versions import git_commit, versions
+
+DEFAULT_STALL_TIMEOUT = 1800.0
+WORKER = "harness.training.worker"  # the module every worker process runs
+WORKER_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}
+
+@dataclass(frozen=True)
+class Launcher:
+    """How to start a run's processes: per node, the multi-node rendezvous if any, and the slot
+    (GPUs or CPU cores) it may use when several runs share the machine."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    slot: Slot = Slot()
+    gpus: bool | None = None  # whether the runs use GPUs (None: they run here, so ask torch)
+
+    def uses_gpus(self) -> bool:
+        return self.gpus if self.gpus is not None else gpu_count() > 0
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The run's environment additions: unbuffered output, no working directory on sys.path
+        (PYTHONSAFEPATH: a user's model.py or harness.py beside them never shadows harness in the
+        workers), its slot's devices, and for a single process started without torchrun the
+        variables torchrun would have set."""
+        ranks = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"} \
+            if self.world_size == 1 else {}
+        return WORKER_ENV | ranks | self.extra_env | self.slot.env()
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+    @property
+    def records(self) -> bool:
+        """Only the first node's parent writes results (every node runs the same plan)."""
+        return self.node_rank == 0
+
+    @classmethod
+    def checked(cls, nproc: int | None = None, nnodes: int = 1, node_rank: int = 0,
+                rdzv_endpoint: str = "") -> "Launcher":
+        """From command-line values (nproc None: one per GPU, else 1), with one clear error for a bad one."""
+        nproc = default_nproc() if nproc is None else nproc
+        for flag, value in (("--nproc", nproc), ("--nnodes", nnodes)):
+            if value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+        if not 0 <= node_rank < nnodes:
+            raise UserError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
+        if nnodes > 1 and not rdzv_endpoint:
+            raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the first node's address)")
+        return cls(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+
+    def jobs(self, asked: int | None) -> int:
+        """Runs at once: as asked, or (None) as many as fit without sharing (placement.auto_jobs)."""
+        if self.nnodes > 1:
+            if asked not in (None, 1):
+                raise UserError("--jobs above 1 is for runs on one node: a multi-node run takes every node's GPUs")
+            return 1
+        return asked if asked is not None else auto_jobs(self.nproc, gpu_count())
+
+    def for_jobs(self, jobs: int) -> tuple[list["Launcher"], bool]:
+        """One launcher per concurrent run, each with its own slot (GPUs or CPU cores), and whether
+        the slots had to share devices (more jobs than the machine holds)."""
+        found, shared = slots(jobs, self.nproc, gpu_count())
+        return [dataclasses.replace(self, slot=s) for s in found], shared
+
+    def command(self, spec_path: Path, run_id: str) -> list[str]:
+        """torchrun for DDP; a single process is the worker itself (no torchrun process to start,
+        no third import of torch: about 2 s less per run)."""
+        if self.world_size == 1:
+            return [sys.executable, "-m", WORKER, str(spec_path)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(self.nproc)]
+        if self.nnodes == 1:
+            cmd.append("--standalone")
+        else:
+            cmd += ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank),
+                    "--rdzv-backend", "c10d", "--rdzv-endpoint", self.rdzv_endpoint, "--rdzv-id", run_id]
+        return cmd + ["-m", WORKER, str(spec_path)]
+
+
+def gpu_count() -> int:
+    """CUDA devices visible here (imports torch: call it only when the value is needed)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def default_nproc() -> int:
+    """One process per GPU, else 1."""
+    return gpu_count() or 1
+
+
+def stall_timeout() -> float:
+    raw = os.environ.get("HARNESS_STALL_TIMEOUT", "")
+    if not raw.strip():
+        return DEFAULT_STALL_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise UserError(f"HARNESS_STALL_TIMEOUT={raw!r}: expected a number of seconds > 0")
+    return value
+
+
+def _attempt_text(log: Path) -> str:
+    """The last attempt's part of a run's log."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return text[text.rfind("=== attempt"):]
+
+
+def _failure_reason(log: Path, returncode: int) -> str:
+    """The most telling line of the last attempt's log: the exception (or signal) of the rank that
+    torchrun names as the root cause, else the workers' last exception, else their last signal."""
+    lines = _attempt_text(log).splitlines()
+    exceptions: list[tuple[str | None, str]] = []
+    for ln in lines:  # torchrun prefixes each worker's lines with [rankN]: (or [defaultN]:)
+        m = RANK_PREFIX.match(ln)
+        body = m.group(2) if m else ln
+        if EXCEPTION_LINE.match(body) and "elastic" not in body:
+            exceptions.append((m.group(1) if m else None, body.strip()))
+    root_rank = root_signal = None
+    if "Root Cause (first observed failure):" in lines:
+        for ln in lines[lines.index("Root Cause (first observed failure):") + 1:][:12]:
+            m = re.match(r"\s*rank\s*:\s*(\d+)", ln)
+            if m and root_rank is None:
+                root_rank = m.group(1)
+            if SIGNAL.search(ln) and root_signal is None:
+                root_signal = SIGNAL.search(ln).group(0)
+    signals = [m.group(0) for ln in lines for m in [SIGNAL.search(ln)] if m]
+    own = [body for rank, body in exceptions if rank == root_rank and rank is not None]
+    plain = [body for rank, body in exceptions if rank is None]
+    if own:
+        detail = f"rank {root_rank}: {own[-1]}"
+    elif root_signal:
+        detail = f"rank {root_rank}: {root_signal}" if root_rank is not None else root_signal
+    elif plain or exceptions:
+        rank, body = next((e for e in reversed(exceptions) if e[0] is None), exceptions[-1])
+        detail = f"rank {rank}: {body}" if rank is not None else body
+    else:
+        detail = signals[-1] if signals else "no error message in the log"
+    return f"workers exited with code {returncode}: {detail[:300]}"
+
+
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b(:|$)")
+RANK_PREFIX = re.compile(r"^\[(?:rank|default)(\d+)\]:\s?(.*)$")
+SIGNAL = re.compile(r"Signal \d+ \(\w+\)")
+# Signals that stop a run from outside (Ctrl-C, Slurm's preemption and time limit, a closed
+# terminal): the attempt is interrupted, not failed, and resumes from its checkpoint.
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2)
+TORCHRUN_SIGNALLED = re.compile(r"Received (?:Signals\.)?(SIG[A-Z0-9]+) death signal")
+# a worker's traceback ending in KeyboardInterrupt: Ctrl-C reached it (also while it was still importing torch)
+KEYBOARD_INTERRUPT = re.compile(r"^(?:\[(?:rank|default)\d+\]:\s?)?KeyboardInterrupt\s*$", re.M)
+
+
+def interrupt_signal(returncode: int, attempt_log: str) -> str | None:
+    """The signal that stopped the workers from outside, from their exit status (a process killed
+    by it, or exiting 128+N as a shell reports it), torchrun's own word that it got one, or a
+    worker's traceback ending in KeyboardInterrupt; None for a failure of the run itself. The
+    attempt is judged by what happened to its processes, so it does not depend on which of two
+    signal handlers (this process's, the worker's) ran first."""
+    if returncode == 0:
+        return None
+    for sig in INTERRUPTS:
+        if returncode in (-sig, 128 + sig):
+            return sig.name
+    if KEYBOARD_INTERRUPT.search(attempt_log):
+        return signal.SIGINT.name
+    m = TORCHRUN_SIGNALLED.search(attempt_log)
+    if m and m.group(1) in {s.name for s in INTERRUPTS}:
+        return m.group(1)
+    return None
+
+
+# ----------------------------------------------------------------------------- running a run
+
+
+@dataclass
+class Outcome:
+    row: RunRow | None  # None: nothing recorded (another process finished it, or interrupted)
+    log: Path
+    interrupted: str | None = None  # the signal that stopped the workers from outside (nothing recorded)
+
+
+def _notice(message: str, log: Path | None = None) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+    if log is not None:
+        try:
+            with log.open("a", encoding="utf-8") as f:
+                f.write(f"warning: {message}\n")
+        except OSError:
+            pass
+
+
+def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
+            on_progress: Callable[[dict[str, Any]], None] | None = None,
+            should_run: Callable[[], bool] | None = None) -> Outcome | None:
+    """Run (or resume) one run and record it; None when another process holds this run.
+
+    `should_run` is asked again once the run's lock is held, so a run that another process
+    finished in the meantime is not run (or recorded) twice."""
+    run_dir = store.run_dir(spec.run_id)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir / ".lock")
+        held = lock.acquire()
+    except WriteError:
+        raise
+    except OSError as err:
+        raise write_error(run_dir, err, "nothing was run") from err
+    if not held:
+        return None
+    try:
+        spec_path = run_dir / "spec.json"
+        killed = kill_stale_workers(spec_path)
+        if killed:
+            _notice(f"killed {len(killed)} leftover worker process(es) of an earlier attempt of run "
+                    f"{spec.run_id} (pids {', '.join(map(str, killed))})", run_dir / "log.txt")
+        if launcher.records:
+            store.replay(spec.run_id)
+        if should_run is not None and not should_run():
+            return Outcome(None, run_dir / "log.txt")
+        return _execute_locked(spec, store, launcher, run_dir, on_progress, lock)
+    finally:
+        lock.release()
+
+
+def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_dir: Path, on_progress,
+                    lock: RunLock) -> Outcome:
+    spec_path, result_path, log = run_dir / "spec.json", run_dir / "result.json", run_dir / "log.txt"
+    attempt = store.attempts(spec.run_id) + 1
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stalled = None
+    if not result_path.exists():
+        atomic_write_bytes(spec_path, spec.to_json().encode())
+        if launcher.records:  # node 0 only: nodes sharing a run folder must not move it under each other
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                checkpoint.latest(run_dir, quarantine_bad=True)
+            for w in caught:
+                _notice(str(w.message), log)
+        returncode, stalled = _launch(launcher.command(spec_path, spec.run_id), log, attempt, launcher.env,
+                                      on_progress, lock, stall_timeout(), launcher.slot.cpus)
+    else:
+        returncode = 0
+    if result_path.exists():  # written by this attempt's workers (or an earlier one that was never recorded)
+        try:
+            result = RunResult.load(result_path)
+            if not result.final:
+                raise ValueError("not a finished run's result")
+        except (OSError, ValueError, TypeError) as err:  # a damaged result: set it aside and train again next time
+            moved = quarantine(result_path, run_dir)
+            _notice(f"{result_path} is unreadable ({err}); moved it to {moved}", log)
+            result = _failed(f"result.json was unreadable ({err}); moved to {moved}")
+    elif stalled is not None:
+        result = _failed(stalled)
+    else:
+        text = _attempt_text(log)
+        stopped_by = interrupt_signal(returncode, text)
+        if stopped_by is not None:
+            _notice(f"run {spec.run_id} was interrupted by {stopped_by}; it resumes from its checkpoint "
+                    "when run again (not counted as a failed attempt)", log)
+            return Outcome(None, log, interrupted=stopped_by)
+        why = find_stopped(text)
+        if why is not None and why[0] == ENVIRONMENT:  # the machine's failure: nothing is counted
+            raise WriteError(f"run {spec.run_id} stopped: {why[1]}; nothing was recorded, and the run resumes from "
+                             "its last checkpoint when the same command runs again (once there is space)")
+        if why is not None and why[0] == DATA_CHANGED:  # another experiment than the one planned: nothing counts
+            raise UserError(f"run {spec.run_id} stopped: {why[1]}; nothing was recorded")
+        if why is not None and why[0] == CONFIG:
+            result = _failed(why[1], UNRUNNABLE)
+        elif interrupted():  # Ctrl-C here too: this process's own stop, not the run's failure
+            raise KeyboardInterrupt
+        else:
+            result = _failed(_failure_reason(log, returncode))
+    row = RunRow.of(spec, attempt, result, git_commit=git_commit(), started_at=started, run_dir=str(run_dir))
+    try:
+        if launcher.records:
+            store.append(row)
+    except WriteError as err:
+        kept = store.journal_path(spec.run_id, attempt)
+        where = kept if kept.exists() else result_path if result_path.exists() else None
+        if where is None:
+            raise
+        raise WriteError(f"{err}; the attempt is kept in {where}: run the same command again once the disk has "
+                         "space, and it is recorded without training again") from err
+    return Outcome(row, log)
+
+
+def _failed(reason: str, status: str = FAILED) -> RunResult:
+    """The result of an attempt that trained nothing to the end: FAILED, or UNRUNNABLE (never retried)."""
+    return RunResult(status=status, reason=reason, versions=versions(),
+                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], on_progress,
+            lock: RunLock, stall_s: float, cpus: tuple[int, ...] = ()) -> tuple[int, str | None]:
+    """(the workers' exit code, the stall reason if the watchdog killed them)."""
+    env = os.environ | extra_env
+    try:
+        out = log.open("a", encoding="utf-8")
+        out.write(f"=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+        out.flush()
+    except OSError as err:
+        raise write_error(log, err, "the run was not started") from err
+    with out:
+        proc = spawn(cmd, env, lock.fd, cpus)
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            try:
+                for line in proc.stdout:
+                    lines.put(line)
+            finally:
+                lines.put(None)
+
+        reader = threading.Thread(target=pump, name="torchrun-output", daemon=True)
+        reader.start()
+        stalled = None
+        try:
+            last = time.monotonic()
+            while True:
+                if interrupted():
+                    raise KeyboardInterrupt  # pressed while torchrun was being forked
+                try:
+                    line = lines.get(timeout=min(1.0, stall_s))
+                except queue.Empty:
+                    if time.monotonic() - last >= stall_s:
+                        stalled = (f"no progress for {stall_s:g} s: the workers printed nothing, so the stall "
+                                   f"watchdog killed them (HARNESS_STALL_TIMEOUT)")
+                        out.write(f"=== {stalled}\n")
+                        kill_tree(proc.pid)
+                        break
+                    continue
+                if line is None:
+                    break
+                last = time.monotonic()
+                try:
+                    out.write(line)
+                except OSError:
+                    pass  # a full disk must not stop the run; the log is a convenience
+                progress = parse_progress(line)
+                if progress is not None and on_progress:
+                    on_progress(progress)
+            returncode = proc.wait()
+            reader.join(timeout=10)
+            return returncode, stalled
+        except BaseException:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            kill_tree(proc.pid)
+            proc.wait()
+            raise

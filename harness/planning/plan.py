@@ -1,0 +1,245 @@
+"""The plan of a sweep: every arm's resolved config and token budget, and its runs in seed-major order.
+
+A Plan is plain data, fixed before anything trains: building it resolves each arm's config once
+(preset, then the arm's interventions, then --set and --data), computes the budgets, checks every
+corpus and tokenizer against every arm, and lists the runs seed-major (seed 0 of every arm, then
+seed 1, ...) so that a sweep stopped half-way is still balanced and paired. Each run's id comes
+from what it computes (harness.store.record.run_identity); a run the store already knows under
+another id (an older harness, another arm's name for the same config, a noise study's seed-0
+run) keeps that id, so nothing is trained twice. What a plan costs is harness.planning.preview;
+the plan as written to disk is harness.store.planfile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.core import config as cfgmod
+from harness.core.bounds import check_seeds
+from harness.core.definitions import Library, shadow_note
+from harness.core.errors import UserError
+from harness.core.seeds import REFERENCE_SEED, REPLICATE, STREAMS, sub_seeds
+from harness.planning.adaptive import Adaptive
+from harness.planning.budget import Budget, chinchilla, fixed_budget
+from harness.planning.request import SWEEP_NAME, SWEEP_NAME_RULE, NoiseRequest, SweepRequest
+from harness.store.identity import legacy_key
+from harness.store.outputs import guard_destination, require_folder
+from harness.store.record import RunSpec, run_identity
+from harness.store.results import ResultsStore
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What an arm's corpus is, read when the plan is built: its content and its test split."""
+
+    data_id: str
+    test_set_id: str
+
+
+@dataclass
+class Plan:
+    sweep: str
+    preset: str
+    arms: list[str]
+    seeds: list[int]
+    budgets: dict[str, Budget]
+    specs: list[RunSpec]
+    results: Path
+    world_size: int  # processes per run
+    notes: list[str] = field(default_factory=list)
+    configs: dict[str, cfgmod.ArmConfig] = field(default_factory=dict)  # each arm's resolved config
+    adaptive: Adaptive | None = None  # an adaptive sweep: rounds of seeds until each arm is decided
+    noise: dict[str, Any] | None = None  # a noise study: {"seeds", "replicates", "arm"} (harness.stats.noise)
+    inert: dict[str, str] = field(default_factory=dict)  # A/A arms: arm -> why it changes nothing here
+    data: dict[str, DataFacts] = field(default_factory=dict)  # each arm's corpus as read when planned
+
+
+def build_plan(request: SweepRequest, world_size: int, on_gpu: bool, results: Path,
+               library: Library | None = None) -> Plan:
+    """The plan of a checked SweepRequest, run by `world_size` processes each (on GPUs or not: an
+    arm can be an A/A comparison on one and not the other), for the results store at `results`
+    (read to find the runs it already holds)."""
+    library = library or Library.from_environment()
+    canonical = {arm: cfgmod.canonical_arm(arm) for arm in request.arms}
+    notes = [f"arm {arm!r} is {name!r}" for arm, name in canonical.items() if name != arm]
+    arms = list(dict.fromkeys(canonical.values()))
+    if request.include_baseline and cfgmod.BASELINE not in arms:
+        arms.insert(0, cfgmod.BASELINE)
+    check_seeds(list(request.seeds), len(arms))  # before any config is resolved or run planned
+    sets = dict(request.sets)
+    configs = {arm: cfgmod.resolve(request.preset, arm, sets, library) for arm in arms}
+    notes += definition_notes(request.preset, arms, library)
+    for arm, first in identical_arms(configs).items():
+        notes.append(f"arm {arm!r} trains exactly the configuration of {first!r}: planned once, as {first!r}")
+        arms.remove(arm)
+        del configs[arm]
+    world = world_size
+    budgets = arm_budgets(configs, request, world, library)
+    facts, data_notes = check_data(configs, budgets)
+    notes += data_notes
+    inert = inert_arms(configs, on_gpu)
+    notes += [f"{arm} is an A/A comparison here: {why}" for arm, why in inert.items()]
+    name = request.name or default_sweep_name(request.preset, arms)
+    if not SWEEP_NAME.fullmatch(name):
+        raise UserError(f"sweep name {name!r}: use {SWEEP_NAME_RULE}")
+    require_folder(results)
+    guard_destination(results, "--results",
+                      {"the training data": Path(cfg.train.data) for cfg in configs.values() if Path(cfg.train.data).exists()}
+                      | {f"the definitions folder {p}": p for p in library.all_folders()},
+                      may_contain_inputs=True)
+    specs = [run_spec(configs[arm], seed, budgets[arm], name, world, facts[arm], request.streams.vary,
+                      dict(request.streams.fixed)) for seed in request.seeds for arm in arms]
+    plan = Plan(name, request.preset, arms, list(request.seeds), budgets, specs, Path(results), world,
+                list(dict.fromkeys(notes)), configs, adaptive=request.adaptive, inert=inert, data=facts)
+    return with_known_ids(plan)
+
+
+def noise_plan(request: NoiseRequest, world_size: int, on_gpu: bool, results: Path,
+               library: Library | None = None) -> Plan:
+    """`harness noise`: for the baseline (and the request's arm), runs varying each random stream
+    alone (init, data, dropout) and all three, plus replicas with identical seeds; seed-major, so
+    a study stopped half-way has every source at the same depth. Runs that compute the same thing
+    are one run: the ordinary seed-0 run is also every source's seed 0 and replica 0."""
+    arms = [a for a in (cfgmod.BASELINE, request.arm) if a]
+    sweep = request.name or f"noise-{request.preset}-{'-'.join(arms)}"
+    plan = build_plan(SweepRequest(arms=tuple(arms), seeds=tuple(range(request.seeds)), preset=request.preset,
+                                   sets=request.sets, tokens=request.tokens, name=sweep).check(),
+                      world_size, on_gpu, results, library)
+    specs = [run_spec(plan.configs[a], seed, plan.budgets[a], sweep, plan.world_size, plan.data[a], vary)
+             for seed in range(request.seeds) for vary in ("", *STREAMS) for a in plan.arms]
+    specs += [run_spec(plan.configs[a], REFERENCE_SEED, plan.budgets[a], sweep, plan.world_size, plan.data[a],
+                       REPLICATE, replica=r) for r in range(request.replicates) for a in plan.arms]
+    unique: dict[str, RunSpec] = {}
+    for s in specs:  # each run once, under the first role it was planned for
+        unique.setdefault(s.identity, s)
+    plan.specs = list(unique.values())
+    plan.noise = {"seeds": request.seeds, "replicates": request.replicates, "arm": request.arm}
+    return with_known_ids(plan)
+
+
+def arm_budgets(configs: dict[str, cfgmod.ArmConfig], request: SweepRequest, world: int,
+                library: Library) -> dict[str, Budget]:
+    """Each arm's budget: --tokens for all, its own Chinchilla count, or (default) the baseline's."""
+    if request.tokens is not None:
+        return {arm: fixed_budget(cfg, world, request.tokens) for arm, cfg in configs.items()}
+    if request.budget == "own":
+        return {arm: chinchilla(cfg, world) for arm, cfg in configs.items()}
+    baseline = configs.get(cfgmod.BASELINE) or cfgmod.resolve(request.preset, cfgmod.BASELINE, dict(request.sets), library)
+    base_tokens = chinchilla(baseline, world).tokens
+    return {arm: fixed_budget(cfg, world, base_tokens) for arm, cfg in configs.items()}
+
+
+def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world_size: int,
+             data: DataFacts = DataFacts("", ""), vary: str = "", fixed: dict[str, int] | None = None,
+             replica: int = 0) -> RunSpec:
+    """One run: its identity is what it computes (harness.store.record.run_identity); its id is that
+    identity under a readable label (the arm, the seed, and what was varied or fixed if anything)."""
+    seeds = sub_seeds(seed, vary, fixed)
+    experiment = cfgmod.experiment_hash(cfg.as_dict(), budget.tokens, budget.tokens_per_step, data.data_id)
+    identity = run_identity(experiment, seeds["init"], seeds["data"], seeds["dropout"], replica)
+    if replica:
+        tag = f"-rep{replica}"
+    elif seeds == sub_seeds(seed):
+        tag = ""
+    else:
+        tag = f"-{vary}" if vary else "-fixed"
+    label = "+".join(sorted(cfgmod.split_arm(cfg.arm))) or cfgmod.BASELINE
+    return RunSpec(
+        run_id=f"{label.replace('/', '_')}-s{seed}{tag}-{identity[:10]}", sweep=sweep, arm=cfg.arm, seed=seed,
+        init_seed=seeds["init"], data_seed=seeds["data"], dropout_seed=seeds["dropout"], preset=cfg.preset,
+        config=cfg.as_dict(), overrides=cfg.overrides, config_hash=experiment, params=budget.params,
+        tokens=budget.tokens, steps=budget.steps, tokens_per_step=budget.tokens_per_step, world_size=world_size,
+        vary=vary, identity=identity, data_id=data.data_id, replica=replica,
+    )
+
+
+def with_known_ids(plan: Plan) -> Plan:
+    """Give each run the id under which the store already knows what it computes: a run recorded
+    or started under another id, or recorded before identities existed (harness.store.identity)."""
+    store = ResultsStore(plan.results)
+    if not store.runs_path.exists() and not (plan.results / "runs").is_dir():
+        return plan
+    known = store.run_ids_by_identity()
+    if not known:
+        return plan
+    test_sets = {arm: f.test_set_id for arm, f in plan.data.items()}
+    specs = []
+    for s in plan.specs:
+        found = known.get(s.identity)
+        if found is None and test_sets.get(s.arm):
+            found = known.get(legacy_key(s.config, s.tokens, s.tokens_per_step,
+                                         {"init": s.init_seed, "data": s.data_seed, "dropout": s.dropout_seed},
+                                         s.replica, test_sets[s.arm]))
+        specs.append(dataclasses.replace(s, run_id=found) if found and found != s.run_id else s)
+    plan.specs = specs
+    return plan
+
+
+def definition_notes(preset: str, arms: list[str], library: Library) -> list[str]:
+    """Where a user's definition takes the place of a built-in one, say so."""
+    found = [library.find("preset", preset)]
+    found += [library.find("intervention", name) for arm in arms for name in cfgmod.split_arm(arm)]
+    return [n for n in dict.fromkeys(shadow_note(d) for d in found) if n]
+
+
+def identical_arms(configs: dict[str, cfgmod.ArmConfig]) -> dict[str, str]:
+    """Arms whose resolved configuration equals an earlier arm's (same interventions in another
+    order, an intervention the preset or --set already applies): arm -> that earlier arm."""
+    first: dict[str, str] = {}
+    same = {}
+    for arm, cfg in configs.items():
+        key = cfgmod.config_hash(cfg.as_dict() | {"arm": ""})
+        if key in first:
+            same[arm] = first[key]
+        else:
+            first[key] = arm
+    return same
+
+
+def inert_arms(configs: dict[str, cfgmod.ArmConfig], on_gpu: bool) -> dict[str, str]:
+    """Arms whose switches change nothing on the device the runs use (fp32 on a CPU, where
+    precision 'auto' is fp32 already): an A/A comparison, labelled as such in plan and report."""
+    base = configs.get(cfgmod.BASELINE)
+    if base is None:
+        return {}
+    inert = {}
+    for arm, cfg in configs.items():
+        if arm == cfgmod.BASELINE:
+            continue
+        differing = {k for k in cfgmod.ALL_KEYS if cfgmod.value_of(cfg, k) != cfgmod.value_of(base, k)}
+        if differing and differing <= set(cfgmod.DEVICE_DEFAULTS):
+            if all(cfgmod.effective(cfg, k, on_gpu) == cfgmod.effective(base, k, on_gpu) for k in differing):
+                changed = ", ".join(f"{k}={cfgmod.value_of(cfg, k)}" for k in sorted(differing))
+                inert[arm] = (f"{changed} is what the baseline already runs with on {'GPUs' if on_gpu else 'a CPU'}, "
+                              "so this arm trains the baseline again")
+    return inert
+
+
+def default_sweep_name(preset: str, arms: list[str]) -> str:
+    named = [a for a in arms if a != cfgmod.BASELINE] or [cfgmod.BASELINE]
+    return f"{preset}-{','.join(named)}"
+
+
+def check_data(configs: dict[str, cfgmod.ArmConfig], budgets: dict[str, Budget]) -> tuple[dict[str, DataFacts], list[str]]:
+    """Check (and build or verify, once in this process) every arm's corpus: a prepared folder's
+    tokenizer, the model's vocabulary, and that the budget fits the training split. Returns each
+    arm's corpus facts (its content is part of its runs' identity) and notes."""
+    from harness.data.batches import check_epochs
+    from harness.data.corpus import load_corpus
+    from harness.data.prepare import check_tokenizer
+
+    notes, facts = [], {}
+    for arm, cfg in configs.items():
+        check_tokenizer(cfg.train.data, cfg.train.tokenizer)
+        corpus = load_corpus(cfg.train.data, cfg.train.tokenizer)
+        if corpus.vocab_size > cfg.model.vocab_size:
+            raise UserError(f"arm {arm!r}: tokenizer {cfg.train.tokenizer!r} has {corpus.vocab_size:,} tokens but "
+                            f"the model's vocab_size is {cfg.model.vocab_size:,}")
+        epochs = check_epochs(budgets[arm].tokens, len(corpus.train), cfg.model.context_length, cfg.train.allow_repeat)
+        if epochs > 1:
+            notes.append(f"{arm}: the budget repeats the training data {epochs:.2f} times (allow_repeat)")
+        facts[arm] = DataFacts(corpus.data_id, corpus.test_set_id)
+    return facts, list(dict.fromkeys(notes))

@@ -1,0 +1,2 @@
+"""What the store says: `harness report` (loading, comparison, rendering, plots) and `harness
+status`."""

@@ -1,0 +1,246 @@
+"""``harness report``: a results store in, a statistical report per sweep out.
+
+The steps, each in its own module:
+  1. load the store and resolve each (sweep, arm, seed) to the attempt that counts  (harness.report.outcomes)
+  2. refuse arms that are not comparable (token budget, preset, test set, one config per arm)
+  3. compare every arm with the baseline                                           (harness.report.compare, harness.stats.inference)
+  4. write markdown with plots and a terminal table, or JSON on stdout             (harness.report.render, harness.report.plots)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Literal, TextIO
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape as rich_escape
+
+from harness.report.compare import (NoiseReport, ReportOptions, SweepReport, arm_order, build_noise_report,
+                                    build_sweep_report)
+from harness.core.errors import UserError
+from harness.core.files import is_folder, user_path
+from harness.report.outcomes import OUTCOMES, Store, check_integrity, load_store, resolve_outcomes
+from harness.report.plots import aggregate_curves, make_plots, plot_noise
+from harness.store.record import COMPLETED
+from harness.store.outputs import guard_destination
+from harness.store.results import CURVES, MANIFEST, RUNS
+from harness.report.render import (SIGN_CONVENTION, jsonable, md_escape, noise_to_json, render_markdown_section,
+                            render_noise_section, render_noise_terminal, render_provenance, render_terminal,
+                            sweep_to_json)
+
+Fmt = Literal["markdown", "json"]
+FORMATS = ("markdown", "json")
+
+
+def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *, fmt: Fmt = "markdown",
+               out: str | Path | None = None, reports_dir: Path = Path("reports"), plots: bool = True,
+               console: Console | None = None, stdout: TextIO | None = None, **options) -> list[Path]:
+    """Build the report; raise UserError for bad input. Returns the files written.
+
+    sweep None: every sweep in the store, one section each (markdown: one file per sweep,
+    reports_dir/<sweep>.md, unless `out` is given, which then holds every section).
+    fmt "markdown": markdown + PNG plots next to it, and a table per sweep on `console`.
+    fmt "json": the same numbers as JSON on `stdout` (and in `out` if given); warnings go to
+    stderr so stdout stays machine-readable. `options`: the fields of ReportOptions."""
+    opts = ReportOptions(**options)
+    opts.check()
+    if out is not None:
+        root = Path(results_dir)
+        guard_destination(user_path(out), "--out", {f"the results store's {name}": root / name for name in (RUNS, CURVES, MANIFEST)})
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is not allowed: use markdown or json")
+    console = console or Console()
+    warn, warnings_ = _warner(console if fmt == "markdown" else Console(stderr=True))
+
+    store = load_store(Path(results_dir), warn)
+    outcomes = resolve_outcomes(store.runs)
+    sweeps = select_sweeps(outcomes, sweep, opts.baseline, results_dir)
+    require_completed(outcomes[outcomes["sweep"].isin(sweeps)], sweeps, warn)
+    problems = comparability(outcomes, sweeps, opts)
+    reps = [build_noise_report(outcomes, sw, opts, store.noise[sw]) if sw in store.noise else
+            build_sweep_report(outcomes, sw, opts, mismatches=problems[sw], adaptive=store.adaptive.get(sw),
+                               inert=store.inert.get(sw))
+            for sw in sweeps]
+    settings = {"results_dir": str(Path(results_dir).resolve()), "sweep": sweep, "baseline": opts.baseline,
+                "alpha": opts.alpha, "margin": opts.margin, "power": opts.power,
+                "bootstrap_resamples": opts.n_resamples, "bootstrap_seed": opts.boot_seed,
+                "allow_mismatch": opts.allow_mismatch}
+    if fmt == "json":
+        return write_json(reps, store, settings, warnings_, out, stdout or sys.stdout)
+    return write_markdown(reps, store, outcomes, settings, warnings_, opts, out, reports_dir, plots, console)
+
+
+def _warner(console: Console) -> tuple[Callable[[str], None], list[str]]:
+    said: list[str] = []
+
+    def warn(msg: str) -> None:
+        said.append(msg)
+        console.print(f"[yellow]warning:[/] {rich_escape(msg)}", markup=True, highlight=False)
+
+    return warn, said
+
+
+def select_sweeps(outcomes: pd.DataFrame, sweep: str | None, baseline: str, results_dir: Path) -> list[str]:
+    """The sweeps to report: the one asked for, or every one; the baseline must exist."""
+    sweeps = sorted(outcomes["sweep"].unique())
+    if sweep is not None:
+        if sweep not in sweeps:
+            raise UserError(f"unknown sweep {sweep!r}: the sweeps in {results_dir} are "
+                            f"{', '.join(map(repr, sweeps))}")
+        arms_here = sorted(outcomes.loc[outcomes["sweep"].eq(sweep), "arm"].unique())
+        if baseline not in arms_here:
+            raise UserError(f"unknown baseline {baseline!r}: sweep {sweep!r} has arms "
+                            f"{', '.join(map(repr, arms_here))}; pass one with --baseline")
+        return [sweep]
+    if not outcomes["arm"].eq(baseline).any():
+        arms_all = sorted(outcomes["arm"].unique())
+        raise UserError(f"unknown baseline {baseline!r}: no sweep in {results_dir} has that arm "
+                        f"(arms: {', '.join(map(repr, arms_all))}); pass one with --baseline")
+    return sweeps
+
+
+def require_completed(selected: pd.DataFrame, sweeps: list[str], warn: Callable[[str], None]) -> None:
+    """Warn about invalid runs; refuse when no run of the selected sweeps can be compared."""
+    invalid = selected[selected["outcome"].eq("invalid")]
+    if len(invalid):
+        ex = invalid.iloc[0]
+        warn(f"{len(invalid)} run(s) have status completed but a NaN/inf test loss (e.g. "
+             f"sweep {ex['sweep']!r} arm {ex['arm']!r} seed {int(ex['seed'])}); they are "
+             "counted as invalid, listed in the report, and not in n")
+    if not selected["outcome"].eq(COMPLETED).any():
+        counts = selected["outcome"].value_counts()
+        detail = ", ".join(f"{int(counts.get(k, 0))} {k}" for k in OUTCOMES[1:])
+        raise UserError(f"nothing to compare: no completed run with a finite test loss in "
+                        f"sweep(s) {', '.join(map(repr, sweeps))} ({detail}); finish or "
+                        "rerun some runs first")
+
+
+def comparability(outcomes: pd.DataFrame, sweeps: list[str], opts: ReportOptions) -> dict[str, list[str]]:
+    """Each sweep's mismatches; refused unless --allow-mismatch (the report then states them)."""
+    problems, mismatched = {}, []
+    for sw in sweeps:
+        rows = outcomes[outcomes["sweep"].eq(sw)]
+        problems[sw] = check_integrity(rows, arm_order(rows["arm"].unique(), opts.baseline))
+        if problems[sw]:
+            mismatched.append(f"sweep {sw!r}: " + "; ".join(problems[sw]))
+    if mismatched and not opts.allow_mismatch:
+        raise UserError("refusing to compare arms that are not comparable: " + " | ".join(mismatched)
+                        + "; rerun them with matching settings, or pass --allow-mismatch "
+                        "to compare anyway (the report then says so)")
+    return problems
+
+
+def write_json(reps: list, store: Store, settings: dict, warnings_: list[str], out: Path | None,
+               stdout: TextIO) -> list[Path]:
+    doc = jsonable({
+        "generated_by": generated_by(), "options": settings, "sign_convention": SIGN_CONVENTION,
+        "results_files": [{"path": str(f.path.resolve()), "kind": f.kind, "rows": f.rows, "bytes": f.size,
+                           "sha256": f.sha256, "modified": f.modified} for f in store.files],
+        "warnings": warnings_,
+        "sweeps": [noise_to_json(r) if isinstance(r, NoiseReport) else sweep_to_json(r) for r in reps],
+    })
+    text = json.dumps(doc, indent=2, allow_nan=False)
+    stdout.write(text + "\n")
+    stdout.flush()
+    if out is None:
+        return []
+    out = user_path(out) / "report.json" if is_folder(out) else user_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror}; choose another --out") from None
+    return [out]
+
+
+def markdown_files(reps: list, out: Path | None, reports_dir: Path) -> list[tuple[Path, list[SweepReport]]]:
+    """Which sections go in which file: all in `out` (a file), else one file per sweep in
+    `out` (a folder: one that exists, or text ending in '/') or reports_dir, named after the sweep."""
+    if out is not None and not is_folder(out):
+        return [(user_path(out), reps)]
+    folder = user_path(out) if out is not None else Path(reports_dir)
+    groups, used = [], set()
+    for r in reps:
+        name = slug(r.sweep)
+        if name.lower() in used:  # two sweep names that map to one file name
+            name += "_" + hashlib.sha256(r.sweep.encode()).hexdigest()[:8]
+        used.add(name.lower())
+        groups.append((folder / f"{name}.md", [r]))
+    return groups
+
+
+def write_markdown(reps: list, store: Store, outcomes: pd.DataFrame, settings: dict,
+                   warnings_: list[str], opts: ReportOptions, out: Path | None, reports_dir: Path, plots: bool,
+                   console: Console) -> list[Path]:
+    md_written: list[Path] = []
+    written: list[Path] = []
+    curve_agg = aggregate_curves(outcomes, store.curves) if plots else None
+    generated = generated_by()
+    for md_path, group in markdown_files(reps, out, reports_dir):
+        md_dir = md_path.parent
+        try:
+            md_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create report folder {md_dir}: {exc.strerror}; choose another --out") from None
+        multi = len(group) > 1
+        for rep in group:
+            if plots:
+                stem = md_path.stem + (f"_{slug(rep.sweep)}" if multi else "")
+                try:
+                    if isinstance(rep, NoiseReport):
+                        target = md_dir / f"{stem}_noise.png"
+                        rep.plots = {"noise": target} if plot_noise(rep, target) else {}
+                    else:
+                        make_plots(rep, outcomes, curve_agg, md_dir, stem)
+                except OSError as exc:
+                    raise UserError(f"cannot write plots to {md_dir}: {exc.strerror}; choose another --out") from None
+                written += list(rep.plots.values())
+        level = 2 if multi else 1
+        parts = ["# Harness report", ""] if multi else []
+        parts += [f"_Generated {generated['at']} by harness {generated['harness']} "
+                  f"(scipy {generated['scipy']}, statsmodels {generated['statsmodels']})._", ""]
+        for msg in warnings_:
+            parts += [f"> Warning: {md_escape(msg)}", ""]
+        for rep in group:
+            parts.append(render_noise_section(rep, level=level, md_dir=md_dir) if isinstance(rep, NoiseReport)
+                         else render_markdown_section(rep, level=level, md_dir=md_dir))
+        parts.append(render_provenance(store.files, group, settings, level + (0 if multi else 1)))
+        try:
+            md_path.write_text("\n".join(parts), encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write report {md_path}: {exc.strerror}; choose another --out") from None
+        md_written.append(md_path)
+        for rep in group:
+            if isinstance(rep, NoiseReport):
+                render_noise_terminal(rep, console)
+            else:
+                render_terminal(rep, console)
+        console.print(f"report written to {rich_escape(str(md_path))}", highlight=False)
+    return md_written + written
+
+
+def slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return s or "sweep"
+
+
+def generated_by() -> dict:
+    import importlib.metadata as md
+
+    import scipy
+    import statsmodels
+
+    try:
+        version = md.version("harness")
+    except md.PackageNotFoundError:  # pragma: no cover
+        version = "unknown"
+    return {"harness": version, "scipy": scipy.__version__, "statsmodels": statsmodels.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__,
+            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

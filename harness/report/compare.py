@@ -1,0 +1,266 @@
+"""One sweep's comparison with its baseline: statistics, run accounting, provenance (no rendering).
+
+Every number comes from harness.stats.inference; this module decides which rows go in (completed runs of
+the sweep), counts every seed that was started, and records what the arms were run with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.stats import noise
+
+from harness.stats import inference as stats
+from harness.planning.adaptive import Adaptive, arm_states
+from harness.report.outcomes import OUTCOMES, check_integrity
+from harness.stats.pairing import pairing_gain
+from harness.core.seeds import REPLICATE, roles
+from harness.core.errors import UserError
+from harness.store.record import COMPLETED
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How arms are compared (every field is also a `harness report` option)."""
+
+    baseline: str = "baseline"
+    alpha: float = 0.05  # significance level, after Holm's correction across arms
+    margin: float | None = None  # equivalence margin in test loss (TOST); None: not tested
+    power: float = 0.8  # for minimum detectable differences and seeds needed
+    n_resamples: int = stats.DEFAULT_RESAMPLES  # BCa bootstrap resamples
+    boot_seed: int = stats.DEFAULT_BOOT_SEED
+    allow_mismatch: bool = False  # compare arms whose budgets, presets or test sets differ
+
+    @property
+    def confidence(self) -> str:
+        """The intervals' level as the report labels them, e.g. '95%'."""
+        return f"{100 * (1 - self.alpha):g}%"
+
+    def check(self) -> None:
+        if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
+            raise UserError(f"--alpha {self.alpha!r} is not allowed: give a number between 0 and 1, e.g. 0.05")
+        if self.margin is not None and not (math.isfinite(self.margin) and self.margin > 0):
+            raise UserError(f"--margin {self.margin!r} is not allowed: give a positive test-loss "
+                            "difference, e.g. 0.005")
+        if not 0 < self.power < 1:
+            raise UserError(f"power {self.power!r} is not allowed: give a number between 0 and 1")
+        if not self.baseline:
+            raise UserError("--baseline is empty: name the arm to compare against, e.g. baseline")
+
+
+@dataclass
+class SweepReport:
+    sweep: str
+    baseline: str
+    has_baseline: bool
+    table: pd.DataFrame
+    accounting: pd.DataFrame
+    problems: pd.DataFrame
+    mismatches: list[str]
+    allow_mismatch: bool
+    noise: dict
+    provenance: dict
+    notes: list[str]
+    pairing: pd.DataFrame  # what pairing by seed bought, per paired arm (harness.stats.pairing)
+    options: ReportOptions  # the settings that made it: alpha, margin, power, bootstrap
+    adaptive: pd.DataFrame | None = None  # an adaptive sweep's per-arm sequential decisions
+    adaptive_settings: Adaptive | None = None
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def arm_order(arms: Sequence[str], baseline: str) -> list[str]:
+    rest = sorted(a for a in set(arms) if a != baseline)
+    return ([baseline] if baseline in set(arms) else []) + rest
+
+
+def _unique_join(values) -> str:
+    vals = sorted({str(v) for v in values} - {"", "nan", "<NA>"})
+    return ", ".join(vals) if vals else "-"
+
+
+def _provenance(rows: pd.DataFrame, arms: Sequence[str]) -> dict:
+    text = rows[["arm", "interventions", "config_hash", "preset", "test_set_id", "dtype",
+                 "device"]].copy()
+    for col in ("planned_tokens", "world_size"):
+        v = rows[col]
+        text[col] = v.map(lambda x: str(int(x)) if np.isfinite(x) else "")
+    fields = ["interventions", "config_hash", "preset", "planned_tokens", "test_set_id",
+              "dtype", "device", "world_size"]
+    uniq = {arm: g for arm, g in text.groupby("arm", sort=False)}
+    per_arm = []
+    for arm in arms:
+        g = uniq.get(arm)
+        per_arm.append({"arm": arm, **{f: _unique_join(g[f].unique()) if g is not None else "-"
+                                       for f in fields}})
+    versions = rows["versions"].value_counts()
+    commits = rows["git_commit"].value_counts()
+    return {
+        "arms": per_arm,
+        "versions": [{"versions": _parse_json(v), "runs": int(c)} for v, c in versions.items()],
+        "git_commits": [{"commit": k or "unknown", "runs": int(c)} for k, c in commits.items()],
+    }
+
+
+def _parse_json(text: str):
+    try:
+        return json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return text
+
+
+def pairing_table(done: pd.DataFrame, arms: Sequence[str], baseline: str, alpha: float) -> pd.DataFrame:
+    """Per arm that shares at least 3 seeds with the baseline: correlation, variance ratio
+    unpaired/paired with its interval, equivalent unpaired seeds (harness.stats.pairing)."""
+    by = done.drop_duplicates(["arm", "seed"]).set_index(["arm", "seed"])["test_loss"]
+    rows = []
+    if baseline in by.index.get_level_values(0):
+        base = by.loc[baseline]
+        for arm in arms:
+            if arm == baseline or arm not in by.index.get_level_values(0):
+                continue
+            own = by.loc[arm]
+            common = own.index.intersection(base.index)
+            gain = pairing_gain(own.loc[common].to_numpy(), base.loc[common].to_numpy(), alpha)
+            if gain.n >= 3:
+                rows.append({"arm": arm, **asdict(gain), "sentence": gain.sentence()})
+    columns = ["arm", "n", "correlation", "variance_ratio", "ratio_low", "ratio_high", "equivalent_seeds", "sentence"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def adaptive_table(rows: pd.DataFrame, arms: Sequence[str], baseline: str, settings: Adaptive,
+                   accounting: pd.DataFrame) -> pd.DataFrame:
+    """An adaptive sweep's arms: seeds given, the round each was decided, why it stopped, its
+    sequential interval, and runs saved against a fixed design at max_seeds."""
+    compared = [a for a in arms if a != baseline]
+    states = arm_states(rows[rows["outcome"].eq(COMPLETED)], compared, baseline, settings)
+    seeds = accounting.set_index("arm")["seeds"]
+    out = []
+    for arm in compared:
+        st = states[arm]
+        given = int(seeds.get(arm, 0))
+        out.append({"arm": arm, "seeds": given, "pairs": st.look.n, "state": st.state,
+                    "decided_round": None if st.decided_round is None else st.decided_round + 1,
+                    "seq_low": st.look.low, "seq_high": st.look.high, "runs_saved": settings.max_seeds - given})
+    return pd.DataFrame(out, columns=["arm", "seeds", "pairs", "state", "decided_round", "seq_low", "seq_high",
+                                      "runs_saved"])
+
+
+def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOptions, *,
+                       mismatches: list[str] | None = None, adaptive: Adaptive | None = None,
+                       inert: dict[str, str] | None = None) -> SweepReport:
+    """Statistics and accounting for one sweep (no rendering, no files). `inert`: arms that change
+    nothing where they ran (an A/A comparison), with why."""
+    baseline, alpha, power = options.baseline, options.alpha, options.power
+    rows = outcomes[outcomes["sweep"].eq(sweep)]
+    arms = arm_order(rows["arm"].unique(), baseline)
+    has_baseline = baseline in set(arms)
+    notes: list[str] = []
+    if not has_baseline:
+        notes.append(f"no arm named {baseline!r} in this sweep (arms: {', '.join(arms)}); "
+                     "only descriptive statistics are shown (choose one with --baseline)")
+    notes += [f"{arm} is an A/A comparison, not an intervention: {why}"
+              for arm, why in (inert or {}).items() if arm in set(arms)]
+    if mismatches is None:
+        mismatches = check_integrity(rows, arms)
+    done = rows[rows["outcome"].eq(COMPLETED)]
+    table = stats.compare_arms(
+        done[["arm", "seed", "test_loss"]], baseline, alpha=alpha, margin=options.margin, power=power,
+        n_resamples=options.n_resamples, seed=options.boot_seed, arms=arms,
+    )
+    if not has_baseline:
+        table = table[table["arm"] != baseline].reset_index(drop=True)
+    counts = (rows.pivot_table(index="arm", columns="outcome", values="seed", aggfunc="count")
+              .reindex(index=arms, columns=list(OUTCOMES)).fillna(0).astype(int))
+    counts.insert(0, "seeds", counts.sum(axis=1))
+    counts["attempts"] = rows.groupby("arm")["attempts"].sum().reindex(arms).fillna(0).astype(int)
+    accounting = counts.reset_index().rename(columns={"index": "arm"})
+    problems = rows[~rows["outcome"].eq(COMPLETED)][
+        ["arm", "seed", "outcome", "status", "reason", "attempts", "run_id"]
+    ].sort_values(["arm", "seed"]).reset_index(drop=True)
+    short = rows[rows["outcome"].eq(COMPLETED)
+                 & (rows["tokens_seen"] < rows["planned_tokens"])]
+    if len(short):
+        notes.append(f"{len(short)} completed run(s) saw fewer tokens than planned "
+                     f"(e.g. {short.iloc[0]['arm']} seed {int(short.iloc[0]['seed'])}: "
+                     f"{int(short.iloc[0]['tokens_seen'])} of "
+                     f"{int(short.iloc[0]['planned_tokens'])})")
+    base_losses = done.loc[done["arm"].eq(baseline), "test_loss"].to_numpy()
+    noise = stats.noise_floor(base_losses, alpha, power)
+    seq = adaptive_table(rows, arms, baseline, adaptive, accounting) if adaptive and has_baseline else None
+    return SweepReport(
+        sweep=sweep, baseline=baseline, has_baseline=has_baseline, table=table,
+        accounting=accounting, problems=problems, mismatches=mismatches,
+        allow_mismatch=options.allow_mismatch, noise=noise, provenance=_provenance(rows, arms),
+        notes=notes, pairing=pairing_table(done, arms, baseline, alpha), options=options, adaptive=seq,
+        adaptive_settings=adaptive if seq is not None else None,
+    )
+
+
+def noise_roles(r) -> dict[str, int]:
+    """The noise-study groups a completed run counts in (harness.core.seeds.roles): from its
+    sub-seeds, so the ordinary seed-0 run is every source's seed 0; a row without sub-seeds (a
+    hand-made table) by its vary label. Rows older than replica numbers were replicate r at seed r."""
+    seeds = (r.init_seed, r.data_seed, r.dropout_seed)
+    if not all(np.isfinite(s) for s in seeds):
+        return {r.vary: int(r.seed)}
+    replica = int(r.replica) if np.isfinite(r.replica) and r.replica else (int(r.seed) if r.vary == REPLICATE else 0)
+    return roles(int(r.seed), *(int(s) for s in seeds), replica=replica)
+
+
+@dataclass
+class NoiseReport:
+    """A noise study (harness noise): variance components per source, for the baseline and an arm,
+    the paired difference per source, and the smallest detectable differences."""
+
+    sweep: str
+    baseline: str
+    arm: str | None
+    components: dict[str, pd.DataFrame]  # arm -> harness.stats.noise.components
+    paired: pd.DataFrame | None  # harness.stats.noise.paired_components, with an arm
+    detect: dict[int, float]
+    detect_paired: bool
+    replicates_identical: bool | None  # None: fewer than 2 replicates
+    notes: list[str]
+    provenance: dict
+    options: ReportOptions
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def build_noise_report(outcomes: pd.DataFrame, sweep: str, options: ReportOptions, settings: dict) -> NoiseReport:
+    baseline, alpha, power = options.baseline, options.alpha, options.power
+    rows = outcomes[outcomes["sweep"].eq(sweep) & outcomes["outcome"].eq(COMPLETED)]
+    arm = settings.get("arm")
+    by_source: dict[str, dict[str, pd.Series]] = {}
+    for name in [a for a in (baseline, arm) if a]:
+        groups: dict[str, dict[int, float]] = {}
+        for r in rows[rows["arm"].eq(name)].itertuples():
+            for role, index in noise_roles(r).items():
+                groups.setdefault(role, {}).setdefault(index, float(r.test_loss))
+        by_source[name] = {v: pd.Series(g, dtype=float).sort_index() for v, g in groups.items()}
+    tables = {name: noise.components({v: s.to_numpy() for v, s in src.items()}, alpha)
+              for name, src in by_source.items()}
+    paired = noise.paired_components(by_source[baseline], by_source[arm], alpha) if arm and arm in by_source else None
+    if paired is not None and (paired["source"] == noise.ALL).any():
+        sd, is_paired = float(paired.loc[paired["source"] == noise.ALL, "sd_diff"].iloc[0]), True
+    else:
+        base = tables.get(baseline)
+        sd = float(base.loc[base["source"] == noise.ALL, "sd"].iloc[0]) if base is not None and \
+            (base["source"] == noise.ALL).any() else float("nan")
+        is_paired = False
+    replicate = by_source.get(baseline, {}).get(noise.REPLICATE)
+    identical = None if replicate is None or len(replicate) < 2 else bool(np.ptp(replicate.to_numpy()) == 0)
+    notes = []
+    missing = [f"{name}: {noise.LABELS[v]}" for name, src in by_source.items()
+               for v in (*noise.SOURCES, noise.ALL) if len(src.get(v, ())) < 2]
+    if missing:
+        notes.append("fewer than 2 completed runs (no spread yet) for " + "; ".join(missing))
+    return NoiseReport(sweep, baseline, arm, tables, paired, noise.detectable(sd, is_paired, alpha, power),
+                       is_paired, identical, notes, _provenance(outcomes[outcomes["sweep"].eq(sweep)], list(by_source)),
+                       options)

@@ -1,0 +1,529 @@
+"""Rendering a built SweepReport: markdown (with the Methods that say how each number was made),
+JSON (the same numbers), and the terminal table. Nothing here computes a statistic.
+
+One module, on purpose: each report section's markdown, JSON and terminal forms stay side by
+side so that they say the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from harness.stats import noise
+
+from harness.stats import inference as stats
+from harness.report.compare import NoiseReport, SweepReport
+from harness.report.outcomes import FileInfo
+from harness.stats.pairing import fraction
+from harness.report.plots import MAX_PLOT_ARMS, plot_arms
+from harness.stats.sequential import METHOD
+
+SIGN_CONVENTION = ("diff = mean(arm) - mean(baseline) of test loss: negative = lower loss = "
+                   "better.")
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#!|~])")
+
+
+def md_escape(text) -> str:
+    """Escape markdown metacharacters (|, *, _, [, ...) so names render literally in tables."""
+    s = str(text).replace("\r", " ").replace("\n", " ")
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    return s.replace("&", "&amp;")
+
+
+def _code(text) -> str:
+    """An inline code span (outside tables): shown verbatim, backticks neutralised."""
+    return "`" + str(text).replace("`", "'").replace("\n", " ") + "`"
+
+
+def _num(x, digits: int = 6, sign: bool = False) -> str:
+    x = stats.as_float(x)
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _p(x) -> str:
+    x = stats.as_float(x)
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:.1e}" if x < 1e-4 else f"{x:.4f}"
+
+
+def _ci(lo, hi) -> str:
+    if not (math.isfinite(stats.as_float(lo)) and math.isfinite(stats.as_float(hi))):
+        return "n/a"
+    return f"[{_num(lo, sign=True)}, {_num(hi, sign=True)}]"
+
+
+def _seeds(x) -> str:
+    x = stats.as_float(x)
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "never (diff is 0)" if x > 0 else "n/a"
+    return f"{int(x):,}"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
+    align = align or "l" * len(header)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+
+def _verdict_line(r, confidence: str) -> str:
+    name = md_escape(r.arm)
+    if r.verdict == stats.INSUFFICIENT:
+        why = "; ".join(r.notes) or "not computable"
+        return f"- **{name}**: {r.verdict} (mean {_num(r.mean)}, n = {r.n}): {md_escape(why)}"
+    return (f"- **{name}**: {r.verdict}: diff {_num(r.diff, sign=True)} "
+            f"({confidence} CI {_ci(r.ci_low, r.ci_high)}), {r.test} p = {_p(r.p)}, "
+            f"Holm p = {_p(r.p_holm)}, n = {r.n}; smallest difference detectable at this n: "
+            f"{_num(r.mdd)}")
+
+
+def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> str:
+    o = rep.options
+    alpha, margin, power = o.alpha, o.margin, o.power
+    h = "#" * level
+    hh = "#" * (level + 1)
+    t = rep.table
+    out: list[str] = [f"{h} Sweep {md_escape(rep.sweep)}: arms vs {md_escape(rep.baseline)}", ""]
+    out.append(f"Sign convention: {SIGN_CONVENTION} Alpha {alpha:g}"
+               + (f", equivalence margin ±{margin:g}" if margin else ", no equivalence margin")
+               + f"; Holm-adjusted across the {max(len(t) - int(rep.has_baseline), 0)} "
+               "compared arm(s) of this sweep.")
+    out.append("")
+    if rep.mismatches:
+        out.append("> **WARNING: --allow-mismatch was given; these arms are NOT comparable "
+                   "as run:**")
+        for m in rep.mismatches:
+            out.append(f"> - {md_escape(m)}")
+        out.append("")
+    for n in rep.notes:
+        out.append(f"> Note: {md_escape(n)}")
+        out.append("")
+
+    arms_rows = t[t["arm"] != rep.baseline] if rep.has_baseline else t.iloc[0:0]
+    if rep.adaptive is not None:
+        out += render_adaptive(rep, hh)
+    elif len(arms_rows):
+        out += [f"{hh} Verdicts", ""]
+        out += [_verdict_line(r, o.confidence) for r in arms_rows.itertuples()]
+        out.append("")
+
+    out += [f"{hh} Test loss" + (" (fixed-n, descriptive: on the seeds each arm was given)"
+                                 if rep.adaptive is not None else ""), ""]
+    ci_label = f"{o.confidence} CI"
+    rows = []
+    for r in t.itertuples():
+        rows.append([md_escape(r.arm), str(r.n), _num(r.mean), _num(r.sd),
+                     _num(r.diff, sign=True), _ci(r.ci_low, r.ci_high), _p(r.p),
+                     _p(r.p_holm), r.verdict, r.test if r.test != stats.NO_TEST else "-"])
+    out.append(_md_table(["arm", "n", "mean", "sd", "diff", ci_label, "p", "p (Holm)",
+                          "verdict", "test"], rows, "lrrrrrrrll"))
+    out.append("")
+    if len(arms_rows):
+        out += [f"{hh} Robustness, effect size and power", ""]
+        rows = []
+        for r in arms_rows.itertuples():
+            rows.append([md_escape(r.arm), str(r.n_pairs) if r.test == stats.PAIRED_T else "-",
+                         r.robust_test or "-", _p(r.p_robust), _ci(r.boot_low, r.boot_high),
+                         f"{_num(r.effect_size, 3)} ({r.effect_size_name})"
+                         if r.effect_size_name else "n/a",
+                         _num(r.mdd), _seeds(r.seeds_needed),
+                         _p(r.p_tost) if margin else "-", _p(r.p_tost_holm) if margin else "-"])
+        out.append(_md_table(
+            ["arm", "pairs", "robustness test", "p (robust)", f"BCa bootstrap {ci_label}",
+             "effect size", f"min. detectable diff ({power:.0%} power)",
+             "seeds to detect observed diff", "TOST p", "TOST p (Holm)"], rows, "lrlrrrrrrr"))
+        out.append("")
+        notes = [(r.arm, n) for r in t.itertuples() for n in r.notes]
+        if notes:
+            out += ["Why some numbers are missing or restricted:", ""]
+            out += [f"- {md_escape(a)}: {md_escape(n)}" for a, n in notes]
+            out.append("")
+    elif len(t):
+        notes = [(r.arm, n) for r in t.itertuples() for n in r.notes]
+        out += [f"- {md_escape(a)}: {md_escape(n)}" for a, n in notes]
+        out.append("")
+
+    out += [f"{hh} Noise floor", ""]
+    nf = rep.noise
+    if nf["n"] >= 2 and nf["note"] is None:
+        out.append(f"The baseline's test loss varies across seeds with sd {_num(nf['sd'])} "
+                   f"(n = {nf['n']}, standard error of the mean {_num(nf['sem'])}). With "
+                   f"{nf['n']} seeds per arm, an unpaired comparison detects a difference of "
+                   f"{_num(nf['mdd_two_sample'])} with {power:.0%} power at alpha {alpha:g}; "
+                   "paired seeds usually do better (see the per-arm figures above).")
+        out.append("")
+        out.append(_md_table(["true difference", "seeds per arm (unpaired, at the baseline sd)"],
+                             [[f"{k:g}", _seeds(v)] for k, v in nf["seeds_needed"].items()],
+                             "rr"))
+    else:
+        out.append(f"Not computable: {md_escape(nf['note'] or 'no baseline runs')}; a noise "
+                   "floor needs at least 2 completed baseline runs with different losses.")
+    out.append("")
+    if len(rep.pairing):
+        out.append(pairing_sentence(rep.pairing))
+        out.append("")
+    out.append(f"`harness sweep {md_escape(rep.baseline)} --seeds N` runs the baseline alone "
+               "N times: its spread answers \"is it noise?\" directly.")
+    out.append("")
+    if len(rep.pairing):
+        out += [f"{hh} What pairing bought", ""]
+        out.append("Every arm shares its seeds with the baseline: identical shared initial weights, the same data "
+                   "order and dropout masks. How much that cut the noise of the difference:")
+        out.append("")
+        out.append(_md_table(["arm", "shared seeds", "correlation with baseline",
+                              f"variance unpaired / paired ({ci_label})", "equivalent unpaired seeds"],
+                             [[md_escape(r.arm), str(r.n), f"{r.correlation:.3f}",
+                               f"{r.variance_ratio:,.1f} [{r.ratio_low:,.1f}, {r.ratio_high:,.1f}]",
+                               f"{r.equivalent_seeds:,.0f}"] for r in rep.pairing.itertuples()], "lrrrr"))
+        out.append("")
+
+    out += [f"{hh} Runs", ""]
+    out.append("Every seed that was started is counted; n in the tables above is the completed "
+               "runs only. \"invalid\" = status completed but a NaN/inf test loss.")
+    out.append("")
+    acc = rep.accounting
+    out.append(_md_table(["arm", "seeds", "completed", "diverged", "failed", "invalid",
+                          "attempts"],
+                         [[md_escape(r.arm), str(r.seeds), str(r.completed), str(r.diverged),
+                           str(r.failed), str(r.invalid), str(r.attempts)]
+                          for r in acc.itertuples()], "lrrrrrr"))
+    out.append("")
+    if len(rep.problems):
+        out += ["Runs not in n (diverged, failed or invalid):", ""]
+        out.append(_md_table(["arm", "seed", "outcome", "reason", "attempts", "run id"],
+                             [[md_escape(r.arm), str(r.seed), r.outcome,
+                               md_escape(r.reason or "-"), str(r.attempts), md_escape(r.run_id)]
+                              for r in rep.problems.itertuples()], "lrllrl"))
+        out.append("")
+
+    if rep.plots:
+        out += [f"{hh} Plots", ""]
+        captions = {"forest": "Differences from the baseline with t intervals",
+                    "curves": "Loss curves (mean ± 1 sd across seeds, completed runs)",
+                    "paired": "Per-seed test loss, baseline -> arm"}
+        left_out = plot_arms(rep)[1]
+        for key, p in rep.plots.items():
+            rel = Path(p).relative_to(md_dir) if Path(p).is_relative_to(md_dir) else Path(p)
+            out.append(f"![{captions[key]}]({quote(rel.as_posix())})")
+            out.append("")
+            if key in ("curves", "paired") and left_out:
+                out.append(f"_{captions[key]}: the {MAX_PLOT_ARMS} arms with the smallest Holm "
+                           f"p-values are shown; {left_out} more are in the tables._")
+                out.append("")
+
+    out += [f"{hh} Comparability", ""]
+    if rep.mismatches:
+        out.append("Mismatches (reported because --allow-mismatch was given):")
+        out += [f"- {md_escape(m)}" for m in rep.mismatches]
+    else:
+        out.append("All compared arms share the token budget, preset and test set of their "
+                   "completed runs, and each arm has one config.")
+    out.append("")
+    out.append(_md_table(["arm", "interventions", "config hash", "preset", "planned tokens",
+                          "test set", "dtype", "device", "world size"],
+                         [[md_escape(a[k]) for k in ("arm", "interventions", "config_hash",
+                                                     "preset", "planned_tokens", "test_set_id",
+                                                     "dtype", "device", "world_size")]
+                          for a in rep.provenance["arms"]]))
+    out.append("")
+
+    out += [f"{hh} Methods", ""]
+    if rep.adaptive_settings is not None:
+        a = rep.adaptive_settings
+        out.append(f"- adaptive sweep (the verdicts above): {md_escape(METHOD)}; an arm is decided better or worse "
+                   "when its repeated confidence interval excludes 0"
+                   + (f", equivalent when it lies inside ±{a.margin:g}" if a.margin else "")
+                   + f"; decisions from {a.min_seeds} seeds on, at most {a.max_seeds}; family-wise error "
+                   f"{a.alpha:g}. The intervals hold at any stopping time; the fixed-n figures below are descriptive "
+                   "(they ignore that the number of seeds depended on the data).")
+    if len(rep.pairing):
+        out.append("- pairing: Pearson correlation of arm and baseline over shared seeds; variance ratio "
+                   "(var(arm) + var(baseline)) / var(arm - baseline) with an F(n-1, n-1) interval on "
+                   "var(arm + baseline) / var(arm - baseline) (exact when both have equal seed variance, "
+                   "Pitman-Morgan); equivalent unpaired seeds = shared seeds x ratio.")
+    out += [
+        f"- diff, {ci_label}, p: paired t-test and t interval on per-seed differences when the "
+        "arm shares at least 2 seeds (and at least half of its runs) with the baseline, "
+        "otherwise Welch's t-test and interval (the `test` column says which).",
+        "- p (Holm): Holm step-down adjustment across the arms of this sweep (the same "
+        "numbers as statsmodels multipletests(method=\"holm\"), checked in the tests).",
+        "- robustness: Wilcoxon signed-rank on the per-seed differences (exact for small n) "
+        "for paired arms; Mann-Whitney U for Welch arms.",
+        f"- BCa bootstrap: scipy.stats.bootstrap(method=\"BCa\"), {o.n_resamples} resamples, "
+        f"seed {o.boot_seed} (deterministic). With few seeds it is too narrow (in simulations "
+        "a nominal 95% BCa interval covered about 85% at n = 5 and 91% at n = 30), so the "
+        "t interval is the primary one.",
+        "- effect size: Cohen's d_z (mean difference / sd of differences) for paired arms; "
+        "Hedges' g (pooled sd, small-sample corrected) for Welch arms.",
+        f"- power: two-sided t-test power (statsmodels) at alpha {alpha:g} and {power:.0%} "
+        "power, at the observed seed noise (paired: sd of differences; Welch: pooled sd). "
+        "Holm makes the real requirement somewhat larger.",
+        "- equivalence: TOST against ±margin (statsmodels ttost_paired / ttost_ind), "
+        "Holm-adjusted across arms." if margin else
+        "- equivalence: not tested (no --margin given).",
+        "- verdict: better / worse when p (Holm) < alpha and diff < 0 / > 0; equivalent within "
+        "margin when the Holm-adjusted TOST p < alpha; otherwise no detectable difference; "
+        "insufficient data when the test cannot be computed. \"No detectable difference\" "
+        "is not evidence of no effect: compare |diff| with the minimum detectable difference.",
+    ]
+    out.append("")
+    return "\n".join(out)
+
+
+def render_provenance(files: Sequence[FileInfo], reps: Sequence[SweepReport], options: dict,
+                      level: int) -> str:
+    h = "#" * level
+    out = [f"{h} Reproducibility", ""]
+    out.append(_md_table(["results file", "rows", "bytes", "sha256", "modified (UTC)"],
+                         [[md_escape(str(f.path.resolve())), str(f.rows), str(f.size),
+                           f"`{f.sha256[:16]}`", f.modified] for f in files], "lrrll"))
+    out.append("")
+    for rep in reps:
+        out.append(f"Sweep {md_escape(rep.sweep)}: config hashes "
+                   + "; ".join(f"{md_escape(a['arm'])} {_code(a['config_hash'])}"
+                               for a in rep.provenance["arms"]))
+        for v in rep.provenance["versions"]:
+            out.append(f"- versions {_code(json.dumps(v['versions'], sort_keys=True))} "
+                       f"({v['runs']} runs)")
+        for c in rep.provenance["git_commits"]:
+            out.append(f"- git commit {_code(c['commit'])} ({c['runs']} runs)")
+        out.append("")
+    out.append("Report options: " + _code(json.dumps(options, sort_keys=True)))
+    out.append("")
+    return "\n".join(out)
+
+
+def jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def pairing_sentence(pairing) -> str:
+    """The noise floor's one sentence on pairing: the median arm."""
+    mid = pairing.sort_values("variance_ratio").iloc[(len(pairing) - 1) // 2]
+    over = f" (the median of {len(pairing)} arms)" if len(pairing) > 1 else ""
+    return (f"Pairing by seed{over}: arm and baseline correlate at r = {mid.correlation:.2f}, so the paired "
+            f"difference has {fraction(mid.variance_ratio)} the unpaired variance: {mid.n} paired seeds are worth "
+            f"about {mid.equivalent_seeds:,.0f} unpaired ones.")
+
+
+STOP_REASONS = {"better": "interval below 0", "worse": "interval above 0", "equivalent": "interval inside the margin",
+                "undecided at the cap": "reached --max-seeds", "undecided": "not decided yet (stopped early)"}
+
+
+def render_adaptive(rep: SweepReport, hh: str) -> list[str]:
+    a, seq = rep.adaptive_settings, rep.adaptive
+    base_seeds = int(rep.accounting.set_index("arm")["seeds"].get(rep.baseline, 0))
+    made = base_seeds + int(seq["seeds"].sum())
+    fixed = (1 + len(seq)) * a.max_seeds
+    out = [f"{hh} Verdicts (adaptive sweep)", ""]
+    out.append(f"This sweep was adaptive (`--until-decided`): each arm got seeds until a sequential test decided "
+               f"it, at most {a.max_seeds}; family-wise error {a.alpha:g} across {len(seq)} arm(s)"
+               + (f", equivalence margin ±{a.margin:g}" if a.margin else "") + f". It made {made} runs where a "
+               f"fixed design at {a.max_seeds} seeds makes {fixed} ({fixed - made} saved, "
+               f"{100 * made / max(fixed, 1):.0f}% of the runs).")
+    out.append("")
+    out.append(_md_table(["arm", "verdict", "seeds", "decided in round", "stop reason", "sequential interval",
+                          "runs saved"],
+                         [[md_escape(r.arm), r.state, str(r.seeds),
+                           "-" if pd_isna(r.decided_round) else str(int(r.decided_round)), STOP_REASONS[r.state],
+                           _ci(r.seq_low, r.seq_high), str(r.runs_saved)] for r in seq.itertuples()], "llrrlrr"))
+    out.append("")
+    return out
+
+
+def pd_isna(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def sweep_to_json(rep: SweepReport) -> dict:
+    arms = []
+    for row in rep.table.to_dict(orient="records"):
+        row["sweep"] = rep.sweep
+        row["seeds_needed"] = (None if not math.isfinite(stats.as_float(row["seeds_needed"]))
+                               else int(row["seeds_needed"]))
+        arms.append(row)
+    return jsonable({
+        "sweep": rep.sweep,
+        "baseline": rep.baseline,
+        "has_baseline": rep.has_baseline,
+        "arms": arms,
+        "runs": rep.accounting.to_dict(orient="records"),
+        "not_completed": rep.problems.to_dict(orient="records"),
+        "noise_floor": {**{k: v for k, v in rep.noise.items() if k != "seeds_needed"},
+                        "seeds_needed": [{"diff": k, "seeds_per_arm": v}
+                                         for k, v in rep.noise["seeds_needed"].items()]},
+        "integrity": {"mismatches": rep.mismatches, "allow_mismatch": rep.allow_mismatch},
+        "notes": rep.notes,
+        "pairing": rep.pairing.drop(columns="sentence").to_dict(orient="records"),
+        "adaptive": None if rep.adaptive is None else {
+            **rep.adaptive_settings.as_dict(), "arms": rep.adaptive.to_dict(orient="records")},
+        "provenance": rep.provenance,
+        "plots": {k: str(v) for k, v in rep.plots.items()},
+    })
+
+
+_RICH_VERDICT = {stats.BETTER: "green", stats.WORSE: "red", stats.EQUIVALENT: "blue",
+                 stats.NO_DIFFERENCE: "white", stats.INSUFFICIENT: "yellow",
+                 stats.BASELINE: "dim"}
+
+
+def render_terminal(rep: SweepReport, console: Console) -> None:
+    from rich.markup import escape
+
+    table = Table(title=f"sweep {escape(rep.sweep)} (diff = arm - {escape(rep.baseline)}; "
+                        "negative = better)", title_justify="left")
+    for col, just in (("arm", "left"), ("n", "right"), ("mean", "right"), ("sd", "right"),
+                      ("diff", "right"), (f"{rep.options.confidence} CI", "right"),
+                      ("p", "right"), ("p Holm", "right"), ("verdict", "left"),
+                      ("test", "left")):
+        table.add_column(col, justify=just)
+    for r in rep.table.itertuples():
+        v = r.verdict
+        table.add_row(escape(r.arm), str(r.n), _num(r.mean), _num(r.sd),
+                      _num(r.diff, sign=True), _ci(r.ci_low, r.ci_high), _p(r.p),
+                      _p(r.p_holm), f"[{_RICH_VERDICT.get(v, 'white')}]{escape(v)}[/]",
+                      r.test if r.test != stats.NO_TEST else "-")
+    console.print(table)
+    bad = rep.accounting[["diverged", "failed", "invalid"]].sum()
+    if bad.sum():
+        console.print(f"  not completed: {int(bad['diverged'])} diverged, {int(bad['failed'])} "
+                      f"failed, {int(bad['invalid'])} invalid (listed in the report)")
+    if rep.adaptive is not None:
+        for r in rep.adaptive.itertuples():
+            console.print(f"  {escape(r.arm)}: {r.state} after {r.seeds} seeds (sequential interval "
+                          f"{_ci(r.seq_low, r.seq_high)}), {r.runs_saved} runs saved; the table's tests are descriptive")
+    if len(rep.pairing):
+        console.print(f"  {escape(pairing_sentence(rep.pairing))}")
+    for m in rep.mismatches:
+        console.print(f"  [bold red]--allow-mismatch:[/] {escape(m)}")
+    for n in rep.notes:
+        console.print(f"  note: {escape(n)}")
+    for r in rep.table.itertuples():
+        for n in r.notes:
+            console.print(f"  {escape(r.arm)}: {escape(n)}", style="dim")
+
+
+# =========================================================================== noise studies
+
+
+def _sd_ci(low, high) -> str:
+    return "n/a" if not (math.isfinite(stats.as_float(low)) and math.isfinite(stats.as_float(high))) else \
+        f"[{_num(low)}, {_num(high)}]"
+
+
+def render_noise_section(rep: NoiseReport, *, level: int, md_dir: Path) -> str:
+    alpha, power = rep.options.alpha, rep.options.power
+    h, hh = "#" * level, "#" * (level + 1)
+    ci = f"{rep.options.confidence} CI"
+    arms = ", ".join(md_escape(a) for a in rep.components)
+    out = [f"{h} Noise study {md_escape(rep.sweep)}", ""]
+    out.append(f"Runs of {arms} that vary one random stream at a time with the seed, the other two held at seed 0's "
+               "values: the initial weights, the data order, the dropout masks; then all three (the ordinary seeds), "
+               "and none (identical seeds).")
+    out.append("")
+    for n in rep.notes:
+        out += [f"> Note: {md_escape(n)}", ""]
+    for name, t in rep.components.items():
+        out += [f"{hh} Where {md_escape(name)}'s seed noise comes from", ""]
+        out.append(_md_table(["source", "runs", "sd of the test loss", ci, "share of the three sources' variance"],
+                             [[md_escape(r.label), str(r.n), _num(r.sd), _sd_ci(r.low, r.high),
+                               "-" if not math.isfinite(stats.as_float(r.share)) else f"{100 * r.share:.0f}%"]
+                              for r in t.itertuples()], "lrrrr"))
+        out.append("")
+        parts = t[t["source"].isin(noise.SOURCES)]
+        everything = t[t["source"] == noise.ALL]
+        if len(parts) == 3 and len(everything) and math.isfinite(stats.as_float(everything["sd"].iloc[0])):
+            summed, whole = float((parts["sd"] ** 2).sum()), float(everything["sd"].iloc[0] ** 2)
+            if whole > 0:
+                out.append(f"The three sources' variances sum to {100 * summed / whole:.0f}% of the ordinary seeds' "
+                           "variance (100% when they add up independently; each figure is an estimate from few runs).")
+                out.append("")
+    if rep.replicates_identical is not None:
+        out.append("Identical seeds gave bit-identical test losses (the CPU path is deterministic): no "
+                   "nondeterminism floor." if rep.replicates_identical else
+                   "Identical seeds gave different test losses: their sd above is the nondeterminism floor "
+                   "(GPU kernels), and every source's sd includes it.")
+        out.append("")
+    if rep.paired is not None and len(rep.paired):
+        out += [f"{hh} What pairing cancels: {md_escape(rep.arm)} - {md_escape(rep.baseline)} per source", ""]
+        out.append(_md_table(["source", "pairs", "sd of the paired difference", ci,
+                              "unpaired variance left by pairing"],
+                             [[md_escape(r.label), str(r.n), _num(r.sd_diff), _sd_ci(r.low, r.high),
+                               "-" if not math.isfinite(stats.as_float(r.left)) else f"{100 * r.left:.1f}%"]
+                              for r in rep.paired.itertuples()], "lrrrr"))
+        out.append("")
+    out += [f"{hh} The smallest difference this setup can detect", ""]
+    what = (f"paired seeds (sd of {md_escape(rep.arm)} - {md_escape(rep.baseline)} over the ordinary seeds)"
+            if rep.detect_paired else "seeds per arm, unpaired (no --arm in this study: the paired figure needs one)")
+    out.append(_md_table(["seeds", f"difference detected with {power:.0%} power at alpha {alpha:g}"],
+                         [[str(n), _num(d)] for n, d in rep.detect.items()], "rr"))
+    out.append("")
+    out.append(f"Seeds are {what}.")
+    out.append("")
+    if rep.plots:
+        out += [f"{hh} Plot", ""]
+        for p in rep.plots.values():
+            rel = Path(p).relative_to(md_dir) if Path(p).is_relative_to(md_dir) else Path(p)
+            out += [f"![Per-source sd with intervals]({quote(rel.as_posix())})", ""]
+    out += [f"{hh} Methods", ""]
+    out.append(f"- {md_escape(noise.METHOD)}.")
+    out.append(f"- smallest detectable difference: two-sided t-test power (statsmodels) at alpha {alpha:g}, "
+               f"{power:.0%} power, at the observed sd.")
+    out.append("")
+    return "\n".join(out)
+
+
+def noise_to_json(rep: NoiseReport) -> dict:
+    return jsonable({
+        "sweep": rep.sweep, "kind": "noise study", "baseline": rep.baseline, "arm": rep.arm,
+        "components": {name: t.to_dict(orient="records") for name, t in rep.components.items()},
+        "paired": None if rep.paired is None else rep.paired.to_dict(orient="records"),
+        "detectable": [{"seeds": n, "difference": d} for n, d in rep.detect.items()],
+        "detectable_paired": rep.detect_paired, "replicates_identical": rep.replicates_identical,
+        "notes": rep.notes, "plots": {k: str(v) for k, v in rep.plots.items()},
+    })
+
+
+def render_noise_terminal(rep: NoiseReport, console: Console) -> None:
+    from rich.markup import escape
+
+    for name, t in rep.components.items():
+        table = Table(title=f"noise study {escape(rep.sweep)}: {escape(name)}", title_justify="left")
+        for col in ("source", "runs", "sd", "95% CI", "share"):
+            table.add_column(col, justify="left" if col == "source" else "right")
+        for r in t.itertuples():
+            table.add_row(r.label, str(r.n), _num(r.sd), _sd_ci(r.low, r.high),
+                          "-" if not math.isfinite(stats.as_float(r.share)) else f"{100 * r.share:.0f}%")
+        console.print(table)
+    console.print("  smallest detectable difference (80% power): "
+                  + ", ".join(f"{n} seeds {_num(d)}" for n, d in rep.detect.items())
+                  + (" (paired)" if rep.detect_paired else " (unpaired)"))

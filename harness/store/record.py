@@ -1,0 +1,293 @@
+"""The run record: what one run is, from its plan to its row in the results store.
+
+  RunSpec      fixed before launch, written to runs/<id>/spec.json; the worker trains exactly it
+  PROGRESS     the line format the worker prints while training and the parent parses
+  STOPPED      the line a worker prints when it stops on an error that is not the run's: the
+               machine's (disk full, read-only, permissions: not counted, the run resumes), the
+               configuration's (the run can never run as planned: recorded unrunnable, not retried)
+               or the data's (the corpus is no longer the one planned: not counted, plan again)
+  RunResult    what the worker measured, written to runs/<id>/result.json at the end
+  RunRow       one attempt's row in runs.parquet: who (the spec), which attempt, and the result
+  CurvePoint   one point of a loss curve in curves.parquet
+  statuses     completed, diverged, unrunnable, failed; FINAL ones are never retried (training is
+               deterministic, and so is a configuration that cannot run)
+  identity     what makes two runs one run: the experiment (harness.core.config.experiment_hash)
+               and the sub-seeds, never the labels or where and how fast it computed
+  counted      the one rule for which attempt counts, for every command: the first final one
+  RetryPolicy  when a run still has to run, and when it has settled
+
+The Parquet schemas are derived from these dataclasses, so a new per-run metric is one field of
+RunResult (and the worker filling it in): result.json, the row, the schema, the journal, the
+report's loading and `harness status --json` all follow. Standard library only: the worker uses
+this module without importing pyarrow (harness.store.results builds RUN_SCHEMA and CURVE_SCHEMA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence, get_type_hints
+
+COMPLETED, DIVERGED, UNRUNNABLE, FAILED = "completed", "diverged", "unrunnable", "failed"
+STATUSES = (COMPLETED, DIVERGED, UNRUNNABLE, FAILED)
+FINAL = (COMPLETED, DIVERGED, UNRUNNABLE)  # outcomes that are not retried: each would happen again
+
+PROGRESS = "PROGRESS "  # prefix of the worker's progress lines: PROGRESS {"step": .., "steps": .., ...}
+
+
+def progress_line(step: int, steps: int, tokens: int, loss: float, tokens_per_s: float) -> str:
+    return PROGRESS + json.dumps({"step": step, "steps": steps, "tokens": tokens, "loss": loss,
+                                  "tokens_per_s": tokens_per_s})
+
+
+STOPPED = "HARNESS-STOPPED "  # STOPPED {"kind": "environment" | "config" | "data", "message": ...}
+ENVIRONMENT, CONFIG, DATA_CHANGED = "environment", "config", "data"  # DATA_CHANGED: the corpus is not the planned one
+
+
+def stopped_line(kind: str, message: str) -> str:
+    return STOPPED + json.dumps({"kind": kind, "message": message})
+
+
+def find_stopped(text: str) -> tuple[str, str] | None:
+    """(kind, message) of the last STOPPED line in a worker's output (torchrun may prefix it)."""
+    for line in reversed(text.splitlines()):
+        at = line.find(STOPPED)
+        if at < 0:
+            continue
+        try:
+            value = json.loads(line[at + len(STOPPED):])
+            return str(value["kind"]), str(value["message"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def parse_progress(line: str) -> dict[str, Any] | None:
+    """The dict of a PROGRESS line; None for any other line (or a garbled one)."""
+    if not line.startswith(PROGRESS):
+        return None
+    try:
+        value = json.loads(line[len(PROGRESS):])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and {"step", "steps", "loss"} <= value.keys() else None
+
+
+# ----------------------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs, fixed before launch and shared by the parent and the worker."""
+
+    run_id: str
+    sweep: str
+    arm: str
+    seed: int
+    init_seed: int
+    data_seed: int
+    dropout_seed: int
+    preset: str
+    config: dict[str, Any]  # ArmConfig.as_dict()
+    overrides: dict[str, Any]
+    config_hash: str  # the arm's experiment: config without placement knobs, budget, data (experiment_hash)
+    params: int
+    tokens: int
+    steps: int
+    tokens_per_step: int
+    world_size: int
+    vary: str = ""  # "": the ordinary seeds; a noise study's "init", "data", "dropout" or "replicate"
+    identity: str = ""  # run_identity(config_hash, sub-seeds, replica): what the run computes
+    data_id: str = ""  # the corpus's content (harness.data.corpus.Corpus.data_id) when planned
+    replica: int = 0  # > 0: a deliberate repeat of identical seeds (a noise study's replicates)
+
+    @property
+    def interventions(self) -> str:
+        return "+".join(p for p in self.arm.split("+") if p != "baseline")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: Path) -> "RunSpec":
+        """A spec.json (keys a newer harness wrote that this one lacks are ignored)."""
+        data = json.loads(Path(path).read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def run_identity(config_hash: str, init_seed: int, data_seed: int, dropout_seed: int, replica: int = 0) -> str:
+    """16 hex digits that are equal for two runs exactly when they compute the same thing: the same
+    experiment (config_hash) from the same sub-seeds, unless one is a deliberate replica."""
+    payload = {"experiment": config_hash, "init": int(init_seed), "data": int(data_seed),
+               "dropout": int(dropout_seed)} | ({"replica": int(replica)} if replica else {})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the result
+
+
+def _not_a_column() -> Any:
+    return field(default_factory=list, metadata={"column": False})
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    """What the worker measured (result.json). Every field but `curve` is a column of runs.parquet."""
+
+    status: str  # one of STATUSES
+    reason: str = ""  # why a run failed or diverged
+    diverged_step: int | None = None  # the step whose training loss was not finite
+    test_loss: float | None = None  # summed token NLL over every held-out token / token count (float64)
+    test_tokens: int = 0
+    test_set_id: str = ""  # 16 hex digits of the test shard's sha256
+    train_loss: float | None = None  # the last loss-curve point
+    tokens_seen: int = 0  # tokens trained, exactly (steps x tokens per step)
+    steps: int = 0  # optimiser steps trained
+    wall_time_s: float | None = None  # train_time_s + eval_time_s
+    train_time_s: float | None = None  # the training loop, summed over resumed attempts
+    eval_time_s: float | None = None  # the test-set evaluation
+    tokens_per_s: float | None = None  # training throughput
+    peak_memory_bytes: int | None = None  # rank 0's peak: CUDA memory allocated, else the process's max RSS
+    dtype: str = ""  # autocast dtype of the training step
+    device: str = ""  # "cpu" or the CUDA device name
+    versions: dict[str, Any] = field(default_factory=dict)  # python, torch, harness ...
+    finished_at: str = ""
+    curve: list[dict[str, Any]] = _not_a_column()  # CurvePoint dicts, kept in curves.parquet
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunResult":
+        """From result.json; keys an older or newer harness wrote that this one lacks are ignored."""
+        if not isinstance(data, dict) or data.get("status") not in STATUSES:
+            raise ValueError("not a run result")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def load(cls, path: Path) -> "RunResult":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass(kw_only=True)
+class RunRow(RunResult):
+    """One attempt of one run: a row of runs.parquet (the spec's identity, the attempt, the result)."""
+
+    run_id: str
+    attempt: int  # 1, 2, ...: (run_id, attempt) is the row key
+    sweep: str
+    arm: str
+    interventions: str  # the arm without 'baseline'
+    seed: int
+    init_seed: int
+    data_seed: int
+    dropout_seed: int
+    preset: str
+    config: dict[str, Any]  # the resolved config (JSON in the table)
+    config_hash: str
+    overrides: dict[str, Any]  # what the arm and --set changed (JSON in the table)
+    params: int
+    planned_tokens: int  # the budget; tokens_seen equals it for a completed run
+    tokens_per_step: int
+    world_size: int  # processes per run
+    vary: str = ""  # which random streams the seed varied: "" all three; init, data, dropout; replicate none
+    identity: str = ""  # what the run computes (run_identity); "" in rows older than identities
+    data_id: str = ""  # the corpus trained on (train and test shards' sha256)
+    replica: int = 0
+    git_commit: str = ""
+    started_at: str = ""
+    run_dir: str = ""
+
+    @classmethod
+    def of(cls, spec: RunSpec, attempt: int, result: RunResult, **attempt_facts: Any) -> "RunRow":
+        """The row of `spec`'s attempt number `attempt` that ended with `result`."""
+        measured = {f.name: getattr(result, f.name) for f in dataclasses.fields(RunResult)}
+        return cls(**measured, run_id=spec.run_id, attempt=attempt, sweep=spec.sweep, arm=spec.arm,
+                   interventions=spec.interventions, seed=spec.seed, init_seed=spec.init_seed,
+                   data_seed=spec.data_seed, dropout_seed=spec.dropout_seed, preset=spec.preset,
+                   config=spec.config, config_hash=spec.config_hash, overrides=spec.overrides,
+                   params=spec.params, planned_tokens=spec.tokens, tokens_per_step=spec.tokens_per_step,
+                   world_size=spec.world_size, vary=spec.vary, identity=spec.identity, data_id=spec.data_id,
+                   replica=spec.replica, **attempt_facts)
+
+    def columns(self) -> dict[str, Any]:
+        """The row as the table stores it: JSON text for dicts, no curve."""
+        return {name: _cell(getattr(self, name)) for name in column_names(RunRow)}
+
+
+@dataclass(kw_only=True)
+class CurvePoint:
+    """One point of a run's training-loss curve (curves.parquet also keys it by run_id, attempt)."""
+
+    run_id: str
+    attempt: int
+    step: int
+    tokens: int
+    train_loss: float  # mean training loss over the steps since the previous point
+    lr: float
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+
+
+# ----------------------------------------------------------------------------- schemas
+
+
+def column_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("column", True)]
+
+
+def column_kinds(cls: type) -> dict[str, type]:
+    """Column name -> int, float or str (dicts are stored as JSON text)."""
+    hints = get_type_hints(cls)
+    kinds = {}
+    for name in column_names(cls):
+        hint = hints[name]
+        args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
+        base = args[0] if args and getattr(hint, "__origin__", None) is not dict else hint
+        kinds[name] = base if base in (int, float, str) else str
+    return kinds
+
+
+def arrow_schema(cls: type):
+    import pyarrow as pa
+
+    types = {int: pa.int64(), float: pa.float64(), str: pa.string()}
+    return pa.schema([(name, types[kind]) for name, kind in column_kinds(cls).items()])
+
+
+# ----------------------------------------------------------------------------- which attempt counts
+
+
+def counted(attempts: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The attempt that speaks for a run: its first final one (completed, diverged or unrunnable)
+    by attempt number. Training is deterministic, so a later final attempt (a re-recording) can
+    only repeat it; a run without one has not settled (see RetryPolicy). status, sweep, export,
+    report, the trackers and Slurm all use this rule."""
+    ordered = sorted(attempts, key=lambda r: (r.get("attempt") is None, r.get("attempt") or 0))
+    return next((r for r in ordered if r.get("status") in FINAL), None)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """One rule for every launcher: a run is settled by its counted attempt (the first final one),
+    or as failed once it has failed more than `retries` times; otherwise it (still) has to run."""
+
+    retries: int = 1
+
+    def settled(self, statuses: Sequence[str]) -> str | None:
+        """The run's settled status given its attempts' statuses (oldest first), or None when it has to run."""
+        row = counted([{"attempt": i, "status": s} for i, s in enumerate(statuses)])
+        if row is not None:
+            return str(row["status"])
+        return FAILED if sum(s == FAILED for s in statuses) > self.retries else None

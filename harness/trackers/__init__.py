@@ -1,0 +1,1 @@
+"""Publishing runs to experiment trackers (TensorBoard)."""

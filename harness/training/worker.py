@@ -1,0 +1,412 @@
+"""The training worker: one exact, deterministic run. Launched by torchrun as
+`python -m torch.distributed.run ... -m harness.training.worker RUN_DIR/spec.json`.
+
+Determinism: initial weights come from the init seed (drawn per parameter name), the sequence
+of global batches is a pure function of (data seed, step), and dropout uses a per-rank stream of
+the dropout seed. Checkpoints carry weights, optimizer, random states and the curve so far, so a
+killed run resumes to a bit-identical result on CPU. Rank 0 prints progress lines for the parent
+(prefixed PROGRESS) and writes result.json atomically at the end; the parent records it.
+
+The per-step work lives in Trainer (model, optimiser, one optimiser step, evaluation), which
+`harness bench` drives too, so what bench times is exactly what a run executes. The fast path:
+bf16 autocast on CUDA (fp16 with a GradScaler on request), TF32 matmuls, SDPA flash attention,
+fused AdamW, torch.compile on CUDA, pinned non-blocking copies of the next micro-batch issued
+while the current one computes, DDP gradient sync on the last micro-step only, and no host
+synchronisation inside a step: the loss stays on the device until a log interval reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from harness.training import checkpoint
+from harness.core.config import TrainConfig
+from harness.data.batches import BatchSampler, BatchShape, eval_batches
+from harness.data.corpus import load_corpus
+from harness.core.errors import UserError
+from harness.core.files import atomic_write_json, environment_failure
+from harness.core.placement import cpu_threads
+from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVIRONMENT, RunResult, RunSpec, progress_line, stopped_line
+from harness.core.versions import versions
+from harness.model import GPTModel, ModelConfig, init_weights, parameter_counts, sequences_from
+
+# Tokens per evaluation forward on the CPU: large enough that per-op overhead vanishes, small
+# enough that a layer's activations stay in cache (larger batches were slower per token).
+CPU_EVAL_TOKENS = 4096
+# On CUDA the evaluation batch is as large as fits: at most this many tokens per forward (the GPU
+# is saturated long before), within EVAL_MEMORY_FRACTION of the device's memory.
+CUDA_EVAL_TOKENS = 128 * 1024
+EVAL_MEMORY_FRACTION = 0.7
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(timeout_s: float) -> Dist:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        from datetime import timedelta
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
+    return Dist(rank, world, local_rank, device)
+
+
+def configure_threads(device: torch.device) -> int:
+    """Set this process's intra-op threads for CPU training (harness.core.placement.cpu_threads); returns the count."""
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads())
+    return torch.get_num_threads()
+
+
+def configure_backends(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
+    """Constant, or linear warmup then cosine decay to lr * min_lr_ratio (a pure function of step)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    warmup = int(cfg.warmup_frac * steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, amp: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+
+
+def use_compile(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+
+
+def all_reduce_sum(values: list[float], d: Dist, dtype=torch.float64) -> list[float]:
+    t = torch.tensor(values, dtype=dtype, device=d.device)
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch onto `device`: on CUDA through pinned memory, asynchronously (no host wait)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def auto_eval_batch(mcfg: ModelConfig, tcfg: TrainConfig, device: torch.device) -> int:
+    """Sequences per evaluation batch: tcfg.eval_batch if set, else the automatic size.
+
+    CPU: about CPU_EVAL_TOKENS tokens per forward. CUDA: the largest batch whose logits (the
+    dominant memory in inference: low-precision logits, their float32 copy and log-softmax) and
+    per-layer activations fit in EVAL_MEMORY_FRACTION of the device beside the training state,
+    capped at CUDA_EVAL_TOKENS tokens. A function of the config and the device model only, so a
+    run's test loss does not depend on what else happens to be in memory."""
+    if tcfg.eval_batch:
+        return tcfg.eval_batch
+    T = mcfg.context_length
+    if device.type != "cuda":
+        return max(1, CPU_EVAL_TOKENS // T)
+    total = torch.cuda.get_device_properties(device).total_memory
+    resident = 16 * parameter_counts(mcfg)["total"]  # fp32 weights + AdamW moments + headroom
+    per_sequence = T * (10 * mcfg.padded_vocab_size + 64 * mcfg.emb_dim)
+    fits = int((EVAL_MEMORY_FRACTION * total - resident) // per_sequence)
+    return max(1, min(fits, max(1, CUDA_EVAL_TOKENS // T)))
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(this process's peak memory in bytes so far, what was measured): CUDA memory allocated, else
+    the process's maximum resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"  # Linux: KiB
+
+
+def dropout_seed_for(dropout_seed: int, step: int, first_sequence: int | None) -> int:
+    """torch's seed for one micro-step's dropout. On the eager CPU path the masks are keyed per
+    sequence (harness.model.gpt.keep_mask), so one seed per step gives every sequence the same masks
+    however the batch is placed (first_sequence None); the fused kernels elsewhere draw one
+    stream per micro-batch, keyed by its first sequence (the same placement gives the same masks)."""
+    key = f"harness-dropout/{dropout_seed}/{step}/{'' if first_sequence is None else first_sequence}"
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def eval_loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  amp: torch.dtype | None) -> torch.Tensor:
+    """Summed token NLL of one batch, float64, on the device (no host synchronisation)."""
+    with autocast(x.device, amp):
+        logits = model(x)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, tokens, context_length: int, batch_size: int, d: Dist,
+             amp: torch.dtype | None) -> tuple[float, int]:
+    """Summed token NLL in float64 over every test token, divided by the token count."""
+    was_training = model.training
+    model.eval()
+    nll, count = torch.zeros((), dtype=torch.float64, device=d.device), 0
+    for i, (x, y) in enumerate(eval_batches(tokens, context_length, batch_size)):
+        if i % d.world != d.rank:
+            continue
+        x, y = to_device(x, d.device), to_device(y, d.device)
+        nll += eval_loss_sum(model, x, y, amp)
+        count += y.numel()
+    total_nll, total_count = all_reduce_sum([nll.item(), float(count)], d)
+    model.train(was_training)
+    return total_nll / total_count, int(total_count)
+
+
+class Trainer:
+    """One run's model, optimiser and training step, exactly as the worker runs them.
+
+    Construction order is part of the determinism contract: build the model, initialise it per
+    parameter name from init_seed, build AdamW and the scaler, restore a checkpoint (weights,
+    optimiser) if given, then compile and wrap in DDP. `train_step(step)` does one optimiser step
+    on the global batch of `step` (tcfg.global_batch sequences, split over the processes and then
+    micro-steps by BatchShape); it never reads a value back to the host: the loss accumulates on
+    the device until `window_loss()`. Dropout is seeded afresh for every micro-step from
+    (dropout_seed, step), so neither a resume nor the placement changes the masks (dropout_seed_for).
+    """
+
+    def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, d: Dist, *, train_tokens, data_seed: int,
+                 init_seed: int, dropout_seed: int, steps: int, tokens_per_step: int,
+                 model_cls: type[torch.nn.Module] = GPTModel, compile: bool | None = None,
+                 resume_from: Path | None = None):
+        self.mcfg, self.tcfg, self.d = mcfg, tcfg, d
+        self.steps = steps
+        self.tokens_per_step = tokens_per_step
+        self.shape = BatchShape.of(tcfg.global_batch, d.world, tcfg.micro_batch)
+        if tokens_per_step != tcfg.global_batch * mcfg.context_length:
+            raise ValueError(f"tokens_per_step {tokens_per_step} is not global_batch x context_length")
+        self.accum = self.shape.accum
+        self.amp = autocast_dtype(tcfg.precision, d.device)
+        self.dropout_seed = dropout_seed
+
+        self.model = model_cls(mcfg).to(d.device)
+        init_weights(self.model, init_seed)
+        # fused: one multi-tensor kernel for the whole update (CUDA and CPU); with a GradScaler
+        # it also takes the inf check on the device, so fp16 steps never wait for the host.
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2),
+                                           weight_decay=tcfg.weight_decay, fused=True)
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp is torch.float16)
+        if resume_from is not None:
+            state = checkpoint.load(resume_from, self.model, d.device)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+
+        self.compiled = use_compile(tcfg, d.device) if compile is None else compile
+        train_model = torch.compile(self.model) if self.compiled else self.model
+        if d.world > 1:
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                train_model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        self.train_model = train_model
+        self.sampler = BatchSampler(train_tokens, mcfg.context_length, data_seed, shuffle=tcfg.shuffle)
+        self.loss_sum = torch.zeros((), device=d.device)
+        self.lr = tcfg.lr
+        self._next: tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def dtype(self) -> str:
+        return str(self.amp or torch.float32).replace("torch.", "")
+
+    def _fetch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.sampler.batch(step, self.shape, self.d.rank, micro)
+        return to_device(x, self.d.device), to_device(y, self.d.device)
+
+    def _batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ahead, self._next = self._next, None
+        if ahead is not None and ahead[0] == (step, micro):
+            return ahead[1]
+        return self._fetch(step, micro)
+
+    def _prefetch(self, step: int, micro: int) -> None:
+        """CUDA: gather the next micro-batch on the host and queue its copy while the GPU works."""
+        if self.d.device.type == "cuda" and step < self.steps:
+            self._next = ((step, micro), self._fetch(step, micro))
+
+    def train_step(self, step: int) -> None:
+        """One optimiser step over the global batch of `step` (self.accum micro-steps on this process)."""
+        self.lr = lr_at(step, self.steps, self.tcfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        per_sequence = self.d.device.type == "cpu" and not self.compiled  # harness.model.gpt.keep_mask's path
+        for micro in range(self.accum):
+            x, y = self._batch(step, micro)
+            last = micro == self.accum - 1
+            sync = last or self.d.world == 1  # DDP all-reduces gradients on the last micro-step only
+            first = self.shape.first_sequence(self.d.rank, micro)
+            torch.manual_seed(dropout_seed_for(self.dropout_seed, step, None if per_sequence else first))
+            with (nullcontext() if sync else self.train_model.no_sync()), sequences_from(first):
+                with autocast(self.d.device, self.amp):
+                    logits = self.train_model(x)  # through DDP's forward, so its gradient hooks arm
+                    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+                self.scaler.scale(loss / self.accum).backward()
+            self._prefetch(*((step, micro + 1) if not last else (step + 1, 0)))
+            self.loss_sum += loss.detach() / self.accum
+        if self.tcfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def window_loss(self, steps_in_window: int) -> float:
+        """Mean training loss since the last call, over all ranks: the step loop's one host sync."""
+        value = all_reduce_sum([self.loss_sum.item()], self.d)[0] / (self.d.world * steps_in_window)
+        self.loss_sum.zero_()
+        return value
+
+    def eval_batch_size(self) -> int:
+        return auto_eval_batch(self.mcfg, self.tcfg, self.d.device)
+
+    def evaluate(self, tokens, batch_size: int | None = None) -> tuple[float, int]:
+        return evaluate(self.model, tokens, self.mcfg.context_length, batch_size or self.eval_batch_size(),
+                        self.d, self.amp)
+
+
+def main(spec_path: str) -> int:
+    spec = RunSpec.load(Path(spec_path))
+    run_dir = Path(spec_path).parent
+    d = setup_distributed(float(os.environ.get("HARNESS_COLLECTIVE_TIMEOUT", "600")))
+    if d.world != spec.world_size:
+        raise SystemExit(f"spec planned {spec.world_size} processes, torchrun started {d.world}")
+    mcfg, tcfg = ModelConfig(**spec.config["model"]), TrainConfig(**spec.config["train"])
+    configure_threads(d.device)
+    configure_backends(d.device)
+    corpus = load_corpus(tcfg.data, tcfg.tokenizer)
+    if spec.data_id and corpus.data_id != spec.data_id:
+        return stop(DATA_CHANGED, f"the corpus {tcfg.data!r} changed since this run was planned (it was data "
+                                  f"{spec.data_id}, it is now {corpus.data_id}): that is another experiment; plan "
+                                  "it again (run the sweep command again: the new data gets new runs)")
+
+    found = checkpoint.latest(run_dir)
+    trainer = Trainer(mcfg, tcfg, d, train_tokens=corpus.train, data_seed=spec.data_seed,
+                      init_seed=spec.init_seed, dropout_seed=spec.dropout_seed, steps=spec.steps,
+                      tokens_per_step=spec.tokens_per_step, resume_from=found[0] if found else None)
+    start_step, curve, elapsed_before = 0, [], 0.0
+    if found:
+        meta = found[1]
+        start_step, curve, elapsed_before = meta["step"], meta["curve"], meta["elapsed_s"]
+
+    log_every = tcfg.log_every or max(1, spec.steps // 200)
+    ckpt_every = tcfg.checkpoint_every or max(1, spec.steps // 10)
+    steps_in_window, t_window = 0, time.perf_counter()
+    t_start = time.perf_counter()
+    status, reason, diverged_step = COMPLETED, "", None
+
+    def save(step: int) -> None:
+        if d.main:
+            checkpoint.commit(run_dir, trainer.model,
+                              {"optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict()},
+                              {"step": step, "curve": curve,
+                               "elapsed_s": elapsed_before + time.perf_counter() - t_start})
+        if d.world > 1:
+            dist.barrier()
+
+    for step in range(start_step, spec.steps):
+        trainer.train_step(step)
+        steps_in_window += 1
+        done = step + 1
+        if done % log_every == 0 or done == spec.steps:
+            window_loss = trainer.window_loss(steps_in_window)
+            now = time.perf_counter()
+            curve.append({"step": done, "tokens": done * spec.tokens_per_step,
+                          "train_loss": window_loss, "lr": trainer.lr})
+            if d.main:
+                rate = steps_in_window * spec.tokens_per_step / max(now - t_window, 1e-9)
+                print(progress_line(done, spec.steps, done * spec.tokens_per_step, window_loss, rate), flush=True)
+            steps_in_window, t_window = 0, now
+            if not math.isfinite(window_loss):
+                status, reason, diverged_step = DIVERGED, f"non-finite training loss at step {done}", done
+                break
+        if done % ckpt_every == 0 or done == spec.steps:
+            save(done)
+
+    train_time = elapsed_before + time.perf_counter() - t_start
+    trained_steps = diverged_step or spec.steps
+    test_loss, test_tokens = float("nan"), 0
+    if status == COMPLETED:
+        t_eval = time.perf_counter()
+        test_loss, test_tokens = trainer.evaluate(corpus.test)
+        if not math.isfinite(test_loss):
+            status, reason = DIVERGED, "non-finite test loss"
+        eval_time = time.perf_counter() - t_eval
+    else:
+        eval_time = 0.0
+    if d.main:
+        result = RunResult(
+            status=status, reason=reason, diverged_step=diverged_step, test_loss=test_loss,
+            test_tokens=test_tokens, test_set_id=corpus.test_set_id,
+            train_loss=curve[-1]["train_loss"] if curve else float("nan"),
+            tokens_seen=trained_steps * spec.tokens_per_step, steps=trained_steps,
+            wall_time_s=train_time + eval_time, train_time_s=train_time, eval_time_s=eval_time,
+            tokens_per_s=trained_steps * spec.tokens_per_step / max(train_time, 1e-9), dtype=trainer.dtype,
+            peak_memory_bytes=peak_memory(d.device)[0],
+            device=torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
+            versions=versions(), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            curve=curve)
+        atomic_write_json(run_dir / "result.json", result.to_dict())
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def stop(kind: str, message: str) -> int:
+    """Tell the parent why this worker stops (harness.store.record.STOPPED) and exit non-zero."""
+    print(stopped_line(kind, message), flush=True)
+    return 3
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1]))
+    except KeyboardInterrupt:  # Ctrl-C reached this worker: exit as the shell reports it, so the parent
+        sys.exit(128 + signal.SIGINT)  # records the attempt as interrupted, not failed
+    except Exception as err:  # noqa: BLE001 - classified, else raised as it was
+        if environment_failure(err):  # the machine's failure (WriteError included), not the run's
+            sys.exit(stop(ENVIRONMENT, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__))
+        if isinstance(err, UserError):  # the configuration cannot run (checked at plan time where it can be)
+            sys.exit(stop(CONFIG, str(err)))
+        raise

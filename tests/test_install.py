@@ -1,0 +1,104 @@
+"""harness as a user installs it: a wheel in a fresh virtual environment, run from a project folder
+of the user's that holds a model.py, a harness.py and a sweeps/ folder of its own. The built-in
+definitions ship in the wheel, the user's arm is found beside them, and nothing of the user's
+shadows harness (or the other way round) in the CLI or in the training workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SHADOW = "raise SystemExit('the user\\'s {name} was imported instead of harness')\n"
+
+
+def build_wheel(out: Path) -> Path:
+    """The wheel of a copy of the checkout's files that git tracks or would (no build folders left in the checkout)."""
+    src = out / "src"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(src)], check=True, capture_output=True, text=True)
+    return next(out.glob("harness-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A fresh venv with the wheel installed (its dependencies are this environment's, made
+    visible by a .pth file, so nothing is downloaded); returns its bin folder."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs the git checkout to build the wheel from")
+    root = tmp_path_factory.mktemp("install")
+    wheel = build_wheel(root)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if Path(p).is_dir()]
+    (purelib / "_test_dependencies.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
+                    "-q", str(wheel)], check=True, capture_output=True, text=True)
+    return venv / "bin"
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A researcher's project folder: their own model.py and harness.py, and one intervention of theirs."""
+    folder = tmp_path / "project"
+    (folder / "sweeps" / "interventions").mkdir(parents=True)
+    for name in ("model.py", "harness.py"):
+        (folder / name).write_text(SHADOW.format(name=name))
+    (folder / "sweeps" / "interventions" / "lr_2x.toml").write_text(
+        'description = "Twice the book\'s learning rate."\n[set]\nlr = 8e-4\n')
+    (folder / "sweeps" / "interventions" / "qkv_bias.toml").write_text(
+        'description = "My own QKV bias."\n[set]\nqkv_bias = true\n')
+    return folder
+
+
+def harness(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HARNESS_SWEEPS")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([str(bin_dir / "harness"), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=env | {"COLUMNS": "250"})
+
+
+def test_the_wheel_works_from_a_users_project_folder(installed, project, small_corpus):
+    located = subprocess.run([str(installed / "python"), "-c", "import harness, harness.model, harness.sweeps; "
+                              "print(harness.__file__); print(harness.model.__file__)"],
+                             cwd=project.parent, capture_output=True, text=True, check=True).stdout
+    assert str(REPO) not in located and "site-packages" in located  # the wheel, not the checkout
+
+    listing = harness(installed, "list", cwd=project)
+    assert listing.returncode == 0, listing.stderr
+    for name in ("gpt2-small", "tiny", "micro", "no_dropout", "interventions_32.toml"):
+        assert name in listing.stdout
+    lr_2x = next(line for line in listing.stdout.splitlines() if "lr_2x" in line)
+    assert "./sweeps" in lr_2x and "built-in" not in lr_2x
+    qkv = next(line for line in listing.stdout.splitlines() if line.strip("│ ").startswith("qkv_bias"))
+    assert "shadows built-in" in qkv
+
+    budget = harness(installed, "chinchilla", "--preset", "gpt2-small", cwd=project)
+    assert budget.returncode == 0 and "3,260,252,160" in budget.stdout, budget.stderr
+
+    sweep = harness(installed, "sweep", "lr_2x", "--seeds", "2", "--preset", "micro", "--tokens", "2000", "--data",
+                    str(small_corpus), "--results", "results", cwd=project)
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr
+    assert sweep.stdout.count("test loss") == 4
+    report = harness(installed, "report", "--results", "results", "--out", "reports/", cwd=project)
+    assert report.returncode == 0, report.stderr
+    assert "lr\\_2x" in next((project / "reports").glob("*.md")).read_text()
+
+    shadowed = harness(installed, "sweep", "qkv_bias", "--seeds", "1", "--preset", "micro", "--tokens", "2000",
+                       "--data", str(small_corpus), "--results", "results", "--dry-run", cwd=project)
+    assert "shadows the built-in one" in shadowed.stdout, shadowed.stdout + shadowed.stderr
