@@ -184,7 +184,7 @@ def test_json_output(run, store):
             assert (r[key] is None and math.isnan(ref)) or r[key] == pytest.approx(ref)
         assert r["verdict"] == t.loc[arm, "verdict"]
     assert {f["kind"] for f in doc["results_files"]} == {"runs", "curves"}
-    assert sw["integrity"] == {"mismatches": [], "allow_mismatch": False}
+    assert sw["integrity"] == {"mismatches": [], "allow_mismatch": False, "withheld": []} and sw["complete"] is True
     assert sw["noise_floor"]["n"] == 6
     assert not (Path(run.tmp) / "reports").exists()  # json writes no markdown or plots
 

@@ -477,3 +477,33 @@ def test_holm_properties(ps):
     order = np.argsort(p, kind="stable")
     assert np.all(np.diff(adj[order]) >= -1e-15)  # monotone in p
     assert adj.min() == pytest.approx(min(1.0, p.min() * p.size))
+
+
+@pytest.mark.parametrize("n", [5, 10])
+def test_outlying_seeds_flag_normal_differences_at_their_level_and_find_a_spike(n):
+    """The report's outlier flag: under normal paired differences a seed is flagged in 5% of arms
+    (Bonferroni over the seeds, exact), and one seed's loss spike of 10 sd is found."""
+    from harness.stats.inference import OUTLIER_LEVEL, outlying_seeds
+
+    rng = np.random.default_rng(n)
+    sims = 2000
+    false = sum(bool(outlying_seeds(pd.Series(rng.normal(0, 0.002, n)))) for _ in range(sims)) / sims
+    assert abs(false - OUTLIER_LEVEL) <= 3 * math.sqrt(OUTLIER_LEVEL * (1 - OUTLIER_LEVEL) / sims)
+    found = 0
+    for _ in range(500):
+        d = rng.normal(0, 0.002, n)
+        d[2] += 0.02
+        found += [s for s, _ in outlying_seeds(pd.Series(d))][:1] == [2]
+    assert found / 500 >= 0.85
+    assert outlying_seeds(pd.Series([0.1, -0.1, 0.05])) == []  # too few seeds to judge one against the others
+
+
+def test_the_methods_figures_on_skewed_differences_are_what_the_rule_does():
+    """The Methods warn that skewed paired differences weaken the t tests' error control: measured
+    through the sweep's own rule (harness.stats.sequential.null_error_under_skew)."""
+    from harness.stats.sequential import null_error_under_skew
+
+    normal = null_error_under_skew(0.0, 8, 0.05, 3, 20, 2000, seed=1)
+    skewed = null_error_under_skew(1.25, 8, 0.05, 3, 20, 2000, seed=1)
+    assert all(abs(v - 0.05) < 0.02 for v in normal.values()), normal
+    assert 0.12 < skewed["adaptive"] < 0.20 and 0.06 < skewed["holm_3"] < 0.11 and 0.08 < skewed["holm_20"] < 0.14

@@ -92,7 +92,9 @@ class Execution:
 def launch(plan, launcher, cluster, how: Execution, dry_run: bool) -> int:
     """Show the plan, then run it here (the torchrun launcher) or submit it (slurm, local); an exit code."""
     from harness.planning.preview import print_plan
+    from harness.store.planfile import check_saved
 
+    check_saved(plan)  # before anything is shown: a command that would change a sweep's design is refused
     jobs_here = launcher.jobs(how.jobs) if cluster.launcher == "torchrun" else 1
     print_plan(plan, console, jobs_here)
     if dry_run:
@@ -150,6 +152,7 @@ def run_cmd(
     from harness.launch.torchrun import Launcher
     from harness.planning.plan import build_plan
     from harness.planning.request import SweepRequest, with_data
+    from harness.store.planfile import check_saved
     from harness.trackers.tensorboard import check_log
 
     tensorboard = check_log(log)
@@ -158,6 +161,7 @@ def run_cmd(
                            streams=streams(vary, init_seed, data_seed, dropout_seed)).check()
     launcher = Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint)
     plan = build_plan(request, launcher.world_size, launcher.uses_gpus(), results, definitions(sweeps_dirs))
+    check_saved(plan)
     return 0 if run_here(plan, launcher, retries=0, tensorboard=tensorboard).all_completed else 1
 
 

@@ -76,6 +76,8 @@ MODEL_KEYS = frozenset(ModelConfig.field_names())
 TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 assert not MODEL_KEYS & TRAIN_KEYS, "model and train keys must not collide"
 ALL_KEYS = MODEL_KEYS | TRAIN_KEYS
+# how a budget is chosen, not what a run computes (its budget in tokens is): not in its identity
+BUDGET_RULES = ("tokens_per_param", "allow_repeat")
 # knobs of where and how fast a run computes: on the row for provenance, not in its identity
 PLACEMENT_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("placement"))
 
@@ -253,6 +255,7 @@ class ArmConfig:
     model: ModelConfig
     train: TrainConfig
     overrides: dict[str, Any]  # what the arm and --set changed relative to the preset
+    intervention_sets: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the arm's interventions set
 
     def as_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "arm": self.arm,
@@ -265,7 +268,8 @@ def resolve(preset: str, arm: str = BASELINE, sets: dict[str, Any] | None = None
     library = library or Library.from_environment()
     arm = canonical_arm(arm)
     p = load_preset(preset, library)
-    overrides = arm_overrides(arm, library) | dict(sets or {})
+    own = arm_overrides(arm, library)
+    overrides = own | dict(sets or {})
     model_kw = p.model | {k: v for k, v in overrides.items() if k in MODEL_KEYS}
     train_kw = p.train | {k: v for k, v in overrides.items() if k in TRAIN_KEYS}
     model, train = ModelConfig(**model_kw), TrainConfig(**train_kw)
@@ -274,7 +278,7 @@ def resolve(preset: str, arm: str = BASELINE, sets: dict[str, Any] | None = None
         train.validate()
     except ValueError as err:
         raise UserError(f"arm {arm!r} on preset {preset!r}: {err}") from None
-    return ArmConfig(preset, arm, model, train, overrides)
+    return ArmConfig(preset, arm, model, train, overrides, own)
 
 
 # keys whose 'auto' means a device-dependent value: (on a CPU, on GPUs)
@@ -297,18 +301,23 @@ def config_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def experiment_hash(config: dict[str, Any], tokens: int, tokens_per_step: int, data_id: str = "") -> str:
-    """What an arm computes, as a hash: its resolved model and training keys (ArmConfig.as_dict(),
-    filled with this version's defaults) without the arm's name, its preset's name and the
-    placement knobs, plus its token budget, its global batch in tokens and its data. data_id is
-    the corpus's content (Corpus.data_id), which then stands for the data path; a row recorded
-    before data ids existed ("") keeps the path instead."""
+def experiment(config: dict[str, Any], tokens: int, tokens_per_step: int, data_id: str = "") -> dict[str, Any]:
+    """What an arm computes, as one flat dict: its resolved model and training keys
+    (ArmConfig.as_dict(), filled with this version's defaults) without its name, its preset's name,
+    the placement knobs and how its budget was chosen (BUDGET_RULES), plus its token budget ("tokens"), its global batch in tokens and its
+    data: data_id is the corpus's content (Corpus.data_id), which then stands for the data path;
+    a row recorded before data ids existed ("") keeps the path instead. Runs are identified by its
+    hash (experiment_hash) and compared key by key (harness.report.sameness)."""
     model = dataclasses.asdict(ModelConfig(**{k: v for k, v in config["model"].items() if k in MODEL_KEYS}))
     train = {k: v for k, v in config["train"].items() if k in TRAIN_KEYS}
-    train = {k: v for k, v in dataclasses.asdict(TrainConfig(**train)).items() if k not in PLACEMENT_KEYS}
+    train = {k: v for k, v in dataclasses.asdict(TrainConfig(**train)).items()
+             if k not in PLACEMENT_KEYS and k not in BUDGET_RULES}
     if data_id:
         train.pop("data")
-    payload = {"model": model, "train": train, "tokens": tokens, "tokens_per_step": tokens_per_step}
-    if data_id:
-        payload["data_id"] = data_id
-    return config_hash(payload)
+    return model | train | {"tokens": int(tokens), "tokens_per_step": int(tokens_per_step)} | (
+        {"data_id": data_id} if data_id else {})
+
+
+def experiment_hash(config: dict[str, Any], tokens: int, tokens_per_step: int, data_id: str = "") -> str:
+    """experiment(...) as 16 hex digits: equal exactly when two arms compute the same thing."""
+    return config_hash(experiment(config, tokens, tokens_per_step, data_id))

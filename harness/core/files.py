@@ -13,10 +13,12 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from harness.core.errors import UserError
 
@@ -137,3 +139,22 @@ def quarantine(path: Path, owner: Path) -> Path:
         target = target.with_name(target.name + "_")
     os.replace(path, target)
     return target
+
+
+@contextmanager
+def staged_folder(out: Path, names: Sequence[str]) -> Iterator[Path]:
+    """A folder to write a command's output into, moved into `out` only once all of it is written:
+    a command that fails half-way leaves `out` as it found it (the stage is removed). `names`: the
+    files the output may replace in an existing `out` (anything else there is left alone)."""
+    out = Path(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield stage
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (out / name).unlink(missing_ok=True)
+        for item in sorted(stage.iterdir()):
+            os.replace(item, out / item.name)
+        fsync_dir(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

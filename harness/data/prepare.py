@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -110,6 +111,10 @@ class Source:
             examples = ", ".join(f"{b} ({p.name})" for b, p in kinds.items())
             raise UserError(f"the input mixes file kinds: {examples}; prepare one kind at a time")
         builder = next(iter(kinds))
+        if builder != "text":  # an empty text file is an empty document; an empty JSON or Parquet file is no input
+            empty = [f for f in files if f.stat().st_size == 0]
+            if empty:
+                raise UserError(f"{str(empty[0])!r} is empty: it holds no {builder} records")
         unique = tuple(dict.fromkeys(str(f) for f in files))
         return cls("local", builder=builder, files=unique, field="text" if builder == "text" else field)
 
@@ -309,10 +314,22 @@ def prepare(source: Source, out: Path, tokenizer: str = "gpt2", test_tokens: int
     guard_destination(out, "--out", {f"the input {Path(f).name}": Path(f) for f in source.files})
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; give a folder")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create {str(out)!r}: {err.strerror}") from None
+    try:
+        return _prepare(source, out, tok, test_tokens, train_tokens, overwrite, console, use_datasets,
+                        checkpoint_every_s, stop_after_docs)
+    except UserError:
+        if created:  # a failed preparation leaves no folder it made (an interrupted one keeps its resume state)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _prepare(source, out, tok, test_tokens, train_tokens, overwrite, console, use_datasets, checkpoint_every_s,
+             stop_after_docs) -> dict[str, Any]:
     options = _options(source, tok, test_tokens, train_tokens)
     lock = FileLock(str(out / ".prepare.lock"))
     try:
@@ -392,9 +409,10 @@ def _fill(source, out, tok, state: _State, test_tokens, train_tokens, console, u
                 else:
                     texts = []
                     for value in batch:
-                        if value is _MISSING:
-                            raise UserError(f"dataset {source.describe()} has no field {source.field!r} "
-                                            f"(document {state.docs + len(texts) + 1:,}); choose one with --field")
+                        if value is _MISSING or value is None:  # never dropped silently
+                            raise UserError(f"dataset {source.describe()} has no field {source.field!r} in document "
+                                            f"{state.docs + len(texts) + 1:,} (missing or null); fix the record, or "
+                                            "choose the text field with --field")
                         if value is not None and not isinstance(value, str):
                             raise UserError(f"field {source.field!r} of {source.describe()} holds "
                                             f"{type(value).__name__}, not text; choose a text field with --field")

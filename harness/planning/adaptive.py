@@ -14,7 +14,7 @@ same round with the same decisions, and the report and `harness status` see what
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -23,7 +23,22 @@ import pandas as pd
 from harness.core.config import BASELINE
 from harness.core.errors import UserError
 from harness.store.record import COMPLETED
+from harness.stats.inference import outlying_seeds
 from harness.stats.sequential import DEFAULT_MAX_SEEDS, DEFAULT_MIN_SEEDS, METHOD, Look, decide, decided
+
+
+MAX_ALPHA = 0.5  # above it a "significant" verdict is closer to a coin toss than to evidence
+MAX_MARGIN = 1.0  # nats of test loss: larger than any intervention's effect, so everything is "equivalent"
+
+
+def check_error_rates(alpha, margin) -> None:
+    """--alpha and --margin as a test can use them (one line naming what is allowed otherwise)."""
+    if not (isinstance(alpha, (int, float)) and 0 < alpha <= MAX_ALPHA):
+        raise UserError(f"--alpha {alpha!r} is not allowed: give a significance level above 0 and at most "
+                        f"{MAX_ALPHA:g}, e.g. 0.05")
+    if margin is not None and not (math.isfinite(margin) and 0 < margin < MAX_MARGIN):
+        raise UserError(f"--margin {margin!r} is not allowed: give a positive test-loss difference below "
+                        f"{MAX_MARGIN:g} nat (larger margins call any two arms equivalent), e.g. 0.005")
 
 
 @dataclass(frozen=True)
@@ -36,10 +51,7 @@ class Adaptive:
     max_seeds: int = DEFAULT_MAX_SEEDS
 
     def check(self) -> None:
-        if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
-            raise UserError(f"--alpha {self.alpha!r}: give a number between 0 and 1, e.g. 0.05")
-        if self.margin is not None and not (math.isfinite(self.margin) and self.margin > 0):
-            raise UserError(f"--margin {self.margin!r}: give a positive test-loss difference, e.g. 0.005")
+        check_error_rates(self.alpha, self.margin)
         if self.min_seeds < 2:
             raise UserError(f"--min-seeds must be >= 2 (a t interval needs 2 pairs), got {self.min_seeds}")
         if self.max_seeds < self.min_seeds:
@@ -67,6 +79,7 @@ class ArmState:
     look: Look  # the deciding look, or the latest one
     seeds: list[int]  # seeds whose pair entered, in order
     decided_round: int | None  # the seed (round) at which it was decided
+    outliers: list[int] = field(default_factory=list)  # seeds whose paired difference is far from the rest's
 
     @property
     def state(self) -> str:
@@ -101,6 +114,7 @@ def arm_states(rows: pd.DataFrame, arms: list[str], baseline: str, settings: Ada
     if before_round is None:
         ran = rows.loc[rows["arm"].eq(baseline), "seed"] if len(rows) else pd.Series(dtype=int)
         before_round = int(ran.max()) + 1 if len(ran) else 0
+    before_round = min(before_round, settings.max_seeds)  # rows of seeds past the cap (added by hand) never look
     got = decide(diffs[None], settings.alpha, settings.min_seeds, settings.max_seeds, settings.margin, before_round)
     out = {}
     for j, arm in enumerate(arms):
@@ -110,7 +124,8 @@ def arm_states(rows: pd.DataFrame, arms: list[str], baseline: str, settings: Ada
         n = got["n"][0, j]
         look = Look(int(n) if np.isfinite(n) else len(seeds), float(got["mean"][0, j]), float(got["low"][0, j]),
                     float(got["high"][0, j]), str(got["state"][0, j]))
-        out[arm] = ArmState(arm, look, seeds, at if at >= 0 else None)
+        flagged = outlying_seeds(pd.Series(diffs[j, seeds], index=seeds)) if seeds else []
+        out[arm] = ArmState(arm, look, seeds, at if at >= 0 else None, [s for s, _ in flagged])
     return out
 
 
@@ -147,9 +162,10 @@ def summary(states: dict[str, ArmState]) -> str:
     """One line: each arm's state, interval and seeds."""
     parts = []
     for arm, s in states.items():
+        flag = f"; outlying seed {', '.join(map(str, s.outliers))}: see the report" if s.outliers else ""
         if s.decided:
             parts.append(f"{arm}: {s.state} at {len(s.seeds)} seeds "
-                         f"(interval [{s.look.low:+.6f}, {s.look.high:+.6f}])")
+                         f"(interval [{s.look.low:+.6f}, {s.look.high:+.6f}]{flag})")
         else:
-            parts.append(f"{arm}: undecided after {len(s.seeds)} seeds")
+            parts.append(f"{arm}: undecided after {len(s.seeds)} seeds{flag}")
     return "; ".join(parts)

@@ -153,6 +153,7 @@ def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world
         config=cfg.as_dict(), overrides=cfg.overrides, config_hash=experiment, params=budget.params,
         tokens=budget.tokens, steps=budget.steps, tokens_per_step=budget.tokens_per_step, world_size=world_size,
         vary=vary, identity=identity, data_id=data.data_id, replica=replica,
+        intervention_sets=dict(cfg.intervention_sets),
     )
 
 

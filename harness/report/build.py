@@ -26,7 +26,8 @@ from harness.report.compare import (NoiseReport, ReportOptions, SweepReport, arm
                                     build_sweep_report)
 from harness.core.errors import UserError
 from harness.core.files import is_folder, user_path
-from harness.report.outcomes import OUTCOMES, Store, check_integrity, load_store, resolve_outcomes
+from harness.report.outcomes import OUTCOMES, Store, load_store, resolve_outcomes
+from harness.report.sameness import Difference, differences
 from harness.report.plots import aggregate_curves, make_plots, plot_noise
 from harness.store.record import COMPLETED
 from harness.store.outputs import guard_destination
@@ -63,18 +64,32 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
     outcomes = resolve_outcomes(store.runs)
     sweeps = select_sweeps(outcomes, sweep, opts.baseline, results_dir)
     require_completed(outcomes[outcomes["sweep"].isin(sweeps)], sweeps, warn)
-    problems = comparability(outcomes, sweeps, opts)
-    reps = [build_noise_report(outcomes, sw, opts, store.noise[sw]) if sw in store.noise else
-            build_sweep_report(outcomes, sw, opts, mismatches=problems[sw], adaptive=store.adaptive.get(sw),
-                               inert=store.inert.get(sw))
-            for sw in sweeps]
+    reps, refused = [], []
+    for sw in sweeps:  # one sweep that cannot be reported never stops the others
+        try:
+            diffs = comparable(outcomes, sw, opts, noise=sw in store.noise)
+            reps.append(build_noise_report(outcomes, sw, opts, store.noise[sw]) if sw in store.noise else
+                        build_sweep_report(outcomes, sw, opts, differences=diffs, adaptive=store.adaptive.get(sw),
+                                           inert=store.inert.get(sw), planned=store.planned.get(sw)))
+        except UserError as err:
+            if sweep is not None:
+                raise
+            refused.append(f"sweep {sw!r}: {err}")
+            warn(f"sweep {sw!r} is not reported: {err}")
+    if not reps:
+        raise UserError(" | ".join(refused))
     settings = {"results_dir": str(Path(results_dir).resolve()), "sweep": sweep, "baseline": opts.baseline,
                 "alpha": opts.alpha, "margin": opts.margin, "power": opts.power,
                 "bootstrap_resamples": opts.n_resamples, "bootstrap_seed": opts.boot_seed,
                 "allow_mismatch": opts.allow_mismatch}
     if fmt == "json":
-        return write_json(reps, store, settings, warnings_, out, stdout or sys.stdout)
-    return write_markdown(reps, store, outcomes, settings, warnings_, opts, out, reports_dir, plots, console)
+        written = write_json(reps, store, settings, warnings_, out, stdout or sys.stdout)
+    else:
+        written = write_markdown(reps, store, outcomes, settings, warnings_, opts, out, reports_dir, plots, console)
+    if refused:
+        raise UserError(f"{len(refused)} of {len(sweeps)} sweeps could not be reported (the others were): "
+                        + " | ".join(refused))
+    return written
 
 
 def _warner(console: Console) -> tuple[Callable[[str], None], list[str]]:
@@ -122,19 +137,17 @@ def require_completed(selected: pd.DataFrame, sweeps: list[str], warn: Callable[
                         "rerun some runs first")
 
 
-def comparability(outcomes: pd.DataFrame, sweeps: list[str], opts: ReportOptions) -> dict[str, list[str]]:
-    """Each sweep's mismatches; refused unless --allow-mismatch (the report then states them)."""
-    problems, mismatched = {}, []
-    for sw in sweeps:
-        rows = outcomes[outcomes["sweep"].eq(sw)]
-        problems[sw] = check_integrity(rows, arm_order(rows["arm"].unique(), opts.baseline))
-        if problems[sw]:
-            mismatched.append(f"sweep {sw!r}: " + "; ".join(problems[sw]))
-    if mismatched and not opts.allow_mismatch:
-        raise UserError("refusing to compare arms that are not comparable: " + " | ".join(mismatched)
-                        + "; rerun them with matching settings, or pass --allow-mismatch "
-                        "to compare anyway (the report then says so)")
-    return problems
+def comparable(outcomes: pd.DataFrame, sweep: str, opts: ReportOptions, noise: bool = False) -> list[Difference]:
+    """How a sweep's arms were not trained alike (harness.report.sameness): refused with one line
+    naming the keys and values, unless --allow-mismatch (the report then shows them and withholds
+    the verdicts they touch)."""
+    rows = outcomes[outcomes["sweep"].eq(sweep)]
+    diffs = differences(rows, arm_order(rows["arm"].unique(), opts.baseline), opts.baseline, design=not noise)
+    if diffs and not opts.allow_mismatch:
+        raise UserError("refusing to compare arms that were not trained alike: " + "; ".join(d.text for d in diffs)
+                        + "; rerun them with matching settings (a new --name for a new experiment), or pass "
+                        "--allow-mismatch to see them side by side with the verdicts withheld")
+    return diffs
 
 
 def write_json(reps: list, store: Store, settings: dict, warnings_: list[str], out: Path | None,

@@ -7,7 +7,6 @@ the sweep), counts every seed that was started, and records what the arms were r
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,10 +17,13 @@ import pandas as pd
 from harness.stats import noise
 
 from harness.stats import inference as stats
-from harness.planning.adaptive import Adaptive, arm_states
-from harness.report.outcomes import OUTCOMES, check_integrity
+from harness.planning.adaptive import Adaptive, arm_states, check_error_rates, round_arms
+from harness.report.outcomes import OUTCOMES
+from harness.report.sameness import Difference, streams_held
+from harness.report.sameness import differences as find_differences
 from harness.stats.pairing import pairing_gain
 from harness.core.seeds import REPLICATE, roles
+from harness.core.config import BASELINE
 from harness.core.errors import UserError
 from harness.store.record import COMPLETED
 
@@ -44,11 +46,7 @@ class ReportOptions:
         return f"{100 * (1 - self.alpha):g}%"
 
     def check(self) -> None:
-        if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
-            raise UserError(f"--alpha {self.alpha!r} is not allowed: give a number between 0 and 1, e.g. 0.05")
-        if self.margin is not None and not (math.isfinite(self.margin) and self.margin > 0):
-            raise UserError(f"--margin {self.margin!r} is not allowed: give a positive test-loss "
-                            "difference, e.g. 0.005")
+        check_error_rates(self.alpha, self.margin)
         if not 0 < self.power < 1:
             raise UserError(f"power {self.power!r} is not allowed: give a number between 0 and 1")
         if not self.baseline:
@@ -72,7 +70,13 @@ class SweepReport:
     options: ReportOptions  # the settings that made it: alpha, margin, power, bootstrap
     adaptive: pd.DataFrame | None = None  # an adaptive sweep's per-arm sequential decisions
     adaptive_settings: Adaptive | None = None
+    withheld: list[str] = field(default_factory=list)  # arms whose verdicts differences withhold
+    complete: bool = True  # every planned run has a recorded result
     plots: dict[str, Path] = field(default_factory=dict)
+
+
+WITHHELD = "withheld: not trained alike"
+INTERIM = "interim: "
 
 
 def arm_order(arms: Sequence[str], baseline: str) -> list[str]:
@@ -128,7 +132,7 @@ def pairing_table(done: pd.DataFrame, arms: Sequence[str], baseline: str, alpha:
             own = by.loc[arm]
             common = own.index.intersection(base.index)
             gain = pairing_gain(own.loc[common].to_numpy(), base.loc[common].to_numpy(), alpha)
-            if gain.n >= 3:
+            if gain.n >= 3 and np.isfinite(gain.correlation) and np.isfinite(gain.variance_ratio):
                 rows.append({"arm": arm, **asdict(gain), "sentence": gain.sentence()})
     columns = ["arm", "n", "correlation", "variance_ratio", "ratio_low", "ratio_high", "equivalent_seeds", "sentence"]
     return pd.DataFrame(rows, columns=columns)
@@ -147,16 +151,19 @@ def adaptive_table(rows: pd.DataFrame, arms: Sequence[str], baseline: str, setti
         given = int(seeds.get(arm, 0))
         out.append({"arm": arm, "seeds": given, "pairs": st.look.n, "state": st.state,
                     "decided_round": None if st.decided_round is None else st.decided_round + 1,
-                    "seq_low": st.look.low, "seq_high": st.look.high, "runs_saved": settings.max_seeds - given})
+                    "seq_low": st.look.low, "seq_high": st.look.high, "runs_saved": settings.max_seeds - given,
+                    "outlier_seeds": st.outliers})
     return pd.DataFrame(out, columns=["arm", "seeds", "pairs", "state", "decided_round", "seq_low", "seq_high",
-                                      "runs_saved"])
+                                      "runs_saved", "outlier_seeds"])
 
 
 def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOptions, *,
-                       mismatches: list[str] | None = None, adaptive: Adaptive | None = None,
-                       inert: dict[str, str] | None = None) -> SweepReport:
-    """Statistics and accounting for one sweep (no rendering, no files). `inert`: arms that change
-    nothing where they ran (an A/A comparison), with why."""
+                       differences: list[Difference] | None = None, adaptive: Adaptive | None = None,
+                       inert: dict[str, str] | None = None, planned: list[dict] | None = None) -> SweepReport:
+    """Statistics and accounting for one sweep (no rendering, no files). `differences`: how its
+    arms were not trained alike (harness.report.sameness; the verdicts they touch are withheld);
+    `inert`: arms that change nothing where they ran (an A/A comparison), with why; `planned`: the
+    runs its saved plan names, so a sweep reported before it is complete says what is missing."""
     baseline, alpha, power = options.baseline, options.alpha, options.power
     rows = outcomes[outcomes["sweep"].eq(sweep)]
     arms = arm_order(rows["arm"].unique(), baseline)
@@ -167,15 +174,35 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
                      "only descriptive statistics are shown (choose one with --baseline)")
     notes += [f"{arm} is an A/A comparison, not an intervention: {why}"
               for arm, why in (inert or {}).items() if arm in set(arms)]
-    if mismatches is None:
-        mismatches = check_integrity(rows, arms)
+    if differences is None:
+        differences = find_differences(rows, arms, baseline)
+    mismatches = [d.text for d in differences]
+    withheld = set().union(*(d.arms for d in differences)) - {baseline} if differences else set()
     done = rows[rows["outcome"].eq(COMPLETED)]
+    twice = done[done.duplicated(["arm", "seed"], keep=False)]
+    if len(twice):  # two runs of one arm at one seed (different experiments): the first recorded counts
+        first = twice.drop_duplicates(["arm", "seed"]).iloc[0]
+        notes.append(f"{len(twice)} completed runs share an arm and seed with another run (e.g. {first['arm']} seed "
+                     f"{int(first['seed'])}); each pair is one seed of an arm, so only its first recorded run is in n")
+        done = done.sort_values("finished_at", kind="mergesort").drop_duplicates(["arm", "seed"])
+    missing = missing_runs(rows, planned, adaptive)
+    if missing:
+        notes.insert(0, missing)
+    held = held_streams(done)
+    if held:
+        notes.append(f"random streams held fixed (not varied with the seed): {held}; the verdicts generalise over the "
+                     "other streams only, and the pairing figures measure what pairing cancels of those")
     table = stats.compare_arms(
         done[["arm", "seed", "test_loss"]], baseline, alpha=alpha, margin=options.margin, power=power,
         n_resamples=options.n_resamples, seed=options.boot_seed, arms=arms,
     )
     if not has_baseline:
         table = table[table["arm"] != baseline].reset_index(drop=True)
+    compared = table["arm"].ne(baseline)
+    if withheld:
+        table.loc[compared & table["arm"].isin(withheld), "verdict"] = WITHHELD
+    elif missing and adaptive is None:
+        table.loc[compared, "verdict"] = INTERIM + table.loc[compared, "verdict"]
     counts = (rows.pivot_table(index="arm", columns="outcome", values="seed", aggfunc="count")
               .reindex(index=arms, columns=list(OUTCOMES)).fillna(0).astype(int))
     counts.insert(0, "seeds", counts.sum(axis=1))
@@ -199,8 +226,43 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
         accounting=accounting, problems=problems, mismatches=mismatches,
         allow_mismatch=options.allow_mismatch, noise=noise, provenance=_provenance(rows, arms),
         notes=notes, pairing=pairing_table(done, arms, baseline, alpha), options=options, adaptive=seq,
-        adaptive_settings=adaptive if seq is not None else None,
+        adaptive_settings=adaptive if seq is not None else None, withheld=sorted(withheld), complete=not missing,
     )
+
+
+def held_streams(done: pd.DataFrame) -> str:
+    """The random streams some completed run holds fixed (not derived from its seed), '' for none."""
+    held = sorted({h for r in done.itertuples() for h in [streams_held(r)] if h and h != "none"})
+    return "; ".join(held)
+
+
+def missing_runs(rows: pd.DataFrame, planned: list[dict] | None, adaptive: Adaptive | None) -> str:
+    """One sentence on what a sweep reported before it is complete still lacks ('' when nothing):
+    planned runs without a recorded result. An adaptive sweep's plan lists every seed it may run,
+    so only the rounds it has started count there."""
+    if not planned:
+        return ""
+    recorded = set(rows["run_id"])
+    wanted = [r for r in planned if isinstance(r, dict) and "run_id" in r]
+    if adaptive is not None:
+        base_seeds = rows.loc[rows["arm"].eq(BASELINE), "seed"]
+        if base_seeds.empty:
+            return ""
+        latest = int(base_seeds.max())
+        compared = sorted({str(r.get("arm")) for r in wanted} - {BASELINE})
+        give = set(round_arms(rows, compared, BASELINE, adaptive, latest))
+        wanted = [r for r in wanted if r.get("seed") == latest and r.get("arm") in give]
+    lacking = [r for r in wanted if r["run_id"] not in recorded]
+    if not lacking:
+        return ""
+    per_arm: dict[str, list[int]] = {}
+    for r in lacking:
+        per_arm.setdefault(str(r.get("arm")), []).append(int(r.get("seed", -1)))
+    detail = "; ".join(f"{arm} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)[:8]))}"
+                       + (f" and {len(s) - 8} more" if len(s) > 8 else "") for arm, s in per_arm.items())
+    return (f"INCOMPLETE: {len(lacking)} of {len(wanted)} planned runs have no result yet ({detail}); the figures "
+            f"below are interim, on the runs recorded so far" + ("" if adaptive is None else
+            " (this round of the adaptive sweep is still running)"))
 
 
 def noise_roles(r) -> dict[str, int]:

@@ -3,7 +3,7 @@
 load_store reads runs.parquet and curves.parquet once (a harness-written store through the
 ResultsStore, which verifies them against its manifest; a hand-made table as it is, skipped with a
 warning when unreadable, never a traceback) and normalises the columns the run record defines. resolve_outcomes picks the attempt that counts
-for every (sweep, arm, seed); check_integrity names what makes arms incomparable.
+for every run; harness.report.sameness names what makes arms incomparable.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from harness.store.results import MANIFEST as STORE_MANIFEST, RUNS as RUNS_FILE,
 RUN_KINDS = column_kinds(RunRow)  # every column of the run record: int, float or str
 RUN_REQUIRED = ("sweep", "arm", "seed", "status", "test_loss")
 CURVE_REQUIRED = ("run_id", "step", "train_loss")
-INTEGRITY_FIELDS = (("planned_tokens", "token budget (planned_tokens)"),
-                    ("preset", "preset"), ("test_set_id", "test set (test_set_id)"))
 INVALID = "invalid"  # status completed but a NaN/inf test loss
 OUTCOMES = (COMPLETED, DIVERGED, FAILED, INVALID)
 
@@ -52,6 +50,7 @@ class Store:
     adaptive: dict[str, Adaptive] = field(default_factory=dict)  # sweep -> settings, for adaptive sweeps
     noise: dict[str, dict] = field(default_factory=dict)  # sweep -> settings, for noise studies
     inert: dict[str, dict[str, str]] = field(default_factory=dict)  # sweep -> A/A arm -> why (harness.planning.plan)
+    planned: dict[str, list[dict]] = field(default_factory=dict)  # sweep -> the runs its saved plan names
 
 
 def _candidates(results_dir: Path, name: str) -> list[Path]:
@@ -133,7 +132,7 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
     else:
         curves = pd.DataFrame({"run_id": pd.Series(dtype=str), "attempt": [], "step": [],
                                "tokens": [], "train_loss": []})
-    adaptive, noise, inert = {}, {}, {}
+    adaptive, noise, inert, planned = {}, {}, {}, {}
     for sweep in runs["sweep"].unique():
         plan = read_plan(results_dir, sweep)
         settings = Adaptive.from_dict(plan.get("adaptive"))
@@ -143,8 +142,10 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
             noise[sweep] = plan["noise"]
         if isinstance(plan.get("inert"), dict):
             inert[sweep] = {str(a): str(why) for a, why in plan["inert"].items()}
+        if isinstance(plan.get("runs"), list):
+            planned[sweep] = [r for r in plan["runs"] if isinstance(r, dict)]
     return Store(runs=runs, curves=curves, files=infos, warnings=messages, adaptive=adaptive, noise=noise,
-                 inert=inert)
+                 inert=inert, planned=planned)
 
 
 def _normalise_runs(runs: pd.DataFrame, warn) -> pd.DataFrame:
@@ -207,37 +208,3 @@ def resolve_outcomes(runs: pd.DataFrame) -> pd.DataFrame:
     unsettled = r[~r.set_index(keys).index.isin(first_final.set_index(keys).index)].drop_duplicates(keys, keep="last")
     chosen = pd.concat([first_final, unsettled]).sort_values(["sweep", "arm", "vary", "seed", "_order"], kind="mergesort")
     return chosen.drop(columns=["_order", "_attempt", "_run"]).reset_index(drop=True)
-
-
-def _seed_list(seeds) -> str:
-    ordered = sorted(int(s) for s in seeds)
-    return ", ".join(map(str, ordered[:8])) + (f" and {len(ordered) - 8} more" if len(ordered) > 8 else "")
-
-
-def check_integrity(outcomes: pd.DataFrame, arms: Sequence[str]) -> list[str]:
-    """Mismatches between the compared arms that make a comparison invalid (human-readable)."""
-    done = outcomes[outcomes["outcome"].eq(COMPLETED) & outcomes["arm"].isin(list(arms))]
-    problems = []
-    for col, label in INTEGRITY_FIELDS:
-        vals = done[col]
-        if col == "planned_tokens":
-            vals = vals.map(lambda v: "unknown" if not np.isfinite(v) else str(int(v)))
-        per_arm = vals.groupby(done["arm"]).unique()
-        distinct = set().union(*[set(v) for v in per_arm]) if len(per_arm) else set()
-        if len(distinct) > 1:
-            mixed = [a for a, v in per_arm.items() if len(v) > 1]
-            if mixed:  # within an arm: say which seeds have which, since pairing by seed is what breaks
-                seeds = done["seed"].groupby([done["arm"], vals]).unique()
-                detail = "; ".join(f"{a}: " + ", ".join(f"{v} (seeds {_seed_list(seeds[(a, v)])})"
-                                                        for v in sorted(per_arm[a], key=str)) for a in mixed)
-                problems.append(f"{label} differs across seeds ({detail})")
-            else:
-                detail = ", ".join(f"{a}: {'/'.join(sorted(map(str, v)))}" for a, v in per_arm.items())
-                problems.append(f"{label} differs between arms ({detail})")
-    hashes = done.groupby("arm")["config_hash"].unique()
-    for arm, vals in hashes.items():
-        vals = [v for v in vals if v]
-        if len(vals) > 1:
-            problems.append(f"arm {arm} has runs with different configs (config_hash "
-                            f"{', '.join(sorted(vals))})")
-    return problems

@@ -108,8 +108,9 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
                "compared arm(s) of this sweep.")
     out.append("")
     if rep.mismatches:
-        out.append("> **WARNING: --allow-mismatch was given; these arms are NOT comparable "
-                   "as run:**")
+        out.append("> **WARNING: --allow-mismatch was given; these arms were NOT trained alike, so their "
+                   "verdicts are withheld" + (f" ({md_escape(', '.join(rep.withheld))})" if rep.withheld else "")
+                   + ":**")
         for m in rep.mismatches:
             out.append(f"> - {md_escape(m)}")
         out.append("")
@@ -234,8 +235,10 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
         out.append("Mismatches (reported because --allow-mismatch was given):")
         out += [f"- {md_escape(m)}" for m in rep.mismatches]
     else:
-        out.append("All compared arms share the token budget, preset and test set of their "
-                   "completed runs, and each arm has one config.")
+        out.append("The compared arms were trained alike: every model and training key (placement knobs aside), "
+                   "the token budget, the corpus and the test set are the same across each arm's seeds and "
+                   "between each arm and the baseline, except what the arm's own interventions set; arm and "
+                   "baseline share their random streams at every seed.")
     out.append("")
     out.append(_md_table(["arm", "interventions", "config hash", "preset", "planned tokens",
                           "test set", "dtype", "device", "world size"],
@@ -279,6 +282,7 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
         "- equivalence: TOST against ±margin (statsmodels ttost_paired / ttost_ind), "
         "Holm-adjusted across arms." if margin else
         "- equivalence: not tested (no --margin given).",
+        ASSUMPTIONS,
         "- verdict: better / worse when p (Holm) < alpha and diff < 0 / > 0; equivalent within "
         "margin when the Holm-adjusted TOST p < alpha; otherwise no detectable difference; "
         "insufficient data when the test cannot be computed. \"No detectable difference\" "
@@ -335,6 +339,16 @@ def pairing_sentence(pairing) -> str:
             f"about {mid.equivalent_seeds:,.0f} unpaired ones.")
 
 
+ASSUMPTIONS = (
+    "- assumptions: the t tests and intervals (fixed-n and sequential) assume the paired differences are "
+    "roughly normal. One seed far from the others (a loss spike in one run) can decide a verdict, and skewed "
+    "differences weaken the error control: with 8 null arms whose paired differences have skewness 1.25, the "
+    "family-wise error at alpha 0.05 is about 0.16 for the adaptive rule and 0.08 to 0.11 for fixed-n Holm at 3 "
+    "to 20 seeds (0.05 for normal differences; tests/bench/adaptive.py --skew 1.25). So every paired arm's seeds are "
+    "checked: each difference against the mean and sd of the others (its externally studentized residual, t with "
+    "n - 2 degrees of freedom), Bonferroni over the seeds at 0.05, so that normal differences flag a seed in 5% of "
+    "arms; a flagged seed is named with the Wilcoxon signed-rank test beside the t-test.")
+
 STOP_REASONS = {"better": "interval below 0", "worse": "interval above 0", "equivalent": "interval inside the margin",
                 "undecided at the cap": "reached --max-seeds", "undecided": "not decided yet (stopped early)"}
 
@@ -357,6 +371,11 @@ def render_adaptive(rep: SweepReport, hh: str) -> list[str]:
                            "-" if pd_isna(r.decided_round) else str(int(r.decided_round)), STOP_REASONS[r.state],
                            _ci(r.seq_low, r.seq_high), str(r.runs_saved)] for r in seq.itertuples()], "llrrlrr"))
     out.append("")
+    for r in seq.itertuples():
+        if r.outlier_seeds:
+            out += [f"> {md_escape(r.arm)}: outlying seed {', '.join(map(str, r.outlier_seeds))}: its paired "
+                    "difference is far from the others' (see Methods, assumptions); the sequential decision rests on "
+                    "a t statistic that one such seed can move", ""]
     return out
 
 
@@ -381,7 +400,9 @@ def sweep_to_json(rep: SweepReport) -> dict:
         "noise_floor": {**{k: v for k, v in rep.noise.items() if k != "seeds_needed"},
                         "seeds_needed": [{"diff": k, "seeds_per_arm": v}
                                          for k, v in rep.noise["seeds_needed"].items()]},
-        "integrity": {"mismatches": rep.mismatches, "allow_mismatch": rep.allow_mismatch},
+        "integrity": {"mismatches": rep.mismatches, "allow_mismatch": rep.allow_mismatch,
+                      "withheld": rep.withheld},
+        "complete": rep.complete,
         "notes": rep.notes,
         "pairing": rep.pairing.drop(columns="sentence").to_dict(orient="records"),
         "adaptive": None if rep.adaptive is None else {

@@ -9,6 +9,8 @@ A sweep's plan (every run it will make) is written when it starts, to RESULTS/sw
   queued    planned, not started, or its Slurm job waits in the queue (also after a requeue)
   failed    it has only failed attempts and nothing runs it now
   interrupted  started and stopped (killed, Ctrl-C) before recording: resumes when run again
+  unrecorded   its workers finished (result.json is complete) but it was stopped before recording:
+               recorded, without training, when run again
   cancelled its Slurm job was cancelled before it recorded the run
   lost      its Slurm job ended without recording the run, or Slurm no longer knows it
 A sweep recorded before plans were written shows the runs its rows name (none queued).
@@ -34,7 +36,8 @@ from harness.stats.sequential import UNDECIDED
 from harness.store.results import ResultsStore
 from harness.cluster.slurmctl import SLURM_JOB_ID, SlurmUnavailable, job_states
 
-STATES = ("done", "running", "queued", "failed", "interrupted", "cancelled", "lost", "diverged", "unrunnable")
+STATES = ("done", "running", "queued", "failed", "interrupted", "unrecorded", "cancelled", "lost", "diverged",
+          "unrunnable")
 
 
 def _progress(run_dir: Path) -> str:
@@ -68,6 +71,7 @@ class RunState:
     detail: str
     test_loss: float | None
     job: str | None
+    tokens: int | None = None  # the budget of its counted attempt
 
 
 def sweep_names(results: Path) -> list[str]:
@@ -97,6 +101,14 @@ def _resume_step(run_dir: Path) -> int | None:
         return int(json.loads((run_dir / "checkpoint" / "meta.json").read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _finished(run_dir: Path) -> bool:
+    """The workers wrote a final result.json (the run ended, its recording did not)."""
+    try:
+        return json.loads((run_dir / "result.json").read_text()).get("status") in FINAL
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _started(run_dir: Path) -> bool:
@@ -151,6 +163,7 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
         detail, test_loss = "", None
         run_dir = store.run_dir(run_id)
         counted = history.counted
+        tokens = int(counted["planned_tokens"]) if counted is not None and counted.get("planned_tokens") else None
         if counted is not None and counted["status"] == COMPLETED:
             state = "done"
             test_loss = float(counted["test_loss"])
@@ -173,6 +186,9 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
         elif job and SLURM_JOB_ID.fullmatch(job) and slurm_error is None:
             state = "lost"
             detail = f"Slurm no longer lists job {job} and it recorded nothing; run the sweep command again"
+        elif _finished(run_dir):
+            state = "unrecorded"
+            detail = "its result is complete; the sweep command records it without training again"
         elif _started(run_dir):
             state = "interrupted"
             step = _resume_step(run_dir)
@@ -180,22 +196,25 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
         else:
             state = "queued"
         out.append(RunState(run_id, run.get("arm", "?"), int(run.get("seed", -1)), state, len(statuses),
-                            detail[:200], test_loss, job))
+                            detail[:200], test_loss, job, tokens))
     return out, adaptive, slurm_error
 
 
 def summarize(states: list[RunState]) -> dict[str, dict[str, Any]]:
-    """Per arm (in plan order): runs, a count per state, and the mean test loss of done runs."""
+    """Per arm (in plan order): runs, a count per state, and the mean test loss of done runs, which
+    only runs of one budget have (as in the report: a mean over two budgets is no arm's loss)."""
     arms: dict[str, dict[str, Any]] = {}
     for s in states:
-        a = arms.setdefault(s.arm, {"runs": 0, **{k: 0 for k in STATES}, "losses": []})
+        a = arms.setdefault(s.arm, {"runs": 0, **{k: 0 for k in STATES}, "losses": [], "budgets": set()})
         a["runs"] += 1
         a[s.state] += 1
         if s.test_loss is not None:
             a["losses"].append(s.test_loss)
+            a["budgets"].add(s.tokens)
     for a in arms.values():
-        losses = a.pop("losses")
-        a["mean_test_loss"] = sum(losses) / len(losses) if losses else None
+        losses, budgets = a.pop("losses"), sorted(b for b in a.pop("budgets") if b is not None)
+        a["budgets"] = budgets
+        a["mean_test_loss"] = sum(losses) / len(losses) if losses and len(budgets) <= 1 else None
     return arms
 
 
@@ -224,7 +243,8 @@ def print_status(payload: dict[str, Any], console, show_runs: bool = False) -> N
         for col in ("runs", *STATES, "mean test loss"):
             table.add_column(col, justify="right")
         for arm, a in info["arms"].items():
-            loss = f"{a['mean_test_loss']:.4f}" if a["mean_test_loss"] is not None else "-"
+            loss = f"{a['mean_test_loss']:.4f}" if a["mean_test_loss"] is not None else \
+                f"mixed budgets ({', '.join(f'{b:,}' for b in a['budgets'])} tokens)" if len(a["budgets"]) > 1 else "-"
             table.add_row(arm, str(a["runs"]), *(str(a[k]) if a[k] else "-" for k in STATES), loss)
         console.print(table)
         if info.get("slurm"):

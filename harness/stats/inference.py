@@ -548,10 +548,49 @@ class Comparison:
     mdd: float = NaN
     seeds_needed: float = NaN
     p_tost: float = NaN
+    outlier_seeds: list[int] = field(default_factory=list)  # paired differences far from the rest (outlying_seeds)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+OUTLIER_LEVEL = 0.05  # chance, per arm, that normal paired differences flag any seed (exact; simulated in tests)
+OUTLIER_MIN_PAIRS = 4  # a seed is judged against at least 3 others
+
+
+def outlying_seeds(diffs: pd.Series, level: float = OUTLIER_LEVEL) -> list[tuple[int, float]]:
+    """Seeds whose paired difference lies far from the others': each difference against the mean
+    and sd of the other n - 1 (its externally studentized residual, t with n - 2 degrees of
+    freedom under normal differences), Bonferroni over the n seeds. So normal differences flag a
+    seed with probability `level` per arm, and a loss spike of 10 sd in one of 5 seeds is flagged
+    about 9 times in 10. [(seed, Bonferroni p)], most extreme first; [] below OUTLIER_MIN_PAIRS."""
+    d = pd.Series(diffs, dtype=float).dropna()
+    n = len(d)
+    if n < OUTLIER_MIN_PAIRS:
+        return []
+    values = d.to_numpy()
+    found = []
+    for i, seed in enumerate(d.index):
+        others = np.delete(values, i)
+        sd = float(np.std(others, ddof=1))
+        if not sd > 0:
+            continue
+        t_stat = (values[i] - others.mean()) / (sd * math.sqrt(1 + 1 / (n - 1)))
+        p_adj = min(1.0, n * 2 * float(st.t.sf(abs(t_stat), n - 2)))
+        if p_adj < level:
+            found.append((int(seed), p_adj))
+    return sorted(found, key=lambda sp: sp[1])
+
+
+def outlier_note(flagged: list[tuple[int, float]], p_t: float, p_robust: float, alpha: float) -> str:
+    """What a report says of seeds flagged by outlying_seeds: which, how far, and the robust check."""
+    seeds = ", ".join(f"{s} (p = {v:.2g}, Bonferroni)" for s, v in flagged)
+    disagree = (p_t < alpha) != (p_robust < alpha) if np.isfinite(p_t) and np.isfinite(p_robust) else False
+    return (f"outlying seed{'s' if len(flagged) > 1 else ''} {seeds}: a paired difference far from the others' (a "
+            "loss spike in one run) can decide a t-test alone; the Wilcoxon signed-rank test, which it moves "
+            f"less, gives p = {p_robust:.3g} against the t-test's {p_t:.3g}"
+            + ("; the two disagree at alpha, so this verdict rests on that seed" if disagree else ""))
 
 
 def paired_comparison(
@@ -584,6 +623,10 @@ def paired_comparison(
     c.p_robust, c.robust_test, note = wilcoxon_signed_rank(d)
     if note:
         c.notes.append(note)
+    flagged = outlying_seeds(pd.Series(d, index=common))
+    if flagged:
+        c.outlier_seeds = [s for s, _ in flagged]
+        c.notes.append(outlier_note(flagged, c.p, c.p_robust, alpha))
     floor = 2.0 ** (1 - len(d))
     if floor >= alpha:
         c.notes.append(f"with {len(d)} pairs the two-sided Wilcoxon p-value cannot go below "
@@ -673,7 +716,7 @@ COLUMNS = [
     "arm", "n", "mean", "sd", "diff", "ci_low", "ci_high", "p", "p_holm", "verdict", "test",
     "n_baseline", "n_pairs", "sd_diff", "t", "df", "robust_test", "p_robust", "boot_low",
     "boot_high", "effect_size", "effect_size_name", "mdd", "seeds_needed", "p_tost",
-    "p_tost_holm", "notes",
+    "p_tost_holm", "outlier_seeds", "notes",
 ]
 
 

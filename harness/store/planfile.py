@@ -31,20 +31,108 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def save_plan(plan) -> Path:
-    """RESULTS/sweeps/<name>.json: what the sweep (a harness.planning.plan.Plan) intends to run, so status
-    can show what is queued, and how an adaptive sweep decides."""
-    path = plan_path(plan.results, plan.sweep)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {
-        "sweep": plan.sweep, "preset": plan.preset, "arms": plan.arms, "seeds": plan.seeds,
-        "world_size": plan.world_size,
+NOISE, ADAPTIVE, FIXED = "noise study", "adaptive sweep", "sweep"
+ARTICLES = {NOISE: "a noise study", ADAPTIVE: "an adaptive sweep", FIXED: "a sweep of fixed seeds"}
+ADAPTIVE_SETTINGS = ("alpha", "margin", "min_seeds", "max_seeds")
+
+
+def plan_record(plan) -> dict[str, Any]:
+    """The plan as saved: what the sweep (a harness.planning.plan.Plan) intends to run, so status can
+    show what is queued, how an adaptive sweep decides, and what each arm computes (so that a later
+    command under the same name is checked against it: check_saved)."""
+    from harness.core.config import experiment
+
+    first = {}
+    for s in plan.specs:
+        first.setdefault(s.arm, s)
+    return {
+        "sweep": plan.sweep, "kind": NOISE if plan.noise else ADAPTIVE if plan.adaptive else FIXED,
+        "preset": plan.preset, "arms": plan.arms, "seeds": plan.seeds, "world_size": plan.world_size,
         "budgets": {arm: b.as_dict() for arm, b in plan.budgets.items()},
         "runs": [{"run_id": s.run_id, "arm": s.arm, "seed": s.seed, "config_hash": s.config_hash} for s in plan.specs],
+        "experiments": {arm: experiment(s.config, s.tokens, s.tokens_per_step, s.data_id) for arm, s in first.items()},
+        "intervention_sets": {arm: s.intervention_sets for arm, s in first.items()},
         "adaptive": plan.adaptive.as_dict() if plan.adaptive else None,
         "noise": plan.noise,
         "inert": plan.inert,
-    })
+    }
+
+
+def kind_of(saved: dict[str, Any]) -> str:
+    if isinstance(saved.get("kind"), str):
+        return saved["kind"]
+    return NOISE if saved.get("noise") else ADAPTIVE if saved.get("adaptive") else FIXED
+
+
+def conflicts(saved: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why `new` cannot join the sweep `saved` started (None: it can). A sweep's kind, an adaptive
+    design (its settings and arms) and what each arm computes are fixed when it starts."""
+    name = new["sweep"]
+    if kind_of(saved) != new["kind"]:
+        return (f"sweep {name!r} was started as {ARTICLES[kind_of(saved)]}; this command would run it as "
+                f"{ARTICLES[new['kind']]}, which would change its design and overwrite its plan")
+    if new["kind"] == ADAPTIVE:
+        before, now = saved.get("adaptive") or {}, new["adaptive"]
+        changed = [f"{k} {before.get(k)} -> {now.get(k)}" for k in ADAPTIVE_SETTINGS if before.get(k) != now.get(k)]
+        if set(saved.get("arms", [])) != set(new["arms"]):
+            changed.append(f"arms {', '.join(saved.get('arms', []))} -> {', '.join(new['arms'])}")
+        if changed:
+            return (f"adaptive sweep {name!r} started with other settings ({'; '.join(changed)}): a sequential design "
+                    "is fixed when it starts, or its error rates are lost")
+    if new["kind"] == NOISE and (saved.get("noise") or {}).get("arm") != (new.get("noise") or {}).get("arm"):
+        return f"noise study {name!r} studies arm {(saved.get('noise') or {}).get('arm')!r}, not {new['noise'].get('arm')!r}"
+    experiments = saved.get("experiments")
+    if not isinstance(experiments, dict) or "baseline" not in experiments:
+        return None  # a plan saved before experiments were: the report checks the recorded runs
+    base = experiments["baseline"]
+    for arm, keys in new["experiments"].items():
+        own = set(new["intervention_sets"].get(arm, {})) if arm != "baseline" else set()
+        reference = experiments.get(arm, base)
+        changed = [f"{k} {json.dumps(reference.get(k))} -> {json.dumps(v)}" for k, v in keys.items()
+                   if reference.get(k) != v and (arm in experiments or k not in own)]
+        changed += [f"{k} {json.dumps(v)} -> (unset)" for k, v in reference.items() if k not in keys]
+        if changed:
+            return (f"arm {arm!r} of sweep {name!r} would not be trained like the runs already planned "
+                    f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}): that is another experiment")
+    return None
+
+
+def check_saved(plan) -> None:
+    """Refuse a plan that would change the design of the sweep of its name (see conflicts)."""
+    from harness.core.errors import UserError
+
+    saved = read_plan(plan.results, plan.sweep)
+    if saved:
+        why = conflicts(saved, plan_record(plan))
+        if why:
+            raise UserError(f"{why}; give a new --name for a new sweep")
+
+
+def save_plan(plan) -> Path:
+    """RESULTS/sweeps/<name>.json: the plan_record, merged into the one a command before it saved
+    under the same name (runs, arms and seeds added; nothing of it overwritten), under a lock."""
+    path = plan_path(plan.results, plan.sweep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = plan_record(plan)
+    with FileLock(str(path) + ".lock", timeout=60):
+        saved = read_plan(plan.results, plan.sweep)
+        if saved:
+            from harness.core.errors import UserError
+
+            why = conflicts(saved, record)
+            if why:
+                raise UserError(f"{why}; give a new --name for a new sweep")
+            known = {r.get("run_id") for r in saved.get("runs", []) if isinstance(r, dict)}
+            record = record | {
+                "arms": list(dict.fromkeys([*saved.get("arms", []), *record["arms"]])),
+                "seeds": sorted(set(saved.get("seeds", [])) | set(record["seeds"])),
+                "runs": [*saved.get("runs", []), *(r for r in record["runs"] if r["run_id"] not in known)],
+                "budgets": (saved.get("budgets") or {}) | record["budgets"],
+                "experiments": (saved.get("experiments") or {}) | record["experiments"],
+                "intervention_sets": (saved.get("intervention_sets") or {}) | record["intervention_sets"],
+                "inert": (saved.get("inert") or {}) | record["inert"],
+            }
+        atomic_write_json(path, record)
     return path
 
 

@@ -103,6 +103,7 @@ class RunSpec:
     identity: str = ""  # run_identity(config_hash, sub-seeds, replica): what the run computes
     data_id: str = ""  # the corpus's content (harness.data.corpus.Corpus.data_id) when planned
     replica: int = 0  # > 0: a deliberate repeat of identical seeds (a noise study's replicates)
+    intervention_sets: dict[str, Any] = field(default_factory=dict)  # the keys the arm's interventions set, and to what
 
     @property
     def interventions(self) -> str:
@@ -203,6 +204,7 @@ class RunRow(RunResult):
     identity: str = ""  # what the run computes (run_identity); "" in rows older than identities
     data_id: str = ""  # the corpus trained on (train and test shards' sha256)
     replica: int = 0
+    intervention_sets: dict[str, Any] = field(default_factory=dict)  # what the arm itself changes (JSON in the table)
     git_commit: str = ""
     started_at: str = ""
     run_dir: str = ""
@@ -217,7 +219,7 @@ class RunRow(RunResult):
                    config=spec.config, config_hash=spec.config_hash, overrides=spec.overrides,
                    params=spec.params, planned_tokens=spec.tokens, tokens_per_step=spec.tokens_per_step,
                    world_size=spec.world_size, vary=spec.vary, identity=spec.identity, data_id=spec.data_id,
-                   replica=spec.replica, **attempt_facts)
+                   replica=spec.replica, intervention_sets=spec.intervention_sets, **attempt_facts)
 
     def columns(self) -> dict[str, Any]:
         """The row as the table stores it: JSON text for dicts, no curve."""

@@ -31,7 +31,7 @@ import torch
 
 from harness.training import checkpoint
 from harness.core.errors import UserError
-from harness.core.files import atomic_write_bytes, atomic_write_json, user_path
+from harness.core.files import atomic_write_bytes, atomic_write_json, staged_folder, user_path
 from harness.store.outputs import guard_destination
 from harness.store.results import ResultsStore
 from harness.model.config import ModelConfig
@@ -48,7 +48,19 @@ class RunRef:
     run_id: str
     run_dir: Path
     spec: dict[str, Any]
-    row: dict[str, Any] | None  # the newest row of the run in the results store, if any
+    row: dict[str, Any] | None  # the row that speaks for the run in the results store (store.run_row), if any
+
+    def require_trained(self, what: str) -> None:
+        """Refuse to use a run whose counted attempt did not complete: its weights are not a
+        trained model (NaN after a divergence, none after a failure). One line naming why."""
+        status = (self.row or {}).get("status")
+        if status in (None, "completed"):
+            return
+        reason = (self.row or {}).get("reason") or "no reason recorded"
+        step = (self.row or {}).get("diverged_step")
+        when = f" at step {int(step):,}" if step is not None and step == step else ""
+        raise UserError(f"run {self.run_id} {status}{when} ({reason}): its checkpoint is not a trained model, "
+                        f"so there is nothing to {what}; `harness status --runs` shows its attempts")
 
     @property
     def model_config(self) -> ModelConfig:
@@ -61,6 +73,8 @@ class RunRef:
 
 def locate_run(ref: str, results: Path) -> RunRef:
     """A run by id (or unique id prefix) in the results folder, or by its run folder's path."""
+    if not ref.strip():
+        raise UserError("the run id is empty: give a run id (or a unique prefix); `harness status --runs` lists them")
     results = Path(results)
     runs = results / "runs"
     path = user_path(ref)
@@ -230,9 +244,8 @@ def compare_logits(folder: Path, model, seed: int = 0, batch: int = 2) -> float:
 
 def export_run(run: RunRef, out: Path, fmt: str = "hf", overwrite: bool = False,
                check: bool | None = None) -> dict[str, Any]:
-    """Write the export; returns what harness_export.json records (incl. the logit check)."""
-    from safetensors.torch import save_file
-
+    """Write the export (all of it, or nothing); returns what harness_export.json records (incl. the
+    logit check)."""
     from harness.data.tokenizers import get_tokenizer
 
     if fmt not in FORMATS:
@@ -241,6 +254,7 @@ def export_run(run: RunRef, out: Path, fmt: str = "hf", overwrite: bool = False,
     reasons = unsupported(cfg)
     if reasons:
         raise UserError(f"run {run.run_id} (arm {run.spec.get('arm')}) cannot be a GPT-2: " + "; ".join(reasons))
+    run.require_trained("export")
     out = user_path(out)
     guard_destination(out, "--out", {f"run {run.run_id}'s folder (its checkpoint)": run.run_dir})
     if out.exists() and not out.is_dir():
@@ -256,16 +270,26 @@ def export_run(run: RunRef, out: Path, fmt: str = "hf", overwrite: bool = False,
         check = transformers_available()
     elif check and not transformers_available():
         raise UserError("--check needs transformers: pip install 'harness[hf]' (or pass --no-check)")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("model.safetensors", "config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
-                  "special_tokens_map.json", "harness_export.json"):
-        (out / stale).unlink(missing_ok=True)
-    tmp = out / ".model.safetensors.tmp"
-    save_file(hf_state_dict(model), str(tmp), metadata={"format": "pt"})
-    tmp.replace(out / "model.safetensors")
-    atomic_write_json(out / "config.json", hf_config(cfg, tok.eot_id))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {str(out.parent)!r}: {err.strerror}") from None
+    with staged_folder(out, EXPORT_FILES) as stage:  # nothing lands in --out unless all of it is written and checked
+        return _write_export(run, stage, out, model, meta, tok, check)
+
+
+EXPORT_FILES = ("model.safetensors", "config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                "special_tokens_map.json", "harness_export.json")
+
+
+def _write_export(run: RunRef, stage: Path, out: Path, model, meta: dict[str, Any], tok, check: bool) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    cfg = run.model_config
+    save_file(hf_state_dict(model), str(stage / "model.safetensors"), metadata={"format": "pt"})
+    atomic_write_json(stage / "config.json", hf_config(cfg, tok.eot_id))
     if tok.name == "gpt2":
-        _write_gpt2_tokenizer(out, cfg.context_length)
+        _write_gpt2_tokenizer(stage, cfg.context_length)
     row = run.row or {}
     record = {
         "run_id": run.run_id, "arm": run.spec.get("arm"), "seed": run.spec.get("seed"),
@@ -276,11 +300,10 @@ def export_run(run: RunRef, out: Path, fmt: str = "hf", overwrite: bool = False,
         "padded_rows_dropped": cfg.padded_vocab_size - cfg.vocab_size, "max_abs_logit_diff": None,
     }
     if check:
-        diff = compare_logits(out, model)
+        diff = compare_logits(stage, model)
         record["max_abs_logit_diff"] = diff
         if not diff <= MAX_LOGIT_DIFF:
-            atomic_write_bytes(out / "harness_export.json", json.dumps(record, indent=1, default=str).encode())
-            raise UserError(f"the export in {out} does not reproduce the run's logits: max abs difference "
-                            f"{diff:.3g} > {MAX_LOGIT_DIFF}")
-    atomic_write_bytes(out / "harness_export.json", json.dumps(record, indent=1, default=str).encode())
+            raise UserError(f"the export of run {run.run_id} does not reproduce the run's logits: max abs difference "
+                            f"{diff:.3g} > {MAX_LOGIT_DIFF}; nothing was written to {out}")
+    atomic_write_bytes(stage / "harness_export.json", json.dumps(record, indent=1, default=str).encode())
     return record

@@ -56,10 +56,17 @@ def sample(run, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0,
 
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
+    if not prompt:
+        raise UserError("the prompt is empty: give the text to continue, e.g. \"Every effort moves you\"")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError("the prompt is not valid text (it holds bytes that are not UTF-8); give it as UTF-8") from None
+    run.require_trained("sample from")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_run_model(run, device=device)
     tok = get_tokenizer(run.tokenizer)
-    ids = tok.encode(prompt) if prompt else [tok.eot_id]
+    ids = tok.encode(prompt)
     bad = [i for i in ids if i >= model.cfg.vocab_size]
     if bad:
         raise UserError(f"the prompt has token id {bad[0]}, outside the model's vocabulary of {model.cfg.vocab_size}")
@@ -67,5 +74,12 @@ def sample(run, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0,
     for k in range(samples):
         new = generate_ids(model, ids, max_new_tokens, temperature, top_k, seed + k,
                            tok.eot_id if stop_at_eot else None, device)
-        texts.append(prompt + tok.decode(new))
+        texts.append(prompt + printable(tok.decode(new)))
     return texts
+
+
+def printable(text: str) -> str:
+    """Generated text as it can be printed: control characters (a byte-level model emits any byte,
+    escape sequences included) shown as \\xNN instead of acting on the terminal; newlines and tabs kept."""
+    return "".join(c if c in "\n\t" or (c.isprintable() and c != "\x7f") else f"\\x{ord(c):02x}"
+                   if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)

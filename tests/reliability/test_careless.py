@@ -367,17 +367,21 @@ def test_smaller_ones(tmp_path, trained):
 
 
 def test_a_test_set_mixed_within_an_arm_is_named_as_mixed_across_seeds():
-    from harness.report.outcomes import check_integrity, resolve_outcomes
+    from harness.report.outcomes import _normalise_runs, resolve_outcomes
+    from harness.report.sameness import differences
+
+    def check_integrity(rows, arms):
+        return [d.text for d in differences(rows, arms, "baseline")]
     from synthetic import synthetic_results
 
     runs, _ = synthetic_results(sweep="m", arms={"baseline": 0.0, "qkv_bias": -0.01}, seeds=4)
     runs.loc[runs["seed"] >= 2, "test_set_id"] = "other-test-set"
-    problems = check_integrity(resolve_outcomes(runs.assign(vary="")), ["baseline", "qkv_bias"])
+    problems = check_integrity(resolve_outcomes(_normalise_runs(runs, print)), ["baseline", "qkv_bias"])
     assert problems == ["test set (test_set_id) differs across seeds (baseline: fineweb-test-v1 (seeds 0, 1), "
                         "other-test-set (seeds 2, 3); qkv_bias: fineweb-test-v1 (seeds 0, 1), other-test-set "
                         "(seeds 2, 3))"]
     runs.loc[runs["arm"] == "qkv_bias", "test_set_id"] = "other-test-set"
     runs.loc[runs["arm"] == "baseline", "test_set_id"] = "fineweb-test-v1"
-    problems = check_integrity(resolve_outcomes(runs.assign(vary="")), ["baseline", "qkv_bias"])
+    problems = check_integrity(resolve_outcomes(_normalise_runs(runs, print)), ["baseline", "qkv_bias"])
     assert problems == ["test set (test_set_id) differs between arms (baseline: fineweb-test-v1, "
                         "qkv_bias: other-test-set)"]
