@@ -101,23 +101,31 @@ def sequences_from(first: int) -> Iterator[None]:
         _first_sequence = before
 
 
+PHILOX_WORDS = 8  # 32-bit words per Philox4x64 counter step: a sequence's block starts on a step boundary
+
+
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, sequences: int | None = None) -> torch.Tensor:
     """A CPU dropout mask: each entry 1 with probability 1 - p, else 0 (float, in `dtype`).
 
     The tensor holds `sequences` (default shape[0]) equal contiguous blocks, one per sequence of the
-    micro-batch. Block b is drawn with numpy's SFC64 generator seeded by (one draw from torch's
-    default CPU generator, the sequence's global index; see sequences_from): the masks are a pure
-    function of torch's random state and the sequence, as deterministic as torch's own dropout but
-    about twice as fast to draw as torch.rand and four times as fast as the bernoulli_ behind
-    F.dropout, whose Mersenne twister dominated a CPU training step of the small presets. (U >= p
-    keeps an entry with probability 1 - p, U uniform on [0, 1) in steps of 2^-24, as torch.rand's.)
+    micro-batch. Every entry is a 32-bit word of numpy's Philox4x64 counter-based generator, keyed
+    by one draw from torch's default CPU generator, and sequence s's block starts at counter step
+    s x (its block's words, rounded up to a whole step) (see sequences_from): so the whole
+    micro-batch is one vectorised draw, and a sequence gets the same mask in any micro-batch, on
+    any process, from the same torch random state. An entry is kept when its word is at least
+    ceil(p x 2^32), which keeps it with probability 1 - p to within 2^-32. This is several times
+    faster than F.dropout's bernoulli_ (a Mersenne twister), which dominated a CPU training step
+    of the small presets, and about twice as fast as a generator per sequence.
     """
-    seed = int(torch.randint(0, 2**62, (1,)).item())
+    key = int(torch.randint(0, 2**62, (1,)).item())
     n = shape[0] if sequences is None else sequences
-    u = np.empty(tuple(shape), dtype=np.float32)
-    for b, block in enumerate(u.reshape(n, -1)):
-        np.random.Generator(np.random.SFC64([seed, _first_sequence + b])).random(out=block, dtype=np.float32)
-    mask = torch.from_numpy(u).ge_(p)
+    per = math.prod(shape) // n
+    stride = -(-per // PHILOX_WORDS) * PHILOX_WORDS
+    words = np.random.Philox(key=key, counter=_first_sequence * (stride // PHILOX_WORDS)).random_raw(n * stride // 2)
+    words = words.view(np.uint32).reshape(n, stride)[:, :per]
+    keep = np.empty(tuple(shape), dtype=np.float32)
+    np.greater_equal(words.reshape(tuple(shape)), np.uint32(math.ceil(p * 2**32)), out=keep, casting="unsafe")
+    mask = torch.from_numpy(keep)
     return mask if dtype == torch.float32 else mask.to(dtype)
 
 

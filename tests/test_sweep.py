@@ -89,7 +89,7 @@ def test_failed_run_is_retried_once_recorded_and_the_sweep_goes_on(tmp_path):
         "import os, sys\n"
         "if 'LOCAL_RANK' in os.environ and any('qkv_bias-' in a for a in sys.argv + [open('/proc/self/cmdline').read()]):\n"
         "    sys.stderr.write('RuntimeError: injected worker crash\\n'); os._exit(3)\n")
-    env = os.environ | {"PYTHONPATH": str(hook)}
+    env = os.environ | {"PYTHONPATH": str(hook), "HARNESS_WARM_WORKERS": "0"}  # the hook acts at a process's start
     proc = subprocess.run([sys.executable, "-m", "harness", "sweep", "qkv_bias", "--seeds", "1", "--preset", "micro",
                            "--tokens", "3000", "--results", str(tmp_path / "r")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -122,7 +122,8 @@ def test_concurrent_runs_give_every_row_once_and_the_same_losses(reference, tmp_
     (hook / "sitecustomize.py").write_text(AFFINITY_HOOK)
     (tmp_path / "affinity").mkdir()
     out = cli(*SWEEP, "--jobs", "2", "--results", str(tmp_path / "r"), check=True,
-              env={"PYTHONPATH": str(hook), "AFFINITY_LOG": str(tmp_path / "affinity")}).stdout
+              env={"PYTHONPATH": str(hook), "AFFINITY_LOG": str(tmp_path / "affinity"),
+                   "HARNESS_WARM_WORKERS": "0"}).stdout  # the hook records a process's start (test_warm: forks)
     assert_exactly_once(tmp_path / "r", 4)
     assert losses(tmp_path / "r") == losses(reference)
     assert started(out) == ["baseline seed 0", "qkv_bias seed 0", "baseline seed 1", "qkv_bias seed 1"]

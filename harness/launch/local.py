@@ -8,6 +8,7 @@ Each question to the store ("has this run settled?") is one cached, verified rea
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import shlex
 import sys
@@ -21,7 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness.planning.adaptive import rounds
-from harness.launch.torchrun import Launcher, Outcome, execute
+from harness.launch import warm
+from harness.launch.torchrun import WORKER_ENV, Launcher, Outcome, execute
 from harness.planning.plan import Plan
 from harness.store.planfile import save_plan
 from harness.launch.procs import ctrl_c_latch, interrupted, stop_runs
@@ -59,6 +61,8 @@ def execute_plan(plan: Plan, launcher: Launcher, console: Console, retries: int 
 
     on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard)."""
     launchers, shared = launcher.for_jobs(jobs)
+    if warm.enabled() and launcher.world_size == 1:  # a warm worker per slot: torch imported once per slot
+        launchers = [dataclasses.replace(one, warm=warm.WarmWorker(WORKER_ENV | one.slot.env())) for one in launchers]
     store = ResultsStore(plan.results)
     store.ensure_writable()
     save_plan(plan)
@@ -81,6 +85,10 @@ def execute_plan(plan: Plan, launcher: Launcher, console: Console, retries: int 
         console.print(f"\nstopped: {done} of {len(plan.specs)} planned runs done in sweep {plan.sweep}; "
                       f"continue with: {continue_command()}")
         raise SystemExit(130) from None
+    finally:
+        for one in launchers:
+            if one.warm is not None:
+                one.warm.close()
     return outcome
 
 

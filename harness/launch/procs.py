@@ -64,8 +64,7 @@ def spawn(cmd: list[str], env: dict[str, str], keep_fd: int | None, cpus: tuple[
     `keep_fd` open, pinned to `cpus` (if any; its children inherit them); a Ctrl-C during the
     fork is only latched (see ctrl_c_latch)."""
     def in_child() -> None:  # after fork, before exec: nothing that takes a lock another thread may hold
-        if _prctl is not None:
-            _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphan keeps training
+        set_parent_death_signal(signal.SIGTERM)  # no orphan keeps training
         if cpus:
             os.sched_setaffinity(0, cpus)
 
@@ -88,6 +87,12 @@ def _libc_prctl():
 
 
 _prctl = _libc_prctl()
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """This process gets `sig` when the thread that forked it ends (Linux PR_SET_PDEATHSIG)."""
+    if _prctl is not None:
+        _prctl(1, sig)
 _spawn_lock = threading.Lock()
 
 
@@ -202,9 +207,21 @@ def stale_workers(spec_path: Path) -> list[int]:
     return found
 
 
+def stale_warm_worker(run_dir: Path) -> list[int]:
+    """A warm worker's child (harness.launch.warm) still running this run: the pid its pid file
+    names, if that process is alive and started when the file says (not a pid reused since)."""
+    try:
+        pid, started = (run_dir / ".worker.pid").read_text().split()
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return []
+    return [int(pid)] if stat[stat.rfind(")") + 2:].split()[19] == started and _alive(int(pid)) \
+        and int(pid) != os.getpid() else []
+
+
 def kill_stale_workers(spec_path: Path, timeout: float = 30.0) -> list[int]:
     """Kill the leftovers of an earlier attempt and wait until they are gone."""
-    pids = stale_workers(spec_path)
+    pids = stale_workers(spec_path) + stale_warm_worker(spec_path.parent)
     sigkill(pids)
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:

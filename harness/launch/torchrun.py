@@ -41,6 +41,7 @@ from harness.core.errors import UserError
 from harness.core.files import WriteError, atomic_write_bytes, quarantine, write_error
 from harness.core.placement import Slot, auto_jobs, slots
 from harness.launch.procs import RunLock, interrupted, kill_stale_workers, kill_tree, spawn
+from harness.launch.warm import WarmWorker
 from harness.store.record import (CONFIG, DATA_CHANGED, ENVIRONMENT, FAILED, UNRUNNABLE, RunResult, RunRow, RunSpec, find_stopped,
                             parse_progress)
 from harness.store.results import ResultsStore
@@ -62,6 +63,7 @@ class Launcher:
     extra_env: dict[str, str] = field(default_factory=dict)
     slot: Slot = Slot()
     gpus: bool | None = None  # whether the runs use GPUs (None: they run here, so ask torch)
+    warm: WarmWorker | None = field(default=None, compare=False)  # this slot's warm worker (single-process runs)
 
     def uses_gpus(self) -> bool:
         return self.gpus if self.gpus is not None else gpu_count() > 0
@@ -292,7 +294,8 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
             for w in caught:
                 _notice(str(w.message), log)
         returncode, stalled = _launch(launcher.command(spec_path, spec.run_id), log, attempt, launcher.env,
-                                      on_progress, lock, stall_timeout(), launcher.slot.cpus)
+                                      on_progress, lock, stall_timeout(), launcher.slot.cpus,
+                                      launcher.warm if launcher.world_size == 1 else None, spec_path)
     else:
         returncode = 0
     if result_path.exists():  # written by this attempt's workers (or an earlier one that was never recorded)
@@ -346,17 +349,27 @@ def _failed(reason: str, status: str = FAILED) -> RunResult:
 
 
 def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], on_progress,
-            lock: RunLock, stall_s: float, cpus: tuple[int, ...] = ()) -> tuple[int, str | None]:
-    """(the workers' exit code, the stall reason if the watchdog killed them)."""
+            lock: RunLock, stall_s: float, cpus: tuple[int, ...] = (), warm: WarmWorker | None = None,
+            spec_path: Path | None = None) -> tuple[int, str | None]:
+    """(the workers' exit code, the stall reason if the watchdog killed them). With a warm worker
+    the run is its forked child (harness.launch.warm), else `cmd` started cold."""
     env = os.environ | extra_env
     try:
         out = log.open("a", encoding="utf-8")
-        out.write(f"=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
-        out.flush()
     except OSError as err:
         raise write_error(log, err, "the run was not started") from err
     with out:
-        proc = spawn(cmd, env, lock.fd, cpus)
+        proc = warm.start(spec_path, env, lock.fd, cpus) if warm is not None and spec_path is not None else None
+        how = "a warm worker's fork of " if proc is not None else ""
+        try:
+            out.write(f"=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {how}{' '.join(cmd)}\n")
+            out.flush()
+        except OSError as err:
+            if proc is not None:
+                kill_tree(proc.pid)
+            raise write_error(log, err, "the run was not started") from err
+        if proc is None:
+            proc = spawn(cmd, env, lock.fd, cpus)
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -399,14 +400,23 @@ def stop(kind: str, message: str) -> int:
     return 3
 
 
-if __name__ == "__main__":
+def entry(spec_path: str) -> int:
+    """The worker process's whole life as an exit code, for `python -m harness.training.worker` and
+    for a warm worker's fork (harness.launch.warm) alike: Ctrl-C exits as the shell reports it (so
+    the parent records the attempt as interrupted, not failed), the machine's failures and the
+    configuration's are told to the parent (stop), anything else is a traceback and exit code 1."""
     try:
-        sys.exit(main(sys.argv[1]))
-    except KeyboardInterrupt:  # Ctrl-C reached this worker: exit as the shell reports it, so the parent
-        sys.exit(128 + signal.SIGINT)  # records the attempt as interrupted, not failed
-    except Exception as err:  # noqa: BLE001 - classified, else raised as it was
+        return main(spec_path)
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except Exception as err:  # noqa: BLE001 - classified, else shown as it was
         if environment_failure(err):  # the machine's failure (WriteError included), not the run's
-            sys.exit(stop(ENVIRONMENT, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__))
+            return stop(ENVIRONMENT, str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
         if isinstance(err, UserError):  # the configuration cannot run (checked at plan time where it can be)
-            sys.exit(stop(CONFIG, str(err)))
-        raise
+            return stop(CONFIG, str(err))
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(entry(sys.argv[1]))

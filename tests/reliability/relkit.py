@@ -33,6 +33,8 @@ def env(fault: dict | None = None, **extra: str) -> dict[str, str]:
     if fault is not None:
         out["PYTHONPATH"] = os.pathsep.join([str(HOOK), *filter(None, [os.environ.get("PYTHONPATH")])])
         out["HARNESS_TEST_FAULT"] = json.dumps(fault)
+        if fault.get("role") == "worker":  # the hook picks its process by its command line at start: a
+            out["HARNESS_WARM_WORKERS"] = "0"  # warm worker's fork keeps its parent's, so faults go to cold ones
     return out
 
 
