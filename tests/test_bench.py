@@ -34,7 +34,7 @@ def test_bench_prints_every_figure_and_appends_a_row(tmp_path):
     assert row["train_tokens_per_s"] > 0 and row["eval_tokens_per_s"] > 0 and row["train_step_s"] > 0
     assert row["eval_vs_train_per_token"] == pytest.approx(row["eval_tokens_per_s"] / row["train_tokens_per_s"])
     assert pd.isna(row["mfu"]) and row["peak_flops_source"] == "no bf16 peak known for CPU"
-    assert row["train_peak_memory_bytes"] > 0 and row["eval_batch"] == 4096 // 32
+    assert row["train_peak_memory_bytes"] > 0 and row["eval_batch"] == 2048 // 32
     assert json.loads(row["config"])["train"]["lr"] == 1e-3 and json.loads(row["overrides"]) == {"lr": 1e-3}
     assert row["torch"] == torch.__version__ and "torch" in json.loads(row["versions"])
     assert pd.isna(row["book_ratio_median"])

@@ -192,6 +192,9 @@ def sweep_cmd(
         help="--until-decided: also decide 'equivalent' when the difference lies within +-margin.")] = None,
     alpha: Annotated[Optional[float], typer.Option(
         help="--until-decided: family-wise error across arms (default 0.05).")] = None,
+    extend_baseline: Annotated[Optional[float], typer.Option(
+        "--extend-baseline", help="Also train the baseline to this factor of the budget (e.g. 2), so that the report "
+                                  "measures arms worth more compute than the budget (compute multiplier k > 1).")] = None,
     retries: RetriesOpt = 1,
     jobs: JobsOpt = "auto",
     nnodes: NnodesOpt = 1,
@@ -234,7 +237,7 @@ def sweep_cmd(
     request = sweep_request(arms, seeds=seeds, seed_list=seed_list, preset=preset, sets=parse_sets(sets),
                             tokens=tokens, budget=budget, name=name, data=data, library=library,
                             adaptive=adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha),
-                            streams=streams(vary, init_seed, data_seed, dropout_seed))
+                            streams=streams(vary, init_seed, data_seed, dropout_seed), extend=extend_baseline)
     run_launcher = cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint)
     plan = build_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, library)
     return launch(plan, run_launcher, cluster, how, dry_run)

@@ -53,6 +53,11 @@ class TrainConfig:
     eval_batch: int = documented(0, "sequences per evaluation batch; 0 = automatic", placement=True)
     log_every: int = documented(0, "steps between loss-curve points; 0 = about 200 points per run", placement=True)
     checkpoint_every: int = documented(0, "steps between checkpoints; 0 = about 10 per run", placement=True)
+    heldout_points: int = documented(11, "held-out evaluations along training, in eval mode: at the budget and at "
+                                         "1/sqrt(2), 1/2, ... of it (log-spaced); 0 = none", placement=True)
+    heldout_tokens: int = documented(0, "test tokens each held-out point evaluates: windows spread evenly over the "
+                                        "test split; 0 = all of it, exactly as the final test loss",
+                                     placement=True)
     compile: Literal["auto", "on", "off"] = documented("auto", "torch.compile: auto = on for CUDA", placement=True)
 
     def validate(self) -> None:
@@ -60,7 +65,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "grad_clip", "eval_batch", "log_every", "checkpoint_every"):
+        for name in ("weight_decay", "grad_clip", "eval_batch", "log_every", "checkpoint_every", "heldout_points",
+                     "heldout_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2", "warmup_frac", "min_lr_ratio"):

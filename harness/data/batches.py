@@ -152,11 +152,11 @@ class BatchSampler:
 
 
 def eval_batches(
-    tokens: np.ndarray, context_length: int, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    tokens: np.ndarray, context_length: int, batch_size: int, positions: bool = False
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Non-overlapping windows that make every token after the first a target exactly once:
     full (batch_size, T) batches (the last may have fewer rows), then the remaining tail as a
-    (1, t) batch with t < T."""
+    (1, t) batch with t < T. positions: also each target's index in the split (for test_units)."""
     if context_length < 1 or batch_size < 1:
         raise UserError(
             f"context_length ({context_length}) and batch_size ({batch_size}) must be positive"
@@ -166,10 +166,60 @@ def eval_batches(
     full = n_windows(len(tokens), T)
     for first in range(0, full, batch_size):
         rows = np.arange(first, min(first + batch_size, full))[:, None] * T + np.arange(T + 1)
-        yield _inputs_targets(tokens[rows])
+        yield _inputs_targets(tokens[rows]) + ((torch.from_numpy(rows[:, 1:]),) if positions else ())
     start = full * T
     if start < len(tokens) - 1:
-        yield _inputs_targets(tokens[None, start:])
+        yield _inputs_targets(tokens[None, start:]) + (
+            (torch.arange(start + 1, len(tokens))[None, :],) if positions else ())
+
+
+MIN_DOCUMENTS = 32  # fewer documents than this are too few clusters: fixed blocks instead
+MAX_UNITS = 1024  # more documents are grouped, consecutive ones together, into this many units
+BLOCKS = 64
+
+
+def test_units(tokens: np.ndarray, eot_id: int) -> tuple[np.ndarray, str]:
+    """The units the final evaluation keeps its loss per (the test text's sampling units): per
+    token position of the split, its unit's index, and what a unit is. Documents (the segments the
+    corpus joined with eot ids; an eot belongs to the document it ends) where the split has at least
+    MIN_DOCUMENTS of them, consecutive ones grouped into MAX_UNITS units where it has more; else
+    BLOCKS blocks of consecutive tokens (a corpus of few long documents, such as four plays)."""
+    tokens = np.asarray(tokens)
+    n = len(tokens)
+    ends = np.flatnonzero(tokens == eot_id)
+    doc = np.zeros(n, dtype=np.int64)
+    if len(ends):
+        doc[ends[:-1] + 1] = 1 if len(ends) > 1 else 0
+        doc[ends[ends < n - 1] + 1] = 1
+        doc = np.cumsum(doc)
+    documents = int(doc[-1]) + 1 if n else 0
+    if documents >= MIN_DOCUMENTS:
+        if documents <= MAX_UNITS:
+            return doc.astype(np.int32), f"{documents:,} documents"
+        return (doc * MAX_UNITS // documents).astype(np.int32), f"{MAX_UNITS:,} groups of consecutive documents " \
+                                                                 f"(of {documents:,})"
+    blocks = min(BLOCKS, max(1, n))
+    return (np.arange(n, dtype=np.int64) * blocks // max(n, 1)).astype(np.int32), \
+        f"{blocks} blocks of about {n / blocks:,.0f} consecutive tokens (the split holds {documents} document" \
+        f"{'s' if documents != 1 else ''})"
+
+
+def heldout_rows(tokens: np.ndarray, context_length: int, max_tokens: int = 0) -> np.ndarray:
+    """The windows the held-out points along training evaluate when they take a subset: (k, T + 1)
+    token rows, k = every window of the split (max_tokens 0) or max_tokens // T of them, spread evenly over the split
+    (window i of k is window floor(i x all / k)), so the subset is the same for every arm, seed
+    and budget, and covers the whole split (every test play) instead of its beginning."""
+    T = context_length
+    full = n_windows(len(tokens), T)
+    k = full if max_tokens <= 0 else max(1, min(full, max_tokens // T))
+    first = (np.arange(k, dtype=np.int64) * full) // max(k, 1)
+    return np.asarray(tokens)[first[:, None] * T + np.arange(T + 1)]
+
+
+def row_batches(rows: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches of up to batch_size rows of T + 1 tokens."""
+    for first in range(0, len(rows), batch_size):
+        yield _inputs_targets(rows[first:first + batch_size])
 
 
 def _inputs_targets(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -202,7 +202,8 @@ class _Runner:
 
 def run_label(spec: RunSpec) -> str:
     """How a run is named in progress lines: arm and seed (and a noise study's varied stream)."""
-    return f"{spec.arm} seed {spec.seed}" + (f" ({spec.vary})" if spec.vary else "")
+    return (f"{spec.arm} seed {spec.seed}" + (f" ({spec.vary})" if spec.vary else "")
+            + (f" at {spec.budget_factor:g}x budget" if spec.budget_factor != 1.0 else ""))
 
 
 def describe(store: ResultsStore, spec: RunSpec, status: str, label: str) -> str:

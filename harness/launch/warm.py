@@ -229,15 +229,19 @@ def serve(fd: int) -> int:
         except OSError:
             pass
         sock.send(json.dumps({"pid": pid}).encode())
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            ready, _, _ = select.select([sock], [], [], 0.2)
-            if ready and not sock.recv(MESSAGE, socket.MSG_PEEK):
-                os.kill(pid, signal.SIGKILL)  # the parent has gone mid-run
-                os.waitpid(pid, 0)
-                return 0
+        exited = os.pidfd_open(pid)  # readable the moment the child exits
+        try:
+            while True:
+                ready, _, _ = select.select([sock, exited], [], [])
+                if exited in ready:
+                    break
+                if not sock.recv(MESSAGE, socket.MSG_PEEK):
+                    os.kill(pid, signal.SIGKILL)  # the parent has gone mid-run
+                    os.waitpid(pid, 0)
+                    return 0
+        finally:
+            os.close(exited)
+        _, status = os.waitpid(pid, 0)
         sock.send(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode())
 
 

@@ -90,9 +90,18 @@ class ArmState:
         return decided(self.look.state)
 
 
+def ordinary_budget(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows at the sweep's own budget: not the baseline's runs at other budgets (--extend-baseline),
+    which only the compute multiplier reads (older tables have no budget_factor: all ordinary)."""
+    if "budget_factor" not in rows or rows.empty:
+        return rows
+    return rows[pd.to_numeric(rows["budget_factor"], errors="coerce").fillna(1.0).eq(1.0)]
+
+
 def paired_differences(rows: pd.DataFrame, arms: list[str], baseline: str, max_seeds: int) -> np.ndarray:
     """[arm, seed] arm - baseline test loss over seeds 0 .. max_seeds-1 where both completed (NaN elsewhere)."""
-    done = rows[rows["status"].eq(COMPLETED) & np.isfinite(rows["test_loss"].astype(float))]
+    done = ordinary_budget(rows)
+    done = done[done["status"].eq(COMPLETED) & np.isfinite(done["test_loss"].astype(float))]
     by = done.drop_duplicates(["arm", "seed"]).set_index(["arm", "seed"])["test_loss"]
     out = np.full((len(arms), max_seeds), np.nan)
     if baseline not in by.index.get_level_values(0):
@@ -112,7 +121,8 @@ def arm_states(rows: pd.DataFrame, arms: list[str], baseline: str, settings: Ada
     (rounds 0 .. before_round-1; default: every round that has a baseline row)."""
     diffs = paired_differences(rows, arms, baseline, settings.max_seeds)
     if before_round is None:
-        ran = rows.loc[rows["arm"].eq(baseline), "seed"] if len(rows) else pd.Series(dtype=int)
+        base_rows = ordinary_budget(rows)
+        ran = base_rows.loc[base_rows["arm"].eq(baseline), "seed"] if len(base_rows) else pd.Series(dtype=int)
         before_round = int(ran.max()) + 1 if len(ran) else 0
     before_round = min(before_round, settings.max_seeds)  # rows of seeds past the cap (added by hand) never look
     got = decide(diffs[None], settings.alpha, settings.min_seeds, settings.max_seeds, settings.margin, before_round)
@@ -140,22 +150,32 @@ def round_arms(rows: pd.DataFrame, arms: list[str], baseline: str, settings: Ada
 def rounds(plan, console) -> Iterator[list]:
     """The runs of a plan (a harness.planning.plan.Plan) to run: all at once for a fixed sweep; for an
     adaptive one, round by round (seed r for the baseline and every arm still undecided), each
-    decided from what the store holds when the round comes. Prints each round's decisions."""
+    decided from what the store holds when the round comes. Prints each round's decisions. The
+    baseline's runs at other budgets (--extend-baseline) come last, for the seeds the baseline ran:
+    an extended run continues its ordinary run's final checkpoint."""
     from harness.store.results import ResultsStore
 
+    ordinary = [s for s in plan.specs if s.budget_factor == 1.0]
+    extended = [s for s in plan.specs if s.budget_factor != 1.0]
     if plan.adaptive is None:
-        yield plan.specs
+        yield ordinary
+        if extended:
+            yield extended
         return
     store = ResultsStore(plan.results)
-    by_run = {(s.arm, s.seed): s for s in plan.specs}
+    by_run = {(s.arm, s.seed): s for s in ordinary}
     arms = [a for a in plan.arms if a != BASELINE]
+    ran = []
     for r in plan.seeds:
         give = round_arms(store.sweep_frame(plan.sweep), arms, BASELINE, plan.adaptive, r)
         if not give:
             break
+        ran.append(r)
         yield [by_run[(arm, r)] for arm in plan.arms if arm in give]
         states = arm_states(store.sweep_frame(plan.sweep), arms, BASELINE, plan.adaptive, before_round=r + 1)
         console.print(f"round {r + 1}: {summary(states)}", markup=False, highlight=False)
+    if extended and ran:
+        yield [s for s in extended if s.seed in ran]
 
 
 def summary(states: dict[str, ArmState]) -> str:

@@ -55,6 +55,7 @@ class Plan:
     noise: dict[str, Any] | None = None  # a noise study: {"seeds", "replicates", "arm"} (harness.stats.noise)
     inert: dict[str, str] = field(default_factory=dict)  # A/A arms: arm -> why it changes nothing here
     data: dict[str, DataFacts] = field(default_factory=dict)  # each arm's corpus as read when planned
+    extensions: dict[float, Budget] = field(default_factory=dict)  # baseline runs at other budgets: factor -> budget
 
 
 def build_plan(request: SweepRequest, world_size: int, on_gpu: bool, results: Path,
@@ -94,6 +95,46 @@ def build_plan(request: SweepRequest, world_size: int, on_gpu: bool, results: Pa
                       dict(request.streams.fixed)) for seed in request.seeds for arm in arms]
     plan = Plan(name, request.preset, arms, list(request.seeds), budgets, specs, Path(results), world,
                 list(dict.fromkeys(notes)), configs, adaptive=request.adaptive, inert=inert, data=facts)
+    plan = with_known_ids(plan)
+    return with_extensions(plan, request.extend) if request.extend else plan
+
+
+def extension_factors(extend: float, constant: bool) -> list[float]:
+    """The baseline's other budgets, as factors of the sweep's: a schedule that does not depend on the
+    run's length needs only the longest (its held-out points are shorter runs); one that decays with
+    it (cosine) needs runs at a few budgets, shorter and longer: 1/F, 1/sqrt(F), sqrt(F), F."""
+    return [extend] if constant else [1 / extend, extend ** -0.5, extend ** 0.5, extend]
+
+
+def with_extensions(plan: Plan, extend: float) -> Plan:
+    """Baseline runs at other budgets for the compute multiplier (harness.stats.worth). Under a
+    constant learning rate a longer run's first T tokens are exactly the ordinary run (batches and
+    dropout are functions of the step), so the extended run continues the ordinary run's final
+    checkpoint: nothing is trained twice, and its point at T is the ordinary run's. Under a
+    decaying schedule mid-run points are not shorter runs: independent runs at other budgets."""
+    if cfgmod.BASELINE not in plan.configs:
+        raise UserError("--extend-baseline extends the baseline, and this sweep has none")
+    cfg = plan.configs[cfgmod.BASELINE]
+    base = plan.budgets[cfgmod.BASELINE]
+    constant = cfg.train.lr_schedule == "constant"
+    from harness.data.batches import check_epochs
+    from harness.data.corpus import load_corpus
+
+    train_tokens = len(load_corpus(cfg.train.data, cfg.train.tokenizer).train)
+    ordinary = {s.seed: s for s in plan.specs if s.arm == cfgmod.BASELINE and s.budget_factor == 1.0}
+    for factor in extension_factors(extend, constant):
+        budget = fixed_budget(cfg, plan.world_size, round(factor * base.tokens))
+        check_epochs(budget.tokens, train_tokens, cfg.model.context_length, cfg.train.allow_repeat)
+        plan.extensions[round(factor, 6)] = budget
+        plan.specs += [run_spec(cfg, seed, budget, plan.sweep, plan.world_size, plan.data[cfgmod.BASELINE],
+                                budget_factor=round(factor, 6), start_from=s.run_id if constant else "",
+                                anchor_steps=[base.steps] if constant else [])
+                       for seed, s in ordinary.items()]
+    plan.notes.append(f"the baseline is extended to {extend:g}x its budget for the compute multiplier: "
+                      + ("each seed's run continued from its final checkpoint (a constant learning rate: its "
+                         "held-out points are shorter runs)" if constant else
+                         f"runs at {', '.join(f'{f:.3g}x' for f in extension_factors(extend, False))} the budget "
+                         f"(the {cfg.train.lr_schedule} schedule depends on the run's length)"))
     return with_known_ids(plan)
 
 
@@ -134,13 +175,16 @@ def arm_budgets(configs: dict[str, cfgmod.ArmConfig], request: SweepRequest, wor
 
 def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world_size: int,
              data: DataFacts = DataFacts("", ""), vary: str = "", fixed: dict[str, int] | None = None,
-             replica: int = 0) -> RunSpec:
+             replica: int = 0, budget_factor: float = 1.0, start_from: str = "",
+             anchor_steps: list[int] | None = None) -> RunSpec:
     """One run: its identity is what it computes (harness.store.record.run_identity); its id is that
     identity under a readable label (the arm, the seed, and what was varied or fixed if anything)."""
     seeds = sub_seeds(seed, vary, fixed)
     experiment = cfgmod.experiment_hash(cfg.as_dict(), budget.tokens, budget.tokens_per_step, data.data_id)
     identity = run_identity(experiment, seeds["init"], seeds["data"], seeds["dropout"], replica)
-    if replica:
+    if budget_factor != 1.0:
+        tag = f"-x{budget_factor:.3g}"
+    elif replica:
         tag = f"-rep{replica}"
     elif seeds == sub_seeds(seed):
         tag = ""
@@ -153,7 +197,8 @@ def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world
         config=cfg.as_dict(), overrides=cfg.overrides, config_hash=experiment, params=budget.params,
         tokens=budget.tokens, steps=budget.steps, tokens_per_step=budget.tokens_per_step, world_size=world_size,
         vary=vary, identity=identity, data_id=data.data_id, replica=replica,
-        intervention_sets=dict(cfg.intervention_sets),
+        intervention_sets=dict(cfg.intervention_sets), budget_factor=budget_factor, start_from=start_from,
+        anchor_steps=list(anchor_steps or []),
     )
 
 

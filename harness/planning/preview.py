@@ -67,8 +67,12 @@ def print_plan(plan: Plan, console, jobs: int = 1) -> None:
         table.add_column(col, justify="left" if col == "arm" else "right")
     for arm in plan.arms:
         b = plan.budgets[arm]
-        runs = sum(1 for s in plan.specs if s.arm == arm)
+        runs = sum(1 for s in plan.specs if s.arm == arm and s.budget_factor == 1.0)
         table.add_row(arm, f"{b.params:,}", f"{b.tokens:,}", f"{b.steps:,}", f"{b.tokens_per_step:,}", str(runs))
+    for factor, b in plan.extensions.items():
+        runs = sum(1 for s in plan.specs if s.budget_factor == factor)
+        table.add_row(f"baseline at {factor:g}x", f"{b.params:,}", f"{b.tokens:,}", f"{b.steps:,}",
+                      f"{b.tokens_per_step:,}", str(runs))
     console.print(table)
     for note in plan.notes:
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)

@@ -9,6 +9,7 @@ Contradictions are refused here with one line: both seeds and seed_list, --budge
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -28,6 +29,7 @@ SWEEP_NAME_RULE = "letters, digits and . _ + , = - (it names files), starting wi
 SWEEP_FILE_KEYS = {"name": str, "description": str, "preset": str, "arms": list, "seeds": int, "seed_list": list,
                    "budget": str, "tokens": int, "set": dict}
 BUDGETS = ("baseline", "own")
+MIN_EXTEND, MAX_EXTEND = 1.1, 16.0
 DEFAULT_SEEDS = 5
 DEFAULT_PRESET = "tiny"
 
@@ -71,6 +73,7 @@ class SweepRequest:
     include_baseline: bool = True
     streams: Streams = Streams()
     adaptive: Adaptive | None = None
+    extend: float | None = None  # baseline runs up to this factor of the budget, for the compute multiplier
 
     def check(self) -> "SweepRequest":
         if not self.arms:
@@ -88,6 +91,9 @@ class SweepRequest:
         if self.name is not None and not SWEEP_NAME.fullmatch(self.name):
             raise UserError(f"sweep name {shown(self.name)!r}: use {SWEEP_NAME_RULE}")
         self.streams.check(len(self.seeds))
+        if self.extend is not None and not (math.isfinite(self.extend) and MIN_EXTEND <= self.extend <= MAX_EXTEND):
+            raise UserError(f"--extend-baseline {self.extend!r}: give a factor of the budget from {MIN_EXTEND:g} to "
+                            f"{MAX_EXTEND:g}, e.g. 2 (the baseline's held-out curve then reaches twice the budget)")
         if self.adaptive is not None:
             self.adaptive.check()
             if all(cfgmod.canonical_arm(a) == cfgmod.BASELINE for a in self.arms):
@@ -113,7 +119,8 @@ def check_seed_list(seeds: list[int], where: str) -> None:
 
 def sweep_request(arms: list[str], *, seeds: int | None, seed_list: str | None, preset: str | None,
                   sets: Mapping[str, Any], tokens: int | None, budget: str | None, name: str | None,
-                  data: str | None, adaptive: Adaptive | None, streams: Streams, library: Library) -> SweepRequest:
+                  data: str | None, adaptive: Adaptive | None, streams: Streams, library: Library,
+                  extend: float | None = None) -> SweepRequest:
     """`harness sweep`'s request. One keyword per sweep option, because this is the one place where
     a sweep file's values (when `arms` is one sweep file) and the options given meet; an option
     given wins over the file. An adaptive sweep plans seeds 0 .. max_seeds-1 (run in rounds)."""
@@ -134,7 +141,7 @@ def sweep_request(arms: list[str], *, seeds: int | None, seed_list: str | None, 
         sets=with_data(dict(file.get("set", {})) | dict(sets), data),
         tokens=tokens if tokens is not None else file.get("tokens"),
         budget=budget or file.get("budget", "baseline"), name=name if name is not None else file.get("name"),
-        streams=streams, adaptive=adaptive).check()
+        streams=streams, adaptive=adaptive, extend=extend).check()
 
 
 @dataclass(frozen=True)

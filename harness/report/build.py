@@ -27,6 +27,7 @@ from harness.report.compare import (NoiseReport, ReportOptions, SweepReport, arm
 from harness.core.errors import UserError
 from harness.core.files import is_folder, user_path
 from harness.report.outcomes import OUTCOMES, Store, load_store, resolve_outcomes
+from harness.planning.adaptive import ordinary_budget
 from harness.report.sameness import Difference, differences
 from harness.report.plots import aggregate_curves, make_plots, plot_noise
 from harness.store.record import COMPLETED
@@ -70,7 +71,8 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
             diffs = comparable(outcomes, sw, opts, noise=sw in store.noise)
             reps.append(build_noise_report(outcomes, sw, opts, store.noise[sw]) if sw in store.noise else
                         build_sweep_report(outcomes, sw, opts, differences=diffs, adaptive=store.adaptive.get(sw),
-                                           inert=store.inert.get(sw), planned=store.planned.get(sw)))
+                                           inert=store.inert.get(sw), planned=store.planned.get(sw),
+                                           curves=store.curves))
         except UserError as err:
             if sweep is not None:
                 raise
@@ -141,7 +143,7 @@ def comparable(outcomes: pd.DataFrame, sweep: str, opts: ReportOptions, noise: b
     """How a sweep's arms were not trained alike (harness.report.sameness): refused with one line
     naming the keys and values, unless --allow-mismatch (the report then shows them and withholds
     the verdicts they touch)."""
-    rows = outcomes[outcomes["sweep"].eq(sweep)]
+    rows = ordinary_budget(outcomes[outcomes["sweep"].eq(sweep)])
     diffs = differences(rows, arm_order(rows["arm"].unique(), opts.baseline), opts.baseline, design=not noise)
     if diffs and not opts.allow_mismatch:
         raise UserError("refusing to compare arms that were not trained alike: " + "; ".join(d.text for d in diffs)

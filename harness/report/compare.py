@@ -17,7 +17,8 @@ import pandas as pd
 from harness.stats import noise
 
 from harness.stats import inference as stats
-from harness.planning.adaptive import Adaptive, arm_states, check_error_rates, round_arms
+from harness.planning.adaptive import Adaptive, arm_states, check_error_rates, ordinary_budget, round_arms
+from harness.report.worth import Worth, build_worth
 from harness.report.outcomes import OUTCOMES
 from harness.report.sameness import Difference, streams_held
 from harness.report.sameness import differences as find_differences
@@ -72,6 +73,7 @@ class SweepReport:
     adaptive_settings: Adaptive | None = None
     withheld: list[str] = field(default_factory=list)  # arms whose verdicts differences withhold
     complete: bool = True  # every planned run has a recorded result
+    worth: Worth | None = None  # compute multipliers and held-out curves (harness.report.worth)
     plots: dict[str, Path] = field(default_factory=dict)
 
 
@@ -159,13 +161,16 @@ def adaptive_table(rows: pd.DataFrame, arms: Sequence[str], baseline: str, setti
 
 def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOptions, *,
                        differences: list[Difference] | None = None, adaptive: Adaptive | None = None,
-                       inert: dict[str, str] | None = None, planned: list[dict] | None = None) -> SweepReport:
+                       inert: dict[str, str] | None = None, planned: list[dict] | None = None,
+                       curves: pd.DataFrame | None = None) -> SweepReport:
     """Statistics and accounting for one sweep (no rendering, no files). `differences`: how its
     arms were not trained alike (harness.report.sameness; the verdicts they touch are withheld);
     `inert`: arms that change nothing where they ran (an A/A comparison), with why; `planned`: the
-    runs its saved plan names, so a sweep reported before it is complete says what is missing."""
+    runs its saved plan names, so a sweep reported before it is complete says what is missing;
+    `curves`: the store's curves, for the held-out points (harness.report.worth)."""
     baseline, alpha, power = options.baseline, options.alpha, options.power
-    rows = outcomes[outcomes["sweep"].eq(sweep)]
+    every_budget = outcomes[outcomes["sweep"].eq(sweep)]
+    rows = ordinary_budget(every_budget)  # the baseline's runs at other budgets are the compute multiplier's only
     arms = arm_order(rows["arm"].unique(), baseline)
     has_baseline = baseline in set(arms)
     notes: list[str] = []
@@ -185,7 +190,7 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
         notes.append(f"{len(twice)} completed runs share an arm and seed with another run (e.g. {first['arm']} seed "
                      f"{int(first['seed'])}); each pair is one seed of an arm, so only its first recorded run is in n")
         done = done.sort_values("finished_at", kind="mergesort").drop_duplicates(["arm", "seed"])
-    missing = missing_runs(rows, planned, adaptive)
+    missing = missing_runs(every_budget, planned, adaptive)
     if missing:
         notes.insert(0, missing)
     held = held_streams(done)
@@ -227,6 +232,7 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
         allow_mismatch=options.allow_mismatch, noise=noise, provenance=_provenance(rows, arms),
         notes=notes, pairing=pairing_table(done, arms, baseline, alpha), options=options, adaptive=seq,
         adaptive_settings=adaptive if seq is not None else None, withheld=sorted(withheld), complete=not missing,
+        worth=build_worth(every_budget, curves, baseline, alpha) if curves is not None and has_baseline else None,
     )
 
 

@@ -123,15 +123,16 @@ def load_store(results_dir: Path, warn: Callable[[str], None] | None = None) -> 
         curves = pd.concat(frames["curves"], ignore_index=True)
         if "tokens" not in curves.columns:
             curves["tokens"] = curves["step"]
-        if "attempt" not in curves.columns:
-            curves["attempt"] = np.nan
-        curves = curves[["run_id", "attempt", "step", "tokens", "train_loss"]].copy()
+        for missing in ("attempt", "heldout_loss"):  # hand-made or older tables
+            if missing not in curves.columns:
+                curves[missing] = np.nan
+        curves = curves[["run_id", "attempt", "step", "tokens", "train_loss", "heldout_loss"]].copy()
         curves["run_id"] = curves["run_id"].astype(str)
-        for c in ("attempt", "step", "tokens", "train_loss"):
+        for c in ("attempt", "step", "tokens", "train_loss", "heldout_loss"):
             curves[c] = pd.to_numeric(curves[c], errors="coerce")
     else:
         curves = pd.DataFrame({"run_id": pd.Series(dtype=str), "attempt": [], "step": [],
-                               "tokens": [], "train_loss": []})
+                               "tokens": [], "train_loss": [], "heldout_loss": []})
     adaptive, noise, inert, planned = {}, {}, {}, {}
     for sweep in runs["sweep"].unique():
         plan = read_plan(results_dir, sweep)

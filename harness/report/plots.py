@@ -1,7 +1,9 @@
 """The report's plots, drawn from a built SweepReport (matplotlib's Agg canvas, no display needed).
 
-forest: each arm's difference from the baseline with its interval; curves: training loss mean and
-sd across seeds; paired: per-seed test loss, baseline to arm. Nothing here computes a statistic.
+forest: each arm's difference from the baseline with its interval; curves: held-out loss (or, for
+runs without held-out points, training loss) mean and sd across seeds; effect: the paired
+difference of held-out loss along training with pointwise intervals; paired: per-seed test loss,
+baseline to arm. Nothing here computes a statistic.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pandas as pd
 
 from harness.stats import inference as stats
 from harness.report.compare import SweepReport
+from harness.planning.adaptive import ordinary_budget
 from harness.store.record import COMPLETED
 
 MAX_PLOT_ARMS = 12  # arms besides the baseline in the curve and paired plots
@@ -82,7 +85,7 @@ def plot_forest(rep: SweepReport, path: Path) -> bool:
 def aggregate_curves(outcomes: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """Mean and sd of the training loss across seeds per (sweep, arm, tokens), completed runs."""
     cols = ["sweep", "arm", "tokens", "mean", "std"]
-    done = outcomes[outcomes["outcome"].eq(COMPLETED)]
+    done = ordinary_budget(outcomes[outcomes["outcome"].eq(COMPLETED)])
     if curves.empty or done.empty:
         return pd.DataFrame(columns=cols)
     # Attempts of one run share its run_id: match the curve of the attempt that counts.
@@ -97,7 +100,7 @@ def aggregate_curves(outcomes: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFra
             .agg(["mean", "std"]).reset_index())
 
 
-def plot_curves(rep: SweepReport, curve_agg: pd.DataFrame, path: Path) -> bool:
+def plot_curves(rep: SweepReport, curve_agg: pd.DataFrame, path: Path, ylabel: str = "train loss") -> bool:
     agg = curve_agg[curve_agg["sweep"].eq(rep.sweep)]
     agg = agg[agg["arm"].isin([rep.baseline, *plot_arms(rep)[0]])]
     if agg.empty:
@@ -144,7 +147,7 @@ def plot_curves(rep: SweepReport, curve_agg: pd.DataFrame, path: Path) -> bool:
         ax_tail.set_ylim(tail_lo - pad, tail_hi + pad)
     for ax in (ax_full, ax_tail):
         ax.set_xlabel("tokens")
-    ax_full.set_ylabel("train loss (mean ± 1 sd across seeds)")
+    ax_full.set_ylabel(f"{ylabel} (mean ± 1 sd across seeds)")
     ax_full.set_title("whole run", fontsize=9)
     ax_tail.set_title("second half (zoom)", fontsize=9)
     ax_tail.legend(fontsize=7, ncol=2 if n_arms > 8 else 1)
@@ -154,10 +157,46 @@ def plot_curves(rep: SweepReport, curve_agg: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+def heldout_agg(rep: SweepReport) -> pd.DataFrame:
+    """The held-out loss per arm as plot_curves draws it (mean and sd across seeds per tokens)."""
+    h = rep.worth.heldout if rep.worth is not None else pd.DataFrame()
+    if h.empty:
+        return pd.DataFrame(columns=["sweep", "arm", "tokens", "mean", "std"])
+    return h.rename(columns={"sd": "std"}).assign(sweep=rep.sweep)[["sweep", "arm", "tokens", "mean", "std"]]
+
+
+def plot_effect(rep: SweepReport, path: Path) -> bool:
+    """Each arm's paired difference arm - baseline of held-out loss against tokens, with its
+    pointwise interval (each point's own t interval)."""
+    paired = {a: d for a, d in (rep.worth.paired if rep.worth is not None else {}).items()
+              if a in plot_arms(rep)[0] and len(d)}
+    if not paired:
+        return False
+    import matplotlib
+
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = matplotlib.colormaps["tab10" if len(paired) <= 10 else "tab20"]
+    for i, (arm, d) in enumerate(paired.items()):
+        col = cmap((i + 1) % cmap.N)
+        ax.plot(d["tokens"], d["mean"], color=col, lw=1.3, marker=".", label=_short(arm, 30))
+        ax.fill_between(d["tokens"], d["low"], d["high"], color=col, alpha=0.18, lw=0)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens (log scale)")
+    ax.set_ylabel("held-out loss, arm - baseline")
+    ax.set_title(f"{_short(rep.sweep)}: the effect along training, paired by seed "
+                 f"({rep.options.confidence} pointwise t intervals)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.13, top=0.9)
+    fig.savefig(path, pil_kwargs={"compress_level": 1})
+    return True
+
+
 def plot_paired(rep: SweepReport, outcomes: pd.DataFrame, path: Path) -> bool:
     from matplotlib.collections import LineCollection
 
-    done = outcomes[outcomes["sweep"].eq(rep.sweep) & outcomes["outcome"].eq(COMPLETED)]
+    done = ordinary_budget(outcomes[outcomes["sweep"].eq(rep.sweep) & outcomes["outcome"].eq(COMPLETED)])
     base = done[done["arm"].eq(rep.baseline)].set_index("seed")["test_loss"]
     arms, _ = plot_arms(rep)
     if base.empty or not arms:
@@ -197,11 +236,14 @@ def plot_paired(rep: SweepReport, outcomes: pd.DataFrame, path: Path) -> bool:
 
 def make_plots(rep: SweepReport, outcomes, curve_agg, md_dir: Path, stem: str) -> None:
     targets = {"forest": md_dir / f"{stem}_forest.png", "curves": md_dir / f"{stem}_curves.png",
-               "paired": md_dir / f"{stem}_paired.png"}
+               "effect": md_dir / f"{stem}_effect.png", "paired": md_dir / f"{stem}_paired.png"}
+    heldout = heldout_agg(rep)
     made = {
         "forest": plot_forest(rep, targets["forest"]) if rep.has_baseline
         else False,
-        "curves": plot_curves(rep, curve_agg, targets["curves"]),
+        "curves": plot_curves(rep, heldout, targets["curves"], "held-out loss") if len(heldout)
+        else plot_curves(rep, curve_agg, targets["curves"]),
+        "effect": plot_effect(rep, targets["effect"]) if rep.has_baseline else False,
         "paired": plot_paired(rep, outcomes, targets["paired"]) if rep.has_baseline else False,
     }
     rep.plots = {k: targets[k] for k, ok in made.items() if ok}

@@ -195,7 +195,8 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
             detail = f"resumes from step {step:,}" if step is not None else "restarts from step 0"
         else:
             state = "queued"
-        out.append(RunState(run_id, run.get("arm", "?"), int(run.get("seed", -1)), state, len(statuses),
+        arm = str(run.get("arm", "?")) + (f" at {run['budget_factor']:g}x budget" if run.get("budget_factor") else "")
+        out.append(RunState(run_id, arm, int(run.get("seed", -1)), state, len(statuses),
                             detail[:200], test_loss, job, tokens))
     return out, adaptive, slurm_error
 

@@ -49,7 +49,8 @@ def plan_record(plan) -> dict[str, Any]:
         "sweep": plan.sweep, "kind": NOISE if plan.noise else ADAPTIVE if plan.adaptive else FIXED,
         "preset": plan.preset, "arms": plan.arms, "seeds": plan.seeds, "world_size": plan.world_size,
         "budgets": {arm: b.as_dict() for arm, b in plan.budgets.items()},
-        "runs": [{"run_id": s.run_id, "arm": s.arm, "seed": s.seed, "config_hash": s.config_hash} for s in plan.specs],
+        "runs": [{"run_id": s.run_id, "arm": s.arm, "seed": s.seed, "config_hash": s.config_hash}
+                 | ({"budget_factor": s.budget_factor} if s.budget_factor != 1.0 else {}) for s in plan.specs],
         "experiments": {arm: experiment(s.config, s.tokens, s.tokens_per_step, s.data_id) for arm, s in first.items()},
         "intervention_sets": {arm: s.intervention_sets for arm, s in first.items()},
         "adaptive": plan.adaptive.as_dict() if plan.adaptive else None,

@@ -104,6 +104,9 @@ class RunSpec:
     data_id: str = ""  # the corpus's content (harness.data.corpus.Corpus.data_id) when planned
     replica: int = 0  # > 0: a deliberate repeat of identical seeds (a noise study's replicates)
     intervention_sets: dict[str, Any] = field(default_factory=dict)  # the keys the arm's interventions set, and to what
+    budget_factor: float = 1.0  # a baseline run at another budget than the sweep's (the compute multiplier's)
+    start_from: str = ""  # run id whose final checkpoint this (longer, constant-schedule) run continues
+    anchor_steps: list[int] = field(default_factory=list)  # extra held-out points (an extended run's 1x step)
 
     @property
     def interventions(self) -> str:
@@ -148,9 +151,11 @@ class RunResult:
     train_loss: float | None = None  # the last loss-curve point
     tokens_seen: int = 0  # tokens trained, exactly (steps x tokens per step)
     steps: int = 0  # optimiser steps trained
-    wall_time_s: float | None = None  # train_time_s + eval_time_s
-    train_time_s: float | None = None  # the training loop, summed over resumed attempts
+    wall_time_s: float | None = None  # train_time_s + heldout_time_s + eval_time_s
+    train_time_s: float | None = None  # the training loop, summed over resumed attempts (held-out points apart)
     eval_time_s: float | None = None  # the test-set evaluation
+    heldout_time_s: float | None = None  # the held-out points along training, summed over resumed attempts
+    heldout_tokens: int = 0  # test tokens each held-out point evaluated
     tokens_per_s: float | None = None  # training throughput
     peak_memory_bytes: int | None = None  # rank 0's peak: CUDA memory allocated, else the process's max RSS
     dtype: str = ""  # autocast dtype of the training step
@@ -205,6 +210,7 @@ class RunRow(RunResult):
     data_id: str = ""  # the corpus trained on (train and test shards' sha256)
     replica: int = 0
     intervention_sets: dict[str, Any] = field(default_factory=dict)  # what the arm itself changes (JSON in the table)
+    budget_factor: float = 1.0  # the run's budget over the sweep's (baseline runs for the compute multiplier)
     git_commit: str = ""
     started_at: str = ""
     run_dir: str = ""
@@ -219,7 +225,8 @@ class RunRow(RunResult):
                    config=spec.config, config_hash=spec.config_hash, overrides=spec.overrides,
                    params=spec.params, planned_tokens=spec.tokens, tokens_per_step=spec.tokens_per_step,
                    world_size=spec.world_size, vary=spec.vary, identity=spec.identity, data_id=spec.data_id,
-                   replica=spec.replica, intervention_sets=spec.intervention_sets, **attempt_facts)
+                   replica=spec.replica, intervention_sets=spec.intervention_sets,
+                   budget_factor=spec.budget_factor, **attempt_facts)
 
     def columns(self) -> dict[str, Any]:
         """The row as the table stores it: JSON text for dicts, no curve."""
@@ -228,7 +235,9 @@ class RunRow(RunResult):
 
 @dataclass(kw_only=True)
 class CurvePoint:
-    """One point of a run's training-loss curve (curves.parquet also keys it by run_id, attempt)."""
+    """One point of a run's loss curve (curves.parquet also keys it by run_id, attempt): the training
+    loss since the point before, and at the held-out points (TrainConfig.heldout_points) the
+    held-out subset's loss."""
 
     run_id: str
     attempt: int
@@ -236,6 +245,7 @@ class CurvePoint:
     tokens: int
     train_loss: float  # mean training loss over the steps since the previous point
     lr: float
+    heldout_loss: float | None = None  # at a held-out point: the held-out subset's loss in eval mode
 
 
 def _cell(value: Any) -> Any:

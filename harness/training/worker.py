@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from harness.training import checkpoint
 from harness.core.config import TrainConfig
-from harness.data.batches import BatchSampler, BatchShape, eval_batches
+from harness.data.batches import BatchSampler, BatchShape, eval_batches, heldout_rows, row_batches
 from harness.data.corpus import load_corpus
 from harness.core.errors import UserError
 from harness.core.files import atomic_write_json, environment_failure
@@ -45,8 +45,9 @@ from harness.core.versions import versions
 from harness.model import GPTModel, ModelConfig, init_weights, parameter_counts, sequences_from
 
 # Tokens per evaluation forward on the CPU: large enough that per-op overhead vanishes, small
-# enough that a layer's activations stay in cache (larger batches were slower per token).
-CPU_EVAL_TOKENS = 4096
+# enough that a layer's activations stay in cache (tiny, one thread: 2,048 tokens 209k tokens/s,
+# 4,096 186k, 8,192 152k).
+CPU_EVAL_TOKENS = 2048
 # On CUDA the evaluation batch is as large as fits: at most this many tokens per forward (the GPU
 # is saturated long before), within EVAL_MEMORY_FRACTION of the device's memory.
 CUDA_EVAL_TOKENS = 128 * 1024
@@ -180,14 +181,20 @@ def eval_loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
 
 
-@torch.inference_mode()
 def evaluate(model: torch.nn.Module, tokens, context_length: int, batch_size: int, d: Dist,
              amp: torch.dtype | None) -> tuple[float, int]:
     """Summed token NLL in float64 over every test token, divided by the token count."""
+    return evaluate_batches(model, eval_batches(tokens, context_length, batch_size), d, amp)
+
+
+@torch.inference_mode()
+def evaluate_batches(model: torch.nn.Module, batches, d: Dist, amp: torch.dtype | None) -> tuple[float, int]:
+    """Summed token NLL in float64 over (x, y) batches (every rank takes every world-th), divided by
+    the token count; the model is in eval mode meanwhile (no dropout, no random draws)."""
     was_training = model.training
     model.eval()
     nll, count = torch.zeros((), dtype=torch.float64, device=d.device), 0
-    for i, (x, y) in enumerate(eval_batches(tokens, context_length, batch_size)):
+    for i, (x, y) in enumerate(batches):
         if i % d.world != d.rank:
             continue
         x, y = to_device(x, d.device), to_device(y, d.device)
@@ -305,6 +312,24 @@ class Trainer:
         return evaluate(self.model, tokens, self.mcfg.context_length, batch_size or self.eval_batch_size(),
                         self.d, self.amp)
 
+    def evaluate_rows(self, rows) -> tuple[float, int]:
+        """The held-out subset's loss (harness.data.batches.heldout_rows)."""
+        return evaluate_batches(self.model, row_batches(rows, self.eval_batch_size()), self.d, self.amp)
+
+
+HELDOUT_SPACING = 2 ** 0.5  # the points' ratio in tokens: power-law-like curves sampled evenly in log tokens
+
+
+def heldout_steps(steps: int, points: int, anchors: tuple[int, ...] = ()) -> list[int]:
+    """The steps of the held-out points: the budget's last step and the points - 1 before it at
+    1/sqrt(2), 1/2, ... of it (rounded, at least 1, each once), plus `anchors` (an extended run's
+    ordinary budget). Log-spaced because loss curves are close to power laws in tokens: the
+    compute multiplier interpolates between neighbouring points in log tokens."""
+    if points <= 0:
+        return []
+    marks = {max(1, round(steps / HELDOUT_SPACING ** k)) for k in range(points)} | {a for a in anchors if 0 < a <= steps}
+    return sorted(marks)
+
 
 def main(spec_path: str) -> int:
     spec = RunSpec.load(Path(spec_path))
@@ -322,13 +347,21 @@ def main(spec_path: str) -> int:
                                   "it again (run the sweep command again: the new data gets new runs)")
 
     found = checkpoint.latest(run_dir)
+    if found is None and spec.start_from:  # a longer run of a constant schedule: the shorter one's end is its start
+        found = checkpoint.latest(run_dir.parent / spec.start_from)
+        if found is not None and found[1]["step"] > spec.steps:
+            found = None
     trainer = Trainer(mcfg, tcfg, d, train_tokens=corpus.train, data_seed=spec.data_seed,
                       init_seed=spec.init_seed, dropout_seed=spec.dropout_seed, steps=spec.steps,
                       tokens_per_step=spec.tokens_per_step, resume_from=found[0] if found else None)
-    start_step, curve, elapsed_before = 0, [], 0.0
+    start_step, curve, elapsed_before, heldout_before = 0, [], 0.0, 0.0
     if found:
         meta = found[1]
         start_step, curve, elapsed_before = meta["step"], meta["curve"], meta["elapsed_s"]
+        heldout_before = meta.get("heldout_s", 0.0)
+    points = set(heldout_steps(spec.steps, tcfg.heldout_points, tuple(spec.anchor_steps)))
+    rows = heldout_rows(corpus.test, mcfg.context_length, tcfg.heldout_tokens) if points and tcfg.heldout_tokens else None
+    heldout_s = 0.0  # this attempt's time on held-out points: not training's
 
     log_every = tcfg.log_every or max(1, spec.steps // 200)
     ckpt_every = tcfg.checkpoint_every or max(1, spec.steps // 10)
@@ -341,7 +374,8 @@ def main(spec_path: str) -> int:
             checkpoint.commit(run_dir, trainer.model,
                               {"optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict()},
                               {"step": step, "curve": curve,
-                               "elapsed_s": elapsed_before + time.perf_counter() - t_start})
+                               "elapsed_s": elapsed_before + time.perf_counter() - t_start - heldout_s,
+                               "heldout_s": heldout_before + heldout_s})
         if d.world > 1:
             dist.barrier()
 
@@ -349,11 +383,16 @@ def main(spec_path: str) -> int:
         trainer.train_step(step)
         steps_in_window += 1
         done = step + 1
-        if done % log_every == 0 or done == spec.steps:
+        if done % log_every == 0 or done == spec.steps or done in points:
             window_loss = trainer.window_loss(steps_in_window)
+            point = {"step": done, "tokens": done * spec.tokens_per_step, "train_loss": window_loss, "lr": trainer.lr}
+            if done in points and math.isfinite(window_loss):
+                t_point = time.perf_counter()
+                point["heldout_loss"] = (trainer.evaluate_rows(rows) if rows is not None else trainer.evaluate(corpus.test))[0]
+                heldout_s += time.perf_counter() - t_point
+                t_window += time.perf_counter() - t_point
+            curve.append(point)
             now = time.perf_counter()
-            curve.append({"step": done, "tokens": done * spec.tokens_per_step,
-                          "train_loss": window_loss, "lr": trainer.lr})
             if d.main:
                 rate = steps_in_window * spec.tokens_per_step / max(now - t_window, 1e-9)
                 print(progress_line(done, spec.steps, done * spec.tokens_per_step, window_loss, rate), flush=True)
@@ -364,7 +403,8 @@ def main(spec_path: str) -> int:
         if done % ckpt_every == 0 or done == spec.steps:
             save(done)
 
-    train_time = elapsed_before + time.perf_counter() - t_start
+    train_time = elapsed_before + time.perf_counter() - t_start - heldout_s
+    heldout_time = heldout_before + heldout_s
     trained_steps = diverged_step or spec.steps
     test_loss, test_tokens = float("nan"), 0
     if status == COMPLETED:
@@ -381,7 +421,9 @@ def main(spec_path: str) -> int:
             test_tokens=test_tokens, test_set_id=corpus.test_set_id,
             train_loss=curve[-1]["train_loss"] if curve else float("nan"),
             tokens_seen=trained_steps * spec.tokens_per_step, steps=trained_steps,
-            wall_time_s=train_time + eval_time, train_time_s=train_time, eval_time_s=eval_time,
+            wall_time_s=train_time + heldout_time + eval_time, train_time_s=train_time, eval_time_s=eval_time,
+            heldout_time_s=heldout_time, heldout_tokens=0 if not points else test_tokens if rows is None
+            else int(rows.shape[0] * mcfg.context_length),
             tokens_per_s=trained_steps * spec.tokens_per_step / max(train_time, 1e-9), dtype=trainer.dtype,
             peak_memory_bytes=peak_memory(d.device)[0],
             device=torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",

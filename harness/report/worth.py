@@ -1,0 +1,142 @@
+"""A sweep's "what is it worth": each arm's compute multiplier and tokens to match, and its held-out
+curves, from the runs' held-out points (harness.stats.worth does the arithmetic).
+
+The baseline's curve per seed is its held-out points along training, continued by its extended
+run (--extend-baseline) where the schedule is constant: there a point at fewer tokens is exactly a
+shorter run. Where the schedule decays with the run's length (cosine), mid-run points are not
+shorter runs, so only the final points of baseline runs at other budgets make the curve. The arm's
+target is its own final held-out point (the same subset of the test split the curve is on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from harness.stats.worth import ABOVE, BELOW, IN_RANGE, multiplier, paired_curve
+from harness.store.record import COMPLETED
+
+EXTEND_HINT = "--extend-baseline 2"
+COLUMNS = ["arm", "k", "k_low", "k_high", "seeds", "state", "range_low", "range_high", "match", "match_low",
+           "match_high", "match_state", "note"]
+
+
+@dataclass
+class Worth:
+    table: pd.DataFrame  # one row per arm (COLUMNS)
+    heldout: pd.DataFrame  # arm, tokens, mean, sd, n: held-out loss over seeds (runs at the sweep's budget)
+    paired: dict[str, pd.DataFrame] = field(default_factory=dict)  # arm -> tokens, mean, low, high, n
+    source: str = ""  # how the baseline's curve was made
+    note: str = ""  # why there is no multiplier, or what to add for one
+
+
+def _schedule(rows: pd.DataFrame) -> str:
+    for text in rows["config"]:
+        try:
+            return str(json.loads(text)["train"].get("lr_schedule", "constant"))
+        except (TypeError, ValueError, KeyError):
+            continue
+    return "constant"
+
+
+def _points(curves: pd.DataFrame, row) -> tuple[np.ndarray, np.ndarray]:
+    c = curves[curves["run_id"].eq(row.run_id)]
+    if c["attempt"].notna().any() and np.isfinite(row.attempt):
+        c = c[c["attempt"].eq(row.attempt)]
+    c = c[np.isfinite(c["heldout_loss"].astype(float))].sort_values("tokens")
+    return c["tokens"].to_numpy(dtype=float), c["heldout_loss"].to_numpy(dtype=float)
+
+
+def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: float) -> Worth | None:
+    """The worth of every arm of one sweep's rows (every budget), or None without held-out points."""
+    done = rows[rows["outcome"].eq(COMPLETED)]
+    if done.empty or "heldout_loss" not in curves or not np.isfinite(curves["heldout_loss"].astype(float)).any():
+        return None
+    factor = pd.to_numeric(done["budget_factor"], errors="coerce").fillna(1.0)
+    ordinary, others = done[factor.eq(1.0)], done[factor.ne(1.0) & done["arm"].eq(baseline)]
+    points = {r.run_id: _points(curves, r) for r in done.itertuples()}
+    per_arm = {arm: {int(r.seed): points[r.run_id] for r in g.itertuples() if len(points[r.run_id][0])}
+               for arm, g in ordinary.groupby("arm")}
+    heldout = []
+    for arm, seeds in per_arm.items():
+        by_tokens: dict[float, list[float]] = {}
+        for t, y in seeds.values():
+            for ti, yi in zip(t, y):
+                by_tokens.setdefault(float(ti), []).append(float(yi))
+        heldout += [{"arm": arm, "tokens": t, "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1
+                     else math.nan, "n": len(v)} for t, v in sorted(by_tokens.items())]
+    worth = Worth(pd.DataFrame(columns=COLUMNS), pd.DataFrame(heldout, columns=["arm", "tokens", "mean", "sd", "n"]))
+    base_rows = ordinary[ordinary["arm"].eq(baseline)]
+    if baseline not in per_arm or base_rows.empty:
+        worth.note = "no baseline runs with held-out points"
+        return worth
+    budget = float(base_rows["planned_tokens"].max())
+    constant = _schedule(base_rows) == "constant"
+    base_curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if constant:
+        worth.source = "the baseline's held-out points along training (a constant learning rate: a point at fewer " \
+                       "tokens is a shorter run)" + (", continued by its extended runs" if len(others) else "")
+        for seed, (t, y) in per_arm[baseline].items():
+            longer = others[others["seed"].eq(seed)]
+            if len(longer):  # the longest extension holds the ordinary run's points too
+                t2, y2 = points[longer.sort_values("planned_tokens").iloc[-1].run_id]
+                merged = dict(zip(t, y)) | dict(zip(t2, y2))
+                t, y = np.array(sorted(merged)), np.array([merged[k] for k in sorted(merged)])
+            base_curves[seed] = (t, y)
+    else:
+        worth.source = (f"the final held-out points of baseline runs at {len(set(others['budget_factor'])) + 1} "
+                        f"budgets (the {_schedule(base_rows)} schedule depends on the run's length, so mid-run "
+                        "points are not shorter runs and are not used)")
+        for seed, (t, y) in per_arm[baseline].items():
+            finals = [(t[-1], y[-1])] + [(points[r.run_id][0][-1], points[r.run_id][1][-1])
+                                         for r in others[others["seed"].eq(seed)].itertuples() if len(points[r.run_id][0])]
+            finals.sort()
+            base_curves[seed] = (np.array([f[0] for f in finals]), np.array([f[1] for f in finals]))
+        if len(others) == 0:
+            worth.note = (f"the baseline's {_schedule(base_rows)} schedule decays with the run's length, so its "
+                          f"mid-run points are not shorter runs: add {EXTEND_HINT} to run it at other budgets")
+    rows_out = []
+    for arm, seeds in per_arm.items():
+        if arm == baseline:
+            continue
+        targets = {s: float(y[-1]) for s, (t, y) in seeds.items() if abs(t[-1] - budget) <= 0.5 * budget}
+        k = multiplier(base_curves, targets, budget, alpha) if not worth.note else None
+        match = None
+        if constant:
+            base_final = {s: float(y[np.argmin(abs(t - budget))]) for s, (t, y) in per_arm[baseline].items()}
+            match = multiplier(seeds, {s: v for s, v in base_final.items() if s in seeds}, budget, alpha)
+        rows_out.append({"arm": arm, **_k_fields(k), **_match_fields(match), "note": _note(k, match, bool(len(others)))})
+        worth.paired[arm] = pd.DataFrame(paired_curve(seeds, per_arm[baseline], alpha))
+    worth.table = pd.DataFrame(rows_out, columns=COLUMNS)
+    return worth
+
+
+def _k_fields(k) -> dict:
+    if k is None:
+        return {"k": math.nan, "k_low": math.nan, "k_high": math.nan, "seeds": 0, "state": "", "range_low": math.nan,
+                "range_high": math.nan}
+    return {"k": k.estimate, "k_low": k.low, "k_high": k.high, "seeds": len(k.per_seed), "state": k.state,
+            "range_low": k.range_low, "range_high": k.range_high}
+
+
+def _match_fields(m) -> dict:
+    if m is None:
+        return {"match": math.nan, "match_low": math.nan, "match_high": math.nan, "match_state": ""}
+    return {"match": m.estimate, "match_low": m.low, "match_high": m.high, "match_state": m.state}
+
+
+def _note(k, match, extended: bool) -> str:
+    never = "" if match is None or match.state != ABOVE else \
+        "tokens to match: some seeds never reach the baseline's final loss within the budget"
+    if k is None or k.state == IN_RANGE:
+        return never
+    if k.state == ABOVE:
+        return (f"k > {k.range_high:.3g}, beyond the measured range (the baseline's curve ends there)"
+                + ("" if extended else f"; add {EXTEND_HINT} to extend it"))
+    if k.state == BELOW:
+        return f"k < {k.range_low:.3g}, below the measured range (the baseline's first held-out point)"
+    return ""
