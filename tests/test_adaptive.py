@@ -135,6 +135,8 @@ def test_an_adaptive_sweep_end_to_end(tmp_path, small_corpus):
     adaptive = report["sweeps"][0]["adaptive"]
     assert adaptive["max_seeds"] == 4 and {a["arm"] for a in adaptive["arms"]} == {"qkv_bias", "weight_tying"}
     assert all(a["seeds"] + a["runs_saved"] == 4 for a in adaptive["arms"])
+    text = report["sweeps"][0]["test_text"]  # the test text's uncertainty, adaptive sweeps alike
+    assert text["n_units"] == 64 and all(a["note"] or a["se"] >= a["se_seed"] for a in text["arms"])
     status = json.loads(cli("status", "--results", results, "--json", check=True).stdout)
     assert set(next(iter(status.values()))["adaptive"]["arms"]) == {"qkv_bias", "weight_tying"}
     md = cli("report", "--results", results, "--out", str(tmp_path / "rep.md"), "--no-plots", check=True)

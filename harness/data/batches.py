@@ -156,7 +156,7 @@ def eval_batches(
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Non-overlapping windows that make every token after the first a target exactly once:
     full (batch_size, T) batches (the last may have fewer rows), then the remaining tail as a
-    (1, t) batch with t < T. positions: also each target's index in the split (for test_units)."""
+    (1, t) batch with t < T. positions: also each target's index in the split (for evaluation_units)."""
     if context_length < 1 or batch_size < 1:
         raise UserError(
             f"context_length ({context_length}) and batch_size ({batch_size}) must be positive"
@@ -175,33 +175,32 @@ def eval_batches(
 
 MIN_DOCUMENTS = 32  # fewer documents than this are too few clusters: fixed blocks instead
 MAX_UNITS = 1024  # more documents are grouped, consecutive ones together, into this many units
-BLOCKS = 64
+BLOCKS = 64  # the units of a split with few documents
 
 
-def test_units(tokens: np.ndarray, eot_id: int) -> tuple[np.ndarray, str]:
-    """The units the final evaluation keeps its loss per (the test text's sampling units): per
-    token position of the split, its unit's index, and what a unit is. Documents (the segments the
-    corpus joined with eot ids; an eot belongs to the document it ends) where the split has at least
-    MIN_DOCUMENTS of them, consecutive ones grouped into MAX_UNITS units where it has more; else
-    BLOCKS blocks of consecutive tokens (a corpus of few long documents, such as four plays)."""
+def evaluation_units(tokens: np.ndarray, eot_id: int) -> tuple[np.ndarray, int, str]:
+    """The units the final evaluation keeps its loss per (the test text's sampling units, for the
+    report's test-text uncertainty): per token position of the split its unit's index, the number
+    of units, and what a unit is. Documents are the segments the corpus and `harness data prepare`
+    join with the eot id (an eot belongs to the document it ends): the units where the split has
+    at least MIN_DOCUMENTS of them, consecutive ones grouped into MAX_UNITS units where it has
+    more. Otherwise (a corpus of a few long documents, such as four plays) BLOCKS blocks of
+    consecutive tokens: they sample the text within the documents, not the documents themselves."""
     tokens = np.asarray(tokens)
     n = len(tokens)
-    ends = np.flatnonzero(tokens == eot_id)
-    doc = np.zeros(n, dtype=np.int64)
-    if len(ends):
-        doc[ends[:-1] + 1] = 1 if len(ends) > 1 else 0
-        doc[ends[ends < n - 1] + 1] = 1
-        doc = np.cumsum(doc)
+    doc = np.zeros(n, dtype=np.int32)
+    if n > 1:
+        np.cumsum(tokens[:-1] == eot_id, dtype=np.int32, out=doc[1:])
     documents = int(doc[-1]) + 1 if n else 0
     if documents >= MIN_DOCUMENTS:
         if documents <= MAX_UNITS:
-            return doc.astype(np.int32), f"{documents:,} documents"
-        return (doc * MAX_UNITS // documents).astype(np.int32), f"{MAX_UNITS:,} groups of consecutive documents " \
-                                                                 f"(of {documents:,})"
-    blocks = min(BLOCKS, max(1, n))
-    return (np.arange(n, dtype=np.int64) * blocks // max(n, 1)).astype(np.int32), \
-        f"{blocks} blocks of about {n / blocks:,.0f} consecutive tokens (the split holds {documents} document" \
-        f"{'s' if documents != 1 else ''})"
+            return doc, documents, f"{documents:,} documents"
+        return ((doc.astype(np.int64) * MAX_UNITS) // documents).astype(np.int32), MAX_UNITS, \
+            f"{MAX_UNITS:,} groups of consecutive documents (of {documents:,})"
+    blocks = max(1, min(BLOCKS, n // 2))
+    units = ((np.arange(n, dtype=np.int64) * blocks) // max(n, 1)).astype(np.int32)
+    return units, blocks, (f"{blocks} blocks of about {n / blocks:,.0f} consecutive tokens (the split holds "
+                           f"{documents} document{'s' if documents != 1 else ''}, too few to sample)")
 
 
 def heldout_rows(tokens: np.ndarray, context_length: int, max_tokens: int = 0) -> np.ndarray:

@@ -99,6 +99,7 @@ class Corpus:
     test_set_id: str
     description: str
     train_set_id: str = ""
+    eot_id: int = -1  # the id between documents (harness.data.batches.evaluation_units finds them by it)
 
     @property
     def data_id(self) -> str:
@@ -306,6 +307,7 @@ def _load_text(src: _TextSource, tokenizer: Tokenizer, root: Path) -> Corpus:
         test=test,
         tokenizer_name=tokenizer.name,
         vocab_size=tokenizer.vocab_size,
+        eot_id=tokenizer.eot_id,
         source=src.source,
         test_set_id=manifest["shards"]["test"]["sha256"][:16],
         train_set_id=manifest["shards"]["train"]["sha256"][:16],
@@ -461,6 +463,7 @@ def _load_shards(folder: Path, tokenizer: Tokenizer, root: Path) -> Corpus:
         test=maps["test"],
         tokenizer_name=tokenizer.name,
         vocab_size=tokenizer.vocab_size,
+        eot_id=tokenizer.eot_id,
         source=str(folder),
         test_set_id=infos["test"]["sha256"][:16],
         train_set_id=infos["train"]["sha256"][:16],

@@ -19,7 +19,9 @@ Output folder (a "shard folder" that harness.data.corpus.load_corpus reads as is
   manifest.json  format "harness-prepared": token and document counts and sha256 of each shard,
               the tokenizer (name, vocab_size, eot_id), the source and the options
 Both shards are little-endian uint16 arrays with the tokenizer's <|endoftext|> id between
-consecutive documents of a split, as harness.data.corpus joins documents.
+consecutive documents of a split, as harness.data.corpus joins documents: those ids are the
+document boundaries (the final evaluation's per-document sums find them there,
+harness.data.batches.evaluation_units), so the manifest keeps the counts, not the offsets.
 
 Resuming: while it runs, the shards grow as train.bin.partial/test.bin.partial beside
 .prepare-state.json, which is rewritten (after an fsync of the shards) every minute and on

@@ -18,6 +18,7 @@ from harness.stats import noise
 
 from harness.stats import inference as stats
 from harness.planning.adaptive import Adaptive, arm_states, check_error_rates, ordinary_budget, round_arms
+from harness.report.text import TextReport, build_text
 from harness.report.worth import Worth, build_worth
 from harness.report.outcomes import OUTCOMES
 from harness.report.sameness import Difference, streams_held
@@ -74,6 +75,7 @@ class SweepReport:
     withheld: list[str] = field(default_factory=list)  # arms whose verdicts differences withhold
     complete: bool = True  # every planned run has a recorded result
     worth: Worth | None = None  # compute multipliers and held-out curves (harness.report.worth)
+    text: TextReport | None = None  # seeds' and test text's uncertainty (harness.report.text)
     plots: dict[str, Path] = field(default_factory=dict)
 
 
@@ -233,6 +235,7 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
         notes=notes, pairing=pairing_table(done, arms, baseline, alpha), options=options, adaptive=seq,
         adaptive_settings=adaptive if seq is not None else None, withheld=sorted(withheld), complete=not missing,
         worth=build_worth(every_budget, curves, baseline, alpha) if curves is not None and has_baseline else None,
+        text=build_text(done, baseline, alpha) if has_baseline else None,
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -163,6 +164,7 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
         out.append("")
 
     out += render_worth(rep, hh)
+    out += render_text(rep, hh)
     out += [f"{hh} Noise floor", ""]
     nf = rep.noise
     if nf["n"] >= 2 and nf["note"] is None:
@@ -289,6 +291,7 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
         "- equivalence: not tested (no --margin given).",
         ASSUMPTIONS,
         WORTH_METHOD,
+        TEXT_METHOD,
         "- verdict: better / worse when p (Holm) < alpha and diff < 0 / > 0; equivalent within "
         "margin when the Holm-adjusted TOST p < alpha; otherwise no detectable difference; "
         "insufficient data when the test cannot be computed. \"No detectable difference\" "
@@ -335,6 +338,58 @@ def render_worth(rep: SweepReport, hh: str) -> list[str]:
             rows.append([md_escape(r.arm), k, k_ci, str(r.seeds), match, md_escape(r.note or "-")])
         out.append(_md_table(["arm", "k", f"{ci} CI", "seeds", "tokens to match (fraction of budget)", "note"],
                              rows, "lrrrrl"))
+        out.append("")
+    return out
+
+
+def text_line(r, confidence: str) -> str:
+    """One arm's seeds-and-text uncertainty, as the report and the terminal say it."""
+    if r.note:
+        return f"{r.arm}: {r.note}"
+    return (f"{r.arm}: diff {_num(r.diff, sign=True)}, SE seeds {_num(r.se_seed)}, SE test text {_num(r.se_text)}; "
+            f"{confidence} CI over both {_ci(r.low, r.high)}; floor {_num(r.floor)}; {r.dominant} dominate"
+            + ("s" if r.dominant == "test text" else ""))
+
+
+def render_text(rep: SweepReport, hh: str) -> list[str]:
+    """The test-text section: how much of each difference's uncertainty another test sample would bring."""
+    x = rep.text
+    if x is None:
+        return []
+    out = [f"{hh} The test set is a sample too", ""]
+    if x.n_units:
+        out += [f"The final evaluation keeps its loss per test unit: {md_escape(x.units)}. The seed SE is what another "
+                "set of seeds would do on this test set (the intervals above); the test-text SE what another test "
+                "sample of this size would do, however many seeds; the interval covers both (two-way crossed "
+                "seeds x units, see Methods). The floor is the smallest difference this test set can detect at "
+                "any number of seeds (2.8 test-text SEs: two-sided 5%, 80% power).", ""]
+    if x.note:
+        out += [f"> {md_escape(x.note)}", ""]
+    if len(x.table):
+        ci = rep.options.confidence
+        rows = [[md_escape(r.arm), str(r.seeds), _num(r.diff, sign=True), _num(r.se_seed), _num(r.se_text),
+                 _num(r.se), _ci(r.low, r.high), _num(r.floor),
+                 f"{r.dominant} ({100 * r.text_share:.0f}% text)" if not r.note else md_escape(r.note)]
+                for r in x.table.itertuples()]
+        out.append(_md_table(["arm", "seeds", "diff", "SE seeds", "SE test text", "SE both", f"{ci} CI (seeds and "
+                              "texts)", "floor", "dominant source"], rows, "lrrrrrrrl"))
+        out.append("")
+        sentence = x.dominance()
+        if sentence:
+            out += [sentence, ""]
+    if np.isfinite(x.snr):
+        out += [f"Signal-to-noise (Heineman et al. 2025): the arms' mean test losses span {_num(x.snr * x.seed_sd)} "
+                f"nats against a seed sd of one run of {_num(x.seed_sd)}: SNR {x.snr:.3g}; against one run's "
+                f"test-text SE ({_num(x.run_text_se)}), {x.snr_text:.3g}.", ""]
+    for arm in x.helps:
+        out += [f"Where {md_escape(arm)} helps and hurts most (the units with the largest mean paired differences; "
+                "each is a few seeds on a small piece of text, so expect some of these to be noise: the SE column "
+                "says how much):", ""]
+        table = pd.concat([x.helps[arm].assign(side="helps most"),
+                           x.hurts[arm].assign(side=np.where(x.hurts[arm]["diff"] > 0, "hurts", "helps least"))])
+        out.append(_md_table(["", "unit", "test-split positions", "share", "diff", "SE (seeds)"],
+                             [[u.side, str(u.unit), f"{u.first_token:,}-{u.last_token:,}", f"{100 * u.share:.2f}%",
+                               _num(u.diff, sign=True), _num(u.se_seed)] for u in table.itertuples()], "lrrrrr"))
         out.append("")
     return out
 
@@ -396,6 +451,19 @@ WORTH_METHOD = (
     "rate a point at fewer tokens is exactly a shorter run and --extend-baseline continues the baseline's runs past "
     "the budget; under a schedule that decays with the run's length only final points of baseline runs at other "
     "budgets are used. The paired-difference curve's interval is pointwise.")
+
+TEXT_METHOD = (
+    "- test text: the final evaluation sums its token losses per test unit (a document; consecutive documents "
+    "grouped into 1,024 units where there are more; 64 blocks of consecutive tokens where the split holds fewer "
+    "than 32 documents). Per arm, the paired per-unit differences D[seed, unit] (the same units for arm and "
+    "baseline) are split by the method of moments of a two-way crossed random-effects model, with each unit "
+    "weighted by its share of the test tokens: the seed variance (as the paired t), the unit-clustered variance "
+    "of the seed means, and the seed-by-unit interaction; the test text's part is the clustered variance less the "
+    "interaction's, and the interval over both uses Satterthwaite's degrees of freedom (3 seeds at least; each "
+    "part's unbiasedness and the interval's coverage are checked by simulation). Blocks inside a few long "
+    "documents sample the text within them, not the documents: with four plays, another four plays could differ "
+    "more. Signal-to-noise after Heineman et al. (2025): the spread of the arms' mean test losses over the pooled "
+    "seed sd of one run.")
 
 ASSUMPTIONS = (
     "- assumptions: the t tests and intervals (fixed-n and sequential) assume the paired differences are "
@@ -468,6 +536,13 @@ def sweep_to_json(rep: SweepReport) -> dict:
             "heldout_curves": rep.worth.heldout.to_dict(orient="records"),
             "paired_curves": {arm: df.to_dict(orient="records") for arm, df in rep.worth.paired.items()},
             "paired_interval": "pointwise (each point's own t interval, not simultaneous across points)"},
+        "test_text": None if rep.text is None else {
+            "units": rep.text.units, "n_units": rep.text.n_units, "note": rep.text.note,
+            "arms": rep.text.table.to_dict(orient="records"), "dominance": rep.text.dominance(),
+            "signal_to_noise": {"snr_seeds": rep.text.snr, "snr_test_text": rep.text.snr_text,
+                                "seed_sd": rep.text.seed_sd, "run_test_text_se": rep.text.run_text_se},
+            "units_where_it_helps": {a: df.to_dict(orient="records") for a, df in rep.text.helps.items()},
+            "units_where_it_hurts": {a: df.to_dict(orient="records") for a, df in rep.text.hurts.items()}},
         "adaptive": None if rep.adaptive is None else {
             **rep.adaptive_settings.as_dict(), "arms": rep.adaptive.to_dict(orient="records")},
         "provenance": rep.provenance,
@@ -512,6 +587,11 @@ def render_terminal(rep: SweepReport, console: Console) -> None:
             console.print(f"  worth: {escape(rep.worth.note)}")
         for r in rep.worth.table.itertuples():
             console.print(f"  worth: {escape(worth_line(r, rep.options.confidence))}")
+    if rep.text is not None:
+        if rep.text.note:
+            console.print(f"  test text: {escape(rep.text.note)}")
+        for r in rep.text.table.itertuples():
+            console.print(f"  test text: {escape(text_line(r, rep.options.confidence))}")
     for m in rep.mismatches:
         console.print(f"  [bold red]--allow-mismatch:[/] {escape(m)}")
     for n in rep.notes:

@@ -24,9 +24,11 @@ this module without importing pyarrow (harness.store.results builds RUN_SCHEMA a
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, get_type_hints
@@ -156,6 +158,9 @@ class RunResult:
     eval_time_s: float | None = None  # the test-set evaluation
     heldout_time_s: float | None = None  # the held-out points along training, summed over resumed attempts
     heldout_tokens: int = 0  # test tokens each held-out point evaluated
+    test_units: str = ""  # what the final evaluation's units are (harness.data.batches.evaluation_units)
+    unit_loss_sums: str = ""  # per unit: summed token NLL, float64 (pack_units)
+    unit_tokens: str = ""  # per unit: target tokens, int64 (pack_units)
     tokens_per_s: float | None = None  # training throughput
     peak_memory_bytes: int | None = None  # rank 0's peak: CUDA memory allocated, else the process's max RSS
     dtype: str = ""  # autocast dtype of the training step
@@ -246,6 +251,27 @@ class CurvePoint:
     train_loss: float  # mean training loss over the steps since the previous point
     lr: float
     heldout_loss: float | None = None  # at a held-out point: the held-out subset's loss in eval mode
+
+
+def pack_units(sums: Sequence[float], tokens: Sequence[int]) -> tuple[str, str]:
+    """The compact table of a final evaluation's per-unit sums, as two text cells: base64 of
+    little-endian float64 loss sums and of int64 token counts (12 KiB for 1,024 units)."""
+    return (base64.b64encode(struct.pack(f"<{len(sums)}d", *sums)).decode(),
+            base64.b64encode(struct.pack(f"<{len(tokens)}q", *tokens)).decode())
+
+
+def unpack_units(sums: str, tokens: str) -> tuple[list[float], list[int]] | None:
+    """pack_units' inverse; None where a run has no per-unit sums (recorded before them) or they
+    are damaged."""
+    if not isinstance(sums, str) or not isinstance(tokens, str) or not sums or not tokens:
+        return None
+    try:
+        s, t = base64.b64decode(sums, validate=True), base64.b64decode(tokens, validate=True)
+    except ValueError:
+        return None
+    if len(s) % 8 or len(s) != len(t):
+        return None
+    return list(struct.unpack(f"<{len(s) // 8}d", s)), list(struct.unpack(f"<{len(t) // 8}q", t))
 
 
 def _cell(value: Any) -> Any:

@@ -29,18 +29,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from harness.training import checkpoint
 from harness.core.config import TrainConfig
-from harness.data.batches import BatchSampler, BatchShape, eval_batches, heldout_rows, row_batches
+from harness.data.batches import BatchSampler, BatchShape, eval_batches, heldout_rows, row_batches, evaluation_units
 from harness.data.corpus import load_corpus
 from harness.core.errors import UserError
 from harness.core.files import atomic_write_json, environment_failure
 from harness.core.placement import cpu_threads
-from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVIRONMENT, RunResult, RunSpec, progress_line, stopped_line
+from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVIRONMENT, RunResult, RunSpec, pack_units, progress_line, stopped_line
 from harness.core.versions import versions
 from harness.model import GPTModel, ModelConfig, init_weights, parameter_counts, sequences_from
 
@@ -173,36 +174,58 @@ def dropout_seed_for(dropout_seed: int, step: int, first_sequence: int | None) -
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
 
-def eval_loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  amp: torch.dtype | None) -> torch.Tensor:
-    """Summed token NLL of one batch, float64, on the device (no host synchronisation)."""
+def eval_token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      amp: torch.dtype | None) -> torch.Tensor:
+    """Each target token's NLL of one batch, float64, flat, on the device (no host synchronisation)."""
     with autocast(x.device, amp):
         logits = model(x)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").double()
+
+
+def eval_loss_sum(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  amp: torch.dtype | None) -> torch.Tensor:
+    """Summed token NLL of one batch, float64, on the device."""
+    return eval_token_losses(model, x, y, amp).sum()
 
 
 def evaluate(model: torch.nn.Module, tokens, context_length: int, batch_size: int, d: Dist,
              amp: torch.dtype | None) -> tuple[float, int]:
     """Summed token NLL in float64 over every test token, divided by the token count."""
-    return evaluate_batches(model, eval_batches(tokens, context_length, batch_size), d, amp)
+    return evaluate_batches(model, eval_batches(tokens, context_length, batch_size), d, amp)[:2]
 
 
 @torch.inference_mode()
-def evaluate_batches(model: torch.nn.Module, batches, d: Dist, amp: torch.dtype | None) -> tuple[float, int]:
+def evaluate_batches(model: torch.nn.Module, batches, d: Dist, amp: torch.dtype | None,
+                     units: np.ndarray | None = None, n_units: int = 0):
     """Summed token NLL in float64 over (x, y) batches (every rank takes every world-th), divided by
-    the token count; the model is in eval mode meanwhile (no dropout, no random draws)."""
+    the token count; the model is in eval mode meanwhile (no dropout, no random draws). With
+    `units` (a unit index per token position of the split: harness.data.batches.evaluation_units), the
+    batches also carry their targets' positions, and the NLL sums and token counts per unit come
+    back too (float64 and int64 arrays of n_units). Returns (loss, tokens, unit sums, unit tokens)."""
     was_training = model.training
     model.eval()
     nll, count = torch.zeros((), dtype=torch.float64, device=d.device), 0
-    for i, (x, y) in enumerate(batches):
+    unit_nll = torch.zeros(n_units, dtype=torch.float64, device=d.device)
+    unit_count = torch.zeros(n_units, dtype=torch.float64, device=d.device)
+    unit_of = torch.from_numpy(units) if units is not None else None
+    for i, batch in enumerate(batches):
         if i % d.world != d.rank:
             continue
-        x, y = to_device(x, d.device), to_device(y, d.device)
-        nll += eval_loss_sum(model, x, y, amp)
+        x, y = to_device(batch[0], d.device), to_device(batch[1], d.device)
+        losses = eval_token_losses(model, x, y, amp)
+        nll += losses.sum()
         count += y.numel()
+        if unit_of is not None:
+            u = to_device(unit_of[batch[2].flatten()].long(), d.device)
+            unit_nll.index_add_(0, u, losses)
+            unit_count.index_add_(0, u, torch.ones_like(losses))
     total_nll, total_count = all_reduce_sum([nll.item(), float(count)], d)
+    if unit_of is not None and d.world > 1:
+        dist.all_reduce(unit_nll)
+        dist.all_reduce(unit_count)
     model.train(was_training)
-    return total_nll / total_count, int(total_count)
+    return (total_nll / total_count, int(total_count), unit_nll.cpu().numpy(),
+            unit_count.cpu().numpy().astype(np.int64))
 
 
 class Trainer:
@@ -314,7 +337,14 @@ class Trainer:
 
     def evaluate_rows(self, rows) -> tuple[float, int]:
         """The held-out subset's loss (harness.data.batches.heldout_rows)."""
-        return evaluate_batches(self.model, row_batches(rows, self.eval_batch_size()), self.d, self.amp)
+        return evaluate_batches(self.model, row_batches(rows, self.eval_batch_size()), self.d, self.amp)[:2]
+
+    def evaluate_units(self, tokens, eot_id: int):
+        """The final evaluation: the test loss over every token of the split, and its sums per unit
+        (harness.data.batches.evaluation_units): (loss, tokens, unit sums, unit tokens, what a unit is)."""
+        units, n_units, kind = evaluation_units(tokens, eot_id)
+        batches = eval_batches(tokens, self.mcfg.context_length, self.eval_batch_size(), positions=True)
+        return evaluate_batches(self.model, batches, self.d, self.amp, units, n_units) + (kind,)
 
 
 HELDOUT_SPACING = 2 ** 0.5  # the points' ratio in tokens: power-law-like curves sampled evenly in log tokens
@@ -406,10 +436,12 @@ def main(spec_path: str) -> int:
     train_time = elapsed_before + time.perf_counter() - t_start - heldout_s
     heldout_time = heldout_before + heldout_s
     trained_steps = diverged_step or spec.steps
-    test_loss, test_tokens = float("nan"), 0
+    test_loss, test_tokens, units = float("nan"), 0, {}
     if status == COMPLETED:
         t_eval = time.perf_counter()
-        test_loss, test_tokens = trainer.evaluate(corpus.test)
+        test_loss, test_tokens, unit_sums, unit_tokens, unit_kind = trainer.evaluate_units(corpus.test, corpus.eot_id)
+        units = dict(zip(("unit_loss_sums", "unit_tokens"), pack_units(unit_sums.tolist(), unit_tokens.tolist())),
+                     test_units=unit_kind)
         if not math.isfinite(test_loss):
             status, reason = DIVERGED, "non-finite test loss"
         eval_time = time.perf_counter() - t_eval
@@ -428,7 +460,7 @@ def main(spec_path: str) -> int:
             peak_memory_bytes=peak_memory(d.device)[0],
             device=torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
             versions=versions(), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            curve=curve)
+            curve=curve, **units)
         atomic_write_json(run_dir / "result.json", result.to_dict())
     if d.world > 1:
         dist.barrier()
