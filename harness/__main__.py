@@ -9,9 +9,10 @@ import sys
 def main() -> None:
     try:
         from harness.cli import app
+
+        app()  # Typer builds the command line from the signatures here, before any command runs
     except KeyboardInterrupt:
         sys.exit(130)
-    app()
 
 
 if __name__ == "__main__":

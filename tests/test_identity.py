@@ -39,7 +39,8 @@ def test_placement_knobs_and_labels_are_not_part_of_a_run_but_what_it_computes_i
     assert run_spec(cfg, 0, chinchilla(cfg, 1), "other sweep", 1, vary="init").run_id == base.run_id
     assert run_spec(cfg, 3, chinchilla(cfg, 1), "sw", 1, vary="init").identity != spec_of(seed=3).identity
     assert run_spec(cfg, 0, chinchilla(cfg, 1), "sw", 1, fixed={"data": 7}).identity != base.identity
-    assert cfgmod.PLACEMENT_KEYS == {"micro_batch", "compile", "eval_batch", "log_every", "checkpoint_every"}
+    assert cfgmod.PLACEMENT_KEYS == {"micro_batch", "compile", "eval_batch", "log_every", "checkpoint_every",
+                                     "heldout_points", "heldout_tokens"}
 
 
 def test_a_noise_study_trains_the_ordinary_seed_zero_run_once(tmp_path, small_corpus):

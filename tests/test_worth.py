@@ -148,3 +148,16 @@ def test_the_report_says_what_each_arm_is_worth(tmp_path, small_corpus):
     code, out, _ = invoke("report", "--results", str(tmp_path / "plain"), "--format", "json")
     arm = json.loads(out)["sweeps"][0]["worth"]["arms"][0]
     assert arm["k"] is not None or "--extend-baseline 2" in arm["note"]
+
+
+def test_points_on_different_subsets_of_the_test_split_give_no_multiplier(tmp_path, small_corpus):
+    """heldout_tokens is a placement knob (the run is the same), but curves on two subsets are not one curve."""
+    common = ["qkv_bias", *MICRO, "--tokens", "4096", "--data", str(small_corpus), "--results", str(tmp_path)]
+    code, out, err = invoke("sweep", *common, "--seeds", "2")
+    assert code == 0, out + err
+    code, out, err = invoke("sweep", *common, "--seeds", "3", "--set", "heldout_tokens=512")
+    assert code == 0, out + err
+    code, out, err = invoke("report", "--results", str(tmp_path), "--format", "json")
+    assert code == 0, out + err
+    worth = json.loads(out)["sweeps"][0]["worth"]
+    assert "different subsets of the test split" in worth["note"] and worth["arms"] == []

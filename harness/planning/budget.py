@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
 
 from harness.data.batches import BatchShape
+from harness.data.corpus import default_cache_dir
 from harness.core.config import ArmConfig
 from harness.core.errors import UserError
+from harness.core.files import atomic_write_json
+from harness.model import ModelConfig, gpt
 from harness.model.gpt import parameter_counts
+
+COUNT_KEYS = ("total", "non_embedding", "embedding")
+
+
+@cache
+def _model_source() -> str:
+    return hashlib.sha256(Path(gpt.__file__).read_bytes()).hexdigest()
+
+
+def model_parameter_counts(mcfg: ModelConfig) -> dict[str, int]:
+    """harness.model.gpt.parameter_counts, remembered in the cache folder under the config and the
+    model's source: the count builds the model on the meta device, whose first use loads torch's
+    meta kernels (about 1.6 s on a CPU), so every command that plans paid it. The cache is only a
+    memo: anything unreadable in it is counted again."""
+    key = hashlib.sha256(json.dumps([asdict(mcfg), _model_source()], sort_keys=True, default=str).encode())
+    path = default_cache_dir() / "parameter-counts" / f"{key.hexdigest()[:24]}.json"
+    try:
+        known = json.loads(path.read_text())
+        if isinstance(known, dict) and all(isinstance(known.get(k), int) for k in COUNT_KEYS):
+            return {k: known[k] for k in COUNT_KEYS}
+    except (OSError, ValueError):
+        pass
+    counts = parameter_counts(mcfg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, counts)
+    except OSError:  # a read-only cache only costs the time
+        pass
+    return counts
 
 
 @dataclass(frozen=True)
@@ -33,14 +69,14 @@ def tokens_per_step(cfg: ArmConfig, nproc: int) -> int:
 
 def chinchilla(cfg: ArmConfig, nproc: int) -> Budget:
     """This arm's own Chinchilla budget (the same on any number of processes that can run it)."""
-    counts = parameter_counts(cfg.model)
+    counts = model_parameter_counts(cfg.model)
     raw = math.ceil(cfg.train.tokens_per_param * counts["total"])
     return fixed_budget(cfg, nproc, raw)
 
 
 def fixed_budget(cfg: ArmConfig, nproc: int, tokens: int) -> Budget:
     """A given token count for this arm, rounded up to whole global batches."""
-    counts = parameter_counts(cfg.model)
+    counts = model_parameter_counts(cfg.model)
     per_step = tokens_per_step(cfg, nproc)
     if tokens < per_step:
         raise UserError(f"a budget of {tokens:,} tokens is below one step of {per_step:,} tokens "

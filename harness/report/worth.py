@@ -71,6 +71,13 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
                      else math.nan, "n": len(v)} for t, v in sorted(by_tokens.items())]
     worth = Worth(pd.DataFrame(columns=COLUMNS), pd.DataFrame(heldout, columns=["arm", "tokens", "mean", "sd", "n"]))
     base_rows = ordinary[ordinary["arm"].eq(baseline)]
+    with_points = done[done["run_id"].isin([i for i, p in points.items() if len(p[0])])]
+    subsets = sorted(set(pd.to_numeric(with_points["heldout_tokens"], errors="coerce").dropna().astype(int)))
+    if len(subsets) > 1:  # points on different subsets of the test split are not one curve
+        worth.note = (f"the runs' held-out points evaluate different subsets of the test split (heldout_tokens "
+                      f"{', '.join(f'{t:,}' for t in subsets)}): no compute multiplier; give the whole sweep one "
+                      "heldout_tokens")
+        return worth
     if baseline not in per_arm or base_rows.empty:
         worth.note = "no baseline runs with held-out points"
         return worth
