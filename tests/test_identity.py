@@ -73,6 +73,7 @@ def test_a_sweep_rerun_with_other_memory_knobs_trains_nothing_new(tmp_path, smal
     assert pd.read_parquet(tmp_path / "runs.parquet").equals(before)
 
 
+@pytest.mark.slow  # CI time: the class stays covered by a shorter test in the fast tier
 def test_a_killed_run_resumes_with_another_micro_batch_and_process_count(tmp_path):
     args = ["run", "--preset", "micro", "--seed", "2", "--tokens", "150000", "--set", "checkpoint_every=40"]
     cli(*args, "--results", str(tmp_path / "straight"), check=True)

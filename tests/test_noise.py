@@ -49,6 +49,7 @@ def test_shares_and_the_paired_difference_per_source():
     assert math.isnan(sd_interval([1.0])[1])
 
 
+@pytest.mark.slow  # CI time: the class stays covered by a shorter test in the fast tier
 def test_a_noise_study_end_to_end(tmp_path, small_corpus):
     args = ["noise", "--preset", "micro", "--seeds", "2", "--arm", "qkv_bias", "--tokens", "2000",
             "--data", str(small_corpus), "--results", str(tmp_path / "r")]

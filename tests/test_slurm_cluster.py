@@ -94,6 +94,7 @@ def test_adaptive_sweep_on_a_cpu_only_partition(cpu_cluster, tmp_path, micro):
     assert "qkv_bias" in report.stdout
 
 
+@pytest.mark.slow  # CI time: the class stays covered by a shorter test in the fast tier
 def test_sweep_on_a_gpu_partition(gpu_cluster, tmp_path, micro):
     results = tmp_path / "results"
     harness(gpu_cluster, "sweep", "qkv_bias", "--seeds", "1", *micro, "--launcher", "slurm", "--wait",

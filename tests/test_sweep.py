@@ -131,6 +131,7 @@ def test_concurrent_runs_give_every_row_once_and_the_same_losses(reference, tmp_
     assert len(cores) == 4 and all(len(c) == 1 for c in cores) and len(set(cores)) == 2
 
 
+@pytest.mark.slow  # CI time: the class stays covered by a shorter test in the fast tier
 def test_killed_concurrent_sweep_loses_and_duplicates_nothing(reference, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "harness", *SWEEP, "--jobs", "2", "--results", str(tmp_path)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -307,6 +307,7 @@ PARENT_WITHOUT_CTRL_C = ("import runpy, signal, sys; signal.signal(signal.SIGINT
                          "sys.argv = ['harness'] + sys.argv[1:]; runpy.run_module('harness', run_name='__main__')")
 
 
+@pytest.mark.slow  # CI time: the class stays covered by a shorter test in the fast tier
 def test_a_worker_interrupted_by_ctrl_c_is_not_a_failed_attempt_and_stops_the_sweep(tmp_path, data):
     results = tmp_path / "r"
     args = ["sweep", "qkv_bias", "--seeds", "1", "--preset", "micro", "--tokens", "51200", "--set",
