@@ -228,14 +228,18 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
     base_losses = done.loc[done["arm"].eq(baseline), "test_loss"].to_numpy()
     noise = stats.noise_floor(base_losses, alpha, power)
     seq = adaptive_table(rows, arms, baseline, adaptive, accounting) if adaptive and has_baseline else None
+    worth = build_worth(every_budget, curves, baseline, alpha) if curves is not None and has_baseline else None
+    text = build_text(done, baseline, alpha) if has_baseline else None
+    for part in (worth, text):  # their intervals compare the arm with the baseline: withheld alike
+        if part is not None and withheld and len(part.table):
+            part.table.loc[part.table["arm"].isin(withheld), "note"] = WITHHELD
     return SweepReport(
         sweep=sweep, baseline=baseline, has_baseline=has_baseline, table=table,
         accounting=accounting, problems=problems, mismatches=mismatches,
         allow_mismatch=options.allow_mismatch, noise=noise, provenance=_provenance(rows, arms),
         notes=notes, pairing=pairing_table(done, arms, baseline, alpha), options=options, adaptive=seq,
         adaptive_settings=adaptive if seq is not None else None, withheld=sorted(withheld), complete=not missing,
-        worth=build_worth(every_budget, curves, baseline, alpha) if curves is not None and has_baseline else None,
-        text=build_text(done, baseline, alpha) if has_baseline else None,
+        worth=worth, text=text,
     )
 
 

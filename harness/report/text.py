@@ -61,11 +61,9 @@ def build_text(done: pd.DataFrame, baseline: str, alpha: float) -> TextReport | 
     None when no run has per-unit sums and nothing needs saying."""
     if done.empty:
         return None
-    cols = [c for c in ("unit_loss_sums", "unit_tokens", "test_units") if c in done]
     have = {}
-    for r in done.itertuples():
-        packed = unpack_units(getattr(r, "unit_loss_sums", ""), getattr(r, "unit_tokens", "")) if len(cols) == 3 \
-            else None
+    for r in done.itertuples():  # the store's loading gives every row every column of the run record
+        packed = unpack_units(r.unit_loss_sums, r.unit_tokens)
         if packed is not None:
             have[r.run_id] = packed
     missing = len(done) - len(have)
@@ -76,16 +74,13 @@ def build_text(done: pd.DataFrame, baseline: str, alpha: float) -> TextReport | 
                           note="no run has per-unit test sums (recorded before harness kept them): the test text's "
                                "uncertainty cannot be shown; new runs keep them")
     with_units = done[done["run_id"].isin(have)]
-    sizes = {len(have[i][0]) for i in with_units["run_id"]}
     tokens0 = np.asarray(have[with_units["run_id"].iloc[0]][1], dtype=float)
-    if len(sizes) > 1 or any(not np.array_equal(np.asarray(have[i][1], dtype=float), tokens0)
-                             for i in with_units["run_id"]):
+    if any(not np.array_equal(np.asarray(have[i][1], dtype=float), tokens0) for i in with_units["run_id"]):
         return TextReport(units="", n_units=0, table=pd.DataFrame(columns=COLUMNS),
                           note="the runs' test units differ (another test set or unit rule): not compared")
-    kinds = with_units["test_units"].astype(str).unique() if "test_units" in with_units else ["units"]
-    sums = {i: np.asarray(have[i][0], dtype=float) for i in with_units["run_id"]}
-    means, weights = unit_means(np.vstack([sums[i] for i in with_units["run_id"]]), np.vstack([tokens0] * len(sums)))
-    loss = {i: means[k] for k, i in enumerate(with_units["run_id"])}
+    kinds = with_units["test_units"].astype(str).unique()
+    means, weights = unit_means(np.vstack([have[i][0] for i in with_units["run_id"]]), tokens0)
+    loss = dict(zip(with_units["run_id"], means))
     ends = np.cumsum(tokens0).astype(int)  # a unit's targets are consecutive positions of the split
     spans = [(int(e - t) + 1, int(e)) for e, t in zip(ends, tokens0)]
     per_arm = {arm: {int(r.seed): loss[r.run_id] for r in g.itertuples()} for arm, g in with_units.groupby("arm")}

@@ -80,10 +80,10 @@ class TextSplit:
 
 
 def unit_means(sums, tokens) -> tuple[np.ndarray, np.ndarray]:
-    """Per-unit mean token loss of each run and each unit's token share: sums and tokens are
-    (runs, units) arrays of one test set (tokens equal across runs)."""
+    """Per-unit mean token loss of each run and each unit's token share: sums is a (runs, units)
+    array over one test set, tokens its (units,) token counts (the same for every run)."""
     sums, tokens = np.asarray(sums, dtype=float), np.asarray(tokens, dtype=float)
-    weights = tokens[0] / tokens[0].sum()
+    weights = tokens / tokens.sum()
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / tokens, weights
 

@@ -143,6 +143,9 @@ def test_1_a_comparison_is_only_as_good_as_its_arms_sameness(store, data, tmp_pa
     code, doc, err = report_json(store, "--allow-mismatch")
     arm = next(a for a in doc["sweeps"][0]["arms"] if a["arm"] == "qkv_bias")
     assert code == 0 and arm["verdict"].startswith("withheld") and doc["sweeps"][0]["integrity"]["withheld"] == ["qkv_bias"]
+    for part in ("worth", "test_text"):  # the sections that compare the arm with the baseline withhold it too
+        rows = [a for a in doc["sweeps"][0][part]["arms"] if a["arm"] == "qkv_bias"]
+        assert rows and all(a["note"].startswith("withheld") for a in rows), (part, rows)
     unchanged(before, store)
 
 
