@@ -33,6 +33,29 @@ PartitionOpt = Annotated[Optional[str], typer.Option(help="Slurm partition.")]
 TimeOpt = Annotated[Optional[str], typer.Option(
     "--time", help="Slurm/local: each job's time limit (HH:MM:SS, D-HH:MM:SS, 90m, 4h; slurm default 24:00:00); "
                    "a job that reaches it is requeued and resumes from its checkpoint.")]
+GpusPerNodeOpt = Annotated[Optional[int], typer.Option(
+    help="Slurm/local: GPUs (torchrun processes) per node of each run; 0 for CPU-only jobs "
+         "(Slurm default: 1 where the partition has GPUs, else 0).")]
+ArrayParallelismOpt = Annotated[Optional[int], typer.Option(help="Slurm: runs of the array at once (default: all).")]
+CpusOpt = Annotated[Optional[int], typer.Option(help="Slurm: CPUs per node of each job.")]
+MemOpt = Annotated[Optional[float], typer.Option(help="Slurm: memory per node of each job, GB.")]
+SlurmArgOpt = Annotated[Optional[list[str]], typer.Option(
+    help="Slurm: any other sbatch option as KEY=VALUE, e.g. account=myproj, qos=high (repeatable).")]
+SlurmSetupOpt = Annotated[Optional[list[str]], typer.Option(
+    help="Slurm: a shell line to run before each job, e.g. 'module load cuda' (repeatable).")]
+WaitOpt = Annotated[Optional[bool], typer.Option(
+    "--wait/--no-wait", help="Slurm/local: wait for the jobs and print each outcome (default: local waits, "
+                             "slurm returns once submitted).")]
+SeedsOpt = Annotated[Optional[int], typer.Option(help="Seeds 0..N-1 for every arm (default 5).")]
+SeedListOpt = Annotated[Optional[str], typer.Option(help="Explicit seeds, e.g. 7,11,13.")]
+UntilDecidedOpt = Annotated[bool, typer.Option(
+    "--until-decided", help="Adaptive: run seeds in rounds and stop giving an arm seeds once a sequential test "
+                            "(valid under optional stopping) decides it better, worse or equivalent.")]
+MaxSeedsOpt = Annotated[Optional[int], typer.Option(help="--until-decided: seeds per arm at most (default 20).")]
+MinSeedsOpt = Annotated[Optional[int], typer.Option(help="--until-decided: seeds before any decision (default 3).")]
+MarginOpt = Annotated[Optional[float], typer.Option(
+    help="--until-decided: also decide 'equivalent' when the difference lies within +-margin.")]
+AlphaOpt = Annotated[Optional[float], typer.Option(help="--until-decided: family-wise error across arms (default 0.05).")]
 JobsOpt = Annotated[str, typer.Option(
     help="Runs at once on this machine, each on its own GPUs or CPU cores; auto: GPUs // --nproc on CUDA, "
          "cores // (--nproc x threads per process) on the CPU. Placement never changes the results.")]
@@ -99,14 +122,46 @@ def launch(plan, launcher, cluster, how: Execution, dry_run: bool) -> int:
     print_plan(plan, console, jobs_here)
     if dry_run:
         return 0
+    code = run_or_submit(plan, launcher, cluster, how, jobs_here)
+    if cluster.launcher == "torchrun":
+        console.print(f"results: {plan.results / 'runs.parquet'} ({'study' if plan.noise else 'sweep'} {plan.sweep!r}); "
+                      f"report with:\n  harness report --sweep {plan.sweep} --results {plan.results}")
+    return code
+
+
+def run_or_submit(plan, launcher, cluster, how: Execution, jobs_here: int) -> int:
+    """Run the plan here (the torchrun launcher) or submit it (slurm, local); an exit code."""
     if cluster.launcher != "torchrun":
         from harness.cluster.slurm import submit_plan
 
         return submit_plan(plan, launcher, cluster, how.retries, console, tensorboard=how.tensorboard)
     outcome = run_here(plan, launcher, retries=how.retries, tensorboard=how.tensorboard, jobs=jobs_here)
-    console.print(f"results: {plan.results / 'runs.parquet'} ({'study' if plan.noise else 'sweep'} {plan.sweep!r}); "
-                  f"report with:\n  harness report --sweep {plan.sweep} --results {plan.results}")
     return 0 if outcome.all_completed else 1
+
+
+def launch_ladder(ladder, launcher, cluster, how: Execution, dry_run: bool) -> int:
+    """Show every rung, then run (or submit) the rungs one after another, smallest first."""
+    from harness.planning.preview import print_ladder
+    from harness.store.planfile import check_saved, save_ladder
+
+    for rung in ladder.rungs:  # every rung is checked before anything runs or is shown
+        check_saved(rung.plan)
+    save_ladder(ladder, check_only=True)
+    jobs_here = launcher.jobs(how.jobs) if cluster.launcher == "torchrun" else 1
+    print_ladder(ladder, console, jobs_here)
+    if dry_run:
+        return 0
+    save_ladder(ladder)
+    code = 0
+    for i, rung in enumerate(ladder.rungs, 1):
+        console.print(f"rung {i} of {len(ladder.rungs)}: {rung.size.label} ({rung.params:,} parameters), "
+                      f"sweep {rung.sweep}", highlight=False)
+        code = max(code, run_or_submit(rung.plan, launcher, cluster, how, jobs_here))
+    results = ladder.rungs[0].plan.results
+    if cluster.launcher == "torchrun":
+        console.print(f"results: {results / 'runs.parquet'} (ladder {ladder.name!r}); report with:\n"
+                      f"  harness report --sweep {ladder.name} --results {results}")
+    return code
 
 
 def run_here(plan, launcher, retries: int, tensorboard: bool, jobs: int = 1):
@@ -171,8 +226,8 @@ def sweep_cmd(
     arms: Annotated[list[str], typer.Argument(
         help="Interventions to compare with the baseline ('+' combines), or one sweep file (TOML: a path, or "
              "the name of one in the definitions folders, e.g. interventions_32.toml).")],
-    seeds: Annotated[Optional[int], typer.Option(help="Seeds 0..N-1 for every arm (default 5).")] = None,
-    seed_list: Annotated[Optional[str], typer.Option(help="Explicit seeds, e.g. 7,11,13.")] = None,
+    seeds: SeedsOpt = None,
+    seed_list: SeedListOpt = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name (default tiny).")] = None,
     nproc: NprocOpt = None,
     sets: SetOpt = None,
@@ -183,15 +238,11 @@ def sweep_cmd(
     results: ResultsOpt = Path("results"),
     name: Annotated[Optional[str], typer.Option(help="Sweep name (default: preset and arms).")] = None,
     dry_run: DryRunOpt = False,
-    until_decided: Annotated[bool, typer.Option(
-        "--until-decided", help="Adaptive: run seeds in rounds and stop giving an arm seeds once a sequential test "
-                                "(valid under optional stopping) decides it better, worse or equivalent.")] = False,
-    max_seeds: Annotated[Optional[int], typer.Option(help="--until-decided: seeds per arm at most (default 20).")] = None,
-    min_seeds: Annotated[Optional[int], typer.Option(help="--until-decided: seeds before any decision (default 3).")] = None,
-    margin: Annotated[Optional[float], typer.Option(
-        help="--until-decided: also decide 'equivalent' when the difference lies within +-margin.")] = None,
-    alpha: Annotated[Optional[float], typer.Option(
-        help="--until-decided: family-wise error across arms (default 0.05).")] = None,
+    until_decided: UntilDecidedOpt = False,
+    max_seeds: MaxSeedsOpt = None,
+    min_seeds: MinSeedsOpt = None,
+    margin: MarginOpt = None,
+    alpha: AlphaOpt = None,
     extend_baseline: Annotated[Optional[float], typer.Option(
         "--extend-baseline", help="Also train the baseline to this factor of the budget (e.g. 2), so that the report "
                                   "measures arms worth more compute than the budget (compute multiplier k > 1).")] = None,
@@ -208,19 +259,14 @@ def sweep_cmd(
     dropout_seed: DropoutSeedOpt = None,
     launcher: LauncherOpt = "torchrun",
     partition: PartitionOpt = None,
-    gpus_per_node: Annotated[Optional[int], typer.Option(help="Slurm/local: GPUs (torchrun processes) per node of each run; 0 for CPU-only jobs "
-        "(Slurm default: 1 where the partition has GPUs, else 0).")] = None,
+    gpus_per_node: GpusPerNodeOpt = None,
     time_limit: TimeOpt = None,
-    slurm_array_parallelism: Annotated[Optional[int], typer.Option(help="Slurm: runs of the array at once (default: all).")] = None,
-    cpus_per_task: Annotated[Optional[int], typer.Option(help="Slurm: CPUs per node of each job.")] = None,
-    mem_gb: Annotated[Optional[float], typer.Option(help="Slurm: memory per node of each job, GB.")] = None,
-    slurm_arg: Annotated[Optional[list[str]], typer.Option(
-        help="Slurm: any other sbatch option as KEY=VALUE, e.g. account=myproj, qos=high (repeatable).")] = None,
-    slurm_setup: Annotated[Optional[list[str]], typer.Option(
-        help="Slurm: a shell line to run before each job, e.g. 'module load cuda' (repeatable).")] = None,
-    wait: Annotated[Optional[bool], typer.Option(
-        "--wait/--no-wait", help="Slurm/local: wait for the jobs and print each outcome (default: local waits, "
-                                 "slurm returns once submitted).")] = None,
+    slurm_array_parallelism: ArrayParallelismOpt = None,
+    cpus_per_task: CpusOpt = None,
+    mem_gb: MemOpt = None,
+    slurm_arg: SlurmArgOpt = None,
+    slurm_setup: SlurmSetupOpt = None,
+    wait: WaitOpt = None,
     sweeps_dirs: SweepsOpt = None,
 ):
     """Baseline + each intervention x N seeds, matched budgets, seed-major, resumable."""
@@ -280,3 +326,80 @@ def noise_cmd(
     run_launcher = cluster.run_launcher(nproc, 1, 0, "")
     plan = noise_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, definitions(sweeps_dirs))
     return launch(plan, run_launcher, cluster, how, dry_run)
+
+
+# one parameter per command-line option (Typer); the body only builds the option groups
+@command("ladder")
+def ladder_cmd(
+    arms: Annotated[list[str], typer.Argument(help="Interventions to compare with the baseline at every size "
+                                                   "('+' combines).")],
+    preset: Annotated[str, typer.Option("--preset", "-p", help="The preset whose family of sizes the ladder "
+                                                               "climbs (default tiny).")] = "tiny",
+    rungs: Annotated[Optional[int], typer.Option(help="Number of sizes, spaced evenly in log parameters from "
+                                                      "--smallest to --largest (default 3).")] = None,
+    smallest: Annotated[Optional[float], typer.Option(
+        help="The smallest rung's parameters, as a factor of the preset's (default 0.125).")] = None,
+    largest: Annotated[Optional[float], typer.Option(
+        help="The largest rung's parameters, as a factor of the preset's (default 1: the preset itself).")] = None,
+    sizes: Annotated[Optional[str], typer.Option(
+        help="Explicit sizes instead of --rungs: LAYERSxWIDTH, comma-separated, e.g. 1x24,2x48,3x72 (widths "
+             "multiples of the preset's head size).")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        help="Where the report predicts each arm's effect: a preset's name (its baseline's parameters) or a number "
+             "of parameters (default: the preset).")] = None,
+    seeds: SeedsOpt = None,
+    seed_list: SeedListOpt = None,
+    until_decided: UntilDecidedOpt = False,
+    max_seeds: MaxSeedsOpt = None,
+    min_seeds: MinSeedsOpt = None,
+    margin: MarginOpt = None,
+    alpha: AlphaOpt = None,
+    sets: SetOpt = None,
+    data: DataOpt = None,
+    results: ResultsOpt = Path("results"),
+    name: Annotated[Optional[str], typer.Option(help="Ladder name (default: ladder-PRESET-ARMS); rung sweeps are "
+                                                     "named NAME-LAYERSxWIDTH.")] = None,
+    nproc: NprocOpt = None,
+    jobs: JobsOpt = "auto",
+    retries: RetriesOpt = 1,
+    dry_run: DryRunOpt = False,
+    log: LogOpt = "none",
+    launcher: LauncherOpt = "torchrun",
+    partition: PartitionOpt = None,
+    gpus_per_node: GpusPerNodeOpt = None,
+    time_limit: TimeOpt = None,
+    slurm_array_parallelism: ArrayParallelismOpt = None,
+    cpus_per_task: CpusOpt = None,
+    mem_gb: MemOpt = None,
+    slurm_arg: SlurmArgOpt = None,
+    slurm_setup: SlurmSetupOpt = None,
+    wait: WaitOpt = None,
+    sweeps_dirs: SweepsOpt = None,
+):
+    """One set of arms across model sizes: each size an ordinary sweep on its own Chinchilla budget with the
+    same paired seeds; `harness report` gives the effect's trend with size and a prediction."""
+    from harness.cluster.slurm import ClusterOptions
+    from harness.planning.ladder import LadderRequest, build_ladder
+    from harness.planning.request import seed_values, with_data
+
+    library = definitions(sweeps_dirs)
+    cluster = ClusterOptions(launcher=launcher, partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
+                             array_parallelism=slurm_array_parallelism, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
+                             slurm_args=tuple(slurm_arg or ()), slurm_setup=tuple(slurm_setup or ()),
+                             wait=wait).checked()
+    how = Execution.checked(retries, jobs, log, cluster)
+    adaptive = adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha)
+    if adaptive is not None and (seeds is not None or seed_list is not None):
+        raise UserError("--until-decided runs seeds 0, 1, ... until each arm is decided, at most --max-seeds; "
+                        "drop --seeds / --seed-list")
+    chosen = range(adaptive.max_seeds) if adaptive else seed_values(seeds, seed_list)
+    if sizes is not None and (rungs, smallest, largest) != (None, None, None):
+        raise UserError("--sizes names the rungs; --rungs, --smallest and --largest choose them: give one or the other")
+    spacing = {k: v for k, v in (("rungs", rungs), ("smallest", smallest), ("largest", largest)) if v is not None}
+    request = LadderRequest(arms=tuple(arms), seeds=tuple(chosen), preset=preset,
+                            sets=with_data(parse_sets(sets), data), sizes=sizes, target=target, name=name,
+                            adaptive=adaptive, **spacing)
+    run_launcher = cluster.run_launcher(nproc, 1, 0, "")
+    ladder = build_ladder(request, run_launcher.world_size, run_launcher.uses_gpus(), results, library)
+    return launch_ladder(ladder, run_launcher, cluster, how, dry_run)
+

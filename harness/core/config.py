@@ -268,9 +268,21 @@ class ArmConfig:
                 "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
 
 
+@dataclass(frozen=True)
+class Scale:
+    """Another size of a preset (a rung of `harness ladder`, harness.planning.ladder): the size keys
+    replace the preset's, and the learning rate each arm would have at the preset (the preset's,
+    its interventions' or --set's) is multiplied by lr_factor. No arm or --set may set a size key:
+    the size is the rung's."""
+
+    sizes: tuple[tuple[str, Any], ...]  # (key, value): model dimensions and the global batch
+    lr_factor: float = 1.0
+
+
 def resolve(preset: str, arm: str = BASELINE, sets: dict[str, Any] | None = None,
-            library: Library | None = None) -> ArmConfig:
-    """Preset values, then the arm's interventions, then --set overrides (which win)."""
+            library: Library | None = None, scale: Scale | None = None) -> ArmConfig:
+    """Preset values (at another size with `scale`), then the arm's interventions, then --set
+    overrides (which win)."""
     library = library or Library.from_environment()
     arm = canonical_arm(arm)
     p = load_preset(preset, library)
@@ -278,6 +290,16 @@ def resolve(preset: str, arm: str = BASELINE, sets: dict[str, Any] | None = None
     overrides = own | dict(sets or {})
     model_kw = p.model | {k: v for k, v in overrides.items() if k in MODEL_KEYS}
     train_kw = p.train | {k: v for k, v in overrides.items() if k in TRAIN_KEYS}
+    if scale is not None:
+        sized = dict(scale.sizes)
+        clash = sorted(set(sized) & set(overrides))
+        if clash:
+            who = "--set" if clash[0] in (sets or {}) else f"arm {arm!r}"
+            raise UserError(f"{who} sets {clash[0]}, which a ladder sets per rung (the rung's size: "
+                            f"{', '.join(sorted(sized))}); leave it to the ladder")
+        model_kw |= {k: v for k, v in sized.items() if k in MODEL_KEYS}
+        train_kw |= {k: v for k, v in sized.items() if k in TRAIN_KEYS}
+        train_kw["lr"] = train_kw.get("lr", TrainConfig.lr) * scale.lr_factor
     model, train = ModelConfig(**model_kw), TrainConfig(**train_kw)
     try:
         model.validate()

@@ -71,7 +71,7 @@ def build_plan(request: SweepRequest, world_size: int, on_gpu: bool, results: Pa
         arms.insert(0, cfgmod.BASELINE)
     check_seeds(list(request.seeds), len(arms))  # before any config is resolved or run planned
     sets = dict(request.sets)
-    configs = {arm: cfgmod.resolve(request.preset, arm, sets, library) for arm in arms}
+    configs = {arm: cfgmod.resolve(request.preset, arm, sets, library, request.scale) for arm in arms}
     notes += definition_notes(request.preset, arms, library)
     for arm, first in identical_arms(configs).items():
         notes.append(f"arm {arm!r} trains exactly the configuration of {first!r}: planned once, as {first!r}")
@@ -168,7 +168,8 @@ def arm_budgets(configs: dict[str, cfgmod.ArmConfig], request: SweepRequest, wor
         return {arm: fixed_budget(cfg, world, request.tokens) for arm, cfg in configs.items()}
     if request.budget == "own":
         return {arm: chinchilla(cfg, world) for arm, cfg in configs.items()}
-    baseline = configs.get(cfgmod.BASELINE) or cfgmod.resolve(request.preset, cfgmod.BASELINE, dict(request.sets), library)
+    baseline = configs.get(cfgmod.BASELINE) or cfgmod.resolve(request.preset, cfgmod.BASELINE, dict(request.sets),
+                                                           library, request.scale)
     base_tokens = chinchilla(baseline, world).tokens
     return {arm: fixed_budget(cfg, world, base_tokens) for arm, cfg in configs.items()}
 

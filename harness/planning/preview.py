@@ -19,16 +19,18 @@ OVERHEAD_PAD_S = 5.0  # a run's fixed cost beyond what earlier runs measured (st
 
 
 def estimate_seconds(plan: Plan, store: ResultsStore, jobs: int = 1) -> float | None:
-    """Wall time from tokens/s of earlier runs of this preset on this world size in the store,
-    `jobs` runs at a time."""
+    """Wall time from the speed of earlier runs of this preset on this world size in the store,
+    `jobs` runs at a time. Speed as parameters x tokens per second, so that runs of another size
+    of the preset (a ladder's rungs) scale by their parameters (roughly: the cost per token is
+    about 6 x parameters FLOPs)."""
     frame = store.runs_frame()
     past = frame[(frame["preset"] == plan.preset) & (frame["world_size"] == plan.world_size)
                  & (frame["status"] == COMPLETED)]
-    if past.empty:
+    if past.empty or not plan.specs:
         return None
-    rate = float(past["tokens_per_s"].median())
+    rate = float((past["tokens_per_s"] * past["params"]).median())
     overhead = float((past["wall_time_s"] - past["tokens_seen"] / past["tokens_per_s"]).median()) + OVERHEAD_PAD_S
-    return sum(s.tokens / rate + overhead for s in plan.specs) / min(jobs, len(plan.specs))
+    return sum(s.tokens * s.params / rate + overhead for s in plan.specs) / min(jobs, len(plan.specs))
 
 
 def expected_runs(plan: Plan, store: ResultsStore, sweeps: int = EXPECTED_RUNS_SIMULATIONS) -> float | None:
@@ -110,3 +112,36 @@ def format_duration(seconds: float) -> str:
     minutes, s = divmod(int(math.ceil(seconds)), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s"
+
+
+def print_ladder(ladder, console, jobs: int = 1) -> None:
+    """A ladder's rungs as one table (size, parameters, learning rate, batch, budget, runs, time),
+    its notes and its totals."""
+    from rich.table import Table
+
+    first = ladder.rungs[0].plan
+    store = ResultsStore(first.results)
+    table = Table(title=f"ladder {ladder.name}: preset {ladder.preset}, arms {', '.join(ladder.arms)}, seeds "
+                        f"{format_seeds(first.seeds)}, {first.world_size} process(es) per run")
+    for col in ("rung", "layers x width", "heads", "params", "lr", "global batch", "tokens", "steps", "runs",
+                "estimated time"):
+        table.add_column(col, justify="left" if col == "rung" else "right")
+    total_s: float | None = 0.0
+    for rung in ladder.rungs:
+        b = rung.plan.budgets[cfgmod.BASELINE]
+        est = estimate_seconds(rung.plan, store, jobs)
+        total_s = None if est is None or total_s is None else total_s + est
+        table.add_row(rung.sweep, rung.size.label, str(rung.size.n_heads), f"{rung.params:,}", f"{rung.lr:.3g}",
+                      str(rung.global_batch), f"{b.tokens:,}", f"{b.steps:,}", str(len(rung.plan.specs)),
+                      format_duration(est) if est is not None else "unknown")
+    console.print(table)
+    for note in dict.fromkeys([*ladder.notes, *(n for r in ladder.rungs for n in r.plan.notes)]):
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    runs = sum(len(r.plan.specs) for r in ladder.rungs)
+    tokens = sum(s.tokens for r in ladder.rungs for s in r.plan.specs)
+    when = (f"about {format_duration(total_s)} (scaled by parameters from earlier runs of preset {ladder.preset} in "
+            f"{first.results})" if total_s else f"unknown until a run of preset {ladder.preset} has completed here")
+    most = "at most " if first.adaptive else ""
+    console.print(f"{len(ladder.rungs)} rungs, {most}{runs} runs{f', up to {jobs} at once' if jobs > 1 else ''}, "
+                  f"{most}{tokens:,} training tokens; estimated time {most if total_s else ''}{when}"
+                  + ("; each rung is an adaptive sweep: seeds until its arms are decided" if first.adaptive else ""))

@@ -74,6 +74,7 @@ class SweepRequest:
     streams: Streams = Streams()
     adaptive: Adaptive | None = None
     extend: float | None = None  # baseline runs up to this factor of the budget, for the compute multiplier
+    scale: cfgmod.Scale | None = None  # another size of the preset: a rung of a ladder (harness.planning.ladder)
 
     def check(self) -> "SweepRequest":
         if not self.arms:

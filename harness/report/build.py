@@ -29,7 +29,10 @@ from harness.core.files import is_folder, user_path
 from harness.report.outcomes import OUTCOMES, Store, load_store, resolve_outcomes
 from harness.planning.adaptive import ordinary_budget
 from harness.report.sameness import Difference, differences
-from harness.report.plots import aggregate_curves, make_plots, plot_noise
+from harness.report.plots import aggregate_curves, make_plots, plot_ladder, plot_noise
+from harness.report.ladder import LadderReport, build_ladder_report
+from harness.report.render_ladder import ladder_to_json, render_ladder_section, render_ladder_terminal
+from harness.store.planfile import saved_ladders
 from harness.store.record import COMPLETED
 from harness.store.outputs import guard_destination
 from harness.store.results import CURVES, MANIFEST, RUNS
@@ -63,7 +66,16 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
 
     store = load_store(Path(results_dir), warn)
     outcomes = resolve_outcomes(store.runs)
-    sweeps = select_sweeps(outcomes, sweep, opts.baseline, results_dir)
+    ladders = saved_ladders(Path(results_dir))
+    if sweep is not None and sweep in ladders and sweep not in set(outcomes["sweep"]):
+        ladders = {sweep: ladders[sweep]}
+        sweeps = [r["sweep"] for r in ladders[sweep]["rungs"] if r["sweep"] in set(outcomes["sweep"])]
+        if not sweeps:
+            raise UserError(f"ladder {sweep!r} has no recorded runs yet in {results_dir}")
+    else:
+        sweeps = select_sweeps(outcomes, sweep, opts.baseline, results_dir)
+        ladders = {name: rec for name, rec in ladders.items() if sweep is None
+                   and any(r["sweep"] in set(sweeps) for r in rec["rungs"])}
     require_completed(outcomes[outcomes["sweep"].isin(sweeps)], sweeps, warn)
     reps, refused = [], []
     for sw in sweeps:  # one sweep that cannot be reported never stops the others
@@ -80,14 +92,25 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
             warn(f"sweep {sw!r} is not reported: {err}")
     if not reps:
         raise UserError(" | ".join(refused))
+    by_sweep = {r.sweep: r for r in reps if isinstance(r, SweepReport)}
+    ladder_reps = []
+    for name, record in ladders.items():
+        try:
+            ladder_reps.append(build_ladder_report(record, outcomes, by_sweep, opts))
+        except UserError as err:
+            if sweep is not None:
+                raise
+            refused.append(f"ladder {name!r}: {err}")
+            warn(f"ladder {name!r} is not reported: {err}")
     settings = {"results_dir": str(Path(results_dir).resolve()), "sweep": sweep, "baseline": opts.baseline,
                 "alpha": opts.alpha, "margin": opts.margin, "power": opts.power,
                 "bootstrap_resamples": opts.n_resamples, "bootstrap_seed": opts.boot_seed,
                 "allow_mismatch": opts.allow_mismatch}
     if fmt == "json":
-        written = write_json(reps, store, settings, warnings_, out, stdout or sys.stdout)
+        written = write_json(reps, store, settings, warnings_, out, stdout or sys.stdout, ladder_reps)
     else:
         written = write_markdown(reps, store, outcomes, settings, warnings_, opts, out, reports_dir, plots, console)
+        written += write_ladders(ladder_reps, out, reports_dir, plots, console)
     if refused:
         raise UserError(f"{len(refused)} of {len(sweeps)} sweeps could not be reported (the others were): "
                         + " | ".join(refused))
@@ -153,13 +176,14 @@ def comparable(outcomes: pd.DataFrame, sweep: str, opts: ReportOptions, noise: b
 
 
 def write_json(reps: list, store: Store, settings: dict, warnings_: list[str], out: Path | None,
-               stdout: TextIO) -> list[Path]:
+               stdout: TextIO, ladders: list[LadderReport] = ()) -> list[Path]:
     doc = jsonable({
         "generated_by": generated_by(), "options": settings, "sign_convention": SIGN_CONVENTION,
         "results_files": [{"path": str(f.path.resolve()), "kind": f.kind, "rows": f.rows, "bytes": f.size,
                            "sha256": f.sha256, "modified": f.modified} for f in store.files],
         "warnings": warnings_,
         "sweeps": [noise_to_json(r) if isinstance(r, NoiseReport) else sweep_to_json(r) for r in reps],
+        "ladders": [ladder_to_json(r) for r in ladders],
     })
     text = json.dumps(doc, indent=2, allow_nan=False)
     stdout.write(text + "\n")
@@ -239,6 +263,28 @@ def write_markdown(reps: list, store: Store, outcomes: pd.DataFrame, settings: d
                 render_terminal(rep, console)
         console.print(f"report written to {rich_escape(str(md_path))}", highlight=False)
     return md_written + written
+
+
+def write_ladders(reps: list[LadderReport], out: Path | None, reports_dir: Path, plots: bool,
+                  console: Console) -> list[Path]:
+    """One markdown file per ladder, <ladder>.md, in the folder the sweeps' reports go to (next
+    to `out` when it names a file), with its plot; the trend table in the terminal."""
+    folder = Path(reports_dir) if out is None else user_path(out) if is_folder(out) else user_path(out).parent
+    written = []
+    for rep in reps:
+        md_path = folder / f"{slug(rep.ladder)}.md"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if plots and plot_ladder(rep, folder / f"{slug(rep.ladder)}_ladder.png"):
+                rep.plots["ladder"] = folder / f"{slug(rep.ladder)}_ladder.png"
+                written.append(rep.plots["ladder"])
+            md_path.write_text(render_ladder_section(rep, folder), encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write the ladder report {md_path}: {exc.strerror}; choose another --out") from None
+        render_ladder_terminal(rep, console)
+        console.print(f"ladder report written to {rich_escape(str(md_path))}", highlight=False)
+        written.insert(0, md_path)
+    return written
 
 
 def slug(name: str) -> str:

@@ -279,3 +279,42 @@ def plot_noise(rep, path: Path) -> bool:
     fig.subplots_adjust(left=0.3, right=0.97, bottom=0.16, top=0.88)
     fig.savefig(path, pil_kwargs={"compress_level": 1})
     return True
+
+
+def plot_ladder(rep, path: Path) -> bool:
+    """Each arm's difference per rung against parameters (log scale) with its interval, the fitted
+    line and the prediction at the target with its interval."""
+    t = rep.table[np.isfinite(rep.table["diff"].astype(float))]
+    if t.empty:
+        return False
+    fig = _figure(7.5, 4.5)
+    ax = fig.add_subplot()
+    trends = rep.trends.set_index("arm")
+    for i, arm in enumerate(rep.arms):
+        own = t[t["arm"].eq(arm)]
+        if own.empty:
+            continue
+        col = f"C{i % 10}"
+        shift = 1 + 0.03 * (i - (len(rep.arms) - 1) / 2)  # side by side at one size
+        x = own["params"].to_numpy(float) * shift
+        ax.errorbar(x, own["diff"], yerr=[own["diff"] - own["low"], own["high"] - own["diff"]], fmt="o", color=col,
+                    capsize=3, label=_short(arm, 30))
+        tr = trends.loc[arm] if arm in trends.index else None
+        if tr is not None and np.isfinite(tr.get("slope", np.nan)):
+            lo, hi = rep.measured
+            xs = np.geomspace(min(lo, rep.target_params), max(hi, rep.target_params), 50)
+            ax.errorbar([rep.target_params * shift], [tr["prediction"]],
+                        yerr=[[tr["prediction"] - tr["prediction_low"]], [tr["prediction_high"] - tr["prediction"]]],
+                        fmt="s", color=col, mfc="white", capsize=4)
+            small = own["params"].min()
+            base_fit = tr["prediction"] - tr["slope"] * math.log2(rep.target_params / small)
+            ax.plot(xs, base_fit + tr["slope"] * np.log2(xs / small), color=col, lw=1, ls="--")
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"parameters (square: predicted at {_short(rep.target, 24)})")
+    ax.set_ylabel(f"test loss difference vs baseline ({rep.options.confidence})")
+    ax.set_title(f"{_short(rep.ladder)}: effect against size")
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.92)
+    fig.savefig(path, pil_kwargs={"compress_level": 1})
+    return True

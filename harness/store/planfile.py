@@ -1,6 +1,6 @@
 """A sweep's plan on disk: RESULTS/sweeps/<sweep>.json (what it will run; how an adaptive sweep
 decides), read by `harness status` and the report, and <sweep>.jobs.json (run id -> Slurm or local
-job id). JSON only: reading a plan never imports torch.
+job id); a ladder's rungs in RESULTS/ladders/<name>.json. JSON only: reading a plan never imports torch.
 """
 
 from __future__ import annotations
@@ -168,3 +168,67 @@ def record_jobs(results: Path, sweep: str, jobs: dict[str, str]) -> None:
 def read_jobs(results: Path, sweep: str) -> dict[str, str]:
     jobs = _read_json(jobs_path(results, sweep))
     return jobs if isinstance(jobs, dict) else {}
+
+
+LADDERS = "ladders"
+
+
+def ladder_record(ladder) -> dict[str, Any]:
+    """A ladder (harness.planning.ladder.Ladder) as saved in RESULTS/ladders/<name>.json: its
+    rungs (each an ordinary sweep) with their sizes, and the size the report predicts at."""
+    return {
+        "ladder": ladder.name, "preset": ladder.preset, "arms": ladder.arms, "preset_params": ladder.preset_params,
+        "target": ladder.target, "target_params": ladder.target_params, "scheme": ladder.scheme,
+        "rungs": [{"sweep": r.sweep, "size": r.size.label, "n_layers": r.size.n_layers, "emb_dim": r.size.emb_dim,
+                   "n_heads": r.size.n_heads, "params": r.params, "lr": r.lr, "global_batch": r.global_batch,
+                   "tokens": r.plan.budgets["baseline"].tokens, "steps": r.plan.budgets["baseline"].steps}
+                  for r in ladder.rungs],
+    }
+
+
+def ladder_path(results: Path, name: str) -> Path:
+    return Path(results) / LADDERS / f"{name}.json"
+
+
+def ladder_conflict(saved: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why `new` cannot continue the ladder `saved` started: its rungs or arms are fixed at the
+    start (the target may change: it only says where the report predicts)."""
+    before = [(r.get("sweep"), r.get("size")) for r in saved.get("rungs", []) if isinstance(r, dict)]
+    now = [(r["sweep"], r["size"]) for r in new["rungs"]]
+    if before != now:
+        return (f"ladder {new['ladder']!r} was started with rungs {', '.join(str(s) for _, s in before)}; this command "
+                f"has {', '.join(s for _, s in now)}, which would change its design")
+    if set(saved.get("arms", [])) != set(new["arms"]):
+        return (f"ladder {new['ladder']!r} was started with arms {', '.join(saved.get('arms', []))}; this command has "
+                f"{', '.join(new['arms'])}")
+    return None
+
+
+def save_ladder(ladder, check_only: bool = False) -> Path:
+    """Write (or, with check_only, only check) RESULTS/ladders/<name>.json; a ladder of that name
+    with other rungs or arms is refused."""
+    from harness.core.errors import UserError
+
+    record = ladder_record(ladder)
+    path = ladder_path(ladder.rungs[0].plan.results, ladder.name)
+    saved = _read_json(path)
+    if isinstance(saved, dict):
+        why = ladder_conflict(saved, record)
+        if why:
+            raise UserError(f"{why}; give a new --name for a new ladder")
+    if not check_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+    return path
+
+
+def saved_ladders(results: Path) -> dict[str, dict[str, Any]]:
+    """The saved ladders by name (unreadable files are skipped)."""
+    folder = Path(results) / LADDERS
+    found = {}
+    if folder.is_dir():
+        for p in sorted(folder.glob("*.json")):
+            data = _read_json(p)
+            if isinstance(data, dict) and isinstance(data.get("ladder"), str) and isinstance(data.get("rungs"), list):
+                found[data["ladder"]] = data
+    return found
