@@ -91,9 +91,10 @@ def paired_differences(rows: pd.DataFrame, arm: str) -> np.ndarray:
     return (own.loc[common] - base.loc[common]).to_numpy()
 
 
-def rung_status(rep: SweepReport | None, arm: str, pairs: int) -> str:
+def rung_status(rep: SweepReport | None, arm: str, pairs: int, recorded: bool) -> str:
+    """A rung's state for one arm; a rung with runs but no report was refused (not trained alike)."""
     if rep is None:
-        return NOT_STARTED
+        return WITHHELD if recorded else NOT_STARTED
     if arm in rep.withheld:
         return WITHHELD
     if not rep.complete:
@@ -130,7 +131,7 @@ def build_ladder_report(record: dict, outcomes: pd.DataFrame, reports: dict[str,
                           "k_low": math.nan if k is None else float(k["k_low"]),
                           "k_high": math.nan if k is None else float(k["k_high"]),
                           "k_state": "" if k is None else str(k["state"]),
-                          "status": rung_status(rep, arm, len(d)), "_d": d})
+                          "status": rung_status(rep, arm, len(d), len(rows) > 0), "_d": d})
     table = pd.DataFrame(table)
     trends = []
     log2_target = math.log2(record["target_params"])
