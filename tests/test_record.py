@@ -34,7 +34,7 @@ def test_every_result_field_but_the_curve_is_a_column_of_the_row_and_the_schema(
     measured = {f.name for f in dataclasses.fields(RunResult)} - {"curve"}
     assert measured <= set(RUN_SCHEMA.names) and "curve" not in RUN_SCHEMA.names
     assert set(RUN_SCHEMA.names) == set(column_names(RunRow))
-    assert CURVE_SCHEMA.names == ["run_id", "attempt", "step", "tokens", "train_loss", "lr", "heldout_loss"]
+    assert CURVE_SCHEMA.names == ["run_id", "attempt", "step", "tokens", "train_loss", "lr", "heldout_loss", "tokens_per_s"]
     row = RunRow.of(spec(), 2, result(peak_memory_bytes=123), run_dir="x")
     cells = row.columns()
     assert set(cells) == set(RUN_SCHEMA.names)

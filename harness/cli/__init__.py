@@ -1,7 +1,7 @@
 """The `harness` command line (Typer): argument parsing only. harness.cli.app holds the frame (the
-app, shared options, one-line errors); runs the commands that train; inspect the ones that read."""
+app, shared options, one-line errors); runs the commands that train; inspect the ones that read; track the one that publishes to trackers."""
 
-from harness.cli import inspect, runs  # noqa: F401 - registers the commands
+from harness.cli import inspect, runs, track  # noqa: F401 - registers the commands
 from harness.cli.app import app
 
 __all__ = ["app"]

@@ -56,9 +56,11 @@ TokensOpt = Annotated[Optional[int], typer.Option(
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Training data for every arm (shorthand for --set data=PATH): 'shakespeare', a text "
                    "file or folder, or a folder of shards such as `harness data prepare` writes.")]
-LogOpt = Annotated[str, typer.Option(
-    "--log", help="'tensorboard': also write loss curves to RESULTS/tensorboard/<sweep>/<run_id> "
-                  "(needs harness\\[tensorboard]); 'none' (default).")]
+LogOpt = Annotated[Optional[list[str]], typer.Option(
+    "--log", help="Also log to experiment trackers (repeatable, or comma-separated): 'tensorboard' (loss curves "
+                  "in RESULTS/tensorboard/<sweep>/<run_id>), 'mlflow' (MLFLOW_TRACKING_URI), 'wandb' (WANDB_MODE, "
+                  "WANDB_PROJECT), 'trackio' (TRACKIO_DIR); each needs its extra, e.g. harness\\[mlflow]. "
+                  "A tracker that is down never stops a run: `harness track` publishes later.")]
 VaryOpt = Annotated[Optional[str], typer.Option(
     "--vary", help="Vary only this random stream with the seed (init, data or dropout); the other two take seed "
                    "0's values. For noise studies by hand (harness noise does it for you).")]

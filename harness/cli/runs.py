@@ -8,6 +8,7 @@ the one place that chooses between running here and submitting to Slurm.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -93,23 +94,27 @@ def adaptive_settings(until_decided: bool, max_seeds, min_seeds, margin, alpha):
 @dataclass(frozen=True)
 class Execution:
     """How a plan runs, checked before it is built (which reads corpora): retries of a failed run,
-    runs at once here (None: auto), and whether to log to TensorBoard."""
+    runs at once here (None: auto), and the trackers to log to (harness.trackers.publish)."""
 
     retries: int = 1
     jobs: int | None = None
-    tensorboard: bool = False
+    log: tuple[str, ...] = ()
+
+    @property
+    def tensorboard(self) -> bool:
+        return "tensorboard" in self.log
 
     @classmethod
-    def checked(cls, retries: int, jobs: str, log: str, cluster) -> "Execution":
+    def checked(cls, retries: int, jobs: str, log: list[str] | None, cluster) -> "Execution":
         from harness.core.placement import parse_jobs
-        from harness.trackers.tensorboard import check_log
+        from harness.trackers.publish import parse_log
 
         non_negative(retries, "--retries")
         jobs_asked = parse_jobs(jobs)
         if cluster.launcher != "torchrun" and jobs_asked is not None:
             raise UserError(f"--jobs is for runs on this machine; --launcher {cluster.launcher} runs jobs in parallel "
                             "by itself (--slurm-array-parallelism)")
-        return cls(retries, jobs_asked, check_log(log))
+        return cls(retries, jobs_asked, parse_log(log))
 
 
 def launch(plan, launcher, cluster, how: Execution, dry_run: bool) -> int:
@@ -130,12 +135,14 @@ def launch(plan, launcher, cluster, how: Execution, dry_run: bool) -> int:
 
 
 def run_or_submit(plan, launcher, cluster, how: Execution, jobs_here: int) -> int:
-    """Run the plan here (the torchrun launcher) or submit it (slurm, local); an exit code."""
+    """Run the plan here (the torchrun launcher) or submit it (slurm, local); an exit code. The
+    trackers get what was recorded (slurm: once the command stops waiting for the jobs)."""
     if cluster.launcher != "torchrun":
         from harness.cluster.slurm import submit_plan
 
-        return submit_plan(plan, launcher, cluster, how.retries, console, tensorboard=how.tensorboard)
-    outcome = run_here(plan, launcher, retries=how.retries, tensorboard=how.tensorboard, jobs=jobs_here)
+        with publishing(plan, how.log):
+            return submit_plan(plan, launcher, cluster, how.retries, console, tensorboard=how.tensorboard)
+    outcome = run_here(plan, launcher, retries=how.retries, log=how.log, jobs=jobs_here)
     return 0 if outcome.all_completed else 1
 
 
@@ -164,20 +171,41 @@ def launch_ladder(ladder, launcher, cluster, how: Execution, dry_run: bool) -> i
     return code
 
 
-def run_here(plan, launcher, retries: int, tensorboard: bool, jobs: int = 1):
-    """Execute a plan on this machine; with --log tensorboard, live curves and then test losses."""
-    from harness.launch.local import execute_plan
+@contextlib.contextmanager
+def publishing(plan, log: tuple[str, ...]):
+    """The plan's trackers other than TensorBoard (None when there are none): each run as it is
+    recorded, then everything of the plan and its report, waiting for them boundedly."""
+    from harness.trackers.publish import TENSORBOARD, Publisher
 
-    if not tensorboard:
-        return execute_plan(plan, launcher, console, retries=retries, jobs=jobs)
-    from harness.store.results import ResultsStore
-    from harness.trackers.tensorboard import TensorBoardLog
-
-    tb = TensorBoardLog(plan.results)
+    if not set(log) - {TENSORBOARD}:
+        yield None
+        return
+    publisher = Publisher(log, plan.results, console)
     try:
-        return execute_plan(plan, launcher, console, retries=retries, jobs=jobs, on_progress=tb.progress)
-    finally:
-        tb.from_store(ResultsStore(plan.results), plan.specs)
+        yield publisher
+    except BaseException:  # Ctrl-C (SystemExit 130), a refusal: the agents stop now, saying what is missing
+        publisher.finish(interrupted=True)
+        raise
+    publisher.catch_up(plan.sweep, [s.run_id for s in plan.specs], summary=not plan.noise)
+    publisher.finish()
+
+
+def run_here(plan, launcher, retries: int, log: tuple[str, ...], jobs: int = 1):
+    """Execute a plan on this machine; TensorBoard gets live curves then test losses, the other
+    trackers each run as it is recorded."""
+    from harness.launch.local import execute_plan
+    from harness.store.results import ResultsStore
+    from harness.launch.tensorboard import TensorBoardLog
+
+    tb = TensorBoardLog(plan.results) if "tensorboard" in log else None
+    with publishing(plan, log) as publisher:
+        try:
+            return execute_plan(plan, launcher, console, retries=retries, jobs=jobs,
+                                on_progress=tb.progress if tb else None,
+                                on_recorded=publisher.recorded if publisher else None)
+        finally:
+            if tb is not None:
+                tb.from_store(ResultsStore(plan.results), plan.specs)
 
 
 # one parameter per command-line option (Typer); the body only builds the option groups
@@ -196,7 +224,7 @@ def run_cmd(
     node_rank: NodeRankOpt = 0,
     rdzv_endpoint: RdzvOpt = "",
     data: DataOpt = None,
-    log: LogOpt = "none",
+    log: LogOpt = None,
     vary: VaryOpt = None,
     init_seed: InitSeedOpt = None,
     data_seed: DataSeedOpt = None,
@@ -208,16 +236,16 @@ def run_cmd(
     from harness.planning.plan import build_plan
     from harness.planning.request import SweepRequest, with_data
     from harness.store.planfile import check_saved
-    from harness.trackers.tensorboard import check_log
+    from harness.trackers.publish import parse_log
 
-    tensorboard = check_log(log)
+    trackers = parse_log(log)
     request = SweepRequest(arms=(arm,), seeds=(seed,), preset=preset, sets=with_data(parse_sets(sets), data),
                            tokens=tokens, budget=budget, name=sweep, include_baseline=False,
                            streams=streams(vary, init_seed, data_seed, dropout_seed)).check()
     launcher = Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint)
     plan = build_plan(request, launcher.world_size, launcher.uses_gpus(), results, definitions(sweeps_dirs))
     check_saved(plan)
-    return 0 if run_here(plan, launcher, retries=0, tensorboard=tensorboard).all_completed else 1
+    return 0 if run_here(plan, launcher, retries=0, log=trackers).all_completed else 1
 
 
 # one parameter per command-line option (Typer); the body only builds the option groups
@@ -252,7 +280,7 @@ def sweep_cmd(
     node_rank: NodeRankOpt = 0,
     rdzv_endpoint: RdzvOpt = "",
     data: DataOpt = None,
-    log: LogOpt = "none",
+    log: LogOpt = None,
     vary: VaryOpt = None,
     init_seed: InitSeedOpt = None,
     data_seed: DataSeedOpt = None,
@@ -311,6 +339,7 @@ def noise_cmd(
     launcher: LauncherOpt = "torchrun",
     partition: PartitionOpt = None,
     time_limit: TimeOpt = None,
+    log: LogOpt = None,
     sweeps_dirs: SweepsOpt = None,
 ):
     """Where seed noise comes from: runs that vary one random stream at a time (initial weights, data
@@ -320,7 +349,7 @@ def noise_cmd(
     from harness.planning.request import NoiseRequest, with_data
 
     cluster = ClusterOptions(launcher=launcher, partition=partition, time=time_limit).checked()
-    how = Execution.checked(retries, jobs, "none", cluster)
+    how = Execution.checked(retries, jobs, log, cluster)
     request = NoiseRequest(preset=preset, arm=arm, seeds=seeds, replicates=replicates,
                            sets=with_data(parse_sets(sets), data), tokens=tokens, name=name).check()
     run_launcher = cluster.run_launcher(nproc, 1, 0, "")
@@ -363,7 +392,7 @@ def ladder_cmd(
     jobs: JobsOpt = "auto",
     retries: RetriesOpt = 1,
     dry_run: DryRunOpt = False,
-    log: LogOpt = "none",
+    log: LogOpt = None,
     launcher: LauncherOpt = "torchrun",
     partition: PartitionOpt = None,
     gpus_per_node: GpusPerNodeOpt = None,

@@ -90,7 +90,7 @@ class RunJob:
 
         tb = None
         if self.tensorboard:
-            from harness.trackers.tensorboard import TensorBoardLog
+            from harness.launch.tensorboard import TensorBoardLog
 
             tb = TensorBoardLog(store.root)
         policy = RetryPolicy(self.retries)

@@ -54,12 +54,14 @@ def continue_command() -> str:
 
 
 def execute_plan(plan: Plan, launcher: Launcher, console: Console, retries: int = 1, jobs: int = 1,
-                 on_progress: Callable[[RunSpec, dict[str, Any]], None] | None = None) -> SweepOutcome:
+                 on_progress: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+                 on_recorded: Callable[[RunSpec], None] | None = None) -> SweepOutcome:
     """Run every run of the plan that the store does not hold yet, up to `jobs` at once (each in
     its own slot: GPUs or CPU cores), started in seed-major order; Ctrl-C stops every running run.
     An adaptive plan runs in rounds until every arm is decided (harness.planning.adaptive).
 
-    on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard)."""
+    on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard), and
+    on_recorded(spec) hears of every attempt this process recorded (the other trackers)."""
     launchers, shared = launcher.for_jobs(jobs)
     if warm.enabled() and launcher.world_size == 1:  # a warm worker per slot: torch imported once per slot
         launchers = [dataclasses.replace(one, warm=warm.WarmWorker(WORKER_ENV | one.slot.env())) for one in launchers]
@@ -74,7 +76,7 @@ def execute_plan(plan: Plan, launcher: Launcher, console: Console, retries: int 
     try:
         with ctrl_c_latch():
             for specs in rounds(plan, console):
-                runner = _Runner(plan, store, specs, console, policy, launchers, on_progress)
+                runner = _Runner(plan, store, specs, console, policy, launchers, on_progress, on_recorded)
                 try:
                     runner.run()
                 finally:
@@ -98,9 +100,10 @@ class _Runner:
     sweep process holds is left to it and looked at again once nothing else is running."""
 
     def __init__(self, plan: Plan, store: ResultsStore, specs: list[RunSpec], console: Console, policy: RetryPolicy,
-                 launchers: list[Launcher], on_progress: Callable[[RunSpec, dict[str, Any]], None] | None):
+                 launchers: list[Launcher], on_progress: Callable[[RunSpec, dict[str, Any]], None] | None,
+                 on_recorded: Callable[[RunSpec], None] | None = None):
         self.plan, self.store, self.console, self.policy, self.launchers = plan, store, console, policy, launchers
-        self.on_progress = on_progress
+        self.on_progress, self.on_recorded = on_progress, on_recorded
         self.outcome = SweepOutcome()
         self.pending: deque[RunSpec] = deque(specs)
         self.busy: list[RunSpec] = []
@@ -181,6 +184,8 @@ class _Runner:
             self.console.print(f"[yellow]{escape(label)} failed[/yellow]: {escape(result.row.reason)} "
                                f"(log: {escape(str(result.log))})")
         if self.launchers[0].records:
+            if result.row is not None and self.on_recorded is not None:
+                self.on_recorded(spec)
             status = settled(self.store, spec, self.policy)
         else:  # a non-first node of a multi-node run: node 0 records
             status = result.row.status if result.row else COMPLETED

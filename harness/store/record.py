@@ -251,6 +251,7 @@ class CurvePoint:
     train_loss: float  # mean training loss over the steps since the previous point
     lr: float
     heldout_loss: float | None = None  # at a held-out point: the held-out subset's loss in eval mode
+    tokens_per_s: float | None = None  # training throughput since the point before (held-out evaluation apart)
 
 
 def pack_units(sums: Sequence[float], tokens: Sequence[int]) -> tuple[str, str]:

@@ -421,10 +421,11 @@ def main(spec_path: str) -> int:
                 point["heldout_loss"] = (trainer.evaluate_rows(rows) if rows is not None else trainer.evaluate(corpus.test))[0]
                 heldout_s += time.perf_counter() - t_point
                 t_window += time.perf_counter() - t_point
-            curve.append(point)
             now = time.perf_counter()
+            rate = steps_in_window * spec.tokens_per_step / max(now - t_window, 1e-9)
+            point["tokens_per_s"] = rate
+            curve.append(point)
             if d.main:
-                rate = steps_in_window * spec.tokens_per_step / max(now - t_window, 1e-9)
                 print(progress_line(done, spec.steps, done * spec.tokens_per_step, window_loss, rate), flush=True)
             steps_in_window, t_window = 0, now
             if not math.isfinite(window_loss):

@@ -18,20 +18,12 @@ from typing import Any
 from harness.core.errors import UserError
 from harness.store.record import FINAL
 
-LOG_CHOICES = ("none", "tensorboard")
-
-
-def check_log(log: str | None) -> bool:
-    """True when TensorBoard logging is asked for (and possible)."""
-    if log in (None, "", "none"):
-        return False
-    if log != "tensorboard":
-        raise UserError(f"--log {log!r}: allowed: {', '.join(LOG_CHOICES)}")
+def check_installed() -> None:
+    """--log tensorboard is refused up front where the package is missing (this process writes it)."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
         raise UserError("--log tensorboard needs the tensorboard package: pip install 'harness[tensorboard]'") from None
-    return True
 
 
 def _safe(name: str) -> str:
