@@ -293,3 +293,19 @@ def test_log_refuses_an_unknown_tracker_before_anything_runs(tmp_path):
     assert not (tmp_path / "runs.parquet").exists()
     proc = cli("track", "--to", "wandb", "--results", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and "holds no results store" in proc.stderr
+
+
+def test_a_tracker_that_is_not_installed_is_one_line_and_no_agent(monkeypatch, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from harness.trackers import publish
+
+    monkeypatch.setattr(publish, "installed", lambda name: name != "wandb")
+    out = io.StringIO()
+    publisher = publish.Publisher(("tensorboard", "wandb"), tmp_path, Console(file=out, width=300))
+    assert publisher.agents == [] and publisher.finish()
+    text = out.getvalue()
+    assert "wandb: not installed (pip install 'harness[wandb]')" in text
+    assert f"harness track --to wandb --results {tmp_path}" in text

@@ -162,7 +162,7 @@ class Publisher:
             if name == TENSORBOARD:
                 continue
             if not installed(name):
-                console.print(f"[yellow]{name}: not installed (pip install 'harness[{name}]'); the runs are recorded "
+                console.print(f"[yellow]{name}: not installed (pip install 'harness\\[{name}]'); the runs are recorded "
                               f"as always; publish them later with: {later(name, self.results, [])}[/yellow]",
                               highlight=False, soft_wrap=True)
                 continue
@@ -218,7 +218,7 @@ class Publisher:
         lost = f"{missing} record(s)" if complete else "what was not published yet"
         self.console.print(f"[yellow]{name}: {lost} did not reach {where} ({why}); {done or 'nothing'} got there; "
                            f"the store has everything: publish later with: "
-                           f"{later(name, self.results, sorted(set(self.sweeps)))}[/yellow]", highlight=False,
+                           f"{escape(later(name, self.results, sorted(set(self.sweeps))))}[/yellow]", highlight=False,
                            soft_wrap=True)
         return False
 
