@@ -59,7 +59,7 @@ DataOpt = Annotated[Optional[str], typer.Option(
 LogOpt = Annotated[Optional[list[str]], typer.Option(
     "--log", help="Also log to experiment trackers (repeatable, or comma-separated): 'tensorboard' (loss curves "
                   "in RESULTS/tensorboard/<sweep>/<run_id>), 'mlflow' (MLFLOW_TRACKING_URI), 'wandb' (WANDB_MODE, "
-                  "WANDB_PROJECT), 'trackio' (TRACKIO_DIR); each needs its extra, e.g. harness\\[mlflow]. "
+                  "WANDB_PROJECT), 'trackio' (TRACKIO_DIR); each needs its extra: harness\\[tensorboard], harness\\[mlflow] ... "
                   "A tracker that is down never stops a run: `harness track` publishes later.")]
 VaryOpt = Annotated[Optional[str], typer.Option(
     "--vary", help="Vary only this random stream with the seed (init, data or dropout); the other two take seed "
