@@ -22,7 +22,9 @@ from harness.core import config as cfgmod
 from harness.core.errors import UserError
 
 NprocOpt = Annotated[Optional[int], typer.Option(help="Processes per node per run (default: GPUs, else 1).")]
-NnodesOpt = Annotated[int, typer.Option(help="Nodes per run (torchrun --nnodes).")]
+NnodesOpt = Annotated[int, typer.Option(
+    "--nnodes", "--nodes", help="Nodes per run: torchrun --nnodes (start the same command on each node with its "
+                                "--node-rank, the results folder shared), or each Slurm job's --nodes.")]
 NodeRankOpt = Annotated[int, typer.Option(help="This node's rank (torchrun --node-rank).")]
 RdzvOpt = Annotated[str, typer.Option(help="host:port of the c10d rendezvous (multi-node).")]
 RetriesOpt = Annotated[int, typer.Option(help="Retries of a failed run.")]

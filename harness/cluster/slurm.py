@@ -179,7 +179,11 @@ class ClusterOptions:
             return Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint)
         if node_rank or rdzv_endpoint:
             raise UserError(f"--node-rank and --rdzv-endpoint are set per job by --launcher {self.launcher}; drop them")
-        launcher = Launcher.checked(self.nproc(nproc, 1 if self.launcher == "slurm" else default_nproc()), nnodes)
+        if nnodes < 1:
+            raise UserError(f"--nodes must be >= 1, got {nnodes}")
+        # each job meets at its own first node: the rendezvous endpoint is set per job (slurmjob)
+        launcher = dataclasses.replace(
+            Launcher.checked(self.nproc(nproc, 1 if self.launcher == "slurm" else default_nproc())), nnodes=nnodes)
         if self.launcher == "slurm":
             launcher = dataclasses.replace(launcher, gpus=self.gpus(launcher.nproc) > 0)
         return launcher

@@ -29,6 +29,7 @@ class SlurmUnavailable(UserError):
 class JobState:
     state: str  # Slurm's word: PENDING, RUNNING, CANCELLED, ...
     reason: str = ""
+    nodes: str = ""  # the nodes it runs on, as Slurm writes them (hnode[1-2]); empty while pending
 
     @property
     def active(self) -> bool:
@@ -95,14 +96,13 @@ def job_states(job_ids: list[str]) -> dict[str, JobState]:
     if not ids:
         return {}
     wanted = set(ids)
-    out = _client("squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(sorted({i.split("_")[0] for i in ids})),
+    out = _client("squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r|%N", "-j", ",".join(sorted({i.split("_")[0] for i in ids})),
                   ok_errors=("Invalid job id",))
     states: dict[str, JobState] = {}
     for line in out.splitlines():
-        job, _, rest = line.strip().partition("|")
-        state, _, reason = rest.partition("|")
+        job, state, reason, nodes = (line.strip().split("|") + ["", "", ""])[:4]
         if job in wanted and state:
-            states[job] = JobState(state.split()[0], reason.strip())
+            states[job] = JobState(state.split()[0], reason.strip(), nodes.strip() if state.startswith("RUNNING") else "")
     missing = [j for j in ids if j not in states]
     if missing and shutil.which("sacct") is not None:
         try:

@@ -12,9 +12,7 @@ inside its job, under the same RetryPolicy as a local sweep.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import threading
 import time
 import zlib
@@ -27,27 +25,47 @@ from harness.store.record import FAILED, FINAL, RetryPolicy, RunSpec
 from harness.store.results import ResultsStore
 
 _TERMINATING = threading.Event()
+_terminating_since: list[float | None] = [None]  # when (time.monotonic()) the termination began
+# Slurm signals the nodes of a job one after another: an attempt whose workers ended this little
+# before the signal reached this node may have ended because another node was signalled first
+SIGNAL_SKEW_S = 2.0
 
 
 @dataclass(frozen=True)
 class JobLauncher(Launcher):
-    """A Launcher that does not record a run whose job Slurm is terminating (preemption)."""
+    """A Launcher that does not record an attempt that Slurm's termination of the job (preemption,
+    a time limit, a cancel, a lost node) ended: one whose workers were still running when it began."""
 
     @property
     def records(self) -> bool:
         return self.node_rank == 0 and not _TERMINATING.is_set()
 
+    def records_attempt(self, ended: float) -> bool:
+        since = _terminating_since[0]
+        return self.node_rank == 0 and (since is None or ended < since - SIGNAL_SKEW_S)
+
+
+def _terminating() -> None:
+    if not _TERMINATING.is_set():
+        _terminating_since[0] = time.monotonic()
+    _TERMINATING.set()
+
+
+def _not_terminating() -> None:
+    _terminating_since[0] = None
+    _TERMINATING.clear()
+
 
 def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
     # Slurm sends SIGTERM to every process of a preempted or cancelled job: torchrun dies too,
     # and that attempt must not be recorded as a failure. submitit requeues on its own signal.
-    _TERMINATING.set()
+    _terminating()
 
 
 def _before(handler):
     """A USR2 handler that marks the job as terminating, then runs submitit's (which requeues it)."""
     def on_usr2(signum, frame) -> None:
-        _TERMINATING.set()
+        _terminating()
         if callable(handler):
             handler(signum, frame)
     return on_usr2
@@ -115,16 +133,23 @@ class RunJob:
                 # this job now; should it go on after all, the run resumes from its checkpoint
                 _TERMINATING.wait(600)
                 time.sleep(60)
-                _TERMINATING.clear()
+                _not_terminating()
 
     def _follow(self, spec: RunSpec, store: ResultsStore, launcher: JobLauncher) -> dict[str, Any]:
-        """Nodes after the first run torchrun for the same run and leave the recording to node 0."""
-        run_dir = store.run_dir(spec.run_id)
-        spec_path = run_dir / "spec.json"
-        for _ in range(1 + self.retries):
-            if any(st in FINAL for st in store.history(spec.sweep, spec.run_id).statuses) or (run_dir / "result.json").exists():
+        """Nodes after the first run their part of each attempt (execute: their own lock, spec file
+        and log, log.nodeK.txt) and leave the recording to node 0, whose record of each attempt
+        they wait for before they join the next (await_record)."""
+        from harness.launch.torchrun import await_record, execute
+
+        policy = RetryPolicy(self.retries)
+        while not _TERMINATING.is_set():
+            if policy.settled(store.history(spec.sweep, spec.run_id).statuses) is not None:
                 break
-            with (run_dir / f"log.node{launcher.node_rank}.txt").open("a") as log:
-                subprocess.run(launcher.command(spec_path, spec.run_id), stdout=log, stderr=subprocess.STDOUT,
-                               env=os.environ | launcher.env, check=False)
+            result = execute(spec, store, launcher)
+            if result is None:  # another process of this node holds its part: let it
+                time.sleep(5)
+                continue
+            if result.interrupted or result.row is None:
+                break
+            await_record(store, spec, result.row.attempt, stop=_TERMINATING.is_set)
         return {"run_id": spec.run_id, "node": launcher.node_rank}

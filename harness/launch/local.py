@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from harness.planning.adaptive import rounds
 from harness.launch import warm
-from harness.launch.torchrun import WORKER_ENV, Launcher, Outcome, execute
+from harness.launch.torchrun import WORKER_ENV, Launcher, Outcome, await_record, execute
 from harness.planning.plan import Plan
 from harness.store.planfile import save_plan
 from harness.launch.procs import ctrl_c_latch, interrupted, stop_runs
@@ -187,8 +187,10 @@ class _Runner:
             if result.row is not None and self.on_recorded is not None:
                 self.on_recorded(spec)
             status = settled(self.store, spec, self.policy)
-        else:  # a non-first node of a multi-node run: node 0 records
-            status = result.row.status if result.row else COMPLETED
+        else:  # a non-first node of a multi-node run: node 0 records, and this node follows its record
+            if result.row is not None:
+                await_record(self.store, spec, result.row.attempt)
+            status = settled(self.store, spec, self.policy)
         if status is None:  # retried at once, before the runs that come after it
             self.progress.drop_run(spec.run_id)
             self.pending.appendleft(spec)

@@ -26,6 +26,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,8 +43,8 @@ from harness.core.files import WriteError, atomic_write_bytes, quarantine, write
 from harness.core.placement import Slot, auto_jobs, slots
 from harness.launch.procs import RunLock, interrupted, kill_stale_workers, kill_tree, spawn
 from harness.launch.warm import WarmWorker
-from harness.store.record import (CONFIG, DATA_CHANGED, ENVIRONMENT, FAILED, UNRUNNABLE, RunResult, RunRow, RunSpec, find_stopped,
-                            parse_progress)
+from harness.store.record import (ATTEMPT_ENDED, CONFIG, DATA_CHANGED, ENVIRONMENT, FAILED, NODE_HEADER, UNRUNNABLE,
+                                  RunResult, RunRow, RunSpec, find_ranks, find_stopped, parse_progress)
 from harness.store.results import ResultsStore
 from harness.core.versions import git_commit, versions
 
@@ -82,10 +83,28 @@ class Launcher:
     def world_size(self) -> int:
         return self.nproc * self.nnodes
 
+    def node_file(self, name: str) -> str:
+        """This node's own file in the shared run folder: the first node's spec.json, log.txt and
+        .lock, node K's nodeK.spec.json, log.nodeK.txt and .lock.nodeK. Its workers are told its own
+        spec file, so a leftover worker is looked for (and killed) on its own node only."""
+        if self.node_rank == 0:
+            return name
+        return {"spec.json": f"node{self.node_rank}.spec.json", "log.txt": f"log.node{self.node_rank}.txt",
+                ".lock": f".lock.node{self.node_rank}"}[name]
+
+    @property
+    def where(self) -> str:
+        """' on node K (host)' for a multi-node run, else nothing (how its log lines say where they ran)."""
+        return f" on node {self.node_rank} ({socket.gethostname()})" if self.nnodes > 1 else ""
+
     @property
     def records(self) -> bool:
         """Only the first node's parent writes results (every node runs the same plan)."""
         return self.node_rank == 0
+
+    def records_attempt(self, ended: float) -> bool:
+        """Whether this process records an attempt whose workers ended at `ended` (time.monotonic())."""
+        return self.records
 
     @classmethod
     def checked(cls, nproc: int | None = None, nnodes: int = 1, node_rank: int = 0,
@@ -164,9 +183,15 @@ def _attempt_text(log: Path) -> str:
 
 
 def _failure_reason(log: Path, returncode: int) -> str:
-    """The most telling line of the last attempt's log: the exception (or signal) of the rank that
+    """Why an attempt failed, from the last attempt's part of its log (_attempt_failure)."""
+    rank, detail = _attempt_failure(_attempt_text(log))
+    return f"workers exited with code {returncode}: {f'rank {rank}: ' if rank is not None else ''}{detail[:300]}"
+
+
+def _attempt_failure(text: str) -> tuple[str | None, str]:
+    """(rank, the most telling line) of an attempt's log: the exception (or signal) of the rank that
     torchrun names as the root cause, else the workers' last exception, else their last signal."""
-    lines = _attempt_text(log).splitlines()
+    lines = text.splitlines()
     exceptions: list[tuple[str | None, str]] = []
     for ln in lines:  # torchrun prefixes each worker's lines with [rankN]: (or [defaultN]:)
         m = RANK_PREFIX.match(ln)
@@ -185,15 +210,88 @@ def _failure_reason(log: Path, returncode: int) -> str:
     own = [body for rank, body in exceptions if rank == root_rank and rank is not None]
     plain = [body for rank, body in exceptions if rank is None]
     if own:
-        detail = f"rank {root_rank}: {own[-1]}"
-    elif root_signal:
-        detail = f"rank {root_rank}: {root_signal}" if root_rank is not None else root_signal
-    elif plain or exceptions:
-        rank, body = next((e for e in reversed(exceptions) if e[0] is None), exceptions[-1])
-        detail = f"rank {rank}: {body}" if rank is not None else body
-    else:
-        detail = signals[-1] if signals else "no error message in the log"
-    return f"workers exited with code {returncode}: {detail[:300]}"
+        return root_rank, own[-1]
+    if root_signal:
+        return root_rank, root_signal
+    if plain or exceptions:
+        return next((e for e in reversed(exceptions) if e[0] is None), exceptions[-1])
+    return None, signals[-1] if signals else "no error message in the log"
+
+
+# ----------------------------------------------------------------------------- several nodes
+
+# what a rank says when another rank, not its own work, failed: the connection to it closed or
+# timed out, or the rendezvous (torchrun's store on the first node) went away
+LOST_PEER = re.compile(r"Connection (?:closed|reset) by peer|Broken pipe|Timed out waiting|timed out|Connection refused|"
+                       r"DistNetworkError|DistStoreError|Rendezvous\w*Error|recvBytes|sendBytes|Watchdog caught", re.I)
+DEFAULT_NODE_WORD_S = 15.0
+
+
+def node_word_seconds() -> float:
+    """How long the first node waits for the others to say how a failed attempt ended on them
+    (HARNESS_NODE_WORD_S, default 15 s); a node that says nothing by then is named as such."""
+    raw = os.environ.get("HARNESS_NODE_WORD_S", "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_NODE_WORD_S
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 3600:
+        raise UserError(f"HARNESS_NODE_WORD_S={raw!r}: expected seconds between 0 and 3600")
+    return value
+
+
+RECORD_WAIT_S = 900.0
+
+
+def await_record(store: ResultsStore, spec: RunSpec, attempt: int, stop: Callable[[], bool] = lambda: False,
+                 timeout: float = RECORD_WAIT_S) -> None:
+    """On a node after the first, once its part of an attempt ended: wait until node 0 has recorded
+    that attempt in the shared results folder, so that a retry (or the next run) meets node 0 at the
+    same rendezvous. A folder that node 0 never wrote into is not shared: one clear error."""
+    run_dir = store.run_dir(spec.run_id)
+    if not (run_dir / "spec.json").exists():
+        raise UserError(f"{run_dir} holds no spec.json of node 0: the results folder is not shared between the "
+                        "nodes; give every node the same --results folder on a shared filesystem")
+    deadline = time.monotonic() + timeout
+    while store.attempts(spec.run_id) < attempt and not stop() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _attempt_section(log: Path, attempt: int) -> str:
+    """The part of a node's log for this attempt (the last, should the node have started it twice)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    sections = [part for part in text.split("=== attempt ")[1:] if part.startswith(f"{attempt} at ")]
+    return "=== attempt " + sections[-1] if sections else ""
+
+
+def nodes_failure_reason(run_dir: Path, launcher: Launcher, attempt: int, returncode: int) -> str:
+    """Why a multi-node attempt failed, from every node's log in the shared run folder: first the
+    ranks that failed on their own (killed, an exception), then the nodes that gave no word (lost,
+    or hanging), then the ranks that failed only because they lost a peer. Each named with its node."""
+    deadline = time.monotonic() + node_word_seconds()
+    own, silent, lost_peer = [], [], []
+    for k in range(launcher.nnodes):
+        log = run_dir / dataclasses.replace(launcher, node_rank=k).node_file("log.txt")
+        section = _attempt_section(log, attempt)
+        while k and ATTEMPT_ENDED not in section and time.monotonic() < deadline:
+            time.sleep(0.2)
+            section = _attempt_section(log, attempt)
+        header = NODE_HEADER.search(section.partition("\n")[0])
+        node = f"node {k} ({header.group(2)})" if header else f"node {k}"
+        ranks = find_ranks(section)
+        of_node = f"rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))} on {node}" if ranks else node
+        if k and ATTEMPT_ENDED not in section:
+            silent.append(f"{of_node} gave no word within {node_word_seconds():g} s (lost, or hanging)")
+            continue
+        if re.search(rf"{ATTEMPT_ENDED} \d+ .*: exit code 0$", section, re.M):
+            continue
+        rank, detail = _attempt_failure(section)
+        word = f"{f'rank {rank} on {node}' if rank is not None else of_node}: {detail[:200]}"
+        (lost_peer if LOST_PEER.search(detail) else own).append(word)
+    return f"workers exited with code {returncode}: {'; '.join(own + silent + lost_peer)}"[:800]
 
 
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b(:|$)")
@@ -256,7 +354,7 @@ def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
     run_dir = store.run_dir(spec.run_id)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(run_dir / ".lock")
+        lock = RunLock(run_dir / launcher.node_file(".lock"))
         held = lock.acquire()
     except WriteError:
         raise
@@ -265,11 +363,12 @@ def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
     if not held:
         return None
     try:
-        spec_path = run_dir / "spec.json"
+        spec_path = run_dir / launcher.node_file("spec.json")
         killed = kill_stale_workers(spec_path)
         if killed:
             _notice(f"killed {len(killed)} leftover worker process(es) of an earlier attempt of run "
-                    f"{spec.run_id} (pids {', '.join(map(str, killed))})", run_dir / "log.txt")
+                    f"{spec.run_id}{launcher.where} (pids {', '.join(map(str, killed))})",
+                    run_dir / launcher.node_file("log.txt"))
         if launcher.records:
             store.replay(spec.run_id)
         if should_run is not None and not should_run():
@@ -281,7 +380,8 @@ def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
 
 def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_dir: Path, on_progress,
                     lock: RunLock) -> Outcome:
-    spec_path, result_path, log = run_dir / "spec.json", run_dir / "result.json", run_dir / "log.txt"
+    spec_path, log = run_dir / launcher.node_file("spec.json"), run_dir / launcher.node_file("log.txt")
+    result_path = run_dir / "result.json"
     attempt = store.attempts(spec.run_id) + 1
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     stalled = None
@@ -295,9 +395,10 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
                 _notice(str(w.message), log)
         returncode, stalled = _launch(launcher.command(spec_path, spec.run_id), log, attempt, launcher.env,
                                       on_progress, lock, stall_timeout(), launcher.slot.cpus,
-                                      launcher.warm if launcher.world_size == 1 else None, spec_path)
+                                      launcher.warm if launcher.world_size == 1 else None, spec_path, launcher.where)
     else:
         returncode = 0
+    ended = time.monotonic()
     if result_path.exists():  # written by this attempt's workers (or an earlier one that was never recorded)
         try:
             result = RunResult.load(result_path)
@@ -326,11 +427,13 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
             result = _failed(why[1], UNRUNNABLE)
         elif interrupted():  # Ctrl-C here too: this process's own stop, not the run's failure
             raise KeyboardInterrupt
+        elif launcher.node_rank == 0 and launcher.nnodes > 1:
+            result = _failed(nodes_failure_reason(run_dir, launcher, attempt, returncode))
         else:
             result = _failed(_failure_reason(log, returncode))
     row = RunRow.of(spec, attempt, result, git_commit=git_commit(), started_at=started, run_dir=str(run_dir))
     try:
-        if launcher.records:
+        if launcher.records_attempt(ended):
             store.append(row)
     except WriteError as err:
         kept = store.journal_path(spec.run_id, attempt)
@@ -350,19 +453,20 @@ def _failed(reason: str, status: str = FAILED) -> RunResult:
 
 def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], on_progress,
             lock: RunLock, stall_s: float, cpus: tuple[int, ...] = (), warm: WarmWorker | None = None,
-            spec_path: Path | None = None) -> tuple[int, str | None]:
+            spec_path: Path | None = None, where: str = "") -> tuple[int, str | None]:
     """(the workers' exit code, the stall reason if the watchdog killed them). With a warm worker
-    the run is its forked child (harness.launch.warm), else `cmd` started cold."""
+    the run is its forked child (harness.launch.warm), else `cmd` started cold. A node of a
+    multi-node run (`where`) also writes how its attempt ended, which the first node reads."""
     env = os.environ | extra_env
     try:
-        out = log.open("a", encoding="utf-8")
+        out = log.open("a", encoding="utf-8", buffering=1)  # line by line: other nodes and a crash read it
     except OSError as err:
         raise write_error(log, err, "the run was not started") from err
     with out:
         proc = warm.start(spec_path, env, lock.fd, cpus) if warm is not None and spec_path is not None else None
         how = "a warm worker's fork of " if proc is not None else ""
         try:
-            out.write(f"=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {how}{' '.join(cmd)}\n")
+            out.write(f"=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}{where}: {how}{' '.join(cmd)}\n")
             out.flush()
         except OSError as err:
             if proc is not None:
@@ -409,6 +513,12 @@ def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], 
                     on_progress(progress)
             returncode = proc.wait()
             reader.join(timeout=10)
+            if where:
+                try:
+                    out.write(f"{ATTEMPT_ENDED} {attempt}{where}: exit code {returncode}\n")
+                    out.flush()
+                except OSError:
+                    pass
             return returncode, stalled
         except BaseException:
             proc.send_signal(signal.SIGTERM)

@@ -31,13 +31,31 @@ from harness.planning.adaptive import Adaptive, arm_states
 from harness.core.config import BASELINE
 from harness.store.planfile import read_jobs, read_plan, saved_sweeps
 from harness.launch.procs import is_running
-from harness.store.record import COMPLETED, DIVERGED, FINAL, parse_progress
+from harness.store.record import COMPLETED, DIVERGED, FINAL, NODE_HEADER, parse_progress
 from harness.stats.sequential import UNDECIDED
 from harness.store.results import ResultsStore
 from harness.cluster.slurmctl import SLURM_JOB_ID, SlurmUnavailable, job_states
 
 STATES = ("done", "running", "queued", "failed", "interrupted", "unrecorded", "cancelled", "lost", "diverged",
           "unrunnable")
+
+
+def _nodes(run_dir: Path) -> str:
+    """The hosts of a multi-node run's current attempt, from each node's log header (node 0's
+    log.txt, node K's log.nodeK.txt: "=== attempt N at T on node K (host): ..."); empty for one node."""
+    hosts = {}
+    for log in sorted(Path(run_dir).glob("log*.txt")):
+        try:
+            with log.open("rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 65536))
+                tail = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        found = NODE_HEADER.findall(tail[tail.rfind("=== attempt"):].partition("\n")[0]) if "=== attempt" in tail else []
+        for rank, host in found:
+            hosts[int(rank)] = host
+    return ",".join(hosts[k] for k in sorted(hosts)) if len(hosts) > 1 else ""
 
 
 def _progress(run_dir: Path) -> str:
@@ -72,6 +90,7 @@ class RunState:
     test_loss: float | None
     job: str | None
     tokens: int | None = None  # the budget of its counted attempt
+    nodes: str = ""  # a running run's nodes: Slurm's node list, or the hosts its nodes' logs name
 
 
 def sweep_names(results: Path) -> list[str]:
@@ -160,7 +179,7 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
         statuses = history.statuses
         job = jobs.get(run_id)
         in_slurm = slurm.get(job) if job else None
-        detail, test_loss = "", None
+        detail, test_loss, nodes = "", None, ""
         run_dir = store.run_dir(run_id)
         counted = history.counted
         tokens = int(counted["planned_tokens"]) if counted is not None and counted.get("planned_tokens") else None
@@ -174,6 +193,7 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
         elif is_running(run_dir) or (in_slurm is not None and in_slurm.state == "RUNNING"):
             state = "running"
             detail = _progress(run_dir)
+            nodes = (in_slurm.nodes if in_slurm is not None else "") or _nodes(run_dir)
         elif in_slurm is not None and in_slurm.active:
             state = "queued"
             detail = in_slurm.describe(job)
@@ -197,7 +217,7 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
             state = "queued"
         arm = str(run.get("arm", "?")) + (f" at {run['budget_factor']:g}x budget" if run.get("budget_factor") else "")
         out.append(RunState(run_id, arm, int(run.get("seed", -1)), state, len(statuses),
-                            detail[:200], test_loss, job, tokens))
+                            detail[:200], test_loss, job, tokens, nodes))
     return out, adaptive, slurm_error
 
 
@@ -257,9 +277,10 @@ def print_status(payload: dict[str, Any], console, show_runs: bool = False) -> N
                                       for arm, st in adaptive["arms"].items()), highlight=False)
         if show_runs:
             runs = Table(title=f"runs of {name}")
-            for col in ("arm", "seed", "run id", "state", "attempts", "job", "detail"):
+            multi = any(r.get("nodes") for r in info["runs"])
+            for col in ("arm", "seed", "run id", "state", "attempts", "job", *(["nodes"] if multi else []), "detail"):
                 runs.add_column(col)
             for r in info["runs"]:
                 runs.add_row(r["arm"], str(r["seed"]), r["run_id"], r["state"], str(r["attempts"]),
-                             r["job"] or "-", r["detail"] or "-")
+                             r["job"] or "-", *([r.get("nodes") or "-"] if multi else []), r["detail"] or "-")
             console.print(runs)

@@ -2,6 +2,7 @@
 
   RunSpec      fixed before launch, written to runs/<id>/spec.json; the worker trains exactly it
   PROGRESS     the line format the worker prints while training and the parent parses
+  RANK         the line each worker of a DDP run prints once it has its rank (where each rank ran)
   STOPPED      the line a worker prints when it stops on an error that is not the run's: the
                machine's (disk full, read-only, permissions: not counted, the run resumes), the
                configuration's (the run can never run as planned: recorded unrunnable, not retried)
@@ -28,6 +29,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,30 @@ PROGRESS = "PROGRESS "  # prefix of the worker's progress lines: PROGRESS {"step
 def progress_line(step: int, steps: int, tokens: int, loss: float, tokens_per_s: float) -> str:
     return PROGRESS + json.dumps({"step": step, "steps": steps, "tokens": tokens, "loss": loss,
                                   "tokens_per_s": tokens_per_s})
+
+
+# A multi-node run's log lines of each node: "=== attempt N at T on node K (host): COMMAND" and,
+# once its part ended, "=== ended attempt N on node K (host): exit code C"
+NODE_HEADER = re.compile(r"on node (\d+) \(([^)]*)\)")
+ATTEMPT_ENDED = "=== ended attempt"
+RANK = "HARNESS-RANK "  # RANK {"rank": .., "world": .., "host": .., "pid": ..}
+
+
+def rank_line(rank: int, world: int, host: str, pid: int) -> str:
+    return RANK + json.dumps({"rank": rank, "world": world, "host": host, "pid": pid})
+
+
+def find_ranks(text: str) -> list[int]:
+    """The ranks that announced themselves in a node's output (torchrun may prefix the lines)."""
+    ranks = []
+    for line in text.splitlines():
+        at = line.find(RANK)
+        if at >= 0:
+            try:
+                ranks.append(int(json.loads(line[at + len(RANK):])["rank"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return sorted(set(ranks))
 
 
 STOPPED = "HARNESS-STOPPED "  # STOPPED {"kind": "environment" | "config" | "data", "message": ...}

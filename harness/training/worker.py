@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -41,7 +42,7 @@ from harness.data.corpus import load_corpus
 from harness.core.errors import UserError
 from harness.core.files import atomic_write_json, environment_failure
 from harness.core.placement import cpu_threads
-from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVIRONMENT, RunResult, RunSpec, pack_units, progress_line, stopped_line
+from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVIRONMENT, RunResult, RunSpec, pack_units, progress_line, rank_line, stopped_line
 from harness.core.versions import versions
 from harness.model import GPTModel, ModelConfig, init_weights, parameter_counts, sequences_from
 
@@ -367,6 +368,8 @@ def main(spec_path: str) -> int:
     d = setup_distributed(float(os.environ.get("HARNESS_COLLECTIVE_TIMEOUT", "600")))
     if d.world != spec.world_size:
         raise SystemExit(f"spec planned {spec.world_size} processes, torchrun started {d.world}")
+    if d.world > 1:  # which rank runs where: a failed attempt's reason names the ranks of each node
+        print(rank_line(d.rank, d.world, socket.gethostname(), os.getpid()), flush=True)
     mcfg, tcfg = ModelConfig(**spec.config["model"]), TrainConfig(**spec.config["train"])
     configure_threads(d.device)
     configure_backends(d.device)

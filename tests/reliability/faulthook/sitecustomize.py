@@ -9,6 +9,7 @@ torch.nn.functional.cross_entropy and calls straight through to them.
    "nth": 1,                        # fire at the n-th matching event in that process
    "run": "qkv_bias-s0-",           # worker: only in the run whose spec path contains this
    "rank": 0,                       # worker: only this RANK
+   "host": "hnode2",                # worker: only on the machine of this hostname (a node of a test cluster)
    "action": "killpg",              # killpg: SIGKILL the sweep's process group (a worker carries on,
                                     # an orphan); killall: the group and this worker; kill_self; stop_self;
                                     # enospc / erofs: make this and every later matching write fail
@@ -24,6 +25,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -57,6 +59,8 @@ def _install(spec):
         if spec.get("run") and not any(spec["run"] in a for a in args):
             return
         if "rank" in spec and int(os.environ.get("RANK", "0")) != int(spec["rank"]):
+            return
+        if "host" in spec and socket.gethostname() != spec["host"]:
             return
     event, _, phase = spec["point"].partition(":")
     phase = phase or "before"
