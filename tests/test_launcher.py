@@ -66,6 +66,66 @@ def test_multi_node_passes_rendezvous_through():
     assert "--standalone" not in cmd
 
 
+def test_each_node_has_its_own_files_in_the_shared_run_folder():
+    first, second = Launcher(nnodes=2, rdzv_endpoint="h:1"), Launcher(nnodes=2, node_rank=1, rdzv_endpoint="h:1")
+    assert [first.node_file(n) for n in ("spec.json", "log.txt", ".lock")] == ["spec.json", "log.txt", ".lock"]
+    assert [second.node_file(n) for n in ("spec.json", "log.txt", ".lock")] == \
+        ["node1.spec.json", "log.node1.txt", ".lock.node1"]
+    assert second.where.startswith(" on node 1 (") and Launcher().where == ""
+
+
+def _node_log(run_dir: Path, name: str, node: int, host: str, body: str, ended: int | None) -> None:
+    text = f"=== attempt 1 at 2026-01-01 00:00:00 on node {node} ({host}): torchrun ...\n{body}"
+    if ended is not None:
+        text += f"=== ended attempt 1 on node {node} ({host}): exit code {ended}\n"
+    (run_dir / name).write_text(text)
+
+
+ROOT_CAUSE = """Root Cause (first observed failure):
+[0]:
+  host      : hb
+  rank      : 1 (local_rank: 0)
+  exitcode  : -9 (pid: 12)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 12
+"""
+
+
+def test_a_multi_node_failure_names_the_rank_that_failed_first_and_the_node(tmp_path, monkeypatch):
+    """The rank that failed on its own comes before the ranks that only lost their peer; a node
+    that never said how its part ended is named as silent."""
+    monkeypatch.setenv("HARNESS_NODE_WORD_S", "0.5")
+    launcher = Launcher(nnodes=2, rdzv_endpoint="ha:1")
+    peer_lost = 'HARNESS-RANK {"rank": 0, "world": 2, "host": "ha", "pid": 11}\n' \
+                "RuntimeError: [pair.cc:537] Read error [10.0.0.2]:4823: Connection reset by peer\n"
+    _node_log(tmp_path, "log.txt", 0, "ha", peer_lost, 1)
+    _node_log(tmp_path, "log.node1.txt", 1, "hb", 'HARNESS-RANK {"rank": 1, "world": 2, "host": "hb", "pid": 12}\n'
+              + ROOT_CAUSE, 1)
+    reason = launch.nodes_failure_reason(tmp_path, launcher, 1, 1)
+    assert reason.startswith("workers exited with code 1: rank 1 on node 1 (hb): Signal 9 (SIGKILL); "
+                             "rank 0 on node 0 (ha): RuntimeError:"), reason
+    _node_log(tmp_path, "log.node1.txt", 1, "hb", 'HARNESS-RANK {"rank": 1, "world": 2, "host": "hb", "pid": 12}\n', None)
+    t0 = time.monotonic()
+    reason = launch.nodes_failure_reason(tmp_path, launcher, 1, 1)
+    assert 0.5 <= time.monotonic() - t0 < 5
+    assert "rank 1 on node 1 (hb) gave no word within 0.5 s (lost, or hanging); rank 0 on node 0 (ha)" in reason
+    monkeypatch.setenv("HARNESS_NODE_WORD_S", "soon")
+    with pytest.raises(UserError, match="HARNESS_NODE_WORD_S='soon'"):
+        launch.node_word_seconds()
+
+
+def test_a_node_after_the_first_refuses_a_results_folder_that_is_not_shared(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.store.results import ResultsStore
+
+    store = ResultsStore(tmp_path)
+    spec = SimpleNamespace(run_id="baseline-s0-abc")  # await_record reads only the run id
+    store.run_dir(spec.run_id).mkdir(parents=True)
+    with pytest.raises(UserError, match="not shared between the nodes"):
+        launch.await_record(store, spec, 1, timeout=0)
+
+
 def test_multi_node_needs_an_endpoint(tmp_path):
     proc = cli("sweep", "qkv_bias", "--nnodes", "2", "--results", str(tmp_path))
     assert proc.returncode == 2 and "--rdzv-endpoint" in proc.stderr
