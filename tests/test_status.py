@@ -102,3 +102,30 @@ def test_cli_status(sweep):
     assert code == 2 and "no sweep 'nope'" in err and "s1" in err and err.count("\n") == 1
     code, out, _ = invoke("status", "--results", str(results / "empty"))
     assert code == 0 and "no sweeps" in out
+
+
+def test_a_running_multi_node_run_shows_its_nodes(sweep):
+    """Without Slurm the nodes come from each node's log header in the shared run folder."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from harness.report.status import print_status
+
+    results, _, by = sweep
+    run_dir = ResultsStore(results).run_dir(by["qkv_bias", 2].run_id)
+    run_dir.mkdir(parents=True)
+    (run_dir / "log.txt").write_text("=== attempt 1 at 2026-01-01 00:00:00 on node 0 (gpu-a): torchrun ...\n")
+    (run_dir / "log.node1.txt").write_text("=== attempt 1 at 2026-01-01 00:00:00 on node 1 (gpu-b): torchrun ...\n")
+    holder = hold_lock(run_dir)
+    try:
+        payload = status_payload(results, "s1")
+    finally:
+        holder.kill()
+        holder.wait()
+    runs = {r["run_id"]: r for r in payload["s1"]["runs"]}
+    assert runs[by["qkv_bias", 2].run_id]["nodes"] == "gpu-a,gpu-b"
+    assert {r["nodes"] for rid, r in runs.items() if rid != by["qkv_bias", 2].run_id} == {""}
+    out = StringIO()
+    print_status(payload, Console(file=out, width=250), show_runs=True)
+    assert "nodes" in out.getvalue() and "gpu-a,gpu-b" in out.getvalue()
