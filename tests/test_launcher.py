@@ -101,17 +101,47 @@ def test_a_multi_node_failure_names_the_rank_that_failed_first_and_the_node(tmp_
     _node_log(tmp_path, "log.txt", 0, "ha", peer_lost, 1)
     _node_log(tmp_path, "log.node1.txt", 1, "hb", 'HARNESS-RANK {"rank": 1, "world": 2, "host": "hb", "pid": 12}\n'
               + ROOT_CAUSE, 1)
-    reason = launch.nodes_failure_reason(tmp_path, launcher, 1, 1)
+    sections = launch.node_sections(tmp_path, launcher, 1)
+    assert launch.nodes_interrupted(sections) is None
+    reason = launch.nodes_failure_reason(sections, 0.5, 1)
     assert reason.startswith("workers exited with code 1: rank 1 on node 1 (hb): Signal 9 (SIGKILL); "
                              "rank 0 on node 0 (ha): RuntimeError:"), reason
     _node_log(tmp_path, "log.node1.txt", 1, "hb", 'HARNESS-RANK {"rank": 1, "world": 2, "host": "hb", "pid": 12}\n', None)
     t0 = time.monotonic()
-    reason = launch.nodes_failure_reason(tmp_path, launcher, 1, 1)
+    sections = launch.node_sections(tmp_path, launcher, 1)
     assert 0.5 <= time.monotonic() - t0 < 5
+    reason = launch.nodes_failure_reason(sections, 0.5, 1)
     assert "rank 1 on node 1 (hb) gave no word within 0.5 s (lost, or hanging); rank 0 on node 0 (ha)" in reason
     monkeypatch.setenv("HARNESS_NODE_WORD_S", "soon")
     with pytest.raises(UserError, match="HARNESS_NODE_WORD_S='soon'"):
         launch.node_word_seconds()
+
+
+def test_an_attempt_that_a_signal_stopped_on_any_node_is_interrupted_not_failed(tmp_path, monkeypatch):
+    """Ctrl-C on node 1, or Slurm's termination reaching it first: node 0's workers only lost their
+    peer, but the attempt was stopped from outside (not counted, it resumes)."""
+    monkeypatch.setenv("HARNESS_NODE_WORD_S", "0")
+    launcher = Launcher(nnodes=2, rdzv_endpoint="ha:1")
+    _node_log(tmp_path, "log.txt", 0, "ha", "RuntimeError: Connection closed by peer\n", 1)
+    _node_log(tmp_path, "log.node1.txt", 1, "hb", "torchrun: Received SIGTERM death signal, shutting down\n", 1)
+    assert launch.nodes_interrupted(launch.node_sections(tmp_path, launcher, 1)) == "SIGTERM"
+    _node_log(tmp_path, "log.node1.txt", 1, "hb", "", -2)
+    assert launch.nodes_interrupted(launch.node_sections(tmp_path, launcher, 1)) == "SIGINT"
+
+
+def test_a_slurm_job_records_a_multi_node_attempt_only_if_it_failed_before_the_termination(monkeypatch):
+    from harness.cluster import slurmjob
+
+    monkeypatch.setattr(slurmjob, "_terminating_since", [None])
+    many, one = slurmjob.JobLauncher(nnodes=2, rdzv_endpoint="h:1"), slurmjob.JobLauncher()
+    assert many.records_attempt(100.0) and one.records_attempt(100.0)
+    slurmjob._terminating_since[0] = 100.0 + slurmjob.SIGNAL_SKEW_S + 1  # the workers failed well before it
+    assert many.records_attempt(100.0)
+    slurmjob._terminating_since[0] = 100.5  # they ended as it came: maybe because of it
+    assert not many.records_attempt(100.0)
+    monkeypatch.setattr(slurmjob, "_TERMINATING", type("E", (), {"is_set": staticmethod(lambda: False)})())
+    assert one.records_attempt(100.0)  # one node: judged by the workers' exit status alone, as before
+    assert not slurmjob.JobLauncher(nnodes=2, node_rank=1, rdzv_endpoint="h:1").records_attempt(0.0)
 
 
 def test_a_node_after_the_first_refuses_a_results_folder_that_is_not_shared(tmp_path):
@@ -174,3 +204,13 @@ def test_ctrl_c_outside_a_fork_raises_at_once():
 ])
 def test_an_attempt_is_judged_interrupted_by_how_its_workers_stopped(returncode, log, stopped_by):
     assert launch.interrupt_signal(returncode, log) == stopped_by
+
+
+def test_the_local_launcher_refuses_several_nodes_before_writing_anything(tmp_path):
+    pytest.importorskip("submitit")
+    from conftest import invoke
+
+    code, _, err = invoke("sweep", "qkv_bias", "--seeds", "1", "--launcher", "local", "--nodes", "2",
+                          "--results", str(tmp_path))
+    assert code == 2 and "--launcher local runs on this machine only" in err and err.count("\n") == 1, err
+    assert not list(tmp_path.rglob("spec.json"))

@@ -181,6 +181,8 @@ class ClusterOptions:
             raise UserError(f"--node-rank and --rdzv-endpoint are set per job by --launcher {self.launcher}; drop them")
         if nnodes < 1:
             raise UserError(f"--nodes must be >= 1, got {nnodes}")
+        if nnodes > 1 and self.launcher == "local":
+            raise UserError("--launcher local runs on this machine only: use --nodes 1 (or --launcher slurm)")
         # each job meets at its own first node: the rendezvous endpoint is set per job (slurmjob)
         launcher = dataclasses.replace(
             Launcher.checked(self.nproc(nproc, 1 if self.launcher == "slurm" else default_nproc())), nnodes=nnodes)
@@ -219,8 +221,6 @@ def _executor(opts: ClusterOptions, folder: Path, name: str, nproc: int, nnodes:
         if opts.slurm_setup:
             params["slurm_setup"] = list(opts.slurm_setup)
     else:
-        if nnodes > 1:
-            raise UserError("--launcher local runs on this machine only: use --nnodes 1")
         executor = submitit.AutoExecutor(folder=str(folder), cluster="local")
         params = {"name": name, "timeout_min": parse_time(opts.time) if opts.time else DEFAULT_LOCAL_TIME_MIN,
                   "nodes": 1, "tasks_per_node": 1}

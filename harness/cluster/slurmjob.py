@@ -41,6 +41,8 @@ class JobLauncher(Launcher):
         return self.node_rank == 0 and not _TERMINATING.is_set()
 
     def records_attempt(self, ended: float) -> bool:
+        if self.nnodes == 1:  # one node: its workers' exit status says whether the signal stopped them
+            return self.records
         since = _terminating_since[0]
         return self.node_rank == 0 and (since is None or ended < since - SIGNAL_SKEW_S)
 

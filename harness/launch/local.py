@@ -180,7 +180,7 @@ class _Runner:
             self.console.print(f"{escape(label)} was interrupted by {result.interrupted} (not counted as a "
                                "failed attempt; it resumes from its checkpoint)")
             raise KeyboardInterrupt
-        if result.row and result.row.status == FAILED:
+        if result.row and result.row.status == FAILED and self.launchers[0].records:  # node 0 says what counts
             self.console.print(f"[yellow]{escape(label)} failed[/yellow]: {escape(result.row.reason)} "
                                f"(log: {escape(str(result.log))})")
         if self.launchers[0].records:

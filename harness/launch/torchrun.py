@@ -185,7 +185,8 @@ def _attempt_text(log: Path) -> str:
 def _failure_reason(log: Path, returncode: int) -> str:
     """Why an attempt failed, from the last attempt's part of its log (_attempt_failure)."""
     rank, detail = _attempt_failure(_attempt_text(log))
-    return f"workers exited with code {returncode}: {f'rank {rank}: ' if rank is not None else ''}{detail[:300]}"
+    detail = f"rank {rank}: {detail}" if rank is not None else detail
+    return f"workers exited with code {returncode}: {detail[:300]}"
 
 
 def _attempt_failure(text: str) -> tuple[str | None, str]:
@@ -253,7 +254,10 @@ def await_record(store: ResultsStore, spec: RunSpec, attempt: int, stop: Callabl
         raise UserError(f"{run_dir} holds no spec.json of node 0: the results folder is not shared between the "
                         "nodes; give every node the same --results folder on a shared filesystem")
     deadline = time.monotonic() + timeout
-    while store.attempts(spec.run_id) < attempt and not stop() and time.monotonic() < deadline:
+    while store.attempts(spec.run_id) < attempt and not stop():
+        if time.monotonic() > deadline:
+            raise UserError(f"node 0 did not record attempt {attempt} of run {spec.run_id} within {timeout:g} s "
+                            "(is it still running?); this node stops")
         time.sleep(0.5)
 
 
@@ -267,26 +271,52 @@ def _attempt_section(log: Path, attempt: int) -> str:
     return "=== attempt " + sections[-1] if sections else ""
 
 
-def nodes_failure_reason(run_dir: Path, launcher: Launcher, attempt: int, returncode: int) -> str:
-    """Why a multi-node attempt failed, from every node's log in the shared run folder: first the
-    ranks that failed on their own (killed, an exception), then the nodes that gave no word (lost,
-    or hanging), then the ranks that failed only because they lost a peer. Each named with its node."""
+def node_sections(run_dir: Path, launcher: Launcher, attempt: int) -> list[tuple[int, str]]:
+    """Every node's part of this attempt's log in the shared run folder, (node, text), once each
+    node after the first has said how its part ended or HARNESS_NODE_WORD_S has passed."""
     deadline = time.monotonic() + node_word_seconds()
-    own, silent, lost_peer = [], [], []
+    out = []
     for k in range(launcher.nnodes):
         log = run_dir / dataclasses.replace(launcher, node_rank=k).node_file("log.txt")
         section = _attempt_section(log, attempt)
         while k and ATTEMPT_ENDED not in section and time.monotonic() < deadline:
             time.sleep(0.2)
             section = _attempt_section(log, attempt)
+        out.append((k, section))
+    return out
+
+
+def _exit_code(section: str) -> int | None:
+    m = re.search(rf"^{ATTEMPT_ENDED} \d+ .*: exit code (-?\d+)$", section, re.M)
+    return int(m.group(1)) if m else None
+
+
+def nodes_interrupted(sections: list[tuple[int, str]]) -> str | None:
+    """The signal that stopped any node's workers from outside (Ctrl-C there, Slurm's termination
+    reaching that node first): then the whole attempt was interrupted, not failed."""
+    for _, section in sections:
+        code = _exit_code(section)
+        sig = interrupt_signal(code, section) if code is not None else None
+        if sig is not None:
+            return sig
+    return None
+
+
+def nodes_failure_reason(sections: list[tuple[int, str]], node_word_s: float, returncode: int) -> str:
+    """Why a multi-node attempt failed, from every node's part of the log: first the ranks that
+    failed on their own (killed, an exception), then the nodes that gave no word (lost, or
+    hanging), then the ranks that failed only because they lost a peer. Each named with its node."""
+    own, silent, lost_peer = [], [], []
+    for k, section in sections:
         header = NODE_HEADER.search(section.partition("\n")[0])
         node = f"node {k} ({header.group(2)})" if header else f"node {k}"
         ranks = find_ranks(section)
         of_node = f"rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))} on {node}" if ranks else node
-        if k and ATTEMPT_ENDED not in section:
-            silent.append(f"{of_node} gave no word within {node_word_seconds():g} s (lost, or hanging)")
+        code = _exit_code(section)
+        if k and code is None:
+            silent.append(f"{of_node} gave no word within {node_word_s:g} s (lost, or hanging)")
             continue
-        if re.search(rf"{ATTEMPT_ENDED} \d+ .*: exit code 0$", section, re.M):
+        if code == 0:
             continue
         rank, detail = _attempt_failure(section)
         word = f"{f'rank {rank} on {node}' if rank is not None else of_node}: {detail[:200]}"
@@ -372,7 +402,7 @@ def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
         if launcher.records:
             store.replay(spec.run_id)
         if should_run is not None and not should_run():
-            return Outcome(None, run_dir / "log.txt")
+            return Outcome(None, run_dir / launcher.node_file("log.txt"))
         return _execute_locked(spec, store, launcher, run_dir, on_progress, lock)
     finally:
         lock.release()
@@ -412,7 +442,8 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
         result = _failed(stalled)
     else:
         text = _attempt_text(log)
-        stopped_by = interrupt_signal(returncode, text)
+        sections = node_sections(run_dir, launcher, attempt) if launcher.node_rank == 0 and launcher.nnodes > 1 else []
+        stopped_by = interrupt_signal(returncode, text) or nodes_interrupted(sections)
         if stopped_by is not None:
             _notice(f"run {spec.run_id} was interrupted by {stopped_by}; it resumes from its checkpoint "
                     "when run again (not counted as a failed attempt)", log)
@@ -427,8 +458,8 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
             result = _failed(why[1], UNRUNNABLE)
         elif interrupted():  # Ctrl-C here too: this process's own stop, not the run's failure
             raise KeyboardInterrupt
-        elif launcher.node_rank == 0 and launcher.nnodes > 1:
-            result = _failed(nodes_failure_reason(run_dir, launcher, attempt, returncode))
+        elif sections:
+            result = _failed(nodes_failure_reason(sections, node_word_seconds(), returncode))
         else:
             result = _failed(_failure_reason(log, returncode))
     row = RunRow.of(spec, attempt, result, git_commit=git_commit(), started_at=started, run_dir=str(run_dir))

@@ -22,6 +22,7 @@ on). Where Slurm does not answer, the sweep's `slurm` entry says so and those ru
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,13 +47,11 @@ def _nodes(run_dir: Path) -> str:
     hosts = {}
     for log in sorted(Path(run_dir).glob("log*.txt")):
         try:
-            with log.open("rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - 65536))
-                tail = f.read().decode("utf-8", errors="replace")
+            text = log.read_bytes()  # the header is where the attempt began, however long its output since
         except OSError:
             continue
-        found = NODE_HEADER.findall(tail[tail.rfind("=== attempt"):].partition("\n")[0]) if "=== attempt" in tail else []
+        at = text.rfind(b"=== attempt ")
+        found = NODE_HEADER.findall(text[at:].partition(b"\n")[0].decode("utf-8", errors="replace")) if at >= 0 else []
         for rank, host in found:
             hosts[int(rank)] = host
     return ",".join(hosts[k] for k in sorted(hosts)) if len(hosts) > 1 else ""
@@ -193,7 +192,9 @@ def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
         elif is_running(run_dir) or (in_slurm is not None and in_slurm.state == "RUNNING"):
             state = "running"
             detail = _progress(run_dir)
-            nodes = (in_slurm.nodes if in_slurm is not None else "") or _nodes(run_dir)
+            nodes = _nodes(run_dir)
+            if in_slurm is not None and re.search(r"[\[,]", in_slurm.nodes):  # Slurm's list, for a job of several
+                nodes = in_slurm.nodes
         elif in_slurm is not None and in_slurm.active:
             state = "queued"
             detail = in_slurm.describe(job)
