@@ -254,7 +254,8 @@ PartitionName={self.partition} Nodes={','.join(self.hostnames)} Default=YES MaxT
             time.sleep(0.1)
 
     def _idle(self) -> bool:
-        return all(state == "idle" for state in self.node_states().values()) and bool(self.node_states())
+        states = self.node_states()
+        return bool(states) and all(state == "idle" for state in states.values())
 
     def node_states(self) -> dict[str, str]:
         """Node -> Slurm's state of it (idle, allocated, down*, ...)."""

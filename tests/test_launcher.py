@@ -101,14 +101,14 @@ def test_a_multi_node_failure_names_the_rank_that_failed_first_and_the_node(tmp_
     _node_log(tmp_path, "log.txt", 0, "ha", peer_lost, 1)
     _node_log(tmp_path, "log.node1.txt", 1, "hb", 'HARNESS-RANK {"rank": 1, "world": 2, "host": "hb", "pid": 12}\n'
               + ROOT_CAUSE, 1)
-    sections = launch.node_sections(tmp_path, launcher, 1)
+    sections = launch.node_sections(tmp_path, launcher, 1, launch.node_word_seconds())
     assert launch.nodes_interrupted(sections) is None
     reason = launch.nodes_failure_reason(sections, 0.5, 1)
     assert reason.startswith("workers exited with code 1: rank 1 on node 1 (hb): Signal 9 (SIGKILL); "
                              "rank 0 on node 0 (ha): RuntimeError:"), reason
     _node_log(tmp_path, "log.node1.txt", 1, "hb", 'HARNESS-RANK {"rank": 1, "world": 2, "host": "hb", "pid": 12}\n', None)
     t0 = time.monotonic()
-    sections = launch.node_sections(tmp_path, launcher, 1)
+    sections = launch.node_sections(tmp_path, launcher, 1, launch.node_word_seconds())
     assert 0.5 <= time.monotonic() - t0 < 5
     reason = launch.nodes_failure_reason(sections, 0.5, 1)
     assert "rank 1 on node 1 (hb) gave no word within 0.5 s (lost, or hanging); rank 0 on node 0 (ha)" in reason
@@ -124,9 +124,9 @@ def test_an_attempt_that_a_signal_stopped_on_any_node_is_interrupted_not_failed(
     launcher = Launcher(nnodes=2, rdzv_endpoint="ha:1")
     _node_log(tmp_path, "log.txt", 0, "ha", "RuntimeError: Connection closed by peer\n", 1)
     _node_log(tmp_path, "log.node1.txt", 1, "hb", "torchrun: Received SIGTERM death signal, shutting down\n", 1)
-    assert launch.nodes_interrupted(launch.node_sections(tmp_path, launcher, 1)) == "SIGTERM"
+    assert launch.nodes_interrupted(launch.node_sections(tmp_path, launcher, 1, launch.node_word_seconds())) == "SIGTERM"
     _node_log(tmp_path, "log.node1.txt", 1, "hb", "", -2)
-    assert launch.nodes_interrupted(launch.node_sections(tmp_path, launcher, 1)) == "SIGINT"
+    assert launch.nodes_interrupted(launch.node_sections(tmp_path, launcher, 1, launch.node_word_seconds())) == "SIGINT"
 
 
 def test_a_slurm_job_records_a_multi_node_attempt_only_if_it_failed_before_the_termination(monkeypatch):

@@ -173,13 +173,20 @@ def stall_timeout() -> float:
     return value
 
 
-def _attempt_text(log: Path) -> str:
-    """The last attempt's part of a run's log."""
+def _attempt_text(log: Path, attempt: int | None = None) -> str:
+    """The last attempt's part of a run's log; with `attempt`, that attempt's part (the last one,
+    should a node have started it twice), or nothing."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return ""
-    return text[text.rfind("=== attempt"):]
+    if attempt is None:
+        return text[text.rfind("=== attempt"):]
+    at = text.rfind(f"=== attempt {attempt} at ")
+    if at < 0:
+        return ""
+    end = text.find("=== attempt ", at + 1)
+    return text[at:] if end < 0 else text[at:end]
 
 
 def _failure_reason(log: Path, returncode: int) -> str:
@@ -261,27 +268,17 @@ def await_record(store: ResultsStore, spec: RunSpec, attempt: int, stop: Callabl
         time.sleep(0.5)
 
 
-def _attempt_section(log: Path, attempt: int) -> str:
-    """The part of a node's log for this attempt (the last, should the node have started it twice)."""
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return ""
-    sections = [part for part in text.split("=== attempt ")[1:] if part.startswith(f"{attempt} at ")]
-    return "=== attempt " + sections[-1] if sections else ""
-
-
-def node_sections(run_dir: Path, launcher: Launcher, attempt: int) -> list[tuple[int, str]]:
+def node_sections(run_dir: Path, launcher: Launcher, attempt: int, wait_s: float) -> list[tuple[int, str]]:
     """Every node's part of this attempt's log in the shared run folder, (node, text), once each
-    node after the first has said how its part ended or HARNESS_NODE_WORD_S has passed."""
-    deadline = time.monotonic() + node_word_seconds()
+    node after the first has said how its part ended or `wait_s` (HARNESS_NODE_WORD_S) has passed."""
+    deadline = time.monotonic() + wait_s
     out = []
     for k in range(launcher.nnodes):
         log = run_dir / dataclasses.replace(launcher, node_rank=k).node_file("log.txt")
-        section = _attempt_section(log, attempt)
+        section = _attempt_text(log, attempt)
         while k and ATTEMPT_ENDED not in section and time.monotonic() < deadline:
             time.sleep(0.2)
-            section = _attempt_section(log, attempt)
+            section = _attempt_text(log, attempt)
         out.append((k, section))
     return out
 
@@ -442,7 +439,8 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
         result = _failed(stalled)
     else:
         text = _attempt_text(log)
-        sections = node_sections(run_dir, launcher, attempt) if launcher.node_rank == 0 and launcher.nnodes > 1 else []
+        word_s = node_word_seconds() if launcher.node_rank == 0 and launcher.nnodes > 1 else None
+        sections = node_sections(run_dir, launcher, attempt, word_s) if word_s is not None else []
         stopped_by = interrupt_signal(returncode, text) or nodes_interrupted(sections)
         if stopped_by is not None:
             _notice(f"run {spec.run_id} was interrupted by {stopped_by}; it resumes from its checkpoint "
@@ -459,7 +457,7 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
         elif interrupted():  # Ctrl-C here too: this process's own stop, not the run's failure
             raise KeyboardInterrupt
         elif sections:
-            result = _failed(nodes_failure_reason(sections, node_word_seconds(), returncode))
+            result = _failed(nodes_failure_reason(sections, word_s, returncode))
         else:
             result = _failed(_failure_reason(log, returncode))
     row = RunRow.of(spec, attempt, result, git_commit=git_commit(), started_at=started, run_dir=str(run_dir))

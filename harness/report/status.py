@@ -44,8 +44,11 @@ STATES = ("done", "running", "queued", "failed", "interrupted", "unrecorded", "c
 def _nodes(run_dir: Path) -> str:
     """The hosts of a multi-node run's current attempt, from each node's log header (node 0's
     log.txt, node K's log.nodeK.txt: "=== attempt N at T on node K (host): ..."); empty for one node."""
+    logs = sorted(Path(run_dir).glob("log*.txt"))
+    if len(logs) < 2:  # one node's log: nothing to read (a long run's log can be large)
+        return ""
     hosts = {}
-    for log in sorted(Path(run_dir).glob("log*.txt")):
+    for log in logs:
         try:
             text = log.read_bytes()  # the header is where the attempt began, however long its output since
         except OSError:
