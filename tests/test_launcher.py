@@ -150,7 +150,7 @@ def test_a_node_after_the_first_refuses_a_results_folder_that_is_not_shared(tmp_
     from harness.store.results import ResultsStore
 
     store = ResultsStore(tmp_path)
-    spec = SimpleNamespace(run_id="baseline-s0-abc")  # await_record reads only the run id
+    spec = SimpleNamespace(run_id="baseline-s0-abc", sweep="s")  # await_record reads only these
     store.run_dir(spec.run_id).mkdir(parents=True)
     with pytest.raises(UserError, match="not shared between the nodes"):
         launch.await_record(store, spec, 1, timeout=0)
@@ -214,3 +214,24 @@ def test_the_local_launcher_refuses_several_nodes_before_writing_anything(tmp_pa
                           "--results", str(tmp_path))
     assert code == 2 and "--launcher local runs on this machine only" in err and err.count("\n") == 1, err
     assert not list(tmp_path.rglob("spec.json"))
+
+
+def test_a_follower_waits_for_node_0s_table_row_not_just_its_journal_entry(tmp_path):
+    """The journal entry of an attempt is written a moment before its table row, and the retry
+    policy reads the rows: a follower that went on at the journal entry saw the run unsettled and
+    started a ghost attempt that node 0 never records."""
+    from harness.planning.plan import build_plan
+    from harness.planning.request import SweepRequest
+    from harness.store.record import RunResult, RunRow
+    from harness.store.results import ResultsStore
+
+    plan = build_plan(SweepRequest(("qkv_bias",), seeds=(0,), preset="micro", tokens=1000, name="s").check(),
+                      1, False, tmp_path)
+    spec, store = plan.specs[0], ResultsStore(tmp_path)
+    store.append(RunRow.of(spec, 1, RunResult(status="failed", reason="boom"), run_dir="x"))
+    (store.run_dir(spec.run_id) / "spec.json").write_text(spec.to_json())
+    launch.await_record(store, spec, 1, timeout=0)  # recorded: returns at once
+    (store.run_dir(spec.run_id) / "attempts" / "2.json").write_text("{}")  # attempt 2's journal entry only
+    assert store.attempts(spec.run_id) == 2
+    with pytest.raises(UserError, match="did not record attempt 2"):
+        launch.await_record(store, spec, 2, timeout=0.3)

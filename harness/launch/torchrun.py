@@ -261,7 +261,8 @@ def await_record(store: ResultsStore, spec: RunSpec, attempt: int, stop: Callabl
         raise UserError(f"{run_dir} holds no spec.json of node 0: the results folder is not shared between the "
                         "nodes; give every node the same --results folder on a shared filesystem")
     deadline = time.monotonic() + timeout
-    while store.attempts(spec.run_id) < attempt and not stop():
+    # the run's table rows, which the retry policy reads (its journal entry comes a moment before them)
+    while len(store.history(spec.sweep, spec.run_id).rows) < attempt and not stop():
         if time.monotonic() > deadline:
             raise UserError(f"node 0 did not record attempt {attempt} of run {spec.run_id} within {timeout:g} s "
                             "(is it still running?); this node stops")
