@@ -25,6 +25,15 @@ _ctrl_c = threading.Event()    # set by ctrl_c_latch's handler
 _spawning = threading.Event()  # set while Popen forks torchrun
 
 
+def on_ctrl_c(signum, frame) -> None:
+    """Python's own SIGINT handler, which also remembers the press: the entry point installs it
+    before anything loads, so that whatever a Ctrl-C breaks on its way (an import it cut short,
+    which a library then half-retries) still ends as an interrupt, not as that library's error."""
+    _ctrl_c.set()
+    if not _spawning.is_set():
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def ctrl_c_latch() -> Iterator[threading.Event]:
     """Ctrl-C raises KeyboardInterrupt and is also remembered, so a sweep stops after the current
@@ -32,21 +41,16 @@ def ctrl_c_latch() -> Iterator[threading.Event]:
     remembers it: an exception raised inside Python's at-fork hooks would be printed as "Exception
     ignored" with a traceback and lost; _launch raises it as soon as the fork is done."""
     _ctrl_c.clear()
+    before = signal.getsignal(signal.SIGINT)
     if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            or before not in (signal.default_int_handler, on_ctrl_c)):
         yield _ctrl_c  # SIGINT ignored or handled by an embedding program: leave it alone
         return
-
-    def on_sigint(signum, frame):
-        _ctrl_c.set()
-        if not _spawning.is_set():
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         yield _ctrl_c
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, before)
 
 
 def stop_runs() -> None:
