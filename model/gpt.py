@@ -79,9 +79,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
-def _fast_cpu_dropout(x: torch.Tensor) -> bool:
-    """Whether to draw dropout masks with keep_mask: eager CPU tensors (torch.compile traces
-    F.dropout and SDPA's dropout into its own fused random-number code instead)."""
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """Whether to take this module's own CPU kernels (keep_mask, TanhGELU's sigmoid form): eager
+    CPU tensors. torch.compile fuses F.dropout, SDPA's dropout and F.gelu into code of its own, and
+    CUDA has fused kernels for them, so both keep torch's functions."""
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
@@ -101,30 +102,35 @@ def sequences_from(first: int) -> Iterator[None]:
         _first_sequence = before
 
 
-PHILOX_WORDS = 8  # 32-bit words per Philox4x64 counter step: a sequence's block starts on a step boundary
+PHILOX_WORDS = 16  # 16-bit words per Philox4x64 counter step: a sequence's block starts on a step boundary
 
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, sequences: int | None = None) -> torch.Tensor:
     """A CPU dropout mask: each entry 1 with probability 1 - p, else 0 (float, in `dtype`).
 
     The tensor holds `sequences` (default shape[0]) equal contiguous blocks, one per sequence of the
-    micro-batch. Every entry is a 32-bit word of numpy's Philox4x64 counter-based generator, keyed
+    micro-batch. Every entry is a 16-bit word of numpy's Philox4x64 counter-based generator, keyed
     by one draw from torch's default CPU generator, and sequence s's block starts at counter step
     s x (its block's words, rounded up to a whole step) (see sequences_from): so the whole
     micro-batch is one vectorised draw, and a sequence gets the same mask in any micro-batch, on
     any process, from the same torch random state. An entry is kept when its word is at least
-    ceil(p x 2^32), which keeps it with probability 1 - p to within 2^-32. This is several times
-    faster than F.dropout's bernoulli_ (a Mersenne twister), which dominated a CPU training step
-    of the small presets, and about twice as fast as a generator per sequence.
+    ceil(p x 2^16), which keeps it with probability 1 - p to within 2^-16 (p = 0.1 drops 0.100006).
+    This is several times faster than F.dropout's bernoulli_ (a Mersenne twister), which dominated
+    a CPU training step of the small presets; 16-bit words halve the generator's work against
+    32-bit ones (the attention weights' mask of a tiny step: 0.9 ms against 1.9 ms).
     """
     key = int(torch.randint(0, 2**62, (1,)).item())
     n = shape[0] if sequences is None else sequences
     per = math.prod(shape) // n
     stride = -(-per // PHILOX_WORDS) * PHILOX_WORDS
-    words = np.random.Philox(key=key, counter=_first_sequence * (stride // PHILOX_WORDS)).random_raw(n * stride // 2)
-    words = words.view(np.uint32).reshape(n, stride)[:, :per]
+    words = np.random.Philox(key=key, counter=_first_sequence * (stride // PHILOX_WORDS)).random_raw(n * stride // 4)
+    words = words.view(np.uint16).reshape(n, stride)[:, :per]
+    threshold = math.ceil(p * 2**16)
     keep = np.empty(tuple(shape), dtype=np.float32)
-    np.greater_equal(words.reshape(tuple(shape)), np.uint32(math.ceil(p * 2**32)), out=keep, casting="unsafe")
+    if threshold >= 2**16:  # p within 2^-16 of 1: every word is below it
+        keep.fill(0.0)
+    else:
+        np.greater_equal(words.reshape(tuple(shape)), np.uint16(threshold), out=keep, casting="unsafe")
     mask = torch.from_numpy(keep)
     return mask if dtype == torch.float32 else mask.to(dtype)
 
@@ -137,7 +143,7 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or not _fast_cpu_dropout(x):
+        if not self.training or self.p == 0.0 or not _eager_cpu(x):
             return super().forward(x)
         return x * keep_mask(x.shape, self.p, x.dtype).mul_(1.0 / (1.0 - self.p))
 
@@ -161,6 +167,82 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     weights = weights * keep_mask(weights.shape, p, weights.dtype, sequences=B)
     y = torch.bmm(weights, v.reshape(B * H, T, D))
     return y.mul_(1.0 / (1.0 - p)).view(B, H, T, D)
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)  # the tanh approximation: u = C (x + A x^3)
+_GELU_A = 0.044715
+
+
+class _TanhGELUFunction(torch.autograd.Function):
+    """0.5 x (1 + tanh(u)) computed as x sigmoid(2u), the same function (tanh(u) = 2 sigmoid(2u) - 1),
+    in place where it can be. torch's CPU tanh is about three times slower than its sigmoid here,
+    so F.gelu(approximate="tanh") and its backward were an eighth of a tiny training step."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        s = (x * x).mul_(2 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x).sigmoid_()  # sigmoid(2u)
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # d/dx x s = s + x s (1 - s) 2u', with 2u' = 2C (1 + 3A x^2)
+        x, s = ctx.saved_tensors
+        x_du = (x * x).mul_(6 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x)
+        return (1 - s).mul_(s).mul_(x_du).add_(s).mul_(grad)
+
+
+class TanhGELU(nn.Module):
+    """nn.GELU(approximate="tanh"), the book's GELU; on the eager CPU path in its sigmoid form
+    (_TanhGELUFunction), within float32 rounding of it (tests/test_model.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and _eager_cpu(x):
+            return _TanhGELUFunction.apply(x)
+        return F.gelu(x, approximate="tanh")
+
+
+def _padded_rows(weight: torch.Tensor, vocab: int) -> torch.Tensor:
+    """weight[:vocab] with zero rows appended up to a multiple of 8: a matmul-friendly width for the
+    CPU (the 257 columns of a byte vocabulary took twice as long as 264)."""
+    used = weight[:vocab]
+    pad = -vocab % 8
+    return torch.cat([used, used.new_zeros(pad, used.shape[1])]) if pad else used
+
+
+def head_logits(h: torch.Tensor, weight: torch.Tensor, vocab: int) -> torch.Tensor:
+    """h W[:vocab]^T, the output head's first `vocab` logits, computed with _padded_rows: the same
+    values (a column's dot products do not change), sooner."""
+    return F.linear(h, _padded_rows(weight, vocab))[..., :vocab]
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the output head's logits h W[:vocab]^T against targets, in one pass
+    each way: the same function as F.cross_entropy(out_head(h)[:, :vocab], targets). The logits
+    are computed on _padded_rows, whose extra columns are set to -inf (probability exactly 0), so
+    every pass runs on the padded width; the forward keeps only the log-probabilities, and the
+    backward turns them into the gradient in place (softmax - one-hot), without F.cross_entropy's
+    zero-filled one-hot gradient and its second softmax pass."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
+        padded = _padded_rows(weight, vocab)
+        logits = F.linear(h, padded)
+        logits[:, vocab:] = float("-inf")
+        log_probs = torch.log_softmax(logits, dim=-1)
+        ctx.save_for_backward(h, weight, padded, log_probs, targets)
+        ctx.vocab = vocab
+        return log_probs.gather(1, targets[:, None]).sum().neg_().div_(h.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, weight, padded, log_probs, targets = ctx.saved_tensors  # a second backward fails: log_probs is reused
+        d_logits = log_probs.exp_()  # the padding's columns: exp(-inf) = 0
+        d_logits.scatter_add_(1, targets[:, None], d_logits.new_full((targets.shape[0], 1), -1.0))
+        d_logits.mul_(grad / h.shape[0])
+        d_weight = torch.zeros_like(weight)
+        torch.mm(d_logits[:, :ctx.vocab].t(), h, out=d_weight[:ctx.vocab])
+        return d_logits @ padded, d_weight, None, None
 
 
 class MultiHeadAttention(nn.Module):
@@ -192,7 +274,7 @@ class MultiHeadAttention(nn.Module):
         v = self.W_value(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.training and self.drop_rate > 0 and _fast_cpu_dropout(x):
+        if self.training and self.drop_rate > 0 and _eager_cpu(x):
             y = attention_with_dropout(q, k, v, mask, self.drop_rate)
         else:
             y = F.scaled_dot_product_attention(
@@ -220,7 +302,7 @@ class FeedForward(nn.Module):
         else:
             self.layers = nn.Sequential(
                 nn.Linear(d, h, bias=cfg.bias),
-                nn.GELU(approximate="tanh"),
+                TanhGELU(),
                 nn.Linear(h, d, bias=cfg.bias),
             )
 
@@ -283,11 +365,16 @@ class GPTModel(nn.Module):
             allowed = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - self.window)
             self.register_buffer("window_mask", allowed, persistent=False)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T), T <= context_length -> logits (B, T, vocab_size).
+    forward_takes_targets = True  # the trainer passes the targets in and gets the loss back
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T), T <= context_length -> logits (B, T, vocab_size); with targets (B, T),
+        the mean next-token cross-entropy over all B * T positions instead.
 
         The head computes padded_vocab_size columns (a matmul-friendly size) and the padding is
-        sliced off here, so argmax, softmax and the loss never see the padded tokens.
+        sliced off here, so argmax, softmax and the loss never see the padded tokens. On the eager
+        CPU path in float32 the head is head_logits, and the loss _HeadCrossEntropy, the head and
+        the loss in one function.
         """
         T = idx.shape[1]
         if T > self.cfg.context_length:
@@ -300,15 +387,18 @@ class GPTModel(nn.Module):
         mask = self.window_mask[:T, :T] if self.window and T > self.window else None
         for block in self.trf_blocks:
             x = block(x, rope, mask)
-        logits = self.out_head(self.final_norm(x))
-        if self.cfg.padded_vocab_size != self.cfg.vocab_size:
-            logits = logits[..., : self.cfg.vocab_size]
+        h = self.final_norm(x)
+        vocab = self.cfg.vocab_size
+        if h.dtype == torch.float32 and _eager_cpu(h) and not torch.is_autocast_enabled("cpu"):
+            if targets is not None:
+                return _HeadCrossEntropy.apply(h.flatten(0, 1), self.out_head.weight, targets.flatten(), vocab)
+            return head_logits(h, self.out_head.weight, vocab)
+        logits = self.out_head(h)
+        if self.cfg.padded_vocab_size != vocab:
+            logits = logits[..., :vocab]
+        if targets is not None:
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits
-
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy over all B * T positions, padded columns excluded."""
-        logits = self(idx)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def _stream_seed(seed: int, name: str) -> int:

@@ -130,7 +130,7 @@ def test_every_switch_and_pair_trains(name):
     model = built(cfg).train()
     idx, targets = batch(cfg)
     assert model(idx).shape == (3, cfg.context_length, cfg.vocab_size)
-    loss = model.loss(idx, targets)
+    loss = model(idx, targets)
     loss.backward()
     assert torch.isfinite(loss)
     for pname, p in model.named_parameters():
@@ -161,7 +161,7 @@ def test_autocast_bf16_forward_backward():
         model = built(cfg).train()
         idx, targets = batch(cfg)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model.loss(idx, targets)
+            loss = model(idx, targets)
         loss.backward()
         assert torch.isfinite(loss)
 
@@ -173,6 +173,29 @@ def test_compiles_to_one_graph(kw):
     idx, _ = batch(cfg)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(idx), model(idx))
+
+
+@pytest.mark.parametrize("rows, width, vocab", [(2048, 48, 257), (96, 32, 97), (300, 64, 50257 // 64)])
+def test_the_padded_head_computes_the_same_logits(rows, width, vocab):
+    h, weight = torch.randn(rows, width), torch.randn(vocab, width)
+    assert torch.equal(gpt.head_logits(h, weight, vocab), F.linear(h, weight))
+
+
+def test_the_fused_head_and_loss_match_the_head_then_cross_entropy():
+    """GPTModel(idx, targets) on the eager CPU path (_HeadCrossEntropy) against out_head then
+    F.cross_entropy: the loss and every gradient, tied and padded heads included."""
+    for kw in ({}, {"tie_weights": True}, {"vocab_multiple": 64}):
+        cfg = tiny(drop_rate=0.0, **kw)
+        model = built(cfg).train()
+        idx, targets = batch(cfg)
+        loss = model(idx, targets)
+        assert "HeadCrossEntropy" in type(loss.grad_fn).__name__
+        names, params = zip(*model.named_parameters())
+        fused = torch.autograd.grad(loss, params)
+        reference = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+        torch.testing.assert_close(loss, reference, rtol=1e-6, atol=0)
+        for name, ours, theirs in zip(names, fused, torch.autograd.grad(reference, params)):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7, msg=name)
 
 
 # --- padded vocabulary ----------------------------------------------------------------------------
@@ -193,15 +216,15 @@ def test_padded_vocab_logits_and_loss_ignore_the_padding():
     state["out_head.weight"] = state["out_head.weight"][:97]
     plain.load_state_dict(state)
     torch.testing.assert_close(logits, plain(idx), rtol=0, atol=0)
-    torch.testing.assert_close(padded.loss(idx, targets), plain.loss(idx, targets), rtol=0, atol=0)
+    torch.testing.assert_close(padded(idx, targets), plain(idx, targets), rtol=0, atol=0)
 
     # Padded head rows that would dominate every softmax change nothing.
     with torch.no_grad():
         padded.out_head.weight[97:] = 1e4
     assert torch.equal(padded(idx).argmax(-1), logits.argmax(-1))
-    torch.testing.assert_close(padded.loss(idx, targets), plain.loss(idx, targets), rtol=0, atol=0)
+    torch.testing.assert_close(padded(idx, targets), plain(idx, targets), rtol=0, atol=0)
 
-    padded.loss(idx, targets).backward()
+    padded(idx, targets).backward()
     assert torch.count_nonzero(padded.out_head.weight.grad[97:]) == 0
     assert torch.count_nonzero(padded.tok_emb.weight.grad[97:]) == 0
 
@@ -392,3 +415,19 @@ def test_gelu_is_the_tanh_formula():
     by_hand = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     torch.testing.assert_close(ours(x), by_hand)
     torch.testing.assert_close(book.GELU()(x), by_hand)
+
+
+def test_gelus_sigmoid_form_and_its_gradient_match_the_tanh_formula_in_float64():
+    """The eager CPU path (x sigmoid(2u), a hand-written backward) against the book's formula
+    computed in float64: as close as torch's own F.gelu(approximate="tanh") is, value and gradient."""
+    x = (torch.randn(64, 192, dtype=torch.float64) * 3).requires_grad_()
+    exact = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    grad_out = torch.randn_like(exact)
+    (exact_grad,) = torch.autograd.grad(exact, x, grad_out)
+    assert "TanhGELU" in type(gpt.TanhGELU()(x.detach().float().requires_grad_()).grad_fn).__name__  # the sigmoid form
+    for fn in (gpt.TanhGELU(), lambda t: F.gelu(t, approximate="tanh")):
+        x32 = x.detach().float().requires_grad_()
+        y = fn(x32)
+        (g,) = torch.autograd.grad(y, x32, grad_out.float())
+        torch.testing.assert_close(y.double(), exact.detach(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g.double(), exact_grad, rtol=1e-5, atol=1e-5)

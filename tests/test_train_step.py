@@ -121,6 +121,15 @@ def test_keep_mask_rate_and_determinism():
     assert gpt.keep_mask((3, 4), 0.1, torch.bfloat16).dtype == torch.bfloat16
 
 
+def test_keep_mask_keeps_one_minus_p_to_within_its_16_bit_words():
+    torch.manual_seed(6)
+    for p in (0.1, 0.5, 0.9):
+        kept = gpt.keep_mask((64, 32768), p, torch.float32).mean().item()  # 2^21 entries: sd <= 3.5e-4
+        assert abs(kept - (1 - p)) < 2e-3, (p, kept)
+    assert not gpt.keep_mask((4, 100), 1 - 2**-17, torch.float32).any()  # above the last 16-bit threshold
+    assert gpt.keep_mask((4, 100), 1e-9, torch.float32).all()  # p below 2^-16 drops a word only at 0
+
+
 def test_keep_masks_are_keyed_by_the_sequence_not_by_the_micro_batch():
     """A sequence gets the same mask in a micro-batch of 4 as in one of 2 that starts at it: what
     makes the CPU path's dropout independent of processes and micro-steps (same torch seed)."""

@@ -256,6 +256,7 @@ class Trainer:
         self.dropout_seed = dropout_seed
 
         self.model = model_cls(mcfg).to(d.device)
+        self.model_takes_targets = getattr(model_cls, "forward_takes_targets", False)
         init_weights(self.model, init_seed)
         # fused: one multi-tensor kernel for the whole update (CUDA and CPU); with a GradScaler
         # it also takes the inf check on the device, so fp16 steps never wait for the host.
@@ -310,9 +311,11 @@ class Trainer:
             first = self.shape.first_sequence(self.d.rank, micro)
             torch.manual_seed(dropout_seed_for(self.dropout_seed, step, None if per_sequence else first))
             with (nullcontext() if sync else self.train_model.no_sync()), sequences_from(first):
-                with autocast(self.d.device, self.amp):
-                    logits = self.train_model(x)  # through DDP's forward, so its gradient hooks arm
-                    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+                with autocast(self.d.device, self.amp):  # through DDP's forward, so its gradient hooks arm
+                    if self.model_takes_targets:  # the model computes its own loss (GPTModel's fused head)
+                        loss = self.train_model(x, y)
+                    else:
+                        loss = F.cross_entropy(self.train_model(x).flatten(0, 1), y.flatten())
                 self.scaler.scale(loss / self.accum).backward()
             self._prefetch(*((step, micro + 1) if not last else (step + 1, 0)))
             self.loss_sum += loss.detach() / self.accum
