@@ -196,6 +196,12 @@ def test_the_fused_head_and_loss_match_the_head_then_cross_entropy():
         torch.testing.assert_close(loss, reference, rtol=1e-6, atol=0)
         for name, ours, theirs in zip(names, fused, torch.autograd.grad(reference, params)):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7, msg=name)
+        with torch.inference_mode():  # the evaluation's per-token losses
+            model.eval()
+            per_token = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten(), reduction="none")
+            torch.testing.assert_close(model(idx, targets, reduction="none"), per_token, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="reduction='sum' is not one of mean, none"):
+        model(idx, targets, reduction="sum")
 
 
 # --- padded vocabulary ----------------------------------------------------------------------------

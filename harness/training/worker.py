@@ -179,6 +179,8 @@ def eval_token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                       amp: torch.dtype | None) -> torch.Tensor:
     """Each target token's NLL of one batch, float64, flat, on the device (no host synchronisation)."""
     with autocast(x.device, amp):
+        if getattr(model, "forward_takes_targets", False):  # the model's own head and loss (GPTModel)
+            return model(x, y, reduction="none").double()
         logits = model(x)
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").double()
 
