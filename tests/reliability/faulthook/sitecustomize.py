@@ -2,7 +2,7 @@
 HARNESS_TEST_FAULT (JSON). Python imports sitecustomize in every process it starts (the harness
 CLI, torchrun, each training worker); the hook acts only in the role the fault names, at the n-th
 matching event, and never touches production code: it wraps os.replace / os.rename and
-torch.nn.functional.cross_entropy and calls straight through to them.
+GPTModel.forward (which computes the loss from the targets) and calls straight through to them.
 
   {"role": "parent" | "worker",     # the harness process, or a torchrun worker
    "point": "runs:before",          # see POINTS below; "<event>:before" or "<event>:after"
@@ -18,7 +18,7 @@ torch.nn.functional.cross_entropy and calls straight through to them.
 Events: parent: spec, journal, curves, runs, manifest (os.replace onto that file);
         worker: ckpt-meta (meta.json into checkpoint.tmp), ckpt-swap (checkpoint -> checkpoint.old),
         ckpt-commit (checkpoint.tmp -> checkpoint), result (result.json),
-        train-step (a training forward's loss), eval (an evaluation batch's loss).
+        train-step (a training forward's loss), eval (an evaluation batch's per-token losses).
 """
 
 import errno
@@ -142,28 +142,27 @@ def _install(spec):
     os.rename = wrap(os.rename)
 
     if role == "worker" and event in ("train-step", "eval"):
-        def patch_loss():
+        def patch_loss():  # GPTModel computes its own loss from the targets (training: the mean; evaluation: per token)
             import sys
             for _ in range(200000):
-                F = sys.modules.get("torch.nn.functional")
-                if F is not None and hasattr(F, "cross_entropy"):
-                    real = F.cross_entropy
+                gpt = sys.modules.get("harness.model.gpt")
+                if gpt is not None and hasattr(gpt, "GPTModel"):
+                    real = gpt.GPTModel.forward
 
-                    def cross_entropy(*a, **kw):
-                        name = "eval" if kw.get("reduction") == "sum" else "train-step"
-                        if phase == "before" and hit(name):
+                    def forward(self, idx, targets=None, reduction="mean"):
+                        name = None if targets is None else "eval" if reduction == "none" else "train-step"
+                        if name and phase == "before" and hit(name):
                             fire()
-                        out = real(*a, **kw)
-                        if phase == "after" and hit(name):
+                        out = real(self, idx, targets, reduction)
+                        if name and phase == "after" and hit(name):
                             fire()
                         return out
 
-                    F.cross_entropy = cross_entropy
+                    gpt.GPTModel.forward = forward
                     return
                 time.sleep(0.002)
 
         threading.Thread(target=patch_loss, daemon=True).start()
-
 
 if _SPEC:
     try:
