@@ -152,7 +152,8 @@ class _AttentionWithDropout(torch.autograd.Function):
     """The algebra of attention_with_dropout with a hand-written backward. Every product whose
     result has head_dim columns is computed transposed (head_dim rows: v^T (w m)^T instead of
     (w m) v, and likewise for the gradients of q, k and v), which MKL runs about 1.5 times faster
-    for a small head_dim and which gives the same values (each entry is the same dot product)."""
+    for a small head_dim; each entry is the same dot product, equal up to the BLAS's order of
+    summation (bit-identical in the tiny demo's runs)."""
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
@@ -169,6 +170,7 @@ class _AttentionWithDropout(torch.autograd.Function):
         return yt.view(B, H, D, T).transpose(2, 3)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
     def backward(ctx, grad: torch.Tensor):
         qf, kf, vt, weights, keep, kept = ctx.saved_tensors
         B, H, T, D = grad.shape
@@ -215,6 +217,7 @@ class _TanhGELUFunction(torch.autograd.Function):
         return x * s
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         # d/dx x s = s + x s (1 - s) 2u', with 2u' = 2C (1 + 3A x^2)
         x, s = ctx.saved_tensors
@@ -271,6 +274,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         return log_probs.gather(1, targets[:, None]).sum().neg_().div_(h.shape[0])
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
     def backward(ctx, grad: torch.Tensor):
         h, weight, padded, log_probs, targets = ctx.saved_tensors  # a second backward fails: log_probs is reused
         d_logits = log_probs.exp_()  # the padding's columns: exp(-inf) = 0
@@ -411,14 +415,18 @@ class GPTModel(nn.Module):
 
         The head computes padded_vocab_size columns (a matmul-friendly size) and the padding is
         sliced off here, so argmax, softmax and the loss never see the padded tokens. On the eager
-        CPU path in float32 the head is head_logits, and the loss goes through head_log_probs: the
-        mean as _HeadCrossEntropy, the head and the loss in one function.
+        CPU path in float32 the head computes vocab_size rounded up to 8 columns instead
+        (head_logits), and the loss goes through head_log_probs: the mean as _HeadCrossEntropy, the
+        head and the loss in one function. Targets must be valid token ids of idx's shape (no
+        ignore_index).
         """
         T = idx.shape[1]
         if T > self.cfg.context_length:
             raise ValueError(f"sequence length {T} exceeds context_length {self.cfg.context_length}")
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is not one of mean, none")
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(f"targets of shape {tuple(targets.shape)} for token ids of shape {tuple(idx.shape)}")
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(T, device=idx.device))
@@ -440,7 +448,8 @@ class GPTModel(nn.Module):
         if self.cfg.padded_vocab_size != vocab:
             logits = logits[..., :vocab]
         if targets is not None:
-            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
+            logits = logits.float() if logits.dtype.itemsize < 4 else logits  # 16-bit logits: the loss in float32
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
         return logits
 
 

@@ -202,6 +202,8 @@ def test_the_fused_head_and_loss_match_the_head_then_cross_entropy():
             torch.testing.assert_close(model(idx, targets, reduction="none"), per_token, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="reduction='sum' is not one of mean, none"):
         model(idx, targets, reduction="sum")
+    with pytest.raises(ValueError, match=r"targets of shape \(3, 15\) for token ids of shape \(3, 16\)"):
+        model(idx, targets[:, 1:])
 
 
 # --- padded vocabulary ----------------------------------------------------------------------------

@@ -203,8 +203,9 @@ def test_cpu_training_path_matches_the_book_with_the_same_dropout_masks(name, T,
         torch.testing.assert_close(p.grad, grads[pname].grad, rtol=1e-4, atol=atol, msg=pname)
 
 
-def test_cpu_attention_path_equals_sdpa_without_dropout():
-    """With p -> keep-all masks the CPU dropout attention is SDPA's causal/windowed attention."""
+def test_cpu_attention_path_equals_sdpa_without_dropout(monkeypatch):
+    """With keep-all masks the CPU dropout attention is SDPA's causal/windowed attention."""
+    monkeypatch.setattr(gpt, "keep_mask", lambda shape, p, dtype, sequences=None: torch.ones(shape, dtype=dtype))
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 9, 8, generator=g) for _ in range(3))
     window = torch.ones(9, 9, dtype=torch.bool).tril() & ~torch.ones(9, 9, dtype=torch.bool).tril(-3)

@@ -179,7 +179,7 @@ def eval_token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                       amp: torch.dtype | None) -> torch.Tensor:
     """Each target token's NLL of one batch, float64, flat, on the device (no host synchronisation)."""
     with autocast(x.device, amp):
-        if getattr(model, "forward_takes_targets", False):  # the model's own head and loss (GPTModel)
+        if getattr(model, "forward_takes_targets", False) and x.device.type == "cpu":  # GPTModel's own head and loss
             return model(x, y, reduction="none").double()
         logits = model(x)
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").double()
@@ -258,7 +258,6 @@ class Trainer:
         self.dropout_seed = dropout_seed
 
         self.model = model_cls(mcfg).to(d.device)
-        self.model_takes_targets = getattr(model_cls, "forward_takes_targets", False)
         init_weights(self.model, init_seed)
         # fused: one multi-tensor kernel for the whole update (CUDA and CPU); with a GradScaler
         # it also takes the inf check on the device, so fp16 steps never wait for the host.
@@ -276,6 +275,10 @@ class Trainer:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
         self.train_model = train_model
+        # The model's own head and loss where they are faster (GPTModel on the eager CPU path); CUDA
+        # and compiled steps keep F.cross_entropy outside the model, as before.
+        self.model_takes_targets = (getattr(model_cls, "forward_takes_targets", False) and d.device.type == "cpu"
+                                    and not self.compiled)
         self.sampler = BatchSampler(train_tokens, mcfg.context_length, data_seed, shuffle=tcfg.shuffle)
         self.loss_sum = torch.zeros((), device=d.device)
         self.lr = tcfg.lr
