@@ -96,6 +96,18 @@ def test_eval_batch_is_automatic_unless_set():
     assert auto_eval_batch(SMALL, TrainConfig(eval_batch=7), CPU.device) == 7
 
 
+@pytest.mark.parametrize("gib, batch", [(139.8, 16), (24, 16), (8, 6)])
+def test_cuda_eval_batch_is_capped_so_that_runs_can_share_a_gpu(monkeypatch, gib, batch):
+    """gpt2-small on a CUDA device: at most CUDA_EVAL_TOKENS tokens per forward (16 x 1024, 8 GiB
+    at peak on an H200: four runs at once fit, where the old 128 x 1024 took 62 GiB in each and
+    ran out of memory), fewer where the device is small (8 GiB: 6)."""
+    class Properties:
+        total_memory = int(gib * 2**30)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties)
+    assert auto_eval_batch(ModelConfig(), TrainConfig(), torch.device("cuda", 0)) == batch
+
+
 def test_worker_thread_setting(monkeypatch):
     before = torch.get_num_threads()
     try:

@@ -179,8 +179,8 @@ class RunResult:
     train_loss: float | None = None  # the last loss-curve point
     tokens_seen: int = 0  # tokens trained, exactly (steps x tokens per step)
     steps: int = 0  # optimiser steps trained
-    wall_time_s: float | None = None  # train_time_s + heldout_time_s + eval_time_s
-    train_time_s: float | None = None  # the training loop, summed over resumed attempts (held-out points apart)
+    wall_time_s: float | None = None  # train_time_s + heldout_time_s + eval_time_s + checkpoint writes
+    train_time_s: float | None = None  # the training loop, summed over resumed attempts (held-out points and checkpoint writes apart)
     eval_time_s: float | None = None  # the test-set evaluation
     heldout_time_s: float | None = None  # the held-out points along training, summed over resumed attempts
     heldout_tokens: int = 0  # test tokens each held-out point evaluated

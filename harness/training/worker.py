@@ -50,9 +50,11 @@ from harness.model import GPTModel, ModelConfig, init_weights, parameter_counts,
 # enough that a layer's activations stay in cache (tiny, one thread: 2,048 tokens 209k tokens/s,
 # 4,096 186k, 8,192 152k).
 CPU_EVAL_TOKENS = 2048
-# On CUDA the evaluation batch is as large as fits: at most this many tokens per forward (the GPU
-# is saturated long before), within EVAL_MEMORY_FRACTION of the device's memory.
-CUDA_EVAL_TOKENS = 128 * 1024
+# On CUDA the evaluation batch is as large as fits within EVAL_MEMORY_FRACTION of the device's
+# memory, at most this many tokens per forward: gpt2-small on an H200 evaluates 575k tokens/s at
+# 16 x 1024 (8 GiB), 620k at 64 or 128 (31 or 62 GiB; tests/bench/eval_batch.py). A larger batch
+# buys little and takes the memory that concurrent runs on one GPU (--jobs) need.
+CUDA_EVAL_TOKENS = 16 * 1024
 EVAL_MEMORY_FRACTION = 0.7
 
 
@@ -395,14 +397,15 @@ def main(spec_path: str) -> int:
     trainer = Trainer(mcfg, tcfg, d, train_tokens=corpus.train, data_seed=spec.data_seed,
                       init_seed=spec.init_seed, dropout_seed=spec.dropout_seed, steps=spec.steps,
                       tokens_per_step=spec.tokens_per_step, resume_from=found[0] if found else None)
-    start_step, curve, elapsed_before, heldout_before = 0, [], 0.0, 0.0
+    start_step, curve, elapsed_before, heldout_before, checkpoint_before = 0, [], 0.0, 0.0, 0.0
     if found:
         meta = found[1]
         start_step, curve, elapsed_before = meta["step"], meta["curve"], meta["elapsed_s"]
-        heldout_before = meta.get("heldout_s", 0.0)
+        heldout_before, checkpoint_before = meta.get("heldout_s", 0.0), meta.get("checkpoint_s", 0.0)
     points = set(heldout_steps(spec.steps, tcfg.heldout_points, tuple(spec.anchor_steps)))
     rows = heldout_rows(corpus.test, mcfg.context_length, tcfg.heldout_tokens) if points and tcfg.heldout_tokens else None
     heldout_s = 0.0  # this attempt's time on held-out points: not training's
+    checkpoint_s = 0.0  # this attempt's time writing checkpoints: not training's either (2 GB at gpt2-small)
 
     log_every = tcfg.log_every or max(1, spec.steps // 200)
     ckpt_every = tcfg.checkpoint_every or max(1, spec.steps // 10)
@@ -410,15 +413,21 @@ def main(spec_path: str) -> int:
     t_start = time.perf_counter()
     status, reason, diverged_step = COMPLETED, "", None
 
-    def save(step: int) -> None:
+    def training_time() -> float:
+        return elapsed_before + time.perf_counter() - t_start - heldout_s - checkpoint_s
+
+    def save(step: int) -> float:
+        """Commit a checkpoint; returns the seconds it took (the barrier included)."""
+        t_save = time.perf_counter()
         if d.main:
             checkpoint.commit(run_dir, trainer.model,
                               {"optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict()},
-                              {"step": step, "curve": curve,
-                               "elapsed_s": elapsed_before + time.perf_counter() - t_start - heldout_s,
-                               "heldout_s": heldout_before + heldout_s})
+                              {"step": step, "curve": curve, "elapsed_s": training_time(),
+                               "heldout_s": heldout_before + heldout_s,
+                               "checkpoint_s": checkpoint_before + checkpoint_s})
         if d.world > 1:
             dist.barrier()
+        return time.perf_counter() - t_save
 
     for step in range(start_step, spec.steps):
         trainer.train_step(step)
@@ -443,10 +452,13 @@ def main(spec_path: str) -> int:
                 status, reason, diverged_step = DIVERGED, f"non-finite training loss at step {done}", done
                 break
         if done % ckpt_every == 0 or done == spec.steps:
-            save(done)
+            took = save(done)
+            checkpoint_s += took
+            t_window += took  # the next window's rate is training's alone
 
-    train_time = elapsed_before + time.perf_counter() - t_start - heldout_s
+    train_time = training_time()
     heldout_time = heldout_before + heldout_s
+    checkpoint_time = checkpoint_before + checkpoint_s
     trained_steps = diverged_step or spec.steps
     test_loss, test_tokens, units = float("nan"), 0, {}
     if status == COMPLETED:
@@ -465,7 +477,7 @@ def main(spec_path: str) -> int:
             test_tokens=test_tokens, test_set_id=corpus.test_set_id,
             train_loss=curve[-1]["train_loss"] if curve else float("nan"),
             tokens_seen=trained_steps * spec.tokens_per_step, steps=trained_steps,
-            wall_time_s=train_time + heldout_time + eval_time, train_time_s=train_time, eval_time_s=eval_time,
+            wall_time_s=train_time + heldout_time + checkpoint_time + eval_time, train_time_s=train_time, eval_time_s=eval_time,
             heldout_time_s=heldout_time, heldout_tokens=0 if not points else test_tokens if rows is None
             else int(rows.shape[0] * mcfg.context_length),
             tokens_per_s=trained_steps * spec.tokens_per_step / max(train_time, 1e-9), dtype=trainer.dtype,

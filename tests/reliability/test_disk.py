@@ -85,3 +85,24 @@ def test_disk_full_while_checkpointing_is_not_the_runs_failure_and_the_run_resum
     assert [(r["status"], r["attempt"]) for r in got] == [("completed", 1)]
     resumed = (run_dir / "log.txt").read_text().split("=== attempt")[-1]
     assert json.loads(next(ln for ln in resumed.splitlines() if ln.startswith("PROGRESS "))[9:])["step"] > 3
+
+
+def test_a_slow_checkpoint_write_is_neither_training_time_nor_in_the_progress_rate(tmp_path, data):
+    """A checkpoint write (2 GB at gpt2-small) is timed apart, like the held-out points: in the
+    wall time, not in train_time_s / tokens_per_s, nor in the rate of the progress window after it
+    (which showed a 20x slower training on a GPU before)."""
+    results = tmp_path / "r"
+    fault = {"role": "worker", "point": "ckpt-commit:before", "nth": 1, "action": "sleep", "seconds": 2.0}
+    proc = run(run_args(results, data, 0), env(fault))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = rows(results)[0]
+    outside = row["wall_time_s"] - row["train_time_s"] - row["heldout_time_s"] - row["eval_time_s"]
+    assert outside >= 2.0
+    assert row["tokens_per_s"] == pytest.approx(row["tokens_seen"] / row["train_time_s"])
+    import pandas as pd
+
+    curve = pd.read_parquet(results / "curves.parquet").set_index("step")
+    assert curve.index.min() == 1 and 2 in curve.index  # a checkpoint after step 1, a point after step 2
+    after = curve.loc[2]
+    window_s = (after["tokens"] - curve.loc[1]["tokens"]) / after["tokens_per_s"]
+    assert window_s < 1.5, window_s  # the 2 s write is not in it

@@ -12,7 +12,8 @@ GPTModel.forward (which computes the loss from the targets) and calls straight t
    "host": "hnode2",                # worker: only on the machine of this hostname (a node of a test cluster)
    "action": "killpg",              # killpg: SIGKILL the sweep's process group (a worker carries on,
                                     # an orphan); killall: the group and this worker; kill_self; stop_self;
-                                    # enospc / erofs: make this and every later matching write fail
+                                    # enospc / erofs: make this and every later matching write fail;
+                                    # sleep: wait "seconds" (a slow disk), then carry on
    "once": "/path/marker",          # fire only if this file does not exist yet (then create it)
    "log": "/path/faults.jsonl"}     # one JSON line per fault fired: point, action, pid, time
 Events: parent: spec, journal, curves, runs, manifest (os.replace onto that file);
@@ -101,6 +102,9 @@ def _install(spec):
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "stop_self":
             os.kill(os.getpid(), signal.SIGSTOP)
+        elif action == "sleep":
+            time.sleep(float(spec.get("seconds", 1.0)))
+            return
         time.sleep(60)  # the kill is on its way
 
     def hit(name):
