@@ -11,6 +11,9 @@ __all__ = ["ModelConfig", "GPTModel", "count_parameters", "flops_per_token", "in
 
 
 def __getattr__(name: str):
+    if name == "sequences_from":
+        from harness.model import cpu_kernels
+        return cpu_kernels.sequences_from
     if name in __all__:
         from harness.model import gpt
         return getattr(gpt, name)

@@ -4,21 +4,20 @@ Module and parameter names follow Raschka's "Build a Large Language Model (from 
 (tok_emb, pos_emb, trf_blocks.N.att.W_query, ff.layers, norm1, final_norm.scale, out_head, ...)
 so a state_dict loads into the book's code (model/book.py) and back. What differs is only how
 the same functions are computed: fused kernels (F.scaled_dot_product_attention, F.layer_norm)
-instead of the book's hand-written tensor algebra, which tests/test_model.py proves equivalent.
+instead of the book's hand-written tensor algebra, and on the eager CPU the kernels of
+harness.model.cpu_kernels, which tests/test_model.py proves equivalent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from contextlib import contextmanager
-from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.model import cpu_kernels
 from harness.model.config import ModelConfig
 
 # The Linears that write into the residual stream; GPT-2 init scales them by 1/sqrt(2 * n_layers).
@@ -79,210 +78,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
-def _eager_cpu(x: torch.Tensor) -> bool:
-    """Whether to take this module's own CPU kernels (keep_mask, TanhGELU's sigmoid form): eager
-    CPU tensors. torch.compile fuses F.dropout, SDPA's dropout and F.gelu into code of its own, and
-    CUDA has fused kernels for them, so both keep torch's functions."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-_first_sequence = 0  # index in its step's global batch of the current micro-batch's first sequence
-
-
-@contextmanager
-def sequences_from(first: int) -> Iterator[None]:
-    """Key the CPU dropout masks drawn inside this block by global sequence index: the micro-batch's
-    row b is sequence first + b of its step. With one torch seed per step, every sequence then gets
-    the same masks however the step's batch is split over processes and micro-steps."""
-    global _first_sequence
-    before, _first_sequence = _first_sequence, first
-    try:
-        yield
-    finally:
-        _first_sequence = before
-
-
-PHILOX_WORDS = 16  # 16-bit words per Philox4x64 counter step: a sequence's block starts on a step boundary
-
-
-def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, sequences: int | None = None) -> torch.Tensor:
-    """A CPU dropout mask: each entry 1 with probability 1 - p, else 0 (float, in `dtype`).
-
-    The tensor holds `sequences` (default shape[0]) equal contiguous blocks, one per sequence of the
-    micro-batch. Every entry is a 16-bit word of numpy's Philox4x64 counter-based generator, keyed
-    by one draw from torch's default CPU generator, and sequence s's block starts at counter step
-    s x (its block's words, rounded up to a whole step) (see sequences_from): so the whole
-    micro-batch is one vectorised draw, and a sequence gets the same mask in any micro-batch, on
-    any process, from the same torch random state. An entry is kept when its word is at least
-    ceil(p x 2^16), which keeps it with probability 1 - p to within 2^-16 (p = 0.1 drops 0.100006).
-    This is several times faster than F.dropout's bernoulli_ (a Mersenne twister), which dominated
-    a CPU training step of the small presets; 16-bit words halve the generator's work against
-    32-bit ones (the attention weights' mask of a tiny step: 0.9 ms against 1.9 ms).
-    """
-    key = int(torch.randint(0, 2**62, (1,)).item())
-    n = shape[0] if sequences is None else sequences
-    per = math.prod(shape) // n
-    stride = -(-per // PHILOX_WORDS) * PHILOX_WORDS
-    words = np.random.Philox(key=key, counter=_first_sequence * (stride // PHILOX_WORDS)).random_raw(n * stride // 4)
-    words = words.view(np.uint16).reshape(n, stride)[:, :per]
-    threshold = math.ceil(p * 2**16)
-    keep = np.empty(tuple(shape), dtype=np.float32)
-    if threshold >= 2**16:  # p within 2^-16 of 1: every word is below it
-        keep.fill(0.0)
-    else:
-        np.greater_equal(words.reshape(tuple(shape)), np.uint16(threshold), out=keep, casting="unsafe")
-    mask = torch.from_numpy(keep)
-    return mask if dtype == torch.float32 else mask.to(dtype)
-
-
 class Dropout(nn.Dropout):
     """nn.Dropout (same function: zero with probability p, scale survivors by 1/(1-p)).
 
-    On CUDA and other devices it is F.dropout's fused kernel; on the CPU the mask comes from
-    keep_mask, which is several times faster than F.dropout's bernoulli_ there.
+    On CUDA and other devices it is F.dropout's fused kernel; on the eager CPU path it is
+    harness.model.cpu_kernels.dropout, whose masks are keyed per sequence and several times faster
+    than F.dropout's bernoulli_ there.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or not _eager_cpu(x):
+        if not self.training or self.p == 0.0 or not cpu_kernels.eager_cpu(x):
             return super().forward(x)
-        return x * keep_mask(x.shape, self.p, x.dtype).mul_(1.0 / (1.0 - self.p))
-
-
-class _AttentionWithDropout(torch.autograd.Function):
-    """The algebra of attention_with_dropout with a hand-written backward. Every product whose
-    result has head_dim columns is computed transposed (head_dim rows: v^T (w m)^T instead of
-    (w m) v, and likewise for the gradients of q, k and v), which MKL runs about 1.5 times faster
-    for a small head_dim; each entry is the same dot product, equal up to the BLAS's order of
-    summation (bit-identical in the tiny demo's runs)."""
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
-        B, H, T, D = q.shape
-        qf, kf = q.reshape(B * H, T, D), k.reshape(B * H, T, D)
-        vt = v.transpose(2, 3).reshape(B * H, D, T)
-        alpha = 1.0 / math.sqrt(D)
-        weights = torch.softmax(torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=alpha), dim=-1)
-        keep = keep_mask(weights.shape, p, weights.dtype, sequences=B)
-        kept = weights * keep
-        yt = torch.bmm(vt, kept.transpose(1, 2)).mul_(1.0 / (1.0 - p))  # (B*H, D, T)
-        ctx.save_for_backward(qf, kf, vt, weights, keep, kept)
-        ctx.p, ctx.alpha = p, alpha
-        return yt.view(B, H, D, T).transpose(2, 3)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
-    def backward(ctx, grad: torch.Tensor):
-        qf, kf, vt, weights, keep, kept = ctx.saved_tensors
-        B, H, T, D = grad.shape
-        g = grad.reshape(B * H, T, D) * (1.0 / (1.0 - ctx.p))
-        d_vt = torch.bmm(g.transpose(1, 2), kept)  # (B*H, D, T)
-        d_weights = torch.bmm(g, vt).mul_(keep)
-        d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
-        d_qt = torch.bmm(kf.transpose(1, 2), d_scores.transpose(1, 2)).mul_(ctx.alpha)
-        d_kt = torch.bmm(qf.transpose(1, 2), d_scores).mul_(ctx.alpha)
-        as_input = lambda t: t.view(B, H, D, T).transpose(2, 3)  # noqa: E731
-        return as_input(d_qt), as_input(d_kt), as_input(d_vt), None, None
-
-
-def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                           p: float) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D) + mask) with dropout p on the weights, times v: (B, H, T, D) in and out.
-
-    SDPA's own CPU path for dropout > 0 is its unfused "math" fallback (no flash kernel on the CPU
-    supports dropout); this is the same algebra with fewer passes over the (B*H, T, T) weights
-    (_AttentionWithDropout): the scale and the causal/window mask are folded into one baddbmm (an
-    additive -inf bias, so no masked_fill forward or backward), the mask comes from keep_mask, and
-    the dropout scale 1/(1-p) is applied to the (B, H, T, D) output instead of the T/D times
-    larger weights.
-    """
-    T = q.shape[2]
-    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril_() if mask is None else mask
-    bias = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
-    return _AttentionWithDropout.apply(q, k, v, bias, p)
-
-
-_GELU_C = math.sqrt(2.0 / math.pi)  # the tanh approximation: u = C (x + A x^3)
-_GELU_A = 0.044715
-
-
-class _TanhGELUFunction(torch.autograd.Function):
-    """0.5 x (1 + tanh(u)) computed as x sigmoid(2u), the same function (tanh(u) = 2 sigmoid(2u) - 1),
-    in place where it can be. torch's CPU tanh is about three times slower than its sigmoid here,
-    so F.gelu(approximate="tanh") and its backward were an eighth of a tiny training step."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        s = (x * x).mul_(2 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x).sigmoid_()  # sigmoid(2u)
-        ctx.save_for_backward(x, s)
-        return x * s
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        # d/dx x s = s + x s (1 - s) 2u', with 2u' = 2C (1 + 3A x^2)
-        x, s = ctx.saved_tensors
-        x_du = (x * x).mul_(6 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x)
-        return (1 - s).mul_(s).mul_(x_du).add_(s).mul_(grad)
+        return cpu_kernels.dropout(x, self.p)
 
 
 class TanhGELU(nn.Module):
     """nn.GELU(approximate="tanh"), the book's GELU; on the eager CPU path in its sigmoid form
-    (_TanhGELUFunction), within float32 rounding of it (tests/test_model.py)."""
+    (harness.model.cpu_kernels.tanh_gelu)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and _eager_cpu(x):
-            return _TanhGELUFunction.apply(x)
+        if x.dtype == torch.float32 and cpu_kernels.eager_cpu(x):
+            return cpu_kernels.tanh_gelu(x)
         return F.gelu(x, approximate="tanh")
-
-
-def _padded_rows(weight: torch.Tensor, vocab: int) -> torch.Tensor:
-    """weight[:vocab] with zero rows appended up to a multiple of 8: a matmul-friendly width for the
-    CPU (the 257 columns of a byte vocabulary took twice as long as 264)."""
-    used = weight[:vocab]
-    pad = -vocab % 8
-    return torch.cat([used, used.new_zeros(pad, used.shape[1])]) if pad else used
-
-
-def head_logits(h: torch.Tensor, weight: torch.Tensor, vocab: int) -> torch.Tensor:
-    """h W[:vocab]^T, the output head's first `vocab` logits, computed with _padded_rows: the same
-    values (a column's dot products do not change), sooner."""
-    return F.linear(h, _padded_rows(weight, vocab))[..., :vocab]
-
-
-def head_log_probs(h: torch.Tensor, weight: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(_padded_rows(weight, vocab), the log-softmax of h's logits over that padded width): the
-    padding's columns are set to -inf, so their probability is exactly 0 and every pass runs on
-    a contiguous matmul-friendly width (a slice of it would be copied by log_softmax)."""
-    padded = _padded_rows(weight, vocab)
-    logits = F.linear(h, padded)
-    logits[:, vocab:] = float("-inf")
-    return padded, torch.log_softmax(logits, dim=-1)
-
-
-class _HeadCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of the output head's logits h W[:vocab]^T against targets, in one pass
-    each way: the same function as F.cross_entropy(out_head(h)[:, :vocab], targets). The forward
-    keeps only the log-probabilities (head_log_probs), and the backward turns them into the
-    gradient in place (softmax - one-hot), without F.cross_entropy's zero-filled one-hot gradient
-    and its second softmax pass."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
-        padded, log_probs = head_log_probs(h, weight, vocab)
-        ctx.save_for_backward(h, weight, padded, log_probs, targets)
-        ctx.vocab = vocab
-        return log_probs.gather(1, targets[:, None]).sum().neg_().div_(h.shape[0])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
-    def backward(ctx, grad: torch.Tensor):
-        h, weight, padded, log_probs, targets = ctx.saved_tensors  # a second backward fails: log_probs is reused
-        d_logits = log_probs.exp_()  # the padding's columns: exp(-inf) = 0
-        d_logits.scatter_add_(1, targets[:, None], d_logits.new_full((targets.shape[0], 1), -1.0))
-        d_logits.mul_(grad / h.shape[0])
-        d_weight = torch.zeros_like(weight)
-        torch.mm(d_logits[:, :ctx.vocab].t(), h, out=d_weight[:ctx.vocab])
-        return d_logits @ padded, d_weight, None, None
 
 
 class MultiHeadAttention(nn.Module):
@@ -314,8 +131,8 @@ class MultiHeadAttention(nn.Module):
         v = self.W_value(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.training and self.drop_rate > 0 and _eager_cpu(x):
-            y = attention_with_dropout(q, k, v, mask, self.drop_rate)
+        if self.training and self.drop_rate > 0 and cpu_kernels.eager_cpu(x):
+            y = cpu_kernels.attention_with_dropout(q, k, v, mask, self.drop_rate)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None,
@@ -415,9 +232,8 @@ class GPTModel(nn.Module):
 
         The head computes padded_vocab_size columns (a matmul-friendly size) and the padding is
         sliced off here, so argmax, softmax and the loss never see the padded tokens. On the eager
-        CPU path in float32 the head computes vocab_size rounded up to 8 columns instead
-        (head_logits), and the loss goes through head_log_probs: the mean as _HeadCrossEntropy, the
-        head and the loss in one function. Targets must be valid token ids of idx's shape (no
+        CPU path in float32 the head computes vocab_size rounded up to 8 columns instead, and the
+        head and the loss are one function (harness.model.cpu_kernels.head_logits, head_loss). Targets must be valid token ids of idx's shape (no
         ignore_index).
         """
         T = idx.shape[1]
@@ -437,13 +253,10 @@ class GPTModel(nn.Module):
             x = block(x, rope, mask)
         h = self.final_norm(x)
         vocab = self.cfg.vocab_size
-        if h.dtype == torch.float32 and _eager_cpu(h) and not torch.is_autocast_enabled("cpu"):
+        if h.dtype == torch.float32 and cpu_kernels.eager_cpu(h) and not torch.is_autocast_enabled("cpu"):
             if targets is None:
-                return head_logits(h, self.out_head.weight, vocab)
-            if reduction == "mean":
-                return _HeadCrossEntropy.apply(h.flatten(0, 1), self.out_head.weight, targets.flatten(), vocab)
-            log_probs = head_log_probs(h.flatten(0, 1), self.out_head.weight, vocab)[1]
-            return log_probs.gather(1, targets.flatten()[:, None]).squeeze(1).neg_()
+                return cpu_kernels.head_logits(h, self.out_head.weight, vocab)
+            return cpu_kernels.head_loss(h.flatten(0, 1), self.out_head.weight, targets.flatten(), vocab, reduction)
         logits = self.out_head(h)
         if self.cfg.padded_vocab_size != vocab:
             logits = logits[..., :vocab]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from harness.model import GPTModel, ModelConfig, count_parameters, flops_per_token, init_weights, parameter_counts
 from harness.model import book
-from harness.model import gpt
+from harness.model import cpu_kernels, gpt
 from harness.model.book import BookGPTModel
 
 TINY = ModelConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2,
@@ -178,7 +178,7 @@ def test_compiles_to_one_graph(kw):
 @pytest.mark.parametrize("rows, width, vocab", [(2048, 48, 257), (96, 32, 97), (300, 64, 50257 // 64)])
 def test_the_padded_head_computes_the_same_logits(rows, width, vocab):
     h, weight = torch.randn(rows, width), torch.randn(vocab, width)
-    assert torch.equal(gpt.head_logits(h, weight, vocab), F.linear(h, weight))
+    assert torch.equal(cpu_kernels.head_logits(h, weight, vocab), F.linear(h, weight))
 
 
 def test_the_fused_head_and_loss_match_the_head_then_cross_entropy():

@@ -20,7 +20,7 @@ from harness.planning.plan import RunSpec
 from harness.core.placement import CPU_THREADS
 from harness.training.worker import CPU_EVAL_TOKENS, Dist, Trainer, auto_eval_batch, configure_threads
 from harness.model import GPTModel, ModelConfig, init_weights
-from harness.model import gpt
+from harness.model import cpu_kernels
 from harness.model.book import BookGPTModel
 
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
@@ -124,38 +124,38 @@ def test_worker_thread_setting(monkeypatch):
 
 def test_keep_mask_rate_and_determinism():
     torch.manual_seed(5)
-    a = gpt.keep_mask((200, 1000), 0.25, torch.float32)
+    a = cpu_kernels.keep_mask((200, 1000), 0.25, torch.float32)
     torch.manual_seed(5)
-    b = gpt.keep_mask((200, 1000), 0.25, torch.float32)
+    b = cpu_kernels.keep_mask((200, 1000), 0.25, torch.float32)
     assert torch.equal(a, b) and set(a.unique().tolist()) == {0.0, 1.0}
     assert abs(a.mean().item() - 0.75) < 0.005
-    assert not torch.equal(a, gpt.keep_mask((200, 1000), 0.25, torch.float32))  # the stream moves on
-    assert gpt.keep_mask((3, 4), 0.1, torch.bfloat16).dtype == torch.bfloat16
+    assert not torch.equal(a, cpu_kernels.keep_mask((200, 1000), 0.25, torch.float32))  # the stream moves on
+    assert cpu_kernels.keep_mask((3, 4), 0.1, torch.bfloat16).dtype == torch.bfloat16
 
 
 def test_keep_mask_keeps_one_minus_p_to_within_its_16_bit_words():
     torch.manual_seed(6)
     for p in (0.1, 0.5, 0.9):
-        kept = gpt.keep_mask((64, 32768), p, torch.float32).mean().item()  # 2^21 entries: sd <= 3.5e-4
+        kept = cpu_kernels.keep_mask((64, 32768), p, torch.float32).mean().item()  # 2^21 entries: sd <= 3.5e-4
         assert abs(kept - (1 - p)) < 2e-3, (p, kept)
-    assert not gpt.keep_mask((4, 100), 1 - 2**-17, torch.float32).any()  # above the last 16-bit threshold
-    assert gpt.keep_mask((4, 100), 1e-9, torch.float32).all()  # p below 2^-16 drops a word only at 0
+    assert not cpu_kernels.keep_mask((4, 100), 1 - 2**-17, torch.float32).any()  # above the last 16-bit threshold
+    assert cpu_kernels.keep_mask((4, 100), 1e-9, torch.float32).all()  # p below 2^-16 drops a word only at 0
 
 
 def test_keep_masks_are_keyed_by_the_sequence_not_by_the_micro_batch():
     """A sequence gets the same mask in a micro-batch of 4 as in one of 2 that starts at it: what
     makes the CPU path's dropout independent of processes and micro-steps (same torch seed)."""
     torch.manual_seed(5)
-    whole = gpt.keep_mask((4, 3, 10), 0.5, torch.float32)
+    whole = cpu_kernels.keep_mask((4, 3, 10), 0.5, torch.float32)
     torch.manual_seed(5)
-    with gpt.sequences_from(2):
-        tail = gpt.keep_mask((2, 3, 10), 0.5, torch.float32)
+    with cpu_kernels.sequences_from(2):
+        tail = cpu_kernels.keep_mask((2, 3, 10), 0.5, torch.float32)
     assert torch.equal(whole[2:], tail) and not torch.equal(whole[:2], tail)
     torch.manual_seed(5)  # attention weights: (sequences x heads, T, T), one block per sequence
-    weights = gpt.keep_mask((4 * 2, 5, 5), 0.5, torch.float32, sequences=4)
+    weights = cpu_kernels.keep_mask((4 * 2, 5, 5), 0.5, torch.float32, sequences=4)
     torch.manual_seed(5)
-    with gpt.sequences_from(1):
-        second = gpt.keep_mask((1 * 2, 5, 5), 0.5, torch.float32, sequences=1)
+    with cpu_kernels.sequences_from(1):
+        second = cpu_kernels.keep_mask((1 * 2, 5, 5), 0.5, torch.float32, sequences=1)
     assert torch.equal(weights[2:4], second)
 
 
@@ -200,7 +200,7 @@ def test_cpu_training_path_matches_the_book_with_the_same_dropout_masks(name, T,
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Dropout):
                 setattr(parent, child_name, _BookDropout(child.p, book_masks))
-    monkeypatch.setattr(gpt, "keep_mask", _SharedMasks())
+    monkeypatch.setattr(cpu_kernels, "keep_mask", _SharedMasks())
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(cfg.vocab_size, (3, T), generator=g)
     targets = torch.randint(cfg.vocab_size, (3, T), generator=g)
@@ -217,13 +217,13 @@ def test_cpu_training_path_matches_the_book_with_the_same_dropout_masks(name, T,
 
 def test_cpu_attention_path_equals_sdpa_without_dropout(monkeypatch):
     """With keep-all masks the CPU dropout attention is SDPA's causal/windowed attention."""
-    monkeypatch.setattr(gpt, "keep_mask", lambda shape, p, dtype, sequences=None: torch.ones(shape, dtype=dtype))
+    monkeypatch.setattr(cpu_kernels, "keep_mask", lambda shape, p, dtype, sequences=None: torch.ones(shape, dtype=dtype))
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 9, 8, generator=g) for _ in range(3))
     window = torch.ones(9, 9, dtype=torch.bool).tril() & ~torch.ones(9, 9, dtype=torch.bool).tril(-3)
     for mask in (None, window):
         torch.manual_seed(0)
-        ours = gpt.attention_with_dropout(q, k, v, mask, p=1e-12)
+        ours = cpu_kernels.attention_with_dropout(q, k, v, mask, p=1e-12)
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         torch.testing.assert_close(ours, ref)
 

@@ -170,18 +170,25 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
 def dropout_seed_for(dropout_seed: int, step: int, first_sequence: int | None) -> int:
     """torch's seed for one micro-step's dropout. On the eager CPU path the masks are keyed per
-    sequence (harness.model.gpt.keep_mask), so one seed per step gives every sequence the same masks
+    sequence (harness.model.cpu_kernels.keep_mask), so one seed per step gives every sequence the same masks
     however the batch is placed (first_sequence None); the fused kernels elsewhere draw one
     stream per micro-batch, keyed by its first sequence (the same placement gives the same masks)."""
     key = f"harness-dropout/{dropout_seed}/{step}/{'' if first_sequence is None else first_sequence}"
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
 
+def model_computes_loss(model, device: torch.device, compiled: bool = False) -> bool:
+    """Whether to pass the targets to `model` (a module or its class) and take the loss it returns:
+    GPTModel's own head and loss (forward_takes_targets) on the eager CPU path, where they are
+    faster; CUDA and compiled steps keep F.cross_entropy outside the model."""
+    return getattr(model, "forward_takes_targets", False) and device.type == "cpu" and not compiled
+
+
 def eval_token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                       amp: torch.dtype | None) -> torch.Tensor:
     """Each target token's NLL of one batch, float64, flat, on the device (no host synchronisation)."""
     with autocast(x.device, amp):
-        if getattr(model, "forward_takes_targets", False) and x.device.type == "cpu":  # GPTModel's own head and loss
+        if model_computes_loss(model, x.device):
             return model(x, y, reduction="none").double()
         logits = model(x)
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").double()
@@ -277,10 +284,7 @@ class Trainer:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
         self.train_model = train_model
-        # The model's own head and loss where they are faster (GPTModel on the eager CPU path); CUDA
-        # and compiled steps keep F.cross_entropy outside the model, as before.
-        self.model_takes_targets = (getattr(model_cls, "forward_takes_targets", False) and d.device.type == "cpu"
-                                    and not self.compiled)
+        self.model_takes_targets = model_computes_loss(model_cls, d.device, self.compiled)
         self.sampler = BatchSampler(train_tokens, mcfg.context_length, data_seed, shuffle=tcfg.shuffle)
         self.loss_sum = torch.zeros((), device=d.device)
         self.lr = tcfg.lr
@@ -310,7 +314,7 @@ class Trainer:
         self.lr = lr_at(step, self.steps, self.tcfg)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        per_sequence = self.d.device.type == "cpu" and not self.compiled  # harness.model.gpt.keep_mask's path
+        per_sequence = self.d.device.type == "cpu" and not self.compiled  # harness.model.cpu_kernels.keep_mask's path
         for micro in range(self.accum):
             x, y = self._batch(step, micro)
             last = micro == self.accum - 1
@@ -319,7 +323,7 @@ class Trainer:
             torch.manual_seed(dropout_seed_for(self.dropout_seed, step, None if per_sequence else first))
             with (nullcontext() if sync else self.train_model.no_sync()), sequences_from(first):
                 with autocast(self.d.device, self.amp):  # through DDP's forward, so its gradient hooks arm
-                    if self.model_takes_targets:  # the model computes its own loss (GPTModel's fused head)
+                    if self.model_takes_targets:
                         loss = self.train_model(x, y)
                     else:
                         loss = F.cross_entropy(self.train_model(x).flatten(0, 1), y.flatten())

@@ -1,0 +1,226 @@
+"""The CPU's own kernels for the model's training step and evaluation: the same functions as
+torch's, computed faster on an eager CPU (tests/test_model.py and tests/test_train_step.py prove
+each equal to torch's). model/gpt.py takes them where eager_cpu(x) holds; CUDA and torch.compile
+keep torch's fused kernels.
+
+- keep_mask / dropout / attention_with_dropout: dropout masks drawn per sequence from a
+  counter-based generator, so a sequence gets the same mask wherever its batch runs
+  (sequences_from), several times faster than F.dropout's bernoulli_ on the CPU;
+- tanh_gelu: GELU(tanh) as x sigmoid(2u), since torch's CPU tanh is slow;
+- head_logits / head_log_probs / head_loss: the output head on a width padded to a multiple of
+  8, and the head and the cross-entropy as one function.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def eager_cpu(x: torch.Tensor) -> bool:
+    """Whether to take this module's kernels (keep_mask, the sigmoid form of GELU, the padded head): eager
+    CPU tensors. torch.compile fuses F.dropout, SDPA's dropout and F.gelu into code of its own, and
+    CUDA has fused kernels for them, so both keep torch's functions."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+_first_sequence = 0  # index in its step's global batch of the current micro-batch's first sequence
+
+
+@contextmanager
+def sequences_from(first: int) -> Iterator[None]:
+    """Key the CPU dropout masks drawn inside this block by global sequence index: the micro-batch's
+    row b is sequence first + b of its step. With one torch seed per step, every sequence then gets
+    the same masks however the step's batch is split over processes and micro-steps."""
+    global _first_sequence
+    before, _first_sequence = _first_sequence, first
+    try:
+        yield
+    finally:
+        _first_sequence = before
+
+
+PHILOX_WORDS = 16  # 16-bit words per Philox4x64 counter step: a sequence's block starts on a step boundary
+
+
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, sequences: int | None = None) -> torch.Tensor:
+    """A CPU dropout mask: each entry 1 with probability 1 - p, else 0 (float, in `dtype`).
+
+    The tensor holds `sequences` (default shape[0]) equal contiguous blocks, one per sequence of the
+    micro-batch. Every entry is a 16-bit word of numpy's Philox4x64 counter-based generator, keyed
+    by one draw from torch's default CPU generator, and sequence s's block starts at counter step
+    s x (its block's words, rounded up to a whole step) (see sequences_from): so the whole
+    micro-batch is one vectorised draw, and a sequence gets the same mask in any micro-batch, on
+    any process, from the same torch random state. An entry is kept when its word is at least
+    ceil(p x 2^16), which keeps it with probability 1 - p to within 2^-16 (p = 0.1 drops 0.100006).
+    This is several times faster than F.dropout's bernoulli_ (a Mersenne twister), which dominated
+    a CPU training step of the small presets; 16-bit words halve the generator's work against
+    32-bit ones (the attention weights' mask of a tiny step: 0.9 ms against 1.9 ms).
+    """
+    key = int(torch.randint(0, 2**62, (1,)).item())
+    n = shape[0] if sequences is None else sequences
+    per = math.prod(shape) // n
+    stride = -(-per // PHILOX_WORDS) * PHILOX_WORDS
+    words = np.random.Philox(key=key, counter=_first_sequence * (stride // PHILOX_WORDS)).random_raw(n * stride // 4)
+    words = words.view(np.uint16).reshape(n, stride)[:, :per]
+    threshold = math.ceil(p * 2**16)
+    keep = np.empty(tuple(shape), dtype=np.float32)
+    if threshold >= 2**16:  # p within 2^-16 of 1: every word is below it
+        keep.fill(0.0)
+    else:
+        np.greater_equal(words.reshape(tuple(shape)), np.uint16(threshold), out=keep, casting="unsafe")
+    mask = torch.from_numpy(keep)
+    return mask if dtype == torch.float32 else mask.to(dtype)
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """F.dropout(x, p) in training mode, with keep_mask's mask: zero with probability p, survivors
+    scaled by 1/(1-p)."""
+    return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class _AttentionWithDropout(torch.autograd.Function):
+    """The algebra of attention_with_dropout with a hand-written backward. Every product whose
+    result has head_dim columns is computed transposed (head_dim rows: v^T (w m)^T instead of
+    (w m) v, and likewise for the gradients of q, k and v), which MKL runs about 1.5 times faster
+    for a small head_dim; each entry is the same dot product, equal up to the BLAS's order of
+    summation (bit-identical in the tiny demo's runs)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
+        B, H, T, D = q.shape
+        qf, kf = q.reshape(B * H, T, D), k.reshape(B * H, T, D)
+        vt = v.transpose(2, 3).reshape(B * H, D, T)
+        alpha = 1.0 / math.sqrt(D)
+        weights = torch.softmax(torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=alpha), dim=-1)
+        keep = keep_mask(weights.shape, p, weights.dtype, sequences=B)
+        kept = weights * keep
+        yt = torch.bmm(vt, kept.transpose(1, 2)).mul_(1.0 / (1.0 - p))  # (B*H, D, T)
+        ctx.save_for_backward(qf, kf, vt, weights, keep, kept)
+        ctx.p, ctx.alpha = p, alpha
+        return yt.view(B, H, D, T).transpose(2, 3)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
+    def backward(ctx, grad: torch.Tensor):
+        qf, kf, vt, weights, keep, kept = ctx.saved_tensors
+        B, H, T, D = grad.shape
+        g = grad.reshape(B * H, T, D) * (1.0 / (1.0 - ctx.p))
+        d_vt = torch.bmm(g.transpose(1, 2), kept)  # (B*H, D, T)
+        d_weights = torch.bmm(g, vt).mul_(keep)
+        d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
+        d_qt = torch.bmm(kf.transpose(1, 2), d_scores.transpose(1, 2)).mul_(ctx.alpha)
+        d_kt = torch.bmm(qf.transpose(1, 2), d_scores).mul_(ctx.alpha)
+        as_input = lambda t: t.view(B, H, D, T).transpose(2, 3)  # noqa: E731
+        return as_input(d_qt), as_input(d_kt), as_input(d_vt), None, None
+
+
+def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                           p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + mask) with dropout p on the weights, times v: (B, H, T, D) in and out.
+
+    SDPA's own CPU path for dropout > 0 is its unfused "math" fallback (no flash kernel on the CPU
+    supports dropout); this is the same algebra with fewer passes over the (B*H, T, T) weights
+    (_AttentionWithDropout): the scale and the causal/window mask are folded into one baddbmm (an
+    additive -inf bias, so no masked_fill forward or backward), the mask comes from keep_mask, and
+    the dropout scale 1/(1-p) is applied to the (B, H, T, D) output instead of the T/D times
+    larger weights.
+    """
+    T = q.shape[2]
+    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril_() if mask is None else mask
+    bias = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+    return _AttentionWithDropout.apply(q, k, v, bias, p)
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)  # the tanh approximation: u = C (x + A x^3)
+_GELU_A = 0.044715
+
+
+class _TanhGELUFunction(torch.autograd.Function):
+    """0.5 x (1 + tanh(u)) computed as x sigmoid(2u), the same function (tanh(u) = 2 sigmoid(2u) - 1),
+    in place where it can be. torch's CPU tanh is about three times slower than its sigmoid here,
+    so F.gelu(approximate="tanh") and its backward were an eighth of a tiny training step."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        s = (x * x).mul_(2 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x).sigmoid_()  # sigmoid(2u)
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # d/dx x s = s + x s (1 - s) 2u', with 2u' = 2C (1 + 3A x^2)
+        x, s = ctx.saved_tensors
+        x_du = (x * x).mul_(6 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x)
+        return (1 - s).mul_(s).mul_(x_du).add_(s).mul_(grad)
+
+
+def tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    """F.gelu(x, approximate="tanh") in its sigmoid form (_TanhGELUFunction), within float32
+    rounding of it (tests/test_model.py)."""
+    return _TanhGELUFunction.apply(x)
+
+
+def _padded_rows(weight: torch.Tensor, vocab: int) -> torch.Tensor:
+    """weight[:vocab] with zero rows appended up to a multiple of 8: a matmul-friendly width for the
+    CPU (the 257 columns of a byte vocabulary took twice as long as 264)."""
+    used = weight[:vocab]
+    pad = -vocab % 8
+    return torch.cat([used, used.new_zeros(pad, used.shape[1])]) if pad else used
+
+
+def head_logits(h: torch.Tensor, weight: torch.Tensor, vocab: int) -> torch.Tensor:
+    """h W[:vocab]^T, the output head's first `vocab` logits, computed with _padded_rows: the same
+    values (a column's dot products do not change), sooner."""
+    return F.linear(h, _padded_rows(weight, vocab))[..., :vocab]
+
+
+def head_log_probs(h: torch.Tensor, weight: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(_padded_rows(weight, vocab), the log-softmax of h's logits over that padded width): the
+    padding's columns are set to -inf, so their probability is exactly 0 and every pass runs on
+    a contiguous matmul-friendly width (a slice of it would be copied by log_softmax)."""
+    padded = _padded_rows(weight, vocab)
+    logits = F.linear(h, padded)
+    logits[:, vocab:] = float("-inf")
+    return padded, torch.log_softmax(logits, dim=-1)
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the output head's logits h W[:vocab]^T against targets, in one pass
+    each way: the same function as F.cross_entropy(out_head(h)[:, :vocab], targets). The forward
+    keeps only the log-probabilities (head_log_probs), and the backward turns them into the
+    gradient in place (softmax - one-hot), without F.cross_entropy's zero-filled one-hot gradient
+    and its second softmax pass."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
+        padded, log_probs = head_log_probs(h, weight, vocab)
+        ctx.save_for_backward(h, weight, padded, log_probs, targets)
+        ctx.vocab = vocab
+        return log_probs.gather(1, targets[:, None]).sum().neg_().div_(h.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
+    def backward(ctx, grad: torch.Tensor):
+        h, weight, padded, log_probs, targets = ctx.saved_tensors  # a second backward fails: log_probs is reused
+        d_logits = log_probs.exp_()  # the padding's columns: exp(-inf) = 0
+        d_logits.scatter_add_(1, targets[:, None], d_logits.new_full((targets.shape[0], 1), -1.0))
+        d_logits.mul_(grad / h.shape[0])
+        d_weight = torch.zeros_like(weight)
+        torch.mm(d_logits[:, :ctx.vocab].t(), h, out=d_weight[:ctx.vocab])
+        return d_logits @ padded, d_weight, None, None
+
+
+def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int,
+              reduction: str = "mean") -> torch.Tensor:
+    """F.cross_entropy(h W[:vocab]^T, targets, reduction) for h (N, d) and targets (N,): the mean
+    through _HeadCrossEntropy, each position's (reduction="none") from head_log_probs."""
+    if reduction == "mean":
+        return _HeadCrossEntropy.apply(h, weight, targets, vocab)
+    return head_log_probs(h, weight, vocab)[1].gather(1, targets[:, None]).squeeze(1).neg_()
