@@ -178,3 +178,26 @@ def test_an_old_store_without_unit_sums_still_reports_and_says_so(tmp_path):
     assert code == 0, out + err
     text = json.loads(out)["sweeps"][0]["test_text"]
     assert "no run has per-unit test sums" in text["note"] and text["arms"] == []
+
+
+def test_a_test_text_part_estimated_at_zero_reads_not_detected_not_a_zero_floor():
+    """The unbiased test-text variance falls below zero by chance where the units differ no more
+    than the seeds' noise explains; it is truncated at zero, and the report says 'not detected'
+    instead of an SE of 0.000000 and a floor of 0 nats ('at most 0 nats')."""
+    from harness.report.render import NOT_DETECTED, text_line
+    from harness.report.text import COLUMNS, TextReport
+
+    rng = np.random.default_rng(3)
+    D = next(d for d in (simulate(rng, 5, 40, 0.01, 0.0, 0.002) for _ in range(50))
+             if split_uncertainty(d, np.full(40, 1 / 40)).text_var < 0)
+    split = split_uncertainty(D, np.full(40, 1 / 40))
+    assert split.se_text == 0 and split.floor == 0
+    row = {"arm": "qkv_bias", "seeds": 5, "diff": split.diff, "se_seed": split.se_seed, "se_text": split.se_text,
+           "se": split.se, "df": split.df, "low": split.low, "high": split.high, "floor": split.floor,
+           "text_share": split.text_share, "dominant": split.dominant, "seeds_for_text_to_dominate": math.inf,
+           "note": ""}
+    report = TextReport(units="blocks", n_units=40, table=pd.DataFrame([row], columns=COLUMNS))
+    line = text_line(next(report.table.itertuples()), "95%")
+    assert f"SE test text {NOT_DETECTED}" in line and f"floor {NOT_DETECTED}" in line and "0.000000" not in line
+    sentence = report.dominance()
+    assert "not detected" in sentence and "at most 0 nats" not in sentence

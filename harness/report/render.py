@@ -342,13 +342,21 @@ def render_worth(rep: SweepReport, hh: str) -> list[str]:
     return out
 
 
+NOT_DETECTED = "not detected"  # a test-text part whose unbiased estimate fell to zero or below
+
+
+def _text_part(value: float, se_text: float) -> str:
+    """An SE or floor from the test text; zero is an estimate truncated at zero, not a measured zero."""
+    return NOT_DETECTED if se_text == 0 else _num(value)
+
+
 def text_line(r, confidence: str) -> str:
     """One arm's seeds-and-text uncertainty, as the report and the terminal say it."""
     if r.note:
         return f"{r.arm}: {r.note}"
-    return (f"{r.arm}: diff {_num(r.diff, sign=True)}, SE seeds {_num(r.se_seed)}, SE test text {_num(r.se_text)}; "
-            f"{confidence} CI over both {_ci(r.low, r.high)}; floor {_num(r.floor)}; {r.dominant} dominate"
-            + ("s" if r.dominant == "test text" else ""))
+    return (f"{r.arm}: diff {_num(r.diff, sign=True)}, SE seeds {_num(r.se_seed)}, SE test text "
+            f"{_text_part(r.se_text, r.se_text)}; {confidence} CI over both {_ci(r.low, r.high)}; floor "
+            f"{_text_part(r.floor, r.se_text)}; {r.dominant} dominate" + ("s" if r.dominant == "test text" else ""))
 
 
 def render_text(rep: SweepReport, hh: str) -> list[str]:
@@ -362,13 +370,15 @@ def render_text(rep: SweepReport, hh: str) -> list[str]:
                 "set of seeds would do on this test set (the intervals above); the test-text SE what another test "
                 "sample of this size would do, however many seeds; the interval covers both (two-way crossed "
                 "seeds x units, see Methods). The floor is the smallest difference this test set can detect at "
-                "any number of seeds (2.8 test-text SEs: two-sided 5%, 80% power).", ""]
+                "any number of seeds (2.8 test-text SEs: two-sided 5%, 80% power). Where the test text's part "
+                "estimates at zero or below (the units differ no more than the seeds' noise explains), it reads "
+                f"'{NOT_DETECTED}'.", ""]
     if x.note:
         out += [f"> {md_escape(x.note)}", ""]
     if len(x.table):
         ci = rep.options.confidence
-        rows = [[md_escape(r.arm), str(r.seeds), _num(r.diff, sign=True), _num(r.se_seed), _num(r.se_text),
-                 _num(r.se), _ci(r.low, r.high), _num(r.floor),
+        rows = [[md_escape(r.arm), str(r.seeds), _num(r.diff, sign=True), _num(r.se_seed),
+                 _text_part(r.se_text, r.se_text), _num(r.se), _ci(r.low, r.high), _text_part(r.floor, r.se_text),
                  f"{r.dominant} ({100 * r.text_share:.0f}% text)" if not r.note else md_escape(r.note)]
                 for r in x.table.itertuples()]
         out.append(_md_table(["arm", "seeds", "diff", "SE seeds", "SE test text", "SE both", f"{ci} CI (seeds and "

@@ -41,8 +41,10 @@ class TextReport:
             return ""
         text = list(rows.loc[rows["dominant"].eq("test text"), "arm"])
         if not text:
-            return ("The seeds dominate for every arm: more seeds narrow the intervals, down to the test set's floor "
-                    f"(at most {rows['floor'].max():.4g} nats).")
+            detected = rows.loc[rows["se_text"].astype(float) > 0, "floor"]
+            floor = (f"(at most {detected.max():.4g} nats)" if len(detected) else
+                     "(not detected: the test text's part estimated at zero for every arm)")
+            return f"The seeds dominate for every arm: more seeds narrow the intervals, down to the test set's floor {floor}."
         if len(text) == len(rows):
             return ("The test text dominates for every arm: more seeds will barely narrow the intervals; a larger "
                     "test set would.")
