@@ -70,12 +70,21 @@ def _manifest_check(tables: dict[str, Any]) -> str:
     return sha256_bytes(json.dumps(tables, sort_keys=True, separators=(",", ":")).encode())
 
 
+def _parquet_file(data: bytes) -> pq.ParquetFile:
+    """A Parquet file over a copy of `data` that Arrow owns. Over the Python bytes themselves, the
+    last reference to them can end on one of Arrow's threads, which then needs the GIL: at
+    interpreter exit that aborted about one `sweep --wait` in two with pyarrow 26 ("terminate
+    called without an active exception"; read_table schedules its reads on Arrow's thread pool
+    even with use_threads=False)."""
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return pq.ParquetFile(pa.BufferReader(sink.getvalue()))
+
+
 def _parse(data: bytes, schema: pa.Schema) -> pa.Table:
     """A table in `schema`; columns a table written by an older harness lacks are filled with nulls
     (the automatic migration when a field is added to the run record)."""
-    # use_threads=False: with pyarrow 26, a threaded read of an in-memory buffer makes about one
-    # process in twenty abort at exit ("terminate called without an active exception")
-    table = pq.read_table(pa.BufferReader(data), use_threads=False)
+    table = _parquet_file(data).read(use_threads=False)  # on this thread: no pool, no pre-buffering
     for f in schema:
         if f.name not in table.column_names:
             table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
@@ -414,7 +423,7 @@ class ResultsStore:
             if not path.exists():
                 return {"sha256": "", "rows": 0}
             data = path.read_bytes()
-        rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+        rows = _parquet_file(data).metadata.num_rows
         return {"sha256": sha256_bytes(data), "rows": int(rows)}
 
     def _write_manifest(self, tables: dict[str, list[dict[str, Any]]]) -> None:
