@@ -101,3 +101,13 @@ def test_queries_read_and_verify_a_table_once_per_change(tmp_path, monkeypatch):
     assert verified == ["runs.parquet", "runs.parquet"]
     assert reader.sweeps() == ["sw"] and len(reader.sweep_frame("sw")) == 4 and reader.sweep_frame("other").empty
     assert reader.run_row(spec(2).run_id)["attempt"] == 2
+
+
+def test_an_attempts_part_of_a_log_is_cut_at_its_own_header():
+    from harness.store.record import attempt_header, attempt_part
+
+    log = ("old output\n" + attempt_header(1, "2026-12-04 10:00:00", "", "python -m worker") + "step 1\n"
+           + attempt_header(2, "2026-12-04 10:05:00", " on node 1 (hnode2)", "torchrun ...") + "step 9\n")
+    assert attempt_part(log).startswith("=== attempt 2 at 2026-12-04 10:05:00 on node 1 (hnode2): torchrun")
+    assert attempt_part(log, 1) == "=== attempt 1 at 2026-12-04 10:00:00: python -m worker\nstep 1\n"
+    assert attempt_part(log, 2).endswith("step 9\n") and attempt_part(log, 3) == ""

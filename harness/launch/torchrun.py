@@ -44,7 +44,8 @@ from harness.core.placement import Slot, auto_jobs, slots
 from harness.launch.procs import RunLock, interrupted, kill_stale_workers, kill_tree, spawn
 from harness.launch.warm import WarmWorker
 from harness.store.record import (ATTEMPT_ENDED, CONFIG, DATA_CHANGED, ENVIRONMENT, FAILED, NODE_HEADER, UNRUNNABLE,
-                                  RunResult, RunRow, RunSpec, find_ranks, find_stopped, parse_progress)
+                                  RunResult, RunRow, RunSpec, attempt_header, attempt_part, find_ranks, find_stopped,
+                                  parse_progress)
 from harness.store.results import ResultsStore
 from harness.core.versions import git_commit, versions
 
@@ -174,19 +175,11 @@ def stall_timeout() -> float:
 
 
 def _attempt_text(log: Path, attempt: int | None = None) -> str:
-    """The last attempt's part of a run's log; with `attempt`, that attempt's part (the last one,
-    should a node have started it twice), or nothing."""
+    """The last attempt's part of a run's log, or that attempt's (record.attempt_part)."""
     try:
-        text = log.read_text(errors="replace")
+        return attempt_part(log.read_text(errors="replace"), attempt)
     except OSError:
         return ""
-    if attempt is None:
-        return text[text.rfind("=== attempt"):]
-    at = text.rfind(f"=== attempt {attempt} at ")
-    if at < 0:
-        return ""
-    end = text.find("=== attempt ", at + 1)
-    return text[at:] if end < 0 else text[at:end]
 
 
 def _failure_reason(log: Path, returncode: int) -> str:
@@ -496,7 +489,7 @@ def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], 
         proc = warm.start(spec_path, env, lock.fd, cpus) if warm is not None and spec_path is not None else None
         how = "a warm worker's fork of " if proc is not None else ""
         try:
-            out.write(f"=== attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}{where}: {how}{' '.join(cmd)}\n")
+            out.write(attempt_header(attempt, time.strftime('%Y-%m-%d %H:%M:%S'), where, how + " ".join(cmd)))
             out.flush()
         except OSError as err:
             if proc is not None:

@@ -32,7 +32,7 @@ from harness.planning.adaptive import Adaptive, arm_states
 from harness.core.config import BASELINE
 from harness.store.planfile import read_jobs, read_plan, saved_sweeps
 from harness.launch.procs import is_running
-from harness.store.record import COMPLETED, DIVERGED, FINAL, NODE_HEADER, parse_progress
+from harness.store.record import ATTEMPT_BEGAN, COMPLETED, DIVERGED, FINAL, NODE_HEADER, parse_progress
 from harness.stats.sequential import UNDECIDED
 from harness.store.results import ResultsStore
 from harness.cluster.slurmctl import SLURM_JOB_ID, SlurmUnavailable, job_states
@@ -53,7 +53,7 @@ def _nodes(run_dir: Path) -> str:
             text = log.read_bytes()  # the header is where the attempt began, however long its output since
         except OSError:
             continue
-        at = text.rfind(b"=== attempt ")
+        at = text.rfind(ATTEMPT_BEGAN.encode())
         found = NODE_HEADER.findall(text[at:].partition(b"\n")[0].decode("utf-8", errors="replace")) if at >= 0 else []
         for rank, host in found:
             hosts[int(rank)] = host
@@ -135,7 +135,7 @@ def _finished(run_dir: Path) -> bool:
 def _started(run_dir: Path) -> bool:
     try:
         with (run_dir / "log.txt").open("rb") as f:
-            return b"=== attempt" in f.read(4096)
+            return ATTEMPT_BEGAN.encode() in f.read(4096)
     except OSError:
         return False
 

@@ -47,10 +47,29 @@ def progress_line(step: int, steps: int, tokens: int, loss: float, tokens_per_s:
                                   "tokens_per_s": tokens_per_s})
 
 
-# A multi-node run's log lines of each node: "=== attempt N at T on node K (host): COMMAND" and,
-# once its part ended, "=== ended attempt N on node K (host): exit code C"
+# Where each attempt's part of a run's log begins: "=== attempt N at T: COMMAND", on a multi-node
+# run "=== attempt N at T on node K (host): COMMAND"; and, once a node's part ended, "=== ended
+# attempt N on node K (host): exit code C"
+ATTEMPT_BEGAN = "=== attempt "
 NODE_HEADER = re.compile(r"on node (\d+) \(([^)]*)\)")
 ATTEMPT_ENDED = "=== ended attempt"
+
+
+def attempt_header(attempt: int, when: str, where: str, command: str) -> str:
+    """The line that begins an attempt's part of a log (where: "" or " on node K (host)")."""
+    return f"{ATTEMPT_BEGAN}{attempt} at {when}{where}: {command}\n"
+
+
+def attempt_part(text: str, attempt: int | None = None) -> str:
+    """The last attempt's part of a log's text; with `attempt`, that attempt's part (the last one,
+    should a node have started it twice), or nothing."""
+    if attempt is None:
+        return text[text.rfind(ATTEMPT_BEGAN):]
+    at = text.rfind(f"{ATTEMPT_BEGAN}{attempt} at ")
+    if at < 0:
+        return ""
+    end = text.find(ATTEMPT_BEGAN, at + 1)
+    return text[at:] if end < 0 else text[at:end]
 RANK = "HARNESS-RANK "  # RANK {"rank": .., "world": .., "host": .., "pid": ..}
 
 
