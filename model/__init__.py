@@ -1,7 +1,8 @@
 """The network: the book's GPT-2 (Raschka, "Build a Large Language Model (from Scratch)") with switches.
 
-harness.model.config is plain data; the names from harness.model.gpt load torch on first use, so that reading
-configs (the harness command line, plans, errors) starts in a fraction of a second.
+harness.model.config is plain data; the names from harness.model.gpt (sequences_from: harness.model.cpu_kernels)
+load torch on first use, so that reading configs (the harness command line, plans, errors) starts in a
+fraction of a second.
 """
 
 from harness.model.config import ModelConfig

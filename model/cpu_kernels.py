@@ -221,6 +221,8 @@ def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, voca
               reduction: str = "mean") -> torch.Tensor:
     """F.cross_entropy(h W[:vocab]^T, targets, reduction) for h (N, d) and targets (N,): the mean
     through _HeadCrossEntropy, each position's (reduction="none") from head_log_probs."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction={reduction!r} is not one of mean, none")
     if reduction == "mean":
         return _HeadCrossEntropy.apply(h, weight, targets, vocab)
     return head_log_probs(h, weight, vocab)[1].gather(1, targets[:, None]).squeeze(1).neg_()

@@ -233,8 +233,8 @@ class GPTModel(nn.Module):
         The head computes padded_vocab_size columns (a matmul-friendly size) and the padding is
         sliced off here, so argmax, softmax and the loss never see the padded tokens. On the eager
         CPU path in float32 the head computes vocab_size rounded up to 8 columns instead, and the
-        head and the loss are one function (harness.model.cpu_kernels.head_logits, head_loss). Targets must be valid token ids of idx's shape (no
-        ignore_index).
+        head and the loss are one function (harness.model.cpu_kernels.head_logits, head_loss).
+        Targets must be valid token ids of idx's shape (no ignore_index).
         """
         T = idx.shape[1]
         if T > self.cfg.context_length:

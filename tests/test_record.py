@@ -111,3 +111,4 @@ def test_an_attempts_part_of_a_log_is_cut_at_its_own_header():
     assert attempt_part(log).startswith("=== attempt 2 at 2026-12-04 10:05:00 on node 1 (hnode2): torchrun")
     assert attempt_part(log, 1) == "=== attempt 1 at 2026-12-04 10:00:00: python -m worker\nstep 1\n"
     assert attempt_part(log, 2).endswith("step 9\n") and attempt_part(log, 3) == ""
+    assert attempt_part("output before any attempt\n") == ""

@@ -61,7 +61,7 @@ def _candidates(results_dir: Path, name: str) -> list[Path]:
 
 def _read_parquet(path: Path, kind: str, required: Sequence[str], warn) -> pd.DataFrame | None:
     try:
-        df = pd.read_parquet(path, use_threads=False)  # pyarrow 26: its thread pool can abort the process at exit
+        df = pd.read_parquet(path, use_threads=False)  # a file, not Python bytes: see harness.store.results._parquet_file
     except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, never a traceback
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         warn(f"skipping {path}: not a readable Parquet file ({msg[:160]})")

@@ -64,12 +64,15 @@ def attempt_part(text: str, attempt: int | None = None) -> str:
     """The last attempt's part of a log's text; with `attempt`, that attempt's part (the last one,
     should a node have started it twice), or nothing."""
     if attempt is None:
-        return text[text.rfind(ATTEMPT_BEGAN):]
+        at = text.rfind(ATTEMPT_BEGAN)
+        return text[at:] if at >= 0 else ""
     at = text.rfind(f"{ATTEMPT_BEGAN}{attempt} at ")
     if at < 0:
         return ""
     end = text.find(ATTEMPT_BEGAN, at + 1)
     return text[at:] if end < 0 else text[at:end]
+
+
 RANK = "HARNESS-RANK "  # RANK {"rank": .., "world": .., "host": .., "pid": ..}
 
 

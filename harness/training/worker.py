@@ -102,19 +102,19 @@ def configure_backends(device: torch.device) -> None:
 
 # glibc's mallopt parameters (malloc.h) and the values keep_freed_memory gives them
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-CPU_MMAP_THRESHOLD = 256 << 20  # bytes: a block below this comes from the heap, not a fresh mmap
+CPU_MMAP_THRESHOLD = 32 << 20  # bytes: a block below this comes from the heap (glibc's maximum on 64 bits)
 CPU_TRIM_THRESHOLD = 1 << 30  # bytes: free memory at the heap's top that is kept, not given back
 
 
 def keep_freed_memory() -> bool:
     """CPU: let glibc's malloc keep the memory that torch frees and hand it out again, instead of
-    returning each large block to the kernel and faulting fresh zeroed pages in on the next use
+    returning each large block to the kernel and faulting fresh zeroed pages in on its next use
     (mallopt: blocks up to CPU_MMAP_THRESHOLD from the heap, which is trimmed only past
-    CPU_TRIM_THRESHOLD). torch's CPU allocator caches nothing, so by default every activation of
-    more than 128 KiB was a new mapping: about 1,300 page faults per tiny training step and 3,000
-    per evaluation batch, against none after this (tiny, one thread: training 56k -> 71k tokens/s,
-    evaluation 131k -> 250k). Memory peaks as before; it is not given back until the process ends.
-    Returns whether it applied (glibc only; elsewhere the allocator stays as it is)."""
+    CPU_TRIM_THRESHOLD). torch's CPU allocator caches nothing, so by default a tiny training step
+    paid about 900-2,000 minor page faults (each activation over glibc's threshold a new mapping),
+    and none after this (reports/benchmarks.md, round 6). Memory peaks as before; it is not given
+    back until the process ends. Returns whether it applied: glibc only, and the trim threshold
+    only once the mmap threshold took (setting it alone would pin the mmap threshold at 128 KiB)."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
@@ -123,9 +123,7 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # another C library (musl): leave it alone
         return False
-    mmap_set = mallopt(M_MMAP_THRESHOLD, CPU_MMAP_THRESHOLD)
-    trim_set = mallopt(M_TRIM_THRESHOLD, CPU_TRIM_THRESHOLD)
-    return bool(mmap_set and trim_set)
+    return bool(mallopt(M_MMAP_THRESHOLD, CPU_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, CPU_TRIM_THRESHOLD))
 
 
 def lr_at(step: int, steps: int, cfg: TrainConfig) -> float:
@@ -207,11 +205,17 @@ def dropout_seed_for(dropout_seed: int, step: int, first_sequence: int | None) -
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
 
+def eager_cpu_step(device: torch.device, compiled: bool) -> bool:
+    """Whether a step runs where the model takes harness.model.cpu_kernels (its eager_cpu): its
+    dropout masks keyed per sequence, its own head and loss."""
+    return device.type == "cpu" and not compiled
+
+
 def model_computes_loss(model, device: torch.device, compiled: bool = False) -> bool:
     """Whether to pass the targets to `model` (a module or its class) and take the loss it returns:
     GPTModel's own head and loss (forward_takes_targets) on the eager CPU path, where they are
     faster; CUDA and compiled steps keep F.cross_entropy outside the model."""
-    return getattr(model, "forward_takes_targets", False) and device.type == "cpu" and not compiled
+    return getattr(model, "forward_takes_targets", False) and eager_cpu_step(device, compiled)
 
 
 def eval_token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -344,7 +348,7 @@ class Trainer:
         self.lr = lr_at(step, self.steps, self.tcfg)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        per_sequence = self.d.device.type == "cpu" and not self.compiled  # harness.model.cpu_kernels.keep_mask's path
+        per_sequence = eager_cpu_step(self.d.device, self.compiled)  # harness.model.cpu_kernels.keep_mask's path
         for micro in range(self.accum):
             x, y = self._batch(step, micro)
             last = micro == self.accum - 1

@@ -21,13 +21,14 @@ out=${1:?usage: bash tests/bench/gpu_check.sh OUTDIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/../.."
-# the package as a wheel lays it out (model/ and sweeps/ inside harness/), without needing pip or
-# setuptools here; PYTHONSAFEPATH keeps the checkout's own harness/ folder off sys.path
 # the runs' cache and results go to SCRATCH (default OUTDIR), so that OUTDIR can hold the text files alone
 scratch=${SCRATCH:-$out}
 mkdir -p "$scratch"
+scratch=$(cd "$scratch" && pwd)
 export PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1 HARNESS_CACHE="$scratch/cache" COLUMNS=200
 py=${PYTHON:-python3}
+# the package as a wheel lays it out (model/ and sweeps/ inside harness/), without needing pip or
+# setuptools here; PYTHONSAFEPATH keeps the checkout's own harness/ folder off sys.path
 site=/tmp/harness-site
 rm -rf "$site/harness" && mkdir -p "$site" && cp -r harness "$site/harness" && cp -r model "$site/harness/model" \
     && cp -r sweeps "$site/harness/sweeps"
@@ -62,9 +63,10 @@ step switches 150 $py -m harness sweep qkv_bias no_bias rmsnorm swiglu rope nope
     --tokens $((3 * tokens_per_step)) --set n_layers=2 --set allow_repeat=true --results "$results"
 {
     echo "--- key lines"
-    grep -h -E "torch .* cuda|^bench:|train:|eval:|MFU|peak|A100|tokens/s" "$out"/env.txt "$out"/bench_*.txt \
-        "$out"/eval_batch.txt
-    grep -h -E "passed|failed|error" "$out/pytest_cuda.txt" | tail -2
-    grep -h -E "test loss|failed" "$out/run.txt" "$out/switches.txt"
-} >>"$out/summary.txt" 2>/dev/null
+    present() { for f in "$@"; do [[ -e $f ]] && echo "$f"; done; }  # the steps that ran (ONLY)
+    grep -h -E "torch .* cuda|^bench:|train:|eval:|MFU|peak|A100|tokens/s" \
+        $(present "$out"/env.txt "$out"/bench_compile.txt "$out"/bench_eager.txt "$out"/eval_batch.txt) </dev/null
+    [[ -e $out/pytest_cuda.txt ]] && grep -h -E "passed|failed|error" "$out/pytest_cuda.txt" | tail -2
+    grep -h -E "test loss|failed" $(present "$out/run.txt" "$out/switches.txt") </dev/null
+} >>"$out/summary.txt" 2>&1
 cat "$out/summary.txt"
