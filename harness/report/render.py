@@ -26,6 +26,7 @@ from harness.report.compare import NoiseReport, SweepReport
 from harness.report.outcomes import FileInfo
 from harness.stats.pairing import fraction
 from harness.report.plots import MAX_PLOT_ARMS, plot_arms
+from harness.report.text import NOT_DETECTED
 from harness.stats.sequential import METHOD
 
 SIGN_CONVENTION = ("diff = mean(arm) - mean(baseline) of test loss: negative = lower loss = "
@@ -340,9 +341,6 @@ def render_worth(rep: SweepReport, hh: str) -> list[str]:
                              rows, "lrrrrl"))
         out.append("")
     return out
-
-
-NOT_DETECTED = "not detected"  # a test-text part whose unbiased estimate fell to zero or below
 
 
 def _text_part(value: float, se_text: float) -> str:

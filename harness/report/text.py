@@ -19,6 +19,7 @@ COLUMNS = ["arm", "seeds", "diff", "se_seed", "se_text", "se", "df", "low", "hig
            "dominant", "seeds_for_text_to_dominate", "note"]
 UNIT_COLUMNS = ["unit", "first_token", "last_token", "share", "diff", "se_seed"]
 TOP_UNITS = 3  # units shown each way per arm: a short table, not a ranking to trust
+NOT_DETECTED = "not detected"  # a test-text part (se_text) whose unbiased estimate fell to zero or below
 
 
 @dataclass
@@ -43,7 +44,7 @@ class TextReport:
         if not text:
             detected = rows.loc[rows["se_text"].astype(float) > 0, "floor"]
             floor = (f"(at most {detected.max():.4g} nats)" if len(detected) else
-                     "(not detected: the test text's part estimated at zero for every arm)")
+                     f"({NOT_DETECTED}: the test text's part estimated at zero for every arm)")
             return f"The seeds dominate for every arm: more seeds narrow the intervals, down to the test set's floor {floor}."
         if len(text) == len(rows):
             return ("The test text dominates for every arm: more seeds will barely narrow the intervals; a larger "

@@ -515,7 +515,8 @@ def main(spec_path: str) -> int:
             test_tokens=test_tokens, test_set_id=corpus.test_set_id,
             train_loss=curve[-1]["train_loss"] if curve else float("nan"),
             tokens_seen=trained_steps * spec.tokens_per_step, steps=trained_steps,
-            wall_time_s=train_time + heldout_time + checkpoint_time + eval_time, train_time_s=train_time, eval_time_s=eval_time,
+            wall_time_s=train_time + heldout_time + checkpoint_time + eval_time, train_time_s=train_time,
+            eval_time_s=eval_time,
             heldout_time_s=heldout_time, heldout_tokens=0 if not points else test_tokens if rows is None
             else int(rows.shape[0] * mcfg.context_length),
             tokens_per_s=trained_steps * spec.tokens_per_step / max(train_time, 1e-9), dtype=trainer.dtype,
