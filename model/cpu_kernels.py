@@ -6,6 +6,8 @@ keep torch's fused kernels.
 - keep_mask / dropout / attention_with_dropout: dropout masks drawn per sequence from a
   counter-based generator, so a sequence gets the same mask wherever its batch runs
   (sequences_from), several times faster than F.dropout's bernoulli_ on the CPU;
+- projected_attention: the attention block with its projections, computed in the heads' (D, T)
+  layout without copies between layouts;
 - tanh_gelu: GELU(tanh) as x sigmoid(2u), since torch's CPU tanh is slow;
 - head_logits / head_log_probs / head_loss: the output head on a width padded to a multiple of
   8, and the head and the cross-entropy as one function.
@@ -20,6 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def eager_cpu(x: torch.Tensor) -> bool:
@@ -27,6 +30,12 @@ def eager_cpu(x: torch.Tensor) -> bool:
     CPU tensors. torch.compile fuses F.dropout, SDPA's dropout and F.gelu into code of its own, and
     CUDA has fused kernels for them, so both keep torch's functions."""
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def eager_cpu_float32(x: torch.Tensor) -> bool:
+    """eager_cpu(x) for float32 work outside autocast: the kernels written as autograd Functions
+    (the projected attention, the head and its loss), which autocast does not cast into."""
+    return x.dtype == torch.float32 and eager_cpu(x) and not torch.is_autocast_enabled("cpu")
 
 
 _first_sequence = 0  # index in its step's global batch of the current micro-batch's first sequence
@@ -84,40 +93,57 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
 
 
+def _attend(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, bias: torch.Tensor, p: float, sequences: int):
+    """Attention with dropout on (B*H, D, T) queries, keys and values (each head's D x T matrix):
+    (the (B*H, D, T) output, what _attend_backward needs). Every product whose result has D rows
+    is computed in that transposed layout (v^T (w m)^T instead of (w m) v, and likewise for the
+    gradients), which MKL runs about 1.5 times faster for a small head_dim than the (T, D) one;
+    each entry is the same dot product."""
+    alpha = 1.0 / math.sqrt(qt.shape[1])
+    weights = torch.softmax(torch.baddbmm(bias, qt.transpose(1, 2), kt, alpha=alpha), dim=-1)
+    keep = keep_mask(weights.shape, p, weights.dtype, sequences=sequences)
+    kept = weights * keep
+    yt = torch.bmm(vt, kept.transpose(1, 2)).mul_(1.0 / (1.0 - p))
+    return yt, (qt, kt, vt, weights, keep, kept)
+
+
+def _attend_backward(gt: torch.Tensor, saved, p: float):
+    """The gradients (d_qt, d_kt, d_vt) of _attend's inputs from its output's gradient gt, all (B*H, D, T)."""
+    qt, kt, vt, weights, keep, kept = saved
+    alpha = 1.0 / math.sqrt(qt.shape[1])
+    gt = gt * (1.0 / (1.0 - p))
+    d_vt = torch.bmm(gt, kept)
+    d_weights = torch.bmm(gt.transpose(1, 2), vt).mul_(keep)
+    d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
+    d_qt = torch.bmm(kt, d_scores.transpose(1, 2)).mul_(alpha)
+    d_kt = torch.bmm(qt, d_scores).mul_(alpha)
+    return d_qt, d_kt, d_vt
+
+
 class _AttentionWithDropout(torch.autograd.Function):
-    """The algebra of attention_with_dropout with a hand-written backward. Every product whose
-    result has head_dim columns is computed transposed (head_dim rows: v^T (w m)^T instead of
-    (w m) v, and likewise for the gradients of q, k and v), which MKL runs about 1.5 times faster
-    for a small head_dim; each entry is the same dot product, equal up to the BLAS's order of
-    summation (bit-identical in the tiny demo's runs)."""
+    """_attend for (B, H, T, D) queries, keys and values (after RoPE), with its backward."""
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
         B, H, T, D = q.shape
-        qf, kf = q.reshape(B * H, T, D), k.reshape(B * H, T, D)
-        vt = v.transpose(2, 3).reshape(B * H, D, T)
-        alpha = 1.0 / math.sqrt(D)
-        weights = torch.softmax(torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=alpha), dim=-1)
-        keep = keep_mask(weights.shape, p, weights.dtype, sequences=B)
-        kept = weights * keep
-        yt = torch.bmm(vt, kept.transpose(1, 2)).mul_(1.0 / (1.0 - p))  # (B*H, D, T)
-        ctx.save_for_backward(qf, kf, vt, weights, keep, kept)
-        ctx.p, ctx.alpha = p, alpha
+        qt, kt, vt = (t.transpose(2, 3).reshape(B * H, D, T) for t in (q, k, v))
+        yt, saved = _attend(qt, kt, vt, bias, p, B)
+        ctx.save_for_backward(*saved)
+        ctx.p = p
         return yt.view(B, H, D, T).transpose(2, 3)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
     def backward(ctx, grad: torch.Tensor):
-        qf, kf, vt, weights, keep, kept = ctx.saved_tensors
         B, H, T, D = grad.shape
-        g = grad.reshape(B * H, T, D) * (1.0 / (1.0 - ctx.p))
-        d_vt = torch.bmm(g.transpose(1, 2), kept)  # (B*H, D, T)
-        d_weights = torch.bmm(g, vt).mul_(keep)
-        d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
-        d_qt = torch.bmm(kf.transpose(1, 2), d_scores.transpose(1, 2)).mul_(ctx.alpha)
-        d_kt = torch.bmm(qf.transpose(1, 2), d_scores).mul_(ctx.alpha)
-        as_input = lambda t: t.view(B, H, D, T).transpose(2, 3)  # noqa: E731
-        return as_input(d_qt), as_input(d_kt), as_input(d_vt), None, None
+        grads = _attend_backward(grad.transpose(2, 3).reshape(B * H, D, T), ctx.saved_tensors, ctx.p)
+        return (*(g.view(B, H, D, T).transpose(2, 3) for g in grads), None, None)
+
+
+def _causal_bias(mask: torch.Tensor | None, T: int, like: torch.Tensor) -> torch.Tensor:
+    """The (T, T) additive form of a boolean attention mask (True: allowed; None: causal): 0 or -inf."""
+    allowed = torch.ones(T, T, dtype=torch.bool, device=like.device).tril_() if mask is None else mask
+    return torch.zeros(T, T, dtype=like.dtype, device=like.device).masked_fill_(~allowed, float("-inf"))
 
 
 def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -126,15 +152,65 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
 
     SDPA's own CPU path for dropout > 0 is its unfused "math" fallback (no flash kernel on the CPU
     supports dropout); this is the same algebra with fewer passes over the (B*H, T, T) weights
-    (_AttentionWithDropout): the scale and the causal/window mask are folded into one baddbmm (an
-    additive -inf bias, so no masked_fill forward or backward), the mask comes from keep_mask, and
-    the dropout scale 1/(1-p) is applied to the (B, H, T, D) output instead of the T/D times
-    larger weights.
+    (_attend): the scale and the causal/window mask are folded into one baddbmm (an additive -inf
+    bias, so no masked_fill forward or backward), the mask comes from keep_mask, and the dropout
+    scale 1/(1-p) is applied to the (B, H, T, D) output instead of the T/D times larger weights.
     """
-    T = q.shape[2]
-    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril_() if mask is None else mask
-    bias = torch.zeros(T, T, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
-    return _AttentionWithDropout.apply(q, k, v, bias, p)
+    return _AttentionWithDropout.apply(q, k, v, _causal_bias(mask, q.shape[2], q), p)
+
+
+def _project(w: torch.Tensor, b: torch.Tensor | None, xt: torch.Tensor) -> torch.Tensor:
+    """w x_i (+ b) for each (features, T) matrix x_i of xt: Linear in the transposed layout."""
+    w = w.expand(xt.shape[0], *w.shape)
+    return torch.bmm(w, xt) if b is None else torch.baddbmm(b[:, None], w, xt)
+
+
+class _ProjectedAttention(torch.autograd.Function):
+    """out_proj(attention_with_dropout(W_query x, W_key x, W_value x)) for x (B, T, d), with its
+    backward: the query, key and value projections are computed straight into the (B, d, T) =
+    (B*H, D, T) layout that _attend takes, and the output projection reads _attend's output in it,
+    so no tensor is copied between layouts (the module's own path copies q, k, v, the output and
+    their gradients, about a tenth of its time at the tiny preset). The same dot products as the
+    Linear layers; a weight's gradient sums over the batch's sequences one sequence at a time."""
+
+    @staticmethod
+    def forward(ctx, x, wq, bq, wk, bk, wv, bv, wo, bo, bias, p: float, n_heads: int):
+        B, T, d = x.shape
+        xt = x.transpose(1, 2)
+        qt, kt, vt = (_project(w, b, xt).view(B * n_heads, d // n_heads, T) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+        yt, saved = _attend(qt, kt, vt, bias, p, B)
+        yt = yt.view(B, d, T)
+        wo_t = wo.t().expand(B, d, d)
+        out = torch.bmm(yt.transpose(1, 2), wo_t) if bo is None else torch.baddbmm(bo, yt.transpose(1, 2), wo_t)
+        ctx.save_for_backward(x, wq, wk, wv, wo, yt, *saved)
+        ctx.p, ctx.n_heads = p, n_heads
+        ctx.biases = tuple(b is not None for b in (bq, bk, bv, bo))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
+    def backward(ctx, grad: torch.Tensor):
+        x, wq, wk, wv, wo, yt, *saved = ctx.saved_tensors
+        B, T, d = x.shape
+        grad = grad.contiguous()
+        d_wo = torch.bmm(grad.transpose(1, 2), yt.transpose(1, 2)).sum(0)
+        gt = torch.bmm(wo.t().expand(B, d, d), grad.transpose(1, 2)).view(B * ctx.n_heads, d // ctx.n_heads, T)
+        d_qkv = [g.view(B, d, T) for g in _attend_backward(gt, saved, ctx.p)]
+        d_x = torch.bmm(d_qkv[0].transpose(1, 2), wq.expand(B, d, d))
+        d_x.baddbmm_(d_qkv[1].transpose(1, 2), wk.expand(B, d, d)).baddbmm_(d_qkv[2].transpose(1, 2), wv.expand(B, d, d))
+        d_w = [torch.bmm(g, x).sum(0) for g in d_qkv]
+        d_b = [g.sum((0, 2)) if has else None for g, has in zip(d_qkv, ctx.biases)]
+        d_bo = grad.sum((0, 1)) if ctx.biases[3] else None
+        return (d_x, d_w[0], d_b[0], d_w[1], d_b[1], d_w[2], d_b[2], d_wo, d_bo, None, None, None)
+
+
+def projected_attention(x: torch.Tensor, query: nn.Linear, key: nn.Linear, value: nn.Linear, out: nn.Linear,
+                        mask: torch.Tensor | None, p: float, n_heads: int) -> torch.Tensor:
+    """out(attention_with_dropout(query(x), key(x), value(x) split into n_heads heads)) for x (B, T, d),
+    through _ProjectedAttention: the same function, in fewer passes (no RoPE between the projections
+    and the attention: with RoPE the module takes attention_with_dropout)."""
+    return _ProjectedAttention.apply(x, query.weight, query.bias, key.weight, key.bias, value.weight, value.bias,
+                                     out.weight, out.bias, _causal_bias(mask, x.shape[1], x), p, n_heads)
 
 
 _GELU_C = math.sqrt(2.0 / math.pi)  # the tanh approximation: u = C (x + A x^3)

@@ -107,8 +107,9 @@ class MultiHeadAttention(nn.Module):
 
     The heads stay a tensor dimension (no Python loop); dropout on the attention weights is SDPA's
     dropout_p, active only in training mode, as the book's nn.Dropout on attn_weights is. Training
-    on the CPU with dropout takes attention_with_dropout instead (SDPA has no fused CPU kernel
-    with dropout); evaluation and CUDA always take SDPA (flash / memory-efficient kernels).
+    on the CPU with dropout takes cpu_kernels.projected_attention instead, projections included
+    (attention_with_dropout after RoPE): SDPA has no fused CPU kernel with dropout. Evaluation and
+    CUDA always take SDPA (flash / memory-efficient kernels).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -126,12 +127,16 @@ class MultiHeadAttention(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """mask: boolean (T, T), True where attention is allowed; None means plain causal."""
         B, T, d = x.shape
+        cpu_dropout = self.training and self.drop_rate > 0 and cpu_kernels.eager_cpu(x)
+        if cpu_dropout and rope is None and cpu_kernels.eager_cpu_float32(x):
+            return cpu_kernels.projected_attention(x, self.W_query, self.W_key, self.W_value, self.out_proj, mask,
+                                                   self.drop_rate, self.n_heads)
         q = self.W_query(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.W_key(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         v = self.W_value(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.training and self.drop_rate > 0 and cpu_kernels.eager_cpu(x):
+        if cpu_dropout:
             y = cpu_kernels.attention_with_dropout(q, k, v, mask, self.drop_rate)
         else:
             y = F.scaled_dot_product_attention(
@@ -253,7 +258,7 @@ class GPTModel(nn.Module):
             x = block(x, rope, mask)
         h = self.final_norm(x)
         vocab = self.cfg.vocab_size
-        if h.dtype == torch.float32 and cpu_kernels.eager_cpu(h) and not torch.is_autocast_enabled("cpu"):
+        if cpu_kernels.eager_cpu_float32(h):
             if targets is None:
                 return cpu_kernels.head_logits(h, self.out_head.weight, vocab)
             return cpu_kernels.head_loss(h.flatten(0, 1), self.out_head.weight, targets.flatten(), vocab, reduction)

@@ -255,6 +255,31 @@ def test_cpu_attention_path_equals_sdpa_without_dropout(monkeypatch):
         torch.testing.assert_close(ours, ref)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_projected_attention_is_the_modules_own_path(bias):
+    """cpu_kernels.projected_attention (the projections in the heads' layout, one hand-written backward)
+    gives the output and the gradients of Linear -> attention_with_dropout -> Linear, masks included."""
+    g = torch.Generator().manual_seed(0)
+    B, T, d, H = 3, 9, 8, 2
+    query, key, value, out = (nn.Linear(d, d, bias=bias) for _ in range(4))
+    window = torch.ones(T, T, dtype=torch.bool).tril() & ~torch.ones(T, T, dtype=torch.bool).tril(-3)
+    for mask in (None, window):
+        x = torch.randn(B, T, d, generator=g, requires_grad=True)
+        grad = torch.randn(B, T, d, generator=g)
+        results = []
+        for fused in (True, False):
+            torch.manual_seed(7)
+            if fused:
+                y = cpu_kernels.projected_attention(x, query, key, value, out, mask, 0.3, H)
+            else:
+                heads = [lin(x).view(B, T, H, d // H).transpose(1, 2) for lin in (query, key, value)]
+                y = out(cpu_kernels.attention_with_dropout(*heads, mask, 0.3).transpose(1, 2).reshape(B, T, d))
+            params = [p for lin in (query, key, value, out) for p in lin.parameters()]
+            results.append((y, *torch.autograd.grad(y, [x, *params], grad)))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_train_step_never_synchronises_with_the_host():
     dev = Dist(rank=0, world=1, local_rank=0, device=torch.device("cuda", 0))
