@@ -7,7 +7,9 @@ answers: the sweep completes, says in one line what did not get there, and waits
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -239,6 +241,40 @@ def test_publishing_again_adds_nothing_and_a_resumed_sweep_continues_the_same_ru
     _, found = mlflow_runs(env["MLFLOW_TRACKING_URI"])
     assert sum(r.data.tags.get("harness.kind") == "sweep" for r in found) == 1  # the same parent continues
     assert sum(r.data.tags.get("harness.kind") == "summary" for r in found) == 2  # a new state of the report
+
+
+def test_a_report_that_now_refuses_the_sweep_takes_the_verdicts_off_the_mlflow_parent(published, tmp_path,
+                                                                                        small_corpus):
+    """The parent shows the latest verdicts: once the report refuses the sweep (here seeds recorded
+    into it with another weight decay, as a folder merged by hand would hold them), it shows the
+    refusal and no verdict, not the last one it had."""
+    from harness.planning.plan import build_plan
+    from harness.planning.request import SweepRequest
+    from harness.store.record import RunResult, RunRow
+    from harness.store.results import ResultsStore
+
+    results, env, _ = published
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    plan = build_plan(SweepRequest(("qkv_bias",), seeds=(7,), preset="micro", tokens=3000, name=NAME,
+                                   sets={"data": str(small_corpus), "weight_decay": 0.0}).check(), 1, False, copy)
+    store = ResultsStore(copy)
+    for spec in plan.specs:
+        done = RunResult(status="completed", test_loss=5.0, test_tokens=100, test_set_id=plan.data[spec.arm].test_set_id,
+                         tokens_seen=spec.tokens, steps=spec.steps)
+        store.append(RunRow.of(spec, 1, done, run_dir=str(store.run_dir(spec.run_id))))
+    client, found = mlflow_runs(env["MLFLOW_TRACKING_URI"])
+    parent = next(r for r in found if r.data.tags.get("harness.kind") == "sweep")
+    assert parent.data.tags["harness.verdict.qkv_bias"] and "harness.refused" not in parent.data.tags
+    out = cli("track", "--to", "mlflow", "--results", str(copy), env=env, check=True).stdout
+    assert "mlflow: 2 runs and 1 summary published" in out and "the report refuses it" in out, out
+    parent = client.get_run(parent.info.run_id)
+    assert "harness.verdict.qkv_bias" not in parent.data.tags
+    assert "weight_decay differs across seeds" in parent.data.tags["harness.refused"]
+    assert math.isnan(parent.data.metrics["verdict/qkv_bias/diff"])  # the latest value: no verdict now
+    _, found = mlflow_runs(env["MLFLOW_TRACKING_URI"])
+    refused = [r for r in found if "harness.refused" in r.data.tags and r.data.tags.get("harness.kind") == "summary"]
+    assert len(refused) == 1 and not any(k.startswith("verdict/") for k in refused[0].data.metrics)
 
 
 def test_a_tracker_that_is_down_costs_nothing_and_says_how_to_publish_later(tmp_path, small_corpus):

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
         down = describe(err)
         say(down=down)
     from harness.store.results import ResultsStore
-    from harness.trackers.records import run_records, sweep_record
+    from harness.trackers.records import REFUSED, run_records, sweep_record
 
     store = ResultsStore(results)
     for line in sys.stdin:
@@ -72,6 +72,9 @@ def main(argv: list[str]) -> int:
             if record is None:
                 say(note=f"sweep {sweep}: no summary ({why})")
                 continue
+            if REFUSED in record.tags:
+                say(note=f"sweep {sweep}: the report refuses it, so its summary has no verdicts "
+                         f"({record.tags[REFUSED]})")
             records = [record]
         else:
             records = run_records(store, sweep, set(request["runs"]))

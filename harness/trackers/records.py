@@ -63,7 +63,12 @@ class TrackedSweep:
 
     @property
     def name(self) -> str:
-        return f"{self.sweep} summary ({self.runs} runs)"
+        return f"{self.sweep} summary ({self.runs} runs{', refused' if REFUSED in self.tags else ''})"
+
+
+REFUSED = "harness.refused"  # a summary's tag: why the report refuses the sweep (it then has no verdicts)
+VERDICT_TAG = "harness.verdict."  # + arm: a summary's verdict tags
+WITHHELD_TAG = "harness.withheld"
 
 
 def run_key(sweep: str, run_id: str, attempt: int) -> str:
@@ -148,16 +153,25 @@ def _run_record(row: dict[str, Any], curve, is_counted: bool) -> TrackedRun:
                       config=config, series=series, final=final, status=row["status"], steps=int(row["steps"] or 0))
 
 
+def _state(content: Any) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
-    """The sweep's report as a tracker record, or None and why there is none (a noise study, a
-    report that refuses the sweep, no baseline yet)."""
+    """The sweep's report as a tracker record, or None and why there is none (a noise study, no
+    baseline yet). A report that refuses the sweep (arms not trained alike ...) is a record too: no
+    verdicts, its reason under REFUSED, so that a tracker never goes on showing an earlier verdict."""
     from harness.report.build import run_report
+    from harness.store.results import ResultsStore
 
     out = io.StringIO()
     try:
         run_report(Path(results), sweep, fmt="json", plots=False, stdout=out, console=_quiet_console())
     except UserError as err:
-        return None, str(err)
+        runs = ResultsStore(Path(results)).runs_frame()
+        tags = {"harness.sweep": sweep, "harness.kind": "summary", REFUSED: str(err)[:500]}
+        recorded = int(runs.loc[runs["sweep"] == sweep, "run_id"].nunique()) if len(runs) else 0
+        return TrackedSweep(sweep=sweep, state=_state(tags), runs=recorded, tags=tags, metrics={}), ""
     report = json.loads(out.getvalue() or "{}")
     section = next((s for s in report.get("sweeps", []) if s.get("sweep") == sweep), None)
     if section is None:
@@ -190,12 +204,11 @@ def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
             "harness.complete": str(bool(section.get("complete"))).lower(),
             "harness.sign": "diff = arm - baseline test loss; negative = better",
             "harness.paired_interval": "pointwise t interval over seeds at each held-out point"}
-    tags.update({f"harness.verdict.{arm}": v for arm, v in verdicts.items()})
+    tags.update({f"{VERDICT_TAG}{arm}": v for arm, v in verdicts.items()})
     if withheld:
-        tags["harness.withheld"] = ", ".join(sorted(withheld))
-    content = json.dumps([metrics, series, tags], sort_keys=True)
-    state = hashlib.sha256(content.encode()).hexdigest()[:12]
-    return TrackedSweep(sweep=sweep, state=state, runs=counted_runs, tags=tags, metrics=metrics, series=series), ""
+        tags[WITHHELD_TAG] = ", ".join(sorted(withheld))
+    return TrackedSweep(sweep=sweep, state=_state([metrics, series, tags]), runs=counted_runs, tags=tags,
+                        metrics=metrics, series=series), ""
 
 
 def _quiet_console():

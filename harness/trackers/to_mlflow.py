@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from harness.trackers.records import TrackedRun, TrackedSweep
+from harness.trackers.records import REFUSED, VERDICT_TAG, WITHHELD_TAG, TrackedRun, TrackedSweep
 
 KEY, DONE = "harness.key", "harness.published"
 PARAM_LIMIT, BATCH_LIMIT = 6000, 1000  # MLflow's longest param value; metrics per log_batch call
@@ -108,7 +108,13 @@ class MlflowTracker:
         verdicts = {f"verdict/{name}": [(sweep.runs, value)] for name, value in sweep.metrics.items()}
         self._log(run_id, sweep.series | verdicts)
         parent = self._parent(sweep.sweep)  # the parent shows the latest verdicts, their history by runs counted
+        if REFUSED in sweep.tags:  # no verdict now: each one the parent showed reads NaN from here on
+            shown = self.client.get_run(parent).data.metrics
+            verdicts = {name: [(sweep.runs, float("nan"))] for name in shown if name.startswith("verdict/")}
         self._log(parent, verdicts)
+        for tag in self.client.get_run(parent).data.tags:
+            if tag not in sweep.tags and (tag.startswith(VERDICT_TAG) or tag in (REFUSED, WITHHELD_TAG)):
+                self.client.delete_tag(parent, tag)  # an earlier state's: an arm withheld since, a verdict refused
         for tag, value in sweep.tags.items():
             if tag != "harness.kind":
                 self.client.set_tag(parent, tag, value)
