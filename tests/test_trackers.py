@@ -329,6 +329,10 @@ def test_log_refuses_an_unknown_tracker_before_anything_runs(tmp_path):
     assert not (tmp_path / "runs.parquet").exists()
     proc = cli("track", "--to", "wandb", "--results", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and "holds no results store" in proc.stderr
+    for given, says in (("mlflow,tensorboardx", "--to 'tensorboardx': allowed"), ("wandb,tensorboard", "--log tensorboard"),
+                        ("none", "--to: give one of mlflow, wandb, trackio")):
+        proc = cli("track", "--to", given, "--results", str(tmp_path))
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_a_tracker_that_is_not_installed_is_one_line_and_no_agent(monkeypatch, tmp_path):

@@ -28,9 +28,12 @@ def track_cmd(
     """Publish a results store's runs and each sweep's verdicts to experiment trackers; publishing
     again adds nothing, so run it whenever a tracker missed something."""
     from harness.store.results import ResultsStore
-    from harness.trackers.publish import TENSORBOARD, TRACKERS, Publisher, installed, parse_log
+    from harness.trackers.publish import TENSORBOARD, TRACKERS, Publisher, installed, parse_log, split_names
 
-    names = parse_log(to) if TENSORBOARD not in ",".join(to) else ()
+    if TENSORBOARD in split_names(to):
+        raise UserError(f"--to {TENSORBOARD}: TensorBoard is written as runs record, by --log {TENSORBOARD}; "
+                        f"--to takes {', '.join(TRACKERS)}")
+    names = parse_log(to, option="--to")
     if not names:
         raise UserError(f"--to: give one of {', '.join(TRACKERS)} (TensorBoard is written by --log tensorboard)")
     for name in names:

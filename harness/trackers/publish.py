@@ -36,15 +36,20 @@ DEFAULT_TIMEOUT_S = 30.0
 EXTRA = {"mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}  # tracker -> the module it needs
 
 
-def parse_log(values: list[str] | str | None) -> tuple[str, ...]:
-    """The --log values as tracker names in a fixed order; 'none' or nothing is ()."""
+def split_names(values: list[str] | str | None) -> set[str]:
+    """The names of a repeatable, comma-separated option (--log, --to)."""
     items = [values] if isinstance(values, str) else list(values or [])
-    names = {part.strip() for item in items for part in item.split(",") if part.strip()}
+    return {part.strip() for item in items for part in item.split(",") if part.strip()}
+
+
+def parse_log(values: list[str] | str | None, option: str = "--log") -> tuple[str, ...]:
+    """The --log values as tracker names in a fixed order; 'none' or nothing is ()."""
+    names = split_names(values)
     unknown = sorted(names - set(LOG_CHOICES))
     if unknown:
-        raise UserError(f"--log {unknown[0]!r}: allowed: {', '.join(LOG_CHOICES)} (several: --log mlflow,wandb)")
+        raise UserError(f"{option} {unknown[0]!r}: allowed: {', '.join(LOG_CHOICES)} (several: {option} mlflow,wandb)")
     if "none" in names and len(names) > 1:
-        raise UserError("--log none cannot be combined with a tracker")
+        raise UserError(f"{option} none cannot be combined with a tracker")
     if TENSORBOARD in names:
         from harness.launch.tensorboard import check_installed
 
