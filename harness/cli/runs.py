@@ -235,7 +235,6 @@ def run_cmd(
 ):
     """One exact, deterministic training run under torchrun, recorded in the results store."""
     from harness.launch.torchrun import Launcher
-    from harness.planning.plan import build_plan
     from harness.planning.request import SweepRequest, with_data
     from harness.store.planfile import check_saved
     from harness.trackers.publish import parse_log
@@ -245,9 +244,21 @@ def run_cmd(
                            tokens=tokens, budget=budget, name=sweep, include_baseline=False,
                            streams=streams(vary, init_seed, data_seed, dropout_seed)).check()
     launcher = Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint)
+    from harness.planning.plan import build_plan  # torch, scipy: after every check of the options
+
     plan = build_plan(request, launcher.world_size, launcher.uses_gpus(), results, definitions(sweeps_dirs))
     check_saved(plan)
     return 0 if run_here(plan, launcher, retries=0, log=trackers).all_completed else 1
+
+
+def cluster_options(launcher, partition, gpus_per_node, time_limit, array_parallelism, cpus_per_task, mem_gb,
+                    slurm_arg, slurm_setup, wait):
+    """The checked ClusterOptions of the commands that take every Slurm option (sweep, ladder)."""
+    from harness.cluster.slurm import ClusterOptions
+
+    return ClusterOptions(launcher=launcher, partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
+                          array_parallelism=array_parallelism, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
+                          slurm_args=tuple(slurm_arg or ()), slurm_setup=tuple(slurm_setup or ()), wait=wait).checked()
 
 
 # one parameter per command-line option (Typer); the body only builds the option groups
@@ -300,21 +311,19 @@ def sweep_cmd(
     sweeps_dirs: SweepsOpt = None,
 ):
     """Baseline + each intervention x N seeds, matched budgets, seed-major, resumable."""
-    from harness.cluster.slurm import ClusterOptions
-    from harness.planning.plan import build_plan
     from harness.planning.request import sweep_request
 
     library = definitions(sweeps_dirs)
-    cluster = ClusterOptions(launcher=launcher, partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
-                             array_parallelism=slurm_array_parallelism, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
-                             slurm_args=tuple(slurm_arg or ()), slurm_setup=tuple(slurm_setup or ()),
-                             wait=wait).checked()
+    cluster = cluster_options(launcher, partition, gpus_per_node, time_limit, slurm_array_parallelism, cpus_per_task,
+                              mem_gb, slurm_arg, slurm_setup, wait)
     how = Execution.checked(retries, jobs, log, cluster)
     request = sweep_request(arms, seeds=seeds, seed_list=seed_list, preset=preset, sets=parse_sets(sets),
                             tokens=tokens, budget=budget, name=name, data=data, library=library,
                             adaptive=adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha),
                             streams=streams(vary, init_seed, data_seed, dropout_seed), extend=extend_baseline)
     run_launcher = cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint)
+    from harness.planning.plan import build_plan  # torch, scipy: after every check of the options
+
     plan = build_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, library)
     return launch(plan, run_launcher, cluster, how, dry_run)
 
@@ -347,7 +356,6 @@ def noise_cmd(
     """Where seed noise comes from: runs that vary one random stream at a time (initial weights, data
     order, dropout masks), all three, and none; `harness report` decomposes the test loss's variance."""
     from harness.cluster.slurm import ClusterOptions
-    from harness.planning.plan import noise_plan
     from harness.planning.request import NoiseRequest, with_data
 
     cluster = ClusterOptions(launcher=launcher, partition=partition, time=time_limit).checked()
@@ -355,6 +363,8 @@ def noise_cmd(
     request = NoiseRequest(preset=preset, arm=arm, seeds=seeds, replicates=replicates,
                            sets=with_data(parse_sets(sets), data), tokens=tokens, name=name).check()
     run_launcher = cluster.run_launcher(nproc, 1, 0, "")
+    from harness.planning.plan import noise_plan  # torch, scipy: after every check of the options
+
     plan = noise_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, definitions(sweeps_dirs))
     return launch(plan, run_launcher, cluster, how, dry_run)
 
@@ -409,15 +419,12 @@ def ladder_cmd(
 ):
     """One set of arms across model sizes: each size an ordinary sweep on its own Chinchilla budget with the
     same paired seeds; `harness report` gives the effect's trend with size and a prediction."""
-    from harness.cluster.slurm import ClusterOptions
     from harness.planning.ladder import LadderRequest, build_ladder
     from harness.planning.request import seed_values, with_data
 
     library = definitions(sweeps_dirs)
-    cluster = ClusterOptions(launcher=launcher, partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
-                             array_parallelism=slurm_array_parallelism, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
-                             slurm_args=tuple(slurm_arg or ()), slurm_setup=tuple(slurm_setup or ()),
-                             wait=wait).checked()
+    cluster = cluster_options(launcher, partition, gpus_per_node, time_limit, slurm_array_parallelism, cpus_per_task,
+                              mem_gb, slurm_arg, slurm_setup, wait)
     how = Execution.checked(retries, jobs, log, cluster)
     adaptive = adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha)
     if adaptive is not None and (seeds is not None or seed_list is not None):

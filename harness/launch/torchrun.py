@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.training import checkpoint
 from harness.core.errors import UserError
 from harness.core.files import WriteError, atomic_write_bytes, quarantine, write_error
 from harness.core.placement import Slot, auto_jobs, slots
@@ -409,6 +408,8 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
     if not result_path.exists():
         atomic_write_bytes(spec_path, spec.to_json().encode())
         if launcher.records:  # node 0 only: nodes sharing a run folder must not move it under each other
+            from harness.training import checkpoint  # torch: here, so that the CLI checks its options without it
+
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 checkpoint.latest(run_dir, quarantine_bad=True)

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats as sps
 
 BETTER, WORSE, EQUIVALENT, UNDECIDED, AT_CAP = "better", "worse", "equivalent", "undecided", "undecided at the cap"
 DEFAULT_MIN_SEEDS = 3
@@ -184,6 +183,8 @@ def simulate(effects, noise_sd, alpha: float, min_seeds: int, max_seeds: int, sw
     diffs = effects[None, :, None] + sds[None, :, None] * (shared + own)
     out = decide(diffs, alpha, min_seeds, max_seeds, margin)
     out["n"] = np.where(np.isnan(out["n"]), max_seeds, out["n"]).astype(int)  # the pairs each arm was given
+    from scipy import stats as sps  # here, not at the top: the CLI checks its options without scipy
+
     mean, sd = diffs.mean(axis=2), diffs.std(axis=2, ddof=1)
     se = sd / math.sqrt(max_seeds)
     half = sps.t.ppf(1 - alpha / (2 * arms), max_seeds - 1) * se
@@ -201,6 +202,8 @@ def null_error_under_skew(skewness: float, arms: int, alpha: float, min_seeds: i
     """Family-wise false positives when no arm has an effect but the paired differences are skewed
     (standardised gamma with this skewness; 0: normal): the adaptive rule's, and fixed-n Holm's at
     min_seeds and at max_seeds. What the Methods say the t-based tests assume, measured."""
+    from scipy import stats as sps  # here, not at the top: the CLI checks its options without scipy
+
     rng = np.random.default_rng(seed)
     shape = (sweeps, arms, max_seeds)
     if skewness:
