@@ -165,6 +165,19 @@ def test_bad_sweep_arguments(tmp_path, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args", [["sweep", "qkv_bias", "--jobs", "many"], ["sweep", "qkv_bias", "--until-decided",
+                                   "--alpha", "2"], ["noise", "--replicates", "0"], ["run", "--seed", "-1"],
+                                   ["ladder", "qkv_bias", "--jobs", "0"]])
+def test_a_bad_option_is_refused_before_torch_or_scipy_loads(tmp_path, args):
+    """The options are checked first, so a typo costs a fraction of a second, not torch's import."""
+    probe = ("import sys, harness.__main__ as entry\n"
+             f"sys.argv = ['harness', *{args!r}, '--results', {str(tmp_path)!r}]\n"
+             "try:\n    entry.main()\nexcept SystemExit as exit:\n    code = exit.code\n"
+             "print(code, sorted(m for m in ('torch', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path).stdout
+    assert out.split("\n")[-2] == "2 []", out
+
+
 def test_malformed_sweep_file_names_its_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('arms = ["qkv_bias"]\nseeds = 2\npreset = tiny\n')

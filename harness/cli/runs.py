@@ -419,7 +419,6 @@ def ladder_cmd(
 ):
     """One set of arms across model sizes: each size an ordinary sweep on its own Chinchilla budget with the
     same paired seeds; `harness report` gives the effect's trend with size and a prediction."""
-    from harness.planning.ladder import LadderRequest, build_ladder
     from harness.planning.request import seed_values, with_data
 
     library = definitions(sweeps_dirs)
@@ -434,6 +433,8 @@ def ladder_cmd(
     if sizes is not None and (rungs, smallest, largest) != (None, None, None):
         raise UserError("--sizes names the rungs; --rungs, --smallest and --largest choose them: give one or the other")
     spacing = {k: v for k, v in (("rungs", rungs), ("smallest", smallest), ("largest", largest)) if v is not None}
+    from harness.planning.ladder import LadderRequest, build_ladder  # torch, scipy: after the checks of the options
+
     request = LadderRequest(arms=tuple(arms), seeds=tuple(chosen), preset=preset,
                             sets=with_data(parse_sets(sets), data), sizes=sizes, target=target, name=name,
                             adaptive=adaptive, **spacing)
