@@ -78,6 +78,9 @@ def status(cluster: SlurmCluster, results: Path, sweep: str) -> dict:
     return json.loads(harness(cluster, "status", "--json", "--results", str(results)).stdout)[sweep]
 
 
+# slow tier: the adaptive rounds are tested end to end locally (test_adaptive.py), Slurm's
+# submission, requeue and status by this file's other tests
+@pytest.mark.slow
 def test_adaptive_sweep_on_a_cpu_only_partition(cpu_cluster, tmp_path, micro):
     """No GPUs asked of a partition without any; round by round; quiet waiting without accounting."""
     results = tmp_path / "results"

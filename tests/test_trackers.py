@@ -286,6 +286,8 @@ def test_a_tracker_that_is_down_costs_nothing_and_says_how_to_publish_later(tmp_
     assert "did not reach" in line and f"harness track --to mlflow --results {tmp_path} --sweep {NAME}" in line
 
 
+# slow tier: two sweeps and a timeout; a tracker that is down is in CI (the test above)
+@pytest.mark.slow
 def test_a_tracker_that_never_answers_delays_the_sweep_by_at_most_the_timeout(tmp_path, small_corpus):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
