@@ -277,6 +277,40 @@ def test_a_report_that_now_refuses_the_sweep_takes_the_verdicts_off_the_mlflow_p
     assert len(refused) == 1 and not any(k.startswith("verdict/") for k in refused[0].data.metrics)
 
 
+def test_only_a_refusal_of_unlike_arms_is_a_summary_state(tmp_path, small_corpus):
+    """An ad-hoc run without a baseline, or a sweep with nothing completed, has no summary (None);
+    arms not trained alike is a refused state, and a refusal of other rows is another state."""
+    from harness.planning.plan import build_plan
+    from harness.planning.request import SweepRequest
+    from harness.store.record import RunResult, RunRow
+    from harness.store.results import ResultsStore
+    from harness.trackers.records import REFUSED, sweep_record
+
+    def record(results, arms, seeds, status="completed", include_baseline=True, **sets):
+        plan = build_plan(SweepRequest(arms, seeds=seeds, preset="micro", tokens=3000, name="s",
+                                       sets={"data": str(small_corpus)} | sets, include_baseline=include_baseline).check(),
+                          1, False, results)
+        store = ResultsStore(results)
+        for spec in plan.specs:
+            done = RunResult(status=status, test_loss=5.0 + spec.seed * 0.01 if status == "completed" else float("nan"),
+                             test_tokens=100, test_set_id=plan.data[spec.arm].test_set_id, tokens_seen=spec.tokens,
+                             steps=spec.steps, reason="" if status == "completed" else "OOM")
+            store.append(RunRow.of(spec, store.attempts(spec.run_id) + 1, done, run_dir=str(store.run_dir(spec.run_id))))
+
+    record(tmp_path / "adhoc", ("qkv_bias",), (0,), include_baseline=False)
+    assert sweep_record(tmp_path / "adhoc", "s")[0] is None
+    record(tmp_path / "failed", ("qkv_bias",), (0, 1), status="failed")
+    got, why = sweep_record(tmp_path / "failed", "s")
+    assert got is None and "nothing to compare" in why
+    record(tmp_path / "unlike", ("qkv_bias",), (0, 1))
+    record(tmp_path / "unlike", ("qkv_bias",), (2,), weight_decay=0.0)
+    first = sweep_record(tmp_path / "unlike", "s")[0]
+    assert "weight_decay differs across seeds" in first.tags[REFUSED] and not first.metrics
+    record(tmp_path / "unlike", ("qkv_bias",), (3,), weight_decay=0.0)
+    second = sweep_record(tmp_path / "unlike", "s")[0]
+    assert REFUSED in second.tags and second.state != first.state  # the refusal of other rows
+
+
 def test_a_tracker_that_is_down_costs_nothing_and_says_how_to_publish_later(tmp_path, small_corpus):
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
     proc = cli(*SWEEP, "--data", str(small_corpus), "--results", str(tmp_path), "--log", "mlflow", env=env)
@@ -332,7 +366,7 @@ def test_log_refuses_an_unknown_tracker_before_anything_runs(tmp_path):
     proc = cli("track", "--to", "wandb", "--results", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and "holds no results store" in proc.stderr
     for given, says in (("mlflow,tensorboardx", "--to 'tensorboardx': allowed"), ("wandb,tensorboard", "--log tensorboard"),
-                        ("none", "--to: give one of mlflow, wandb, trackio")):
+                        ("none", "--to 'none': allowed: mlflow, wandb, trackio"), (" , ", "--to: give one of")):
         proc = cli("track", "--to", given, "--results", str(tmp_path))
         assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 

@@ -33,9 +33,9 @@ def track_cmd(
     if TENSORBOARD in split_names(to):
         raise UserError(f"--to {TENSORBOARD}: TensorBoard is written as runs record, by --log {TENSORBOARD}; "
                         f"--to takes {', '.join(TRACKERS)}")
-    names = parse_log(to, option="--to")
+    names = parse_log(to, option="--to", choices=TRACKERS)
     if not names:
-        raise UserError(f"--to: give one of {', '.join(TRACKERS)} (TensorBoard is written by --log tensorboard)")
+        raise UserError(f"--to: give one of {', '.join(TRACKERS)}")
     for name in names:
         if not installed(name):
             raise UserError(f"--to {name}: {name} is not installed here: pip install 'harness[{name}]'")

@@ -6,6 +6,11 @@ class UserError(Exception):
     """Bad input from the user: the message names what was wrong and what is allowed."""
 
 
+class Refusal(UserError):
+    """The report declines to give verdicts over what the store holds (arms not trained alike): a
+    state of the sweep, which a tracker shows as such, rather than a mistake in the command."""
+
+
 def shown(value: object, width: int = 80) -> str:
     """A user's value as an error message quotes it: at most `width` characters, cut with '...'."""
     text = str(value)

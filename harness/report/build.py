@@ -24,7 +24,7 @@ from rich.markup import escape as rich_escape
 
 from harness.report.compare import (NoiseReport, ReportOptions, SweepReport, arm_order, build_noise_report,
                                     build_sweep_report)
-from harness.core.errors import UserError
+from harness.core.errors import Refusal, UserError
 from harness.core.files import is_folder, user_path
 from harness.report.outcomes import OUTCOMES, Store, load_store, resolve_outcomes
 from harness.planning.adaptive import ordinary_budget
@@ -169,7 +169,7 @@ def comparable(outcomes: pd.DataFrame, sweep: str, opts: ReportOptions, noise: b
     rows = ordinary_budget(outcomes[outcomes["sweep"].eq(sweep)])
     diffs = differences(rows, arm_order(rows["arm"].unique(), opts.baseline), opts.baseline, design=not noise)
     if diffs and not opts.allow_mismatch:
-        raise UserError("refusing to compare arms that were not trained alike: " + "; ".join(d.text for d in diffs)
+        raise Refusal("refusing to compare arms that were not trained alike: " + "; ".join(d.text for d in diffs)
                         + "; rerun them with matching settings (a new --name for a new experiment), or pass "
                         "--allow-mismatch to see them side by side with the verdicts withheld")
     return diffs

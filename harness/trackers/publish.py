@@ -42,12 +42,14 @@ def split_names(values: list[str] | str | None) -> set[str]:
     return {part.strip() for item in items for part in item.split(",") if part.strip()}
 
 
-def parse_log(values: list[str] | str | None, option: str = "--log") -> tuple[str, ...]:
-    """The --log values as tracker names in a fixed order; 'none' or nothing is ()."""
+def parse_log(values: list[str] | str | None, option: str = "--log",
+              choices: tuple[str, ...] = LOG_CHOICES) -> tuple[str, ...]:
+    """The --log values (or another option's, of `choices`) as tracker names in a fixed order;
+    'none' or nothing is ()."""
     names = split_names(values)
-    unknown = sorted(names - set(LOG_CHOICES))
+    unknown = sorted(names - set(choices))
     if unknown:
-        raise UserError(f"{option} {unknown[0]!r}: allowed: {', '.join(LOG_CHOICES)} (several: {option} mlflow,wandb)")
+        raise UserError(f"{option} {unknown[0]!r}: allowed: {', '.join(choices)} (several: {option} mlflow,wandb)")
     if "none" in names and len(names) > 1:
         raise UserError(f"{option} none cannot be combined with a tracker")
     if TENSORBOARD in names:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import UserError
+from harness.core.errors import Refusal, UserError
 from harness.store.record import counted
 
 RUN_METRICS = {"train_loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
@@ -159,19 +159,24 @@ def _state(content: Any) -> str:
 
 def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
     """The sweep's report as a tracker record, or None and why there is none (a noise study, no
-    baseline yet). A report that refuses the sweep (arms not trained alike ...) is a record too: no
-    verdicts, its reason under REFUSED, so that a tracker never goes on showing an earlier verdict."""
+    baseline yet, nothing completed). A report that refuses the sweep (harness.core.errors.Refusal:
+    arms not trained alike) is a record too: no verdicts, its reason under REFUSED, so that a tracker
+    never goes on showing an earlier verdict."""
     from harness.report.build import run_report
     from harness.store.results import ResultsStore
 
     out = io.StringIO()
     try:
         run_report(Path(results), sweep, fmt="json", plots=False, stdout=out, console=_quiet_console())
-    except UserError as err:
+    except Refusal as err:
         runs = ResultsStore(Path(results)).runs_frame()
+        rows = runs[runs["sweep"] == sweep] if len(runs) else runs
         tags = {"harness.sweep": sweep, "harness.kind": "summary", REFUSED: str(err)[:500]}
-        recorded = int(runs.loc[runs["sweep"] == sweep, "run_id"].nunique()) if len(runs) else 0
-        return TrackedSweep(sweep=sweep, state=_state(tags), runs=recorded, tags=tags, metrics={}), ""
+        recorded = sorted(zip(rows["run_id"], rows["attempt"].astype(int).tolist())) if len(rows) else []
+        return TrackedSweep(sweep=sweep, state=_state([tags, recorded]), runs=len({r for r, _ in recorded}),
+                            tags=tags, metrics={}), ""  # the state: the refusal of these very rows
+    except UserError as err:
+        return None, str(err)
     report = json.loads(out.getvalue() or "{}")
     section = next((s for s in report.get("sweeps", []) if s.get("sweep") == sweep), None)
     if section is None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import time
 
-from harness.trackers.records import REFUSED, VERDICT_TAG, WITHHELD_TAG, TrackedRun, TrackedSweep
+from harness.trackers.records import REFUSED, TrackedRun, TrackedSweep
 
 KEY, DONE = "harness.key", "harness.published"
+PARENT_STEP = "harness.step"  # the parent's last verdict step: later states never log below it
 PARAM_LIMIT, BATCH_LIMIT = 6000, 1000  # MLflow's longest param value; metrics per log_batch call
 
 
@@ -105,18 +106,29 @@ class MlflowTracker:
 
     def publish_sweep(self, sweep: TrackedSweep) -> None:
         run_id = self._child(sweep.sweep, sweep.key, sweep.name, sweep.tags | {"harness.state": sweep.state})
-        verdicts = {f"verdict/{name}": [(sweep.runs, value)] for name, value in sweep.metrics.items()}
-        self._log(run_id, sweep.series | verdicts)
-        parent = self._parent(sweep.sweep)  # the parent shows the latest verdicts, their history by runs counted
-        if REFUSED in sweep.tags:  # no verdict now: each one the parent showed reads NaN from here on
-            shown = self.client.get_run(parent).data.metrics
-            verdicts = {name: [(sweep.runs, float("nan"))] for name in shown if name.startswith("verdict/")}
-        self._log(parent, verdicts)
-        for tag in self.client.get_run(parent).data.tags:
-            if tag not in sweep.tags and (tag.startswith(VERDICT_TAG) or tag in (REFUSED, WITHHELD_TAG)):
-                self.client.delete_tag(parent, tag)  # an earlier state's: an arm withheld since, a verdict refused
+        self._log(run_id, sweep.series | {f"verdict/{name}": [(sweep.runs, value)] for name, value in sweep.metrics.items()})
+        self._show_on_parent(sweep)
+        self._done(sweep.sweep, sweep.key, run_id, True)
+
+    def _show_on_parent(self, sweep: TrackedSweep) -> None:
+        """The parent shows the latest state: its verdict metrics by runs counted (never at a step
+        below one already logged, so the newest value is the one MLflow calls latest), and exactly
+        its summary tags (an earlier state's verdict, withheld or refused tag is deleted). After a
+        refusal each verdict metric it showed reads NaN."""
+        parent = self._parent(sweep.sweep)
+        shown = self.client.get_run(parent).data
+        step = max(sweep.runs, int(shown.tags.get(PARENT_STEP, 0)))
+        if REFUSED in sweep.tags:
+            values = {name[len("verdict/"):]: float("nan") for name in shown.metrics if name.startswith("verdict/")}
+        else:
+            values = sweep.metrics
+        self._log(parent, {f"verdict/{name}": [(step, value)] for name, value in values.items()})
+        own = {KEY, DONE, "harness.sweep", "harness.kind", "harness.state", PARENT_STEP}
+        for tag in shown.tags:
+            if tag.startswith("harness.") and tag not in own and tag not in sweep.tags:
+                self.client.delete_tag(parent, tag)
         for tag, value in sweep.tags.items():
             if tag != "harness.kind":
                 self.client.set_tag(parent, tag, value)
         self.client.set_tag(parent, "harness.state", sweep.state)
-        self._done(sweep.sweep, sweep.key, run_id, True)
+        self.client.set_tag(parent, PARENT_STEP, str(step))
