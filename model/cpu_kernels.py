@@ -140,7 +140,7 @@ class _AttentionWithDropout(torch.autograd.Function):
         return (*(g.view(B, H, D, T).transpose(2, 3) for g in grads), None, None)
 
 
-def _causal_bias(mask: torch.Tensor | None, T: int, like: torch.Tensor) -> torch.Tensor:
+def _mask_bias(mask: torch.Tensor | None, T: int, like: torch.Tensor) -> torch.Tensor:
     """The (T, T) additive form of a boolean attention mask (True: allowed; None: causal): 0 or -inf."""
     allowed = torch.ones(T, T, dtype=torch.bool, device=like.device).tril_() if mask is None else mask
     return torch.zeros(T, T, dtype=like.dtype, device=like.device).masked_fill_(~allowed, float("-inf"))
@@ -156,7 +156,7 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     bias, so no masked_fill forward or backward), the mask comes from keep_mask, and the dropout
     scale 1/(1-p) is applied to the (B, H, T, D) output instead of the T/D times larger weights.
     """
-    return _AttentionWithDropout.apply(q, k, v, _causal_bias(mask, q.shape[2], q), p)
+    return _AttentionWithDropout.apply(q, k, v, _mask_bias(mask, q.shape[2], q), p)
 
 
 def _project(w: torch.Tensor, b: torch.Tensor | None, xt: torch.Tensor) -> torch.Tensor:
@@ -197,7 +197,8 @@ class _ProjectedAttention(torch.autograd.Function):
         gt = torch.bmm(wo.t().expand(B, d, d), grad.transpose(1, 2)).view(B * ctx.n_heads, d // ctx.n_heads, T)
         d_qkv = [g.view(B, d, T) for g in _attend_backward(gt, saved, ctx.p)]
         d_x = torch.bmm(d_qkv[0].transpose(1, 2), wq.expand(B, d, d))
-        d_x.baddbmm_(d_qkv[1].transpose(1, 2), wk.expand(B, d, d)).baddbmm_(d_qkv[2].transpose(1, 2), wv.expand(B, d, d))
+        d_x.baddbmm_(d_qkv[1].transpose(1, 2), wk.expand(B, d, d))
+        d_x.baddbmm_(d_qkv[2].transpose(1, 2), wv.expand(B, d, d))
         d_w = [torch.bmm(g, x).sum(0) for g in d_qkv]
         d_b = [g.sum((0, 2)) if has else None for g, has in zip(d_qkv, ctx.biases)]
         d_bo = grad.sum((0, 1)) if ctx.biases[3] else None
@@ -210,7 +211,7 @@ def projected_attention(x: torch.Tensor, query: nn.Linear, key: nn.Linear, value
     through _ProjectedAttention: the same function, in fewer passes (no RoPE between the projections
     and the attention: with RoPE the module takes attention_with_dropout)."""
     return _ProjectedAttention.apply(x, query.weight, query.bias, key.weight, key.bias, value.weight, value.bias,
-                                     out.weight, out.bias, _causal_bias(mask, x.shape[1], x), p, n_heads)
+                                     out.weight, out.bias, _mask_bias(mask, x.shape[1], x), p, n_heads)
 
 
 _GELU_C = math.sqrt(2.0 / math.pi)  # the tanh approximation: u = C (x + A x^3)

@@ -67,8 +67,6 @@ class TrackedSweep:
 
 
 REFUSED = "harness.refused"  # a summary's tag: why the report refuses the sweep (it then has no verdicts)
-VERDICT_TAG = "harness.verdict."  # + arm: a summary's verdict tags
-WITHHELD_TAG = "harness.withheld"
 
 
 def run_key(sweep: str, run_id: str, attempt: int) -> str:
@@ -209,9 +207,9 @@ def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
             "harness.complete": str(bool(section.get("complete"))).lower(),
             "harness.sign": "diff = arm - baseline test loss; negative = better",
             "harness.paired_interval": "pointwise t interval over seeds at each held-out point"}
-    tags.update({f"{VERDICT_TAG}{arm}": v for arm, v in verdicts.items()})
+    tags.update({f"harness.verdict.{arm}": v for arm, v in verdicts.items()})
     if withheld:
-        tags[WITHHELD_TAG] = ", ".join(sorted(withheld))
+        tags["harness.withheld"] = ", ".join(sorted(withheld))
     return TrackedSweep(sweep=sweep, state=_state([metrics, series, tags]), runs=counted_runs, tags=tags,
                         metrics=metrics, series=series), ""
 

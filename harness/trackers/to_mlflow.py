@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from harness.trackers.records import REFUSED, TrackedRun, TrackedSweep
+from harness.trackers.records import TrackedRun, TrackedSweep
 
 KEY, DONE = "harness.key", "harness.published"
 PARENT_STEP = "harness.step"  # the parent's last verdict step: later states never log below it
@@ -106,23 +106,22 @@ class MlflowTracker:
 
     def publish_sweep(self, sweep: TrackedSweep) -> None:
         run_id = self._child(sweep.sweep, sweep.key, sweep.name, sweep.tags | {"harness.state": sweep.state})
-        self._log(run_id, sweep.series | {f"verdict/{name}": [(sweep.runs, value)] for name, value in sweep.metrics.items()})
+        verdicts = {f"verdict/{name}": [(sweep.runs, value)] for name, value in sweep.metrics.items()}
+        self._log(run_id, sweep.series | verdicts)
         self._show_on_parent(sweep)
         self._done(sweep.sweep, sweep.key, run_id, True)
 
     def _show_on_parent(self, sweep: TrackedSweep) -> None:
         """The parent shows the latest state: its verdict metrics by runs counted (never at a step
-        below one already logged, so the newest value is the one MLflow calls latest), and exactly
-        its summary tags (an earlier state's verdict, withheld or refused tag is deleted). After a
-        refusal each verdict metric it showed reads NaN."""
+        below one already logged, so the newest value is the one MLflow calls latest; one the state
+        lacks, of an arm withheld since or of a refused state, reads NaN), and exactly its summary
+        tags (an earlier state's verdict, withheld or refused tag is deleted)."""
         parent = self._parent(sweep.sweep)
         shown = self.client.get_run(parent).data
         step = max(sweep.runs, int(shown.tags.get(PARENT_STEP, 0)))
-        if REFUSED in sweep.tags:
-            values = {name[len("verdict/"):]: float("nan") for name in shown.metrics if name.startswith("verdict/")}
-        else:
-            values = sweep.metrics
-        self._log(parent, {f"verdict/{name}": [(step, value)] for name, value in values.items()})
+        gone = {name: float("nan") for name in shown.metrics if name.startswith("verdict/")}
+        self._log(parent, {name: [(step, value)] for name, value in
+                           (gone | {f"verdict/{k}": v for k, v in sweep.metrics.items()}).items()})
         own = {KEY, DONE, "harness.sweep", "harness.kind", "harness.state", PARENT_STEP}
         for tag in shown.tags:
             if tag.startswith("harness.") and tag not in own and tag not in sweep.tags:
