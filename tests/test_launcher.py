@@ -189,6 +189,32 @@ def test_ctrl_c_while_torchrun_forks_is_deferred_then_stops_the_run(tmp_path, mo
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_ctrl_c_while_the_command_imports_torch_ends_after_the_import(monkeypatch, request):
+    """A KeyboardInterrupt raised inside torch's pybind11 callbacks aborts the process (SIGABRT, no
+    exit 130): gpu_count's import only remembers a press, then raises it; an earlier, stale press
+    (another command in this process) raises nothing."""
+    import builtins
+
+    previous = signal.signal(signal.SIGINT, procs.on_ctrl_c)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    procs.stop_runs()  # a stale press
+    assert launch.gpu_count() >= 0
+    real_import = builtins.__import__
+    pressed_inside = []
+
+    def import_interrupted(name, *args, **kwargs):
+        if name == "torch":
+            os.kill(os.getpid(), signal.SIGINT)  # delivered while the import runs
+            time.sleep(0.1)
+            pressed_inside.append(True)  # reached: the handler did not raise inside the import
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", import_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        launch.gpu_count()
+    assert pressed_inside
+
+
 def test_ctrl_c_outside_a_fork_raises_at_once():
     with pytest.raises(KeyboardInterrupt), procs.ctrl_c_latch() as pressed:
         os.kill(os.getpid(), signal.SIGINT)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 _ctrl_c = threading.Event()    # set by ctrl_c_latch's handler
-_spawning = threading.Event()  # set while Popen forks torchrun
+_deferring = threading.Event()  # set inside deferred_ctrl_c
+_pressed_deferred = threading.Event()  # a press that deferred_ctrl_c only remembered
 
 
 def on_ctrl_c(signum, frame) -> None:
@@ -30,7 +31,27 @@ def on_ctrl_c(signum, frame) -> None:
     before anything loads, so that whatever a Ctrl-C breaks on its way (an import it cut short,
     which a library then half-retries) still ends as an interrupt, not as that library's error."""
     _ctrl_c.set()
-    if not _spawning.is_set():
+    if _deferring.is_set():
+        _pressed_deferred.set()
+    else:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def deferred_ctrl_c(raise_after: bool = False) -> Iterator[None]:
+    """Inside the block a Ctrl-C is only remembered (interrupted()), for code that cannot take an
+    exception from the signal handler: Popen forking torchrun (one raised inside Python's at-fork
+    hooks is printed as "Exception ignored" and lost), importing torch (one raised inside its
+    pybind11 callbacks aborts the process). With raise_after, a press inside the block raises
+    KeyboardInterrupt when it ends. One block at a time, so the window stays exact."""
+    with _defer_lock:
+        _pressed_deferred.clear()
+        _deferring.set()
+        try:
+            yield
+        finally:
+            _deferring.clear()
+    if raise_after and _pressed_deferred.is_set():
         raise KeyboardInterrupt
 
 
@@ -72,14 +93,10 @@ def spawn(cmd: list[str], env: dict[str, str], keep_fd: int | None, cpus: tuple[
         if cpus:
             os.sched_setaffinity(0, cpus)
 
-    with _spawn_lock:  # concurrent runs: one fork at a time, so the latch's window stays exact
-        _spawning.set()
-        try:
-            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace", env=env, preexec_fn=in_child, bufsize=1,
-                                    pass_fds=(keep_fd,) if keep_fd is not None else ())
-        finally:
-            _spawning.clear()
+    with deferred_ctrl_c():
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", env=env, preexec_fn=in_child, bufsize=1,
+                                pass_fds=(keep_fd,) if keep_fd is not None else ())
 
 
 def _libc_prctl():
@@ -97,7 +114,7 @@ def set_parent_death_signal(sig: int) -> None:
     """This process gets `sig` when the thread that forked it ends (Linux PR_SET_PDEATHSIG)."""
     if _prctl is not None:
         _prctl(1, sig)
-_spawn_lock = threading.Lock()
+_defer_lock = threading.Lock()
 
 
 class RunLock:

@@ -40,7 +40,7 @@ from typing import Any, Callable
 from harness.core.errors import UserError
 from harness.core.files import WriteError, atomic_write_bytes, quarantine, write_error
 from harness.core.placement import Slot, auto_jobs, slots
-from harness.launch.procs import RunLock, interrupted, kill_stale_workers, kill_tree, spawn
+from harness.launch.procs import RunLock, deferred_ctrl_c, interrupted, kill_stale_workers, kill_tree, spawn
 from harness.launch.warm import WarmWorker
 from harness.store.record import (ATTEMPT_ENDED, CONFIG, DATA_CHANGED, ENVIRONMENT, FAILED, NODE_HEADER, UNRUNNABLE,
                                   RunResult, RunRow, RunSpec, attempt_header, attempt_part, find_ranks, find_stopped,
@@ -149,9 +149,10 @@ class Launcher:
 
 
 def gpu_count() -> int:
-    """CUDA devices visible here (imports torch: call it only when the value is needed)."""
-    import torch
-
+    """CUDA devices visible here (imports torch: call it only when the value is needed). A Ctrl-C
+    during the import ends it as an interrupt once the import is done (deferred_ctrl_c)."""
+    with deferred_ctrl_c(raise_after=True):
+        import torch
     return torch.cuda.device_count()
 
 
