@@ -40,6 +40,13 @@ def user_path(text: str | Path) -> Path:
         return Path(text)
 
 
+def default_cache_dir() -> Path:
+    """harness's cache root (token caches, parameter counts, built CPU kernels): $HARNESS_CACHE if
+    set, else ~/.cache/harness."""
+    env = os.environ.get("HARNESS_CACHE")
+    return user_path(env) if env else Path.home() / ".cache" / "harness"
+
+
 def is_folder(destination: str | Path) -> bool:
     """A destination that is a folder: one that exists as a folder, or one the user wrote as a
     folder ('new/dir/', kept as text: a Path forgets the slash), to be created, never a file."""

@@ -58,7 +58,7 @@ import numpy as np
 from filelock import FileLock
 
 from harness.core.errors import UserError
-from harness.core.files import atomic_write_bytes, fsync_dir, user_path
+from harness.core.files import atomic_write_bytes, default_cache_dir, fsync_dir, user_path
 from harness.data.shards import SHARD_DTYPE
 from harness.data.shards import digest as shard_digest
 from harness.data.tokenizers import Tokenizer, get_tokenizer
@@ -104,12 +104,6 @@ class Corpus:
     @property
     def data_id(self) -> str:
         return f"{self.train_set_id}-{self.test_set_id}"
-
-
-def default_cache_dir() -> Path:
-    """$HARNESS_CACHE if set, else ~/.cache/harness."""
-    env = os.environ.get("HARNESS_CACHE")
-    return user_path(env) if env else Path.home() / ".cache" / "harness"
 
 
 def load_corpus(source: str, tokenizer_name: str, cache_dir: Path | str | None = None) -> Corpus:

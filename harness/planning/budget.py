@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 
 from harness.data.batches import BatchShape
-from harness.data.corpus import default_cache_dir
+from harness.core.files import default_cache_dir
 from harness.core.config import ArmConfig
 from harness.core.errors import UserError
 from harness.core.files import atomic_write_json
