@@ -11,6 +11,11 @@ keep torch's fused kernels.
 - tanh_gelu: GELU(tanh) as x sigmoid(2u), since torch's CPU tanh is slow;
 - head_logits / head_log_probs / head_loss: the output head on a width padded to a multiple of
   8, and the head and the cross-entropy as one function.
+
+Where its C half (cpu_kernels.c, built by harness.model.native) is built, float32 dropout, the
+attention weights' softmax and dropout, GELU and the head's cross-entropy run there, each in one
+pass (the same masks word for word, the same functions to float rounding); elsewhere torch's
+operations compute them, as here.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from harness.model import native
 
 
 def eager_cpu(x: torch.Tensor) -> bool:
@@ -57,6 +64,17 @@ def sequences_from(first: int) -> Iterator[None]:
 PHILOX_WORDS = 16  # 16-bit words per Philox4x64 counter step: a sequence's block starts on a step boundary
 
 
+def _mask_key() -> int:
+    """The Philox key of one mask: one draw from torch's default CPU generator (its state is the run's
+    dropout stream, seeded per step)."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+def _threshold(p: float) -> int:
+    """The smallest 16-bit word that keeps its entry: kept with probability 1 - p to within 2^-16."""
+    return math.ceil(p * 2**16)
+
+
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, sequences: int | None = None) -> torch.Tensor:
     """A CPU dropout mask: each entry 1 with probability 1 - p, else 0 (float, in `dtype`).
 
@@ -71,13 +89,13 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, sequences: int | 
     a CPU training step of the small presets; 16-bit words halve the generator's work against
     32-bit ones (the attention weights' mask of a tiny step: 0.9 ms against 1.9 ms).
     """
-    key = int(torch.randint(0, 2**62, (1,)).item())
+    key = _mask_key()
     n = shape[0] if sequences is None else sequences
     per = math.prod(shape) // n
     stride = -(-per // PHILOX_WORDS) * PHILOX_WORDS
     words = np.random.Philox(key=key, counter=_first_sequence * (stride // PHILOX_WORDS)).random_raw(n * stride // 4)
     words = words.view(np.uint16).reshape(n, stride)[:, :per]
-    threshold = math.ceil(p * 2**16)
+    threshold = _threshold(p)
     keep = np.empty(tuple(shape), dtype=np.float32)
     if threshold >= 2**16:  # p within 2^-16 of 1: every word is below it
         keep.fill(0.0)
@@ -87,34 +105,92 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, sequences: int | 
     return mask if dtype == torch.float32 else mask.to(dtype)
 
 
+class _Dropout(torch.autograd.Function):
+    """x times keep_mask's mask scaled by 1/(1-p), mask and product in one pass of the C kernel."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        x = x.contiguous()
+        y, mask = torch.empty_like(x), torch.empty_like(x)
+        native.library().harness_dropout(x.data_ptr(), y.data_ptr(), mask.data_ptr(), x.shape[0], x[0].numel(),
+                                         _mask_key(), _first_sequence, _threshold(p), 1.0 / (1.0 - p))
+        ctx.save_for_backward(mask)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """F.dropout(x, p) in training mode, with keep_mask's mask: zero with probability p, survivors
-    scaled by 1/(1-p)."""
+    scaled by 1/(1-p). The C kernel's (_Dropout) gives the same values as torch's operations here."""
+    if native.library() is not None and eager_cpu_float32(x) and x.numel():
+        return _Dropout.apply(x, p)
     return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
 
 
-def _attend(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, bias: torch.Tensor, p: float, sequences: int):
+def _row_bounds(mask: torch.Tensor | None, T: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(lo, hi), int32: row i of a boolean attention mask (True: allowed; None: causal) allows exactly
+    the columns [lo[i], hi[i]); None where some row's allowed columns are not one non-empty run
+    (the C kernel takes only runs: causal and sliding-window masks are)."""
+    if mask is None:
+        return torch.zeros(T, dtype=torch.int32), torch.arange(1, T + 1, dtype=torch.int32)
+    cols = torch.arange(T)
+    lo = torch.where(mask, cols, T).amin(1)
+    hi = torch.where(mask, cols + 1, 0).amax(1)
+    if not bool((lo < hi).all()) or not torch.equal(mask, (cols >= lo[:, None]) & (cols < hi[:, None])):
+        return None
+    return lo.to(torch.int32), hi.to(torch.int32)
+
+
+def _attend(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Tensor | None, p: float,
+            sequences: int):
     """Attention with dropout on (B*H, D, T) queries, keys and values (each head's D x T matrix):
     (the (B*H, D, T) output, what _attend_backward needs). Every product whose result has D rows
     is computed in that transposed layout (v^T (w m)^T instead of (w m) v, and likewise for the
     gradients), which MKL runs about 1.5 times faster for a small head_dim than the (T, D) one;
-    each entry is the same dot product."""
-    alpha = 1.0 / math.sqrt(qt.shape[1])
-    weights = torch.softmax(torch.baddbmm(bias, qt.transpose(1, 2), kt, alpha=alpha), dim=-1)
-    keep = keep_mask(weights.shape, p, weights.dtype, sequences=sequences)
-    kept = weights * keep
+    each entry is the same dot product. The weights' softmax and dropout are the C kernel's where it
+    is built (one pass, and only over the allowed columns), else torch's with keep_mask's mask: the
+    same masks either way."""
+    BH, D, T = qt.shape
+    alpha = 1.0 / math.sqrt(D)
+    lib = native.library()
+    bounds = _row_bounds(mask, T) if lib is not None and qt.dtype == torch.float32 else None
+    if bounds is None:
+        weights = torch.softmax(torch.baddbmm(_mask_bias(mask, T, qt), qt.transpose(1, 2), kt, alpha=alpha), dim=-1)
+        keep = keep_mask(weights.shape, p, weights.dtype, sequences=sequences)
+        kept = weights * keep
+        mask_form: tuple[torch.Tensor, ...] = (keep,)
+    else:  # p 0: no mask drawn, kept is the weights
+        scores = torch.bmm(qt.transpose(1, 2), kt)
+        weights = torch.empty_like(scores)
+        kept = torch.empty_like(scores) if p > 0 else weights
+        lib.harness_attention_weights(scores.data_ptr(), weights.data_ptr(), kept.data_ptr() if p > 0 else None,
+                                      sequences, BH // sequences, T, bounds[0].data_ptr(), bounds[1].data_ptr(),
+                                      alpha, _mask_key() if p > 0 else 0, _first_sequence, _threshold(p))
+        mask_form = bounds
     yt = torch.bmm(vt, kept.transpose(1, 2)).mul_(1.0 / (1.0 - p))
-    return yt, (qt, kt, vt, weights, keep, kept)
+    return yt, (qt, kt, vt, weights, kept, *mask_form)
 
 
 def _attend_backward(gt: torch.Tensor, saved, p: float):
     """The gradients (d_qt, d_kt, d_vt) of _attend's inputs from its output's gradient gt, all (B*H, D, T)."""
-    qt, kt, vt, weights, keep, kept = saved
+    qt, kt, vt, weights, kept, *mask_form = saved  # (keep,) on torch's path, the rows' (lo, hi) on the C kernel's
     alpha = 1.0 / math.sqrt(qt.shape[1])
     gt = gt * (1.0 / (1.0 - p))
     d_vt = torch.bmm(gt, kept)
-    d_weights = torch.bmm(gt.transpose(1, 2), vt).mul_(keep)
-    d_scores = torch._softmax_backward_data(d_weights, weights, -1, weights.dtype)
+    d_kept = torch.bmm(gt.transpose(1, 2), vt)
+    if len(mask_form) == 1:
+        d_scores = torch._softmax_backward_data(d_kept.mul_(mask_form[0]), weights, -1, weights.dtype)
+    else:
+        lo, hi = mask_form
+        native.library().harness_attention_weights_backward(d_kept.data_ptr(), weights.data_ptr(), kept.data_ptr(),
+                                                            d_kept.shape[0] * d_kept.shape[1], d_kept.shape[2],
+                                                            lo.data_ptr(), hi.data_ptr())
+        d_scores = d_kept
     d_qt = torch.bmm(kt, d_scores.transpose(1, 2)).mul_(alpha)
     d_kt = torch.bmm(qt, d_scores).mul_(alpha)
     return d_qt, d_kt, d_vt
@@ -124,10 +200,11 @@ class _AttentionWithDropout(torch.autograd.Function):
     """_attend for (B, H, T, D) queries, keys and values (after RoPE), with its backward."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, p: float) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                p: float) -> torch.Tensor:
         B, H, T, D = q.shape
         qt, kt, vt = (t.transpose(2, 3).reshape(B * H, D, T) for t in (q, k, v))
-        yt, saved = _attend(qt, kt, vt, bias, p, B)
+        yt, saved = _attend(qt, kt, vt, mask, p, B)
         ctx.save_for_backward(*saved)
         ctx.p = p
         return yt.view(B, H, D, T).transpose(2, 3)
@@ -138,6 +215,14 @@ class _AttentionWithDropout(torch.autograd.Function):
         B, H, T, D = grad.shape
         grads = _attend_backward(grad.transpose(2, 3).reshape(B * H, D, T), ctx.saved_tensors, ctx.p)
         return (*(g.view(B, H, D, T).transpose(2, 3) for g in grads), None, None)
+
+
+def projects_attention(x: torch.Tensor, p: float) -> bool:
+    """Whether the attention block of x takes projected_attention: on the eager CPU in float32 with
+    dropout (SDPA has no CPU kernel with dropout), and in training without it where the C kernels are
+    built (forward and backward 6% faster than SDPA's at the tiny preset); evaluation keeps SDPA's
+    flash kernel, which is as fast as this path's forward."""
+    return eager_cpu_float32(x) and (p > 0 or (torch.is_grad_enabled() and native.library() is not None))
 
 
 def _mask_bias(mask: torch.Tensor | None, T: int, like: torch.Tensor) -> torch.Tensor:
@@ -156,7 +241,7 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     bias, so no masked_fill forward or backward), the mask comes from keep_mask, and the dropout
     scale 1/(1-p) is applied to the (B, H, T, D) output instead of the T/D times larger weights.
     """
-    return _AttentionWithDropout.apply(q, k, v, _mask_bias(mask, q.shape[2], q), p)
+    return _AttentionWithDropout.apply(q, k, v, mask, p)
 
 
 def _project(w: torch.Tensor, b: torch.Tensor | None, xt: torch.Tensor) -> torch.Tensor:
@@ -174,11 +259,11 @@ class _ProjectedAttention(torch.autograd.Function):
     Linear layers; a weight's gradient sums over the batch's sequences one sequence at a time."""
 
     @staticmethod
-    def forward(ctx, x, wq, bq, wk, bk, wv, bv, wo, bo, bias, p: float, n_heads: int):
+    def forward(ctx, x, wq, bq, wk, bk, wv, bv, wo, bo, mask, p: float, n_heads: int):
         B, T, d = x.shape
         xt = x.transpose(1, 2)
         qt, kt, vt = (_project(w, b, xt).view(B * n_heads, d // n_heads, T) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
-        yt, saved = _attend(qt, kt, vt, bias, p, B)
+        yt, saved = _attend(qt, kt, vt, mask, p, B)
         yt = yt.view(B, d, T)
         wo_t = wo.t().expand(B, d, d)
         out = torch.bmm(yt.transpose(1, 2), wo_t) if bo is None else torch.baddbmm(bo, yt.transpose(1, 2), wo_t)
@@ -211,7 +296,7 @@ def projected_attention(x: torch.Tensor, query: nn.Linear, key: nn.Linear, value
     through _ProjectedAttention: the same function, in fewer passes (no RoPE between the projections
     and the attention: with RoPE the module takes attention_with_dropout)."""
     return _ProjectedAttention.apply(x, query.weight, query.bias, key.weight, key.bias, value.weight, value.bias,
-                                     out.weight, out.bias, _mask_bias(mask, x.shape[1], x), p, n_heads)
+                                     out.weight, out.bias, mask, p, n_heads)
 
 
 _GELU_C = math.sqrt(2.0 / math.pi)  # the tanh approximation: u = C (x + A x^3)
@@ -225,22 +310,35 @@ class _TanhGELUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        s = (x * x).mul_(2 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x).sigmoid_()  # sigmoid(2u)
+        lib = native.library()
+        if lib is None:
+            s = (x * x).mul_(2 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x).sigmoid_()  # sigmoid(2u)
+            y = x * s
+        else:  # one pass; s only where a backward will want it
+            x = x.contiguous()
+            y = torch.empty_like(x)
+            s = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+            lib.harness_gelu(x.data_ptr(), y.data_ptr(), s.data_ptr() if s is not None else None, x.numel())
         ctx.save_for_backward(x, s)
-        return x * s
+        ctx.native = lib is not None
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         # d/dx x s = s + x s (1 - s) 2u', with 2u' = 2C (1 + 3A x^2)
         x, s = ctx.saved_tensors
-        x_du = (x * x).mul_(6 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x)
-        return (1 - s).mul_(s).mul_(x_du).add_(s).mul_(grad)
+        if not ctx.native:
+            x_du = (x * x).mul_(6 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x)
+            return (1 - s).mul_(s).mul_(x_du).add_(s).mul_(grad)
+        grad, dx = grad.contiguous(), torch.empty_like(x)
+        native.library().harness_gelu_backward(x.data_ptr(), s.data_ptr(), grad.data_ptr(), dx.data_ptr(), x.numel())
+        return dx
 
 
 def tanh_gelu(x: torch.Tensor) -> torch.Tensor:
-    """F.gelu(x, approximate="tanh") in its sigmoid form (_TanhGELUFunction), within float32
-    rounding of it (tests/test_model.py)."""
+    """F.gelu(x, approximate="tanh") in its sigmoid form (_TanhGELUFunction; the C kernel's for float32
+    where it is built), within float32 rounding of it (tests/test_model.py)."""
     return _TanhGELUFunction.apply(x)
 
 
@@ -268,27 +366,49 @@ def head_log_probs(h: torch.Tensor, weight: torch.Tensor, vocab: int) -> tuple[t
     return padded, torch.log_softmax(logits, dim=-1)
 
 
+def _head_scores(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int, for_backward: bool):
+    """(padded weight, scores, each position's loss) of the head: the C kernel's where it is built
+    (scores: the softmax over the padded width if for_backward, else the logits), else torch's (scores:
+    the log-probabilities, head_log_probs)."""
+    lib = native.library()
+    if lib is None:
+        padded, log_probs = head_log_probs(h, weight, vocab)
+        return padded, log_probs, log_probs.gather(1, targets[:, None]).squeeze(1).neg_()
+    padded = _padded_rows(weight, vocab)
+    logits = F.linear(h, padded)
+    targets, losses = targets.contiguous(), logits.new_empty(h.shape[0])
+    lib.harness_cross_entropy(logits.data_ptr(), targets.data_ptr(), losses.data_ptr(), h.shape[0], logits.shape[1],
+                              vocab, for_backward)
+    return padded, logits, losses
+
+
 class _HeadCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of the output head's logits h W[:vocab]^T against targets, in one pass
     each way: the same function as F.cross_entropy(out_head(h)[:, :vocab], targets). The forward
-    keeps only the log-probabilities (head_log_probs), and the backward turns them into the
-    gradient in place (softmax - one-hot), without F.cross_entropy's zero-filled one-hot gradient
-    and its second softmax pass."""
+    keeps only the log-probabilities (head_log_probs), or on the C kernel's path the probabilities,
+    and the backward turns them into the gradient in place (softmax - one-hot), without
+    F.cross_entropy's zero-filled one-hot gradient and its second softmax pass."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
-        padded, log_probs = head_log_probs(h, weight, vocab)
-        ctx.save_for_backward(h, weight, padded, log_probs, targets)
-        ctx.vocab = vocab
-        return log_probs.gather(1, targets[:, None]).sum().neg_().div_(h.shape[0])
+        padded, scores, losses = _head_scores(h, weight, targets, vocab, for_backward=True)
+        ctx.save_for_backward(h, weight, padded, scores, targets)
+        ctx.vocab, ctx.native = vocab, native.library() is not None
+        return losses.sum().div_(h.shape[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # what forward saved is not linked to its inputs
     def backward(ctx, grad: torch.Tensor):
-        h, weight, padded, log_probs, targets = ctx.saved_tensors  # a second backward fails: log_probs is reused
-        d_logits = log_probs.exp_()  # the padding's columns: exp(-inf) = 0
-        d_logits.scatter_add_(1, targets[:, None], d_logits.new_full((targets.shape[0], 1), -1.0))
-        d_logits.mul_(grad / h.shape[0])
+        h, weight, padded, scores, targets = ctx.saved_tensors  # a second backward fails: scores are reused
+        N, scale = h.shape[0], grad / h.shape[0]
+        if ctx.native:  # the softmax
+            native.library().harness_cross_entropy_backward(scores.data_ptr(), targets.data_ptr(), N, scores.shape[1],
+                                                            float(scale))
+            d_logits = scores
+        else:  # the log-probabilities
+            d_logits = scores.exp_()  # the padding's columns: exp(-inf) = 0
+            d_logits.scatter_add_(1, targets[:, None], d_logits.new_full((N, 1), -1.0))
+            d_logits.mul_(scale)
         d_weight = torch.zeros_like(weight)
         torch.mm(d_logits[:, :ctx.vocab].t(), h, out=d_weight[:ctx.vocab])
         return d_logits @ padded, d_weight, None, None
@@ -297,9 +417,9 @@ class _HeadCrossEntropy(torch.autograd.Function):
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int,
               reduction: str = "mean") -> torch.Tensor:
     """F.cross_entropy(h W[:vocab]^T, targets, reduction) for h (N, d) and targets (N,): the mean
-    through _HeadCrossEntropy, each position's (reduction="none") from head_log_probs."""
+    through _HeadCrossEntropy, each position's (reduction="none") from _head_scores."""
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction={reduction!r} is not one of mean, none")
     if reduction == "mean":
         return _HeadCrossEntropy.apply(h, weight, targets, vocab)
-    return head_log_probs(h, weight, vocab)[1].gather(1, targets[:, None]).squeeze(1).neg_()
+    return _head_scores(h, weight, targets, vocab, for_backward=False)[2]

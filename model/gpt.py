@@ -108,8 +108,9 @@ class MultiHeadAttention(nn.Module):
     The heads stay a tensor dimension (no Python loop); dropout on the attention weights is SDPA's
     dropout_p, active only in training mode, as the book's nn.Dropout on attn_weights is. Training
     on the CPU with dropout takes cpu_kernels.projected_attention instead, projections included
-    (attention_with_dropout after RoPE): SDPA has no fused CPU kernel with dropout. Evaluation and
-    CUDA always take SDPA (flash / memory-efficient kernels).
+    (attention_with_dropout after RoPE): SDPA has no fused CPU kernel with dropout; so does CPU
+    training without dropout where the C kernels are built (cpu_kernels.projects_attention).
+    Evaluation and CUDA always take SDPA (flash / memory-efficient kernels).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -127,10 +128,11 @@ class MultiHeadAttention(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """mask: boolean (T, T), True where attention is allowed; None means plain causal."""
         B, T, d = x.shape
-        cpu_dropout = self.training and self.drop_rate > 0 and cpu_kernels.eager_cpu(x)
-        if cpu_dropout and rope is None and cpu_kernels.eager_cpu_float32(x):
+        p = self.drop_rate if self.training else 0.0
+        if rope is None and cpu_kernels.projects_attention(x, p):
             return cpu_kernels.projected_attention(x, self.W_query, self.W_key, self.W_value, self.out_proj, mask,
-                                                   self.drop_rate, self.n_heads)
+                                                   p, self.n_heads)
+        cpu_dropout = p > 0 and cpu_kernels.eager_cpu(x)
         q = self.W_query(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.W_key(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         v = self.W_value(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)

@@ -87,3 +87,14 @@ def flip_bit(path: Path, offset: int, mask: int = 0x01) -> None:
 @pytest.fixture
 def run_cli():
     return cli
+
+
+@pytest.fixture(params=["c", "torch"])
+def cpu_kernel_set(request, monkeypatch) -> str:
+    """Each CPU kernel set in turn: the C kernels (harness.model.native), then torch's operations,
+    which the model takes where the C kernels cannot be built."""
+    if request.param == "torch":
+        from harness.model import native
+
+        monkeypatch.setattr(native, "library", lambda: None)
+    return request.param

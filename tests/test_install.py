@@ -5,6 +5,7 @@ shadows harness (or the other way round) in the CLI or in the training workers."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import site
@@ -13,6 +14,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -95,6 +97,8 @@ def test_the_wheel_works_from_a_users_project_folder(installed, project, small_c
                     str(small_corpus), "--results", "results", cwd=project)
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr
     assert sweep.stdout.count("test loss") == 4
+    kernels = {json.loads(v).get("cpu_kernels") for v in pd.read_parquet(project / "results" / "runs.parquet")["versions"]}
+    assert kernels == {"native"}  # the wheel ships the C kernels' source, built on first use
     report = harness(installed, "report", "--results", "results", "--out", "reports/", cwd=project)
     assert report.returncode == 0, report.stderr
     assert "lr\\_2x" in next((project / "reports").glob("*.md")).read_text()

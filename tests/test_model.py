@@ -181,9 +181,9 @@ def test_the_padded_head_computes_the_same_logits(rows, width, vocab):
     assert torch.equal(cpu_kernels.head_logits(h, weight, vocab), F.linear(h, weight))
 
 
-def test_the_fused_head_and_loss_match_the_head_then_cross_entropy():
-    """GPTModel(idx, targets) on the eager CPU path (_HeadCrossEntropy) against out_head then
-    F.cross_entropy: the loss and every gradient, tied and padded heads included."""
+def test_the_fused_head_and_loss_match_the_head_then_cross_entropy(cpu_kernel_set):
+    """GPTModel(idx, targets) on the eager CPU path (_HeadCrossEntropy, on either kernel set) against
+    out_head then F.cross_entropy: the loss and every gradient, tied and padded heads included."""
     for kw in ({}, {"tie_weights": True}, {"vocab_multiple": 64}):
         cfg = tiny(drop_rate=0.0, **kw)
         model = built(cfg).train()
@@ -209,7 +209,7 @@ def test_the_fused_head_and_loss_match_the_head_then_cross_entropy():
 # --- padded vocabulary ----------------------------------------------------------------------------
 
 
-def test_padded_vocab_logits_and_loss_ignore_the_padding():
+def test_padded_vocab_logits_and_loss_ignore_the_padding(cpu_kernel_set):
     cfg = tiny(vocab_multiple=64, drop_rate=0.0)
     assert cfg.padded_vocab_size == 128
     padded = built(cfg).eval()
@@ -425,9 +425,10 @@ def test_gelu_is_the_tanh_formula():
     torch.testing.assert_close(book.GELU()(x), by_hand)
 
 
-def test_gelus_sigmoid_form_and_its_gradient_match_the_tanh_formula_in_float64():
-    """The eager CPU path (x sigmoid(2u), a hand-written backward) against the book's formula
-    computed in float64: as close as torch's own F.gelu(approximate="tanh") is, value and gradient."""
+def test_gelus_sigmoid_form_and_its_gradient_match_the_tanh_formula_in_float64(cpu_kernel_set):
+    """The eager CPU path (x sigmoid(2u), a hand-written backward; the C kernel or torch's
+    operations) against the book's formula computed in float64: as close as torch's own
+    F.gelu(approximate="tanh") is, value and gradient."""
     x = (torch.randn(64, 192, dtype=torch.float64) * 3).requires_grad_()
     exact = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     grad_out = torch.randn_like(exact)

@@ -22,7 +22,7 @@ from harness.core.placement import CPU_THREADS
 from harness.training.worker import (CPU_EVAL_TOKENS, Dist, Trainer, auto_eval_batch, configure_threads,
                                      eval_token_losses, keep_freed_memory)
 from harness.model import GPTModel, ModelConfig, init_weights
-from harness.model import cpu_kernels
+from harness.model import cpu_kernels, native
 from harness.model.book import BookGPTModel
 
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
@@ -186,53 +186,49 @@ def test_keep_masks_are_keyed_by_the_sequence_not_by_the_micro_batch():
     assert torch.equal(weights[2:4], second)
 
 
-class _SharedMasks:
-    """The same sequence of keep-masks for two models: a private generator per model."""
-
-    def __init__(self):
-        self.g = torch.Generator().manual_seed(123)
-
-    def __call__(self, shape, p, dtype, sequences=None):
-        return (torch.rand(tuple(shape), generator=self.g) >= p).to(dtype)
-
-
 class _BookDropout(nn.Module):
-    def __init__(self, p: float, masks: _SharedMasks):
+    """The book's nn.Dropout with keep_mask's mask: in the book's order of dropouts, the same masks as
+    our model draws from the same torch seed (the attention weights' (B, H, T, T) are B sequences'
+    blocks, as ours)."""
+
+    def __init__(self, p: float):
         super().__init__()
-        self.p, self.masks = p, masks
+        self.p = p
 
     def forward(self, x):
-        return x * self.masks(x.shape, self.p, x.dtype) / (1 - self.p) if self.training else x
+        return x * cpu_kernels.keep_mask(x.shape, self.p, x.dtype) / (1 - self.p) if self.training else x
 
 
 ATTENTION_SWITCHES = {
     "default": {}, "qkv_bias": {"qkv_bias": True}, "rope": {"positions": "rope"}, "nope": {"positions": "nope"},
     "window": {"attention_window": 5}, "rope+window": {"positions": "rope", "attention_window": 5},
-    "parallel_block": {"parallel_block": True}, "no_bias": {"bias": False},
+    "parallel_block": {"parallel_block": True}, "no_bias": {"bias": False}, "no_dropout": {"drop_rate": 0.0},
 }
 
 
 @pytest.mark.parametrize("name", list(ATTENTION_SWITCHES))
 @pytest.mark.parametrize("T", [16, 7])
-def test_cpu_training_path_matches_the_book_with_the_same_dropout_masks(name, T, monkeypatch):
-    """Training mode, dropout 0.25: our CPU path (baddbmm attention, keep_mask dropout) and the
-    book's masked-softmax code give the same logits and gradients when they draw the same masks."""
+def test_cpu_training_path_matches_the_book_with_the_same_dropout_masks(name, T, cpu_kernel_set):
+    """Training mode, dropout 0.25: our CPU path (its C kernels, or torch's operations without them)
+    and the book's masked-softmax code give the same logits and gradients when they draw the same
+    masks."""
     cfg = dataclasses.replace(SMALL, **ATTENTION_SWITCHES[name])
     ours = GPTModel(cfg).train()
     init_weights(ours, 11)
     book = BookGPTModel(cfg).train()
     book.load_state_dict(ours.state_dict())
-    book_masks = _SharedMasks()
     for parent in list(book.modules()):
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Dropout):
-                setattr(parent, child_name, _BookDropout(child.p, book_masks))
-    monkeypatch.setattr(cpu_kernels, "keep_mask", _SharedMasks())
+                setattr(parent, child_name, _BookDropout(child.p))
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(cfg.vocab_size, (3, T), generator=g)
     targets = torch.randint(cfg.vocab_size, (3, T), generator=g)
 
-    logits, ref = ours(idx), book(idx)
+    torch.manual_seed(5)
+    logits = ours(idx)
+    torch.manual_seed(5)
+    ref = book(idx)
     torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
     F.cross_entropy(ref.flatten(0, 1), targets.flatten()).backward()
@@ -242,21 +238,21 @@ def test_cpu_training_path_matches_the_book_with_the_same_dropout_masks(name, T,
         torch.testing.assert_close(p.grad, grads[pname].grad, rtol=1e-4, atol=atol, msg=pname)
 
 
-def test_cpu_attention_path_equals_sdpa_without_dropout(monkeypatch):
-    """With keep-all masks the CPU dropout attention is SDPA's causal/windowed attention."""
-    monkeypatch.setattr(cpu_kernels, "keep_mask", lambda shape, p, dtype, sequences=None: torch.ones(shape, dtype=dtype))
+def test_cpu_attention_path_equals_sdpa_without_dropout(cpu_kernel_set):
+    """With p = 0 (every 16-bit word keeps its entry) the CPU dropout attention is SDPA's
+    causal/windowed attention."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 9, 8, generator=g) for _ in range(3))
     window = torch.ones(9, 9, dtype=torch.bool).tril() & ~torch.ones(9, 9, dtype=torch.bool).tril(-3)
     for mask in (None, window):
         torch.manual_seed(0)
-        ours = cpu_kernels.attention_with_dropout(q, k, v, mask, p=1e-12)
+        ours = cpu_kernels.attention_with_dropout(q, k, v, mask, p=0.0)
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         torch.testing.assert_close(ours, ref)
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_projected_attention_is_the_modules_own_path(bias):
+def test_projected_attention_is_the_modules_own_path(bias, cpu_kernel_set):
     """cpu_kernels.projected_attention (the projections in the heads' layout, one hand-written backward)
     gives the output and the gradients of Linear -> attention_with_dropout -> Linear, masks included."""
     g = torch.Generator().manual_seed(0)

@@ -204,7 +204,10 @@ def serve(fd: int) -> int:
         import torch._dynamo  # noqa: F401 - building an optimiser imports it: once here, not per run
 
         from harness.launch import procs  # noqa: F401 - loads libc's prctl before any fork
+        from harness.model import native
         from harness.training import worker  # noqa: F401
+
+        native.library()  # the CPU kernels: built (first time on this machine) and loaded once, not per run
     except BaseException as err:  # noqa: BLE001 - told to the parent, which then starts its runs cold
         sock.send(json.dumps({"ready": False, "error": repr(err)}).encode())
         return 1

@@ -37,8 +37,8 @@ from harness.core.errors import UserError
 from harness.core.files import atomic_write_bytes
 from harness.store.results import ResultsStore
 from harness.training.worker import (Dist, Trainer, configure_backends, configure_threads, eval_loss_sum, peak_memory,
-                           to_device)
-from harness.core.versions import git_commit, versions
+                           run_versions, to_device)
+from harness.core.versions import git_commit
 from harness.model import GPTModel, flops_per_token, parameter_counts
 from harness.model.book import BookGPTModel
 
@@ -166,9 +166,11 @@ def run_bench(preset: str, arm: str = cfgmod.BASELINE, sets: dict[str, Any] | No
     fpt = flops_per_token(mcfg)
     peak, peak_label = peak_flops(device)
     name = device_name(device)
+    found_versions = run_versions(device, compiled)
     say(f"bench: preset {preset}, arm {arm}, {name} ({device.type}"
         + (f", {threads} CPU thread{'s' if threads != 1 else ''}" if device.type == "cpu" else "")
-        + f"), torch {torch.__version__}, {trainer.dtype}, compile {'on' if compiled else 'off'}")
+        + f"), torch {torch.__version__}, {trainer.dtype}, compile {'on' if compiled else 'off'}"
+        + (f", CPU kernels: {found_versions['cpu_kernels']}" if "cpu_kernels" in found_versions else ""))
     say(f"model: {params:,} params, {fpt / 1e6:,.2f} MFLOP/token (6N + 12LHQT); "
         f"global batch {tcfg.global_batch} x context {T} = {tokens_per_step:,} tokens/step "
         f"(micro-batch {trainer.shape.micro_batch} x {trainer.accum} micro-steps on 1 process)")
@@ -225,7 +227,8 @@ def run_bench(preset: str, arm: str = cfgmod.BASELINE, sets: dict[str, Any] | No
         "preset": preset, "arm": arm, "overrides": json.dumps(resolved.overrides, sort_keys=True, default=str),
         "config": json.dumps(resolved.as_dict(), sort_keys=True, default=str),
         "device": name, "device_type": device.type, "cpu_threads": threads if device.type == "cpu" else None,
-        "torch": torch.__version__, "versions": json.dumps(versions(), sort_keys=True), "git_commit": git_commit(),
+        "torch": torch.__version__, "versions": json.dumps(found_versions, sort_keys=True),
+        "git_commit": git_commit(),
         "dtype": trainer.dtype, "compile": compiled, "params": params, "flops_per_token": fpt,
         "micro_batch": trainer.shape.micro_batch, "grad_accum": trainer.accum, "context_length": T,
         "tokens_per_step": tokens_per_step, "warmup": warmup, "steps": steps,

@@ -44,7 +44,7 @@ from harness.core.files import atomic_write_json, environment_failure
 from harness.core.placement import cpu_threads
 from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVIRONMENT, RunResult, RunSpec, pack_units, progress_line, rank_line, stopped_line
 from harness.core.versions import versions
-from harness.model import GPTModel, ModelConfig, init_weights, parameter_counts, sequences_from
+from harness.model import GPTModel, ModelConfig, init_weights, native, parameter_counts, sequences_from
 
 # Tokens per evaluation forward on the CPU: large enough that per-op overhead vanishes, small
 # enough that a layer's activations stay in cache (tiny, one thread: 2,048 tokens 209k tokens/s,
@@ -209,6 +209,13 @@ def eager_cpu_step(device: torch.device, compiled: bool) -> bool:
     """Whether a step runs where the model takes harness.model.cpu_kernels (its eager_cpu): its
     dropout masks keyed per sequence, its own head and loss."""
     return device.type == "cpu" and not compiled
+
+
+def run_versions(device: torch.device, compiled: bool) -> dict[str, str]:
+    """versions(), and where the step took harness.model.cpu_kernels, which of them ran
+    ('cpu_kernels': the C kernels, or torch's operations and why: harness.model.native.state())."""
+    found = versions()
+    return found | {"cpu_kernels": native.state()} if eager_cpu_step(device, compiled) else found
 
 
 def model_computes_loss(model, device: torch.device, compiled: bool = False) -> bool:
@@ -522,7 +529,8 @@ def main(spec_path: str) -> int:
             tokens_per_s=trained_steps * spec.tokens_per_step / max(train_time, 1e-9), dtype=trainer.dtype,
             peak_memory_bytes=peak_memory(d.device)[0],
             device=torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
-            versions=versions(), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            versions=run_versions(d.device, trainer.compiled),
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             curve=curve, **units)
         atomic_write_json(run_dir / "result.json", result.to_dict())
     if d.world > 1:

@@ -1,0 +1,132 @@
+"""The CPU kernels' C half (cpu_kernels.c), compiled once per machine with the system's C compiler
+and loaded with ctypes; harness.model.cpu_kernels falls back to torch's operations without it.
+
+The library is cached under $HARNESS_CACHE/kernels (else ~/.cache/harness/kernels), named by a hash
+of the source, the flags and the CPU (it is built with -march=native), so a shared cache folder
+serves machines of several kinds, and an edit of the source builds afresh. Several processes may
+build it at once: each writes its own temporary file and renames it into place. HARNESS_CC names
+the compiler (default: $CC, else cc); HARNESS_NATIVE_KERNELS=0 turns the C kernels off.
+
+The C code's results do not depend on the compiler or the CPU (no fused multiply-adds, no
+reassociation: see the top of cpu_kernels.c); they differ from torch's fallback by float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+
+from harness.core.files import default_cache_dir
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+# -ffp-contract=off and no -ffast-math: IEEE results in source order whatever the target's vector
+# width (see the top of cpu_kernels.c); -fno-trapping-math and -fno-math-errno let the compiler
+# vectorise the branch-free selects without changing any result.
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Werror=implicit-function-declaration",
+         "-fPIC", "-shared")
+NATIVE_FLAGS = ("-march=native",)
+ENABLE_ENV, COMPILER_ENV = "HARNESS_NATIVE_KERNELS", "HARNESS_CC"
+BUILD_TIMEOUT_S = 120
+
+_P, _I64, _U64, _U32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float
+SIGNATURES = {  # name: (argument types, result type)
+    "harness_dropout": ((_P, _P, _P, _I64, _I64, _U64, _I64, _U32, _F32), None),
+    "harness_gelu": ((_P, _P, _P, _I64), None),
+    "harness_gelu_backward": ((_P, _P, _P, _P, _I64), None),
+    "harness_attention_weights": ((_P, _P, _P, _I64, _I64, _I64, _P, _P, _F32, _U64, _I64, _U32), None),
+    "harness_attention_weights_backward": ((_P, _P, _P, _I64, _I64, _P, _P), None),
+    "harness_cross_entropy": ((_P, _P, _P, _I64, _I64, _I64, ctypes.c_int32), None),
+    "harness_cross_entropy_backward": ((_P, _P, _I64, _I64, _F32), None),
+}
+
+
+def enabled() -> bool:
+    return os.environ.get(ENABLE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def compiler() -> list[str]:
+    return shlex.split(os.environ.get(COMPILER_ENV) or os.environ.get("CC") or "cc")
+
+
+def _cpu() -> str:
+    """What -march=native builds for: the CPU's model and feature flags (Linux), else the platform's words."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        info = []
+    wanted = [line for line in info if line.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part")]
+    return "\n".join(dict.fromkeys(wanted)) or f"{platform.machine()} {platform.processor()}"
+
+
+def library_path(flags: tuple[str, ...]) -> Path:
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), _cpu().encode()])).hexdigest()
+    return default_cache_dir() / "kernels" / f"cpu_kernels-{key[:16]}.so"
+
+
+def build(flags: tuple[str, ...]) -> Path:
+    """The library for `flags`, compiled unless it is cached; raises OSError or CalledProcessError."""
+    path = library_path(flags)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".so.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        subprocess.run([*compiler(), *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True,
+                       timeout=BUILD_TIMEOUT_S)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    for name, (args, result) in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = list(args), result
+    return lib
+
+
+def _why(err: Exception) -> str:
+    """One line on why a build failed: the compiler's first error, or what was missing."""
+    if isinstance(err, subprocess.CalledProcessError):
+        lines = [line.strip() for line in (err.stderr or "").splitlines() if line.strip()]
+        first = next((line for line in lines if "error" in line), lines[0] if lines else "")
+        return f"{err.cmd[0]} exited {err.returncode}" + (f": {first}" if first else "")
+    if isinstance(err, subprocess.TimeoutExpired):
+        return f"{err.cmd[0]} took over {BUILD_TIMEOUT_S} s"
+    if isinstance(err, FileNotFoundError) and err.filename == compiler()[0]:
+        return f"no C compiler {err.filename!r} (set {COMPILER_ENV} or CC)"
+    return str(err)
+
+
+@functools.cache
+def _loaded() -> tuple[ctypes.CDLL | None, str]:
+    if not enabled():
+        return None, f"torch ({ENABLE_ENV}=0)"
+    why = ""
+    for flags in (FLAGS + NATIVE_FLAGS, FLAGS):  # a compiler without -march=native still builds the portable one
+        try:
+            return _load(build(flags)), "native"
+        except (OSError, subprocess.SubprocessError, AttributeError) as err:
+            why = _why(err)
+    return None, f"torch (the C kernels did not build: {why})"
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded C kernels, or None where they are off or could not be built (see state())."""
+    return _loaded()[0]
+
+
+def state() -> str:
+    """'native', or 'torch (why not)': which kernels this process's CPU steps take, for the run record."""
+    return _loaded()[1]
