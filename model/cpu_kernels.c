@@ -75,7 +75,8 @@ static inline float exp_(float x) {
     float zero = x < -87.3f ? 0.0f : 1.0f;
     x = x < -87.3f ? -87.3f : x;
     x = x > 87.0f ? 87.0f : x;
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float t = x * 1.44269504088896341f + 12582912.0f; /* 1.5 x 2^23: its low bits hold round(x log2(e)) */
+    float n = t - 12582912.0f;
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -85,7 +86,9 @@ static inline float exp_(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits - 0x4B400000u + 127u) << 23; /* 2^n, n in [-126, 126], built in unsigned bits (no UB) */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale * zero;
@@ -300,9 +303,13 @@ void harness_attention_weights_backward(float *restrict grad, const float *restr
 
 /* For (rows, width) logits of which the first `vocab` columns are the vocabulary: each row's loss
    log-sum-exp - logits[target]. With `probabilities`, the logits become the softmax in place (0 in
-   the padding), which is all the backward needs. */
-void harness_cross_entropy(float *restrict logits, const int64_t *restrict targets, float *restrict losses,
-                           int64_t rows, int64_t width, int64_t vocab, int32_t probabilities) {
+   the padding), which is all the backward needs. Returns -1, or the first row whose target is not
+   in the vocabulary (nothing computed from it on). */
+int64_t harness_cross_entropy(float *restrict logits, const int64_t *restrict targets, float *restrict losses,
+                              int64_t rows, int64_t width, int64_t vocab, int32_t probabilities) {
+    for (int64_t r = 0; r < rows; r++)
+        if (targets[r] < 0 || targets[r] >= vocab)
+            return r;
     float *e = malloc((size_t)vocab * sizeof *e);
     for (int64_t r = 0; r < rows; r++) {
         float *lr = logits + r * width;
@@ -318,6 +325,7 @@ void harness_cross_entropy(float *restrict logits, const int64_t *restrict targe
         }
     }
     free(e);
+    return -1;
 }
 
 /* In place, the softmax becomes the loss's gradient: (softmax - one-hot(target)) x scale. */

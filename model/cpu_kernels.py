@@ -376,9 +376,11 @@ def _head_scores(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, v
         return padded, log_probs, log_probs.gather(1, targets[:, None]).squeeze(1).neg_()
     padded = _padded_rows(weight, vocab)
     logits = F.linear(h, padded)
-    targets, losses = targets.contiguous(), logits.new_empty(h.shape[0])
-    lib.harness_cross_entropy(logits.data_ptr(), targets.data_ptr(), losses.data_ptr(), h.shape[0], logits.shape[1],
-                              vocab, for_backward)
+    targets, losses = targets.contiguous().long(), logits.new_empty(h.shape[0])
+    bad = lib.harness_cross_entropy(logits.data_ptr(), targets.data_ptr(), losses.data_ptr(), h.shape[0],
+                                    logits.shape[1], vocab, for_backward)
+    if bad >= 0:  # as gather would refuse it
+        raise IndexError(f"target {int(targets[bad])} is out of bounds for a vocabulary of {vocab}")
     return padded, logits, losses
 
 

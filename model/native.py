@@ -42,7 +42,7 @@ SIGNATURES = {  # name: (argument types, result type)
     "harness_gelu_backward": ((_P, _P, _P, _P, _I64), None),
     "harness_attention_weights": ((_P, _P, _P, _I64, _I64, _I64, _P, _P, _F32, _U64, _I64, _U32), None),
     "harness_attention_weights_backward": ((_P, _P, _P, _I64, _I64, _P, _P), None),
-    "harness_cross_entropy": ((_P, _P, _P, _I64, _I64, _I64, ctypes.c_int32), None),
+    "harness_cross_entropy": ((_P, _P, _P, _I64, _I64, _I64, ctypes.c_int32), _I64),
     "harness_cross_entropy_backward": ((_P, _P, _I64, _I64, _F32), None),
 }
 

@@ -96,6 +96,18 @@ def test_extreme_inputs_stay_exact_where_exp_is_clamped():
                                rtol=1e-6, atol=1e-4)
 
 
+def test_a_target_outside_the_vocabulary_is_refused_not_read():
+    """The C kernel reads and writes logits[target]: a target past the vocabulary (or inside the
+    padding) raises, as gather past the padded width does, instead of touching other memory."""
+    h, weight = torch.randn(6, 8), torch.randn(24, 8)
+    for target in (21, 23, 500, -1):
+        targets = torch.tensor([0, 1, 2, target, 4, 5])
+        with pytest.raises(IndexError, match=f"target {target} is out of bounds for a vocabulary of 21"):
+            cpu_kernels.head_loss(h.clone().requires_grad_(), weight, targets, 21)
+        with pytest.raises(IndexError):
+            cpu_kernels.head_loss(h, weight, targets, 21, "none")
+
+
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=os.environ | env)
