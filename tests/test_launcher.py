@@ -215,7 +215,10 @@ def test_ctrl_c_while_the_command_imports_torch_ends_after_the_import(monkeypatc
     assert pressed_inside
 
 
-def test_ctrl_c_outside_a_fork_raises_at_once():
+def test_ctrl_c_outside_a_fork_raises_at_once(request):
+    # as in a terminal, also where the tests were started in the background (SIGINT ignored: the latch leaves that alone)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(KeyboardInterrupt), procs.ctrl_c_latch() as pressed:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
