@@ -13,7 +13,7 @@
  * little-endian 16-bit words, and an entry is kept when its word is at least `threshold`. A
  * sequence's words start at counter step sequence x ceil(words per sequence / 16).
  */
-#include <math.h> /* INFINITY */
+#include <math.h> /* INFINITY, NAN */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,11 +240,13 @@ void harness_gelu_backward(const float *restrict x, const float *restrict s, con
 /* For (sequences x heads, T, T) scores q k^T: each row i's weights softmax(alpha x scores) over its
    allowed columns [lo[i], hi[i]) (0 elsewhere), and kept = the weights where the mask keeps them
    (no dropout where kept is NULL). A sequence's mask is its heads x T x T words, entry (h, i, j) word
-   (h T + i) T + j. */
-void harness_attention_weights(const float *restrict scores, float *restrict weights, float *restrict kept,
-                               int64_t sequences, int64_t heads, int64_t T, const int32_t *lo, const int32_t *hi,
-                               float alpha, uint64_t key, int64_t first_sequence, uint32_t threshold) {
-    uint16_t *words = malloc((size_t)T * sizeof *words);
+   (h T + i) T + j. Returns 0, or 1 where it could not allocate a row's words (nothing computed). */
+int32_t harness_attention_weights(const float *restrict scores, float *restrict weights, float *restrict kept,
+                                  int64_t sequences, int64_t heads, int64_t T, const int32_t *lo, const int32_t *hi,
+                                  float alpha, uint64_t key, int64_t first_sequence, uint32_t threshold) {
+    uint16_t *words = malloc((size_t)(T > 0 ? T : 1) * sizeof *words);
+    if (!words)
+        return 1;
     for (int64_t s = 0; s < sequences; s++) {
         uint64_t base = sequence_base(first_sequence + s, heads * T * T);
         for (int64_t h = 0; h < heads; h++) {
@@ -278,6 +280,7 @@ void harness_attention_weights(const float *restrict scores, float *restrict wei
         }
     }
     free(words);
+    return 0;
 }
 
 /* In place, the gradient of kept (rows x T) becomes the gradient of the scaled scores:
@@ -303,19 +306,25 @@ void harness_attention_weights_backward(float *restrict grad, const float *restr
 
 /* For (rows, width) logits of which the first `vocab` columns are the vocabulary: each row's loss
    log-sum-exp - logits[target]. With `probabilities`, the logits become the softmax in place (0 in
-   the padding), which is all the backward needs. Returns -1, or the first row whose target is not
-   in the vocabulary (nothing computed from it on). */
+   the padding), which is all the backward needs. A NaN logit makes its row's loss NaN (the sum of
+   exponentials is then NaN, which no comparison passes). Returns -1; else nothing is computed and it
+   returns the first row whose target is not in the vocabulary, -2 where it could not allocate a
+   row's exponentials, or -3 unless 1 <= vocab <= width. */
 int64_t harness_cross_entropy(float *restrict logits, const int64_t *restrict targets, float *restrict losses,
                               int64_t rows, int64_t width, int64_t vocab, int32_t probabilities) {
+    if (vocab < 1 || vocab > width)
+        return -3;
     for (int64_t r = 0; r < rows; r++)
         if (targets[r] < 0 || targets[r] >= vocab)
             return r;
     float *e = malloc((size_t)vocab * sizeof *e);
+    if (!e)
+        return -2;
     for (int64_t r = 0; r < rows; r++) {
         float *lr = logits + r * width;
         float top = row_max(lr, vocab);
         float sum = exp_sum(lr, 1.0f, top, vocab, e);
-        losses[r] = top + log_(sum) - lr[targets[r]];
+        losses[r] = sum >= 1.0f ? top + log_(sum) - lr[targets[r]] : NAN; /* the top's own term is 1 */
         if (probabilities) {
             float inv = 1.0f / sum;
             for (int64_t j = 0; j < vocab; j++)

@@ -45,6 +45,13 @@ def eager_cpu_float32(x: torch.Tensor) -> bool:
     return x.dtype == torch.float32 and eager_cpu(x) and not torch.is_autocast_enabled("cpu")
 
 
+def _c_kernels(*tensors: torch.Tensor):
+    """The C kernels (harness.model.native) for these tensors, or None: they take float32 CPU tensors
+    outside autocast and torch.compile (eager_cpu_float32), where the library is built at all."""
+    lib = native.library()
+    return lib if lib is not None and all(eager_cpu_float32(t) for t in tensors) else None
+
+
 _first_sequence = 0  # index in its step's global batch of the current micro-batch's first sequence
 
 
@@ -112,7 +119,7 @@ class _Dropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         x = x.contiguous()
         y, mask = torch.empty_like(x), torch.empty_like(x)
-        native.library().harness_dropout(x.data_ptr(), y.data_ptr(), mask.data_ptr(), x.shape[0], x[0].numel(),
+        _c_kernels(x).harness_dropout(x.data_ptr(), y.data_ptr(), mask.data_ptr(), x.shape[0], x[0].numel(),
                                          _mask_key(), _first_sequence, _threshold(p), 1.0 / (1.0 - p))
         ctx.save_for_backward(mask)
         return y
@@ -127,7 +134,7 @@ class _Dropout(torch.autograd.Function):
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """F.dropout(x, p) in training mode, with keep_mask's mask: zero with probability p, survivors
     scaled by 1/(1-p). The C kernel's (_Dropout) gives the same values as torch's operations here."""
-    if native.library() is not None and eager_cpu_float32(x) and x.numel():
+    if x.numel() and _c_kernels(x) is not None:
         return _Dropout.apply(x, p)
     return x * keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))
 
@@ -157,20 +164,21 @@ def _attend(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Te
     same masks either way."""
     BH, D, T = qt.shape
     alpha = 1.0 / math.sqrt(D)
-    lib = native.library()
-    bounds = _row_bounds(mask, T) if lib is not None and qt.dtype == torch.float32 else None
-    if bounds is None:
+    lib = _c_kernels(qt, kt, vt)
+    bounds = _row_bounds(mask, T) if lib is not None else None
+    if bounds is None:  # p 0: no mask drawn (none saved), kept is the weights, as on the C kernel's path
         weights = torch.softmax(torch.baddbmm(_mask_bias(mask, T, qt), qt.transpose(1, 2), kt, alpha=alpha), dim=-1)
-        keep = keep_mask(weights.shape, p, weights.dtype, sequences=sequences)
-        kept = weights * keep
-        mask_form: tuple[torch.Tensor, ...] = (keep,)
-    else:  # p 0: no mask drawn, kept is the weights
+        keep = keep_mask(weights.shape, p, weights.dtype, sequences=sequences) if p > 0 else None
+        kept = weights * keep if keep is not None else weights
+        mask_form: tuple[torch.Tensor | None, ...] = (keep,)
+    else:
         scores = torch.bmm(qt.transpose(1, 2), kt)
         weights = torch.empty_like(scores)
         kept = torch.empty_like(scores) if p > 0 else weights
-        lib.harness_attention_weights(scores.data_ptr(), weights.data_ptr(), kept.data_ptr() if p > 0 else None,
-                                      sequences, BH // sequences, T, bounds[0].data_ptr(), bounds[1].data_ptr(),
-                                      alpha, _mask_key() if p > 0 else 0, _first_sequence, _threshold(p))
+        if lib.harness_attention_weights(scores.data_ptr(), weights.data_ptr(), kept.data_ptr() if p > 0 else None,
+                                         sequences, BH // sequences, T, bounds[0].data_ptr(), bounds[1].data_ptr(),
+                                         alpha, _mask_key() if p > 0 else 0, _first_sequence, _threshold(p)):
+            raise MemoryError("the attention kernel could not allocate a row's mask words")
         mask_form = bounds
     yt = torch.bmm(vt, kept.transpose(1, 2)).mul_(1.0 / (1.0 - p))
     return yt, (qt, kt, vt, weights, kept, *mask_form)
@@ -178,13 +186,15 @@ def _attend(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Te
 
 def _attend_backward(gt: torch.Tensor, saved, p: float):
     """The gradients (d_qt, d_kt, d_vt) of _attend's inputs from its output's gradient gt, all (B*H, D, T)."""
-    qt, kt, vt, weights, kept, *mask_form = saved  # (keep,) on torch's path, the rows' (lo, hi) on the C kernel's
+    qt, kt, vt, weights, kept, *mask_form = saved  # (keep or None,) on torch's path, the rows' (lo, hi) on the C kernel's
     alpha = 1.0 / math.sqrt(qt.shape[1])
     gt = gt * (1.0 / (1.0 - p))
     d_vt = torch.bmm(gt, kept)
     d_kept = torch.bmm(gt.transpose(1, 2), vt)
     if len(mask_form) == 1:
-        d_scores = torch._softmax_backward_data(d_kept.mul_(mask_form[0]), weights, -1, weights.dtype)
+        keep = mask_form[0]
+        d_scores = torch._softmax_backward_data(d_kept if keep is None else d_kept.mul_(keep), weights, -1,
+                                                weights.dtype)
     else:
         lo, hi = mask_form
         native.library().harness_attention_weights_backward(d_kept.data_ptr(), weights.data_ptr(), kept.data_ptr(),
@@ -310,7 +320,7 @@ class _TanhGELUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        lib = native.library()
+        lib = _c_kernels(x)
         if lib is None:
             s = (x * x).mul_(2 * _GELU_C * _GELU_A).add_(2 * _GELU_C).mul_(x).sigmoid_()  # sigmoid(2u)
             y = x * s
@@ -366,22 +376,36 @@ def head_log_probs(h: torch.Tensor, weight: torch.Tensor, vocab: int) -> tuple[t
     return padded, torch.log_softmax(logits, dim=-1)
 
 
+def _out_of_vocabulary(target: int, vocab: int) -> IndexError:
+    return IndexError(f"target {target} is out of bounds for a vocabulary of {vocab}")
+
+
 def _head_scores(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int, for_backward: bool):
-    """(padded weight, scores, each position's loss) of the head: the C kernel's where it is built
-    (scores: the softmax over the padded width if for_backward, else the logits), else torch's (scores:
-    the log-probabilities, head_log_probs)."""
-    lib = native.library()
+    """(padded weight, scores, each position's loss, the targets as contiguous int64, whether the C
+    kernel ran) of the head: the C kernel's where it takes h and the weight (scores: the softmax over
+    the padded width if for_backward, else the logits), else torch's (scores: the log-probabilities,
+    head_log_probs). A target outside the vocabulary is refused on both."""
+    if weight.shape[0] < vocab:
+        raise ValueError(f"an output head of {weight.shape[0]} rows for a vocabulary of {vocab}")
+    targets = targets.contiguous().long()
+    lib = _c_kernels(h, weight)
     if lib is None:
+        if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < vocab:
+            raise _out_of_vocabulary(next(int(t) for t in targets if not 0 <= t < vocab), vocab)
         padded, log_probs = head_log_probs(h, weight, vocab)
-        return padded, log_probs, log_probs.gather(1, targets[:, None]).squeeze(1).neg_()
+        return padded, log_probs, log_probs.gather(1, targets[:, None]).squeeze(1).neg_(), targets, False
     padded = _padded_rows(weight, vocab)
     logits = F.linear(h, padded)
-    targets, losses = targets.contiguous().long(), logits.new_empty(h.shape[0])
+    losses = logits.new_empty(h.shape[0])
     bad = lib.harness_cross_entropy(logits.data_ptr(), targets.data_ptr(), losses.data_ptr(), h.shape[0],
                                     logits.shape[1], vocab, for_backward)
     if bad >= 0:  # as gather would refuse it
-        raise IndexError(f"target {int(targets[bad])} is out of bounds for a vocabulary of {vocab}")
-    return padded, logits, losses
+        raise _out_of_vocabulary(int(targets[bad]), vocab)
+    if bad == -2:
+        raise MemoryError("the cross-entropy kernel could not allocate a row's exponentials")
+    if bad != -1:
+        raise ValueError(f"the cross-entropy kernel refused a vocabulary of {vocab} in {logits.shape[1]} columns")
+    return padded, logits, losses, targets, True
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -393,9 +417,9 @@ class _HeadCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
-        padded, scores, losses = _head_scores(h, weight, targets, vocab, for_backward=True)
+        padded, scores, losses, targets, ctx.native = _head_scores(h, weight, targets, vocab, for_backward=True)
         ctx.save_for_backward(h, weight, padded, scores, targets)
-        ctx.vocab, ctx.native = vocab, native.library() is not None
+        ctx.vocab = vocab
         return losses.sum().div_(h.shape[0])
 
     @staticmethod
@@ -403,7 +427,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         h, weight, padded, scores, targets = ctx.saved_tensors  # a second backward fails: scores are reused
         N, scale = h.shape[0], grad / h.shape[0]
-        if ctx.native:  # the softmax
+        if ctx.native:  # the softmax, and the targets the kernel checked
             native.library().harness_cross_entropy_backward(scores.data_ptr(), targets.data_ptr(), N, scores.shape[1],
                                                             float(scale))
             d_logits = scores

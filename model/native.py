@@ -3,8 +3,8 @@ and loaded with ctypes; harness.model.cpu_kernels falls back to torch's operatio
 
 The library is cached under $HARNESS_CACHE/kernels (else ~/.cache/harness/kernels), named by a hash
 of the source, the flags and the CPU (it is built with -march=native), so a shared cache folder
-serves machines of several kinds, and an edit of the source builds afresh. Several processes may
-build it at once: each writes its own temporary file and renames it into place. HARNESS_CC names
+serves machines of several kinds, and an edit of the source builds afresh. One process builds it
+while the others wait for it (a file lock); the build is renamed into place whole. HARNESS_CC names
 the compiler (default: $CC, else cc); HARNESS_NATIVE_KERNELS=0 turns the C kernels off.
 
 The C code's results do not depend on the compiler or the CPU (no fused multiply-adds, no
@@ -19,9 +19,12 @@ import hashlib
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from harness.core.files import default_cache_dir
 
@@ -33,14 +36,14 @@ FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-
          "-fPIC", "-shared")
 NATIVE_FLAGS = ("-march=native",)
 ENABLE_ENV, COMPILER_ENV = "HARNESS_NATIVE_KERNELS", "HARNESS_CC"
-BUILD_TIMEOUT_S = 120
+BUILD_TIMEOUT_S = 60  # a build takes under a second; a warm worker waits 120 s for its slot's
 
 _P, _I64, _U64, _U32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float
 SIGNATURES = {  # name: (argument types, result type)
     "harness_dropout": ((_P, _P, _P, _I64, _I64, _U64, _I64, _U32, _F32), None),
     "harness_gelu": ((_P, _P, _P, _I64), None),
     "harness_gelu_backward": ((_P, _P, _P, _P, _I64), None),
-    "harness_attention_weights": ((_P, _P, _P, _I64, _I64, _I64, _P, _P, _F32, _U64, _I64, _U32), None),
+    "harness_attention_weights": ((_P, _P, _P, _I64, _I64, _I64, _P, _P, _F32, _U64, _I64, _U32), ctypes.c_int32),
     "harness_attention_weights_backward": ((_P, _P, _P, _I64, _I64, _P, _P), None),
     "harness_cross_entropy": ((_P, _P, _P, _I64, _I64, _I64, ctypes.c_int32), _I64),
     "harness_cross_entropy_backward": ((_P, _P, _I64, _I64, _F32), None),
@@ -70,21 +73,35 @@ def library_path(flags: tuple[str, ...]) -> Path:
     return default_cache_dir() / "kernels" / f"cpu_kernels-{key[:16]}.so"
 
 
+def _compile(flags: tuple[str, ...], out: Path) -> None:
+    """Run the compiler; on a timeout kill its whole process group (cc1, the assembler, the linker)."""
+    proc = subprocess.Popen([*compiler(), *flags, "-o", str(out), str(SOURCE)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, stdout, stderr)
+
+
 def build(flags: tuple[str, ...]) -> Path:
-    """The library for `flags`, compiled unless it is cached; raises OSError or CalledProcessError."""
+    """The library for `flags`, compiled unless it is cached; raises OSError or a SubprocessError.
+    One process builds at a time (a lock beside it); each build happens in a folder of its own and
+    is renamed into place whole, with the permissions the compiler gave it (a shared cache serves
+    every user)."""
     path = library_path(flags)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".so.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        subprocess.run([*compiler(), *flags, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True,
-                       timeout=BUILD_TIMEOUT_S)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with FileLock(str(path) + ".lock", timeout=2 * BUILD_TIMEOUT_S):
+        if not path.exists():
+            with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as folder:
+                built = Path(folder) / path.name
+                _compile(flags, built)
+                os.replace(built, path)
     return path
 
 
@@ -104,6 +121,8 @@ def _why(err: Exception) -> str:
         return f"{err.cmd[0]} exited {err.returncode}" + (f": {first}" if first else "")
     if isinstance(err, subprocess.TimeoutExpired):
         return f"{err.cmd[0]} took over {BUILD_TIMEOUT_S} s"
+    if isinstance(err, Timeout):
+        return f"another process held {err.lock_file} for over {2 * BUILD_TIMEOUT_S} s"
     if isinstance(err, FileNotFoundError) and err.filename == compiler()[0]:
         return f"no C compiler {err.filename!r} (set {COMPILER_ENV} or CC)"
     return str(err)
@@ -117,6 +136,8 @@ def _loaded() -> tuple[ctypes.CDLL | None, str]:
     for flags in (FLAGS + NATIVE_FLAGS, FLAGS):  # a compiler without -march=native still builds the portable one
         try:
             return _load(build(flags)), "native"
+        except (subprocess.TimeoutExpired, Timeout) as err:  # a compiler that hangs: not twice
+            return None, f"torch (the C kernels did not build: {_why(err)})"
         except (OSError, subprocess.SubprocessError, AttributeError) as err:
             why = _why(err)
     return None, f"torch (the C kernels did not build: {why})"

@@ -197,6 +197,7 @@ def test_ctrl_c_while_the_command_imports_torch_ends_after_the_import(monkeypatc
 
     previous = signal.signal(signal.SIGINT, procs.on_ctrl_c)
     request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    request.addfinalizer(procs._ctrl_c.clear)  # no press left behind for later tests in this process
     procs.stop_runs()  # a stale press
     assert launch.gpu_count() >= 0
     real_import = builtins.__import__
@@ -213,6 +214,13 @@ def test_ctrl_c_while_the_command_imports_torch_ends_after_the_import(monkeypatc
     with pytest.raises(KeyboardInterrupt):
         launch.gpu_count()
     assert pressed_inside
+    with pytest.raises(KeyboardInterrupt), procs.deferred_ctrl_c():  # a second press: a hung import stays interruptible
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        pressed_inside.append("first press remembered")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert pressed_inside[-1] == "first press remembered"
 
 
 def test_ctrl_c_outside_a_fork_raises_at_once(request):

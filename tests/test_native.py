@@ -96,9 +96,9 @@ def test_extreme_inputs_stay_exact_where_exp_is_clamped():
                                rtol=1e-6, atol=1e-4)
 
 
-def test_a_target_outside_the_vocabulary_is_refused_not_read():
-    """The C kernel reads and writes logits[target]: a target past the vocabulary (or inside the
-    padding) raises, as gather past the padded width does, instead of touching other memory."""
+def test_a_target_outside_the_vocabulary_is_refused_not_read(cpu_kernel_set):
+    """The C kernel reads and writes logits[target]: a target past the vocabulary, inside the padding
+    or not, raises on both kernel sets instead of touching other memory (or giving an infinite loss)."""
     h, weight = torch.randn(6, 8), torch.randn(24, 8)
     for target in (21, 23, 500, -1):
         targets = torch.tensor([0, 1, 2, target, 4, 5])
@@ -106,6 +106,46 @@ def test_a_target_outside_the_vocabulary_is_refused_not_read():
             cpu_kernels.head_loss(h.clone().requires_grad_(), weight, targets, 21)
         with pytest.raises(IndexError):
             cpu_kernels.head_loss(h, weight, targets, 21, "none")
+    with pytest.raises(ValueError, match="an output head of 24 rows for a vocabulary of 30"):
+        cpu_kernels.head_loss(h, weight, torch.zeros(6, dtype=torch.long), 30)
+
+
+def test_targets_of_any_integer_type_and_layout_give_the_same_loss_and_gradients(cpu_kernel_set):
+    """The kernel reads int64 in a row: int32 targets, or a strided view, are the same targets."""
+    g = torch.Generator().manual_seed(3)
+    h, weight = torch.randn(12, 8, generator=g), torch.randn(24, 8, generator=g)
+    base = torch.randint(0, 21, (12, 2), generator=g)
+    results = []
+    for targets in (base[:, 0].contiguous(), base[:, 0], base[:, 0].int()):
+        hh, ww = h.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss = cpu_kernels.head_loss(hh, ww, targets, 21)
+        loss.backward()
+        results.append((loss, hh.grad, ww.grad, cpu_kernels.head_loss(h, weight, targets, 21, "none")))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_tensors_the_c_kernels_do_not_take_go_to_torch():
+    """float64, or float32 under CPU autocast (whose products come out in bf16), take torch's
+    operations: the right values, never float32 arithmetic on other memory."""
+    x = torch.randn(5, 7, dtype=torch.float64) * 3
+    exact = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    torch.testing.assert_close(cpu_kernels.tanh_gelu(x), exact)
+    assert torch.equal(cpu_kernels.dropout(x, 0.0), x)
+    q, k, v = (torch.randn(2, 2, 9, 4) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = cpu_kernels.attention_with_dropout(q, k, v, None, 0.0)
+    torch.testing.assert_close(y.float(), F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=0.05, rtol=0.05)
+
+
+def test_a_nan_logit_gives_a_nan_loss(cpu_kernel_set):
+    """Divergence is told by a non-finite loss: a NaN anywhere in a row's logits makes that row's
+    loss NaN (the kernel's max skips a NaN; its sum of exponentials does not)."""
+    h, weight = torch.randn(4, 8), torch.randn(24, 8)
+    weight[7] = float("nan")  # column 7 of every row's logits
+    losses = cpu_kernels.head_loss(h, weight, torch.tensor([0, 1, 2, 3]), 21, "none")
+    assert torch.isnan(losses).all()
+    assert torch.isnan(cpu_kernels.head_loss(h, weight, torch.tensor([0, 1, 2, 3]), 21))
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -121,7 +161,10 @@ def test_built_once_per_machine_into_the_cache(tmp_path):
     state, path = first.stdout.split("\n")[:2]
     assert state == "native", first.stderr
     built = tmp_path / "kernels" / os.path.basename(path)
-    assert built.is_file() and [p.name for p in (tmp_path / "kernels").iterdir()] == [built.name]
+    assert built.is_file() and {p.name for p in (tmp_path / "kernels").iterdir()} <= {built.name, built.name + ".lock"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert built.stat().st_mode & 0o777 == 0o777 & ~umask  # readable by whoever shares the cache
     stamp = built.stat().st_mtime_ns
     second = _python(STATE, HARNESS_CACHE=str(tmp_path), HARNESS_CC="false")  # a cached build needs no compiler
     assert second.stdout.split("\n")[0] == "native" and built.stat().st_mtime_ns == stamp
@@ -130,8 +173,8 @@ def test_built_once_per_machine_into_the_cache(tmp_path):
 def test_without_a_compiler_the_model_takes_torchs_operations(tmp_path):
     broken = _python(STATE, HARNESS_CACHE=str(tmp_path), HARNESS_CC="false")
     assert broken.returncode == 0, broken.stderr
-    assert broken.stdout.startswith("torch (the C kernels did not build")
-    assert not any((tmp_path / "kernels").iterdir())  # no half-written library left behind
+    assert broken.stdout.startswith("torch (the C kernels did not build: false exited 1")
+    assert not list((tmp_path / "kernels").glob("*.so")) and not list((tmp_path / "kernels").glob(".build-*"))
     off = _python(STATE, HARNESS_CACHE=str(tmp_path), HARNESS_NATIVE_KERNELS="0")
     assert off.stdout.startswith("torch (HARNESS_NATIVE_KERNELS=0)")
 

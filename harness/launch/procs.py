@@ -31,9 +31,9 @@ def on_ctrl_c(signum, frame) -> None:
     before anything loads, so that whatever a Ctrl-C breaks on its way (an import it cut short,
     which a library then half-retries) still ends as an interrupt, not as that library's error."""
     _ctrl_c.set()
-    if _deferring.is_set():
+    if _deferring.is_set() and not _pressed_deferred.is_set():
         _pressed_deferred.set()
-    else:
+    else:  # also a second press inside deferred_ctrl_c: a hung import stays interruptible
         raise KeyboardInterrupt
 
 
@@ -42,8 +42,9 @@ def deferred_ctrl_c(raise_after: bool = False) -> Iterator[None]:
     """Inside the block a Ctrl-C is only remembered (interrupted()), for code that cannot take an
     exception from the signal handler: Popen forking torchrun (one raised inside Python's at-fork
     hooks is printed as "Exception ignored" and lost), importing torch (one raised inside its
-    pybind11 callbacks aborts the process). With raise_after, a press inside the block raises
-    KeyboardInterrupt when it ends. One block at a time, so the window stays exact."""
+    pybind11 callbacks aborts the process); a second press raises at once. With raise_after, a press
+    inside the block raises KeyboardInterrupt when it ends. One block at a time, so the window stays
+    exact (not re-entrant)."""
     with _defer_lock:
         _pressed_deferred.clear()
         _deferring.set()
@@ -51,7 +52,8 @@ def deferred_ctrl_c(raise_after: bool = False) -> Iterator[None]:
             yield
         finally:
             _deferring.clear()
-    if raise_after and _pressed_deferred.is_set():
+        pressed = _pressed_deferred.is_set()
+    if raise_after and pressed:
         raise KeyboardInterrupt
 
 

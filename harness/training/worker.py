@@ -98,6 +98,7 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
     else:
         keep_freed_memory()
+        native.library()  # the CPU kernels, built on this machine's first use before anything is timed
 
 
 # glibc's mallopt parameters (malloc.h) and the values keep_freed_memory gives them
