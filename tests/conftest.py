@@ -14,6 +14,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+MAX_WORKERS = 4  # each test file may run whole sweeps with a process per CPU of its own
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (the default, pyproject's addopts): one pytest worker per CPU this process may
+    use, at most MAX_WORKERS. Files go to workers whole (--dist loadfile), so a module's fixtures
+    (a sweep, a Slurm cluster, an MLflow server) are built once."""
+    from harness.core.placement import usable_cores
+
+    return max(1, min(len(usable_cores()), MAX_WORKERS))
 
 
 def corpus(folder: Path) -> Path:

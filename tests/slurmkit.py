@@ -26,8 +26,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+
+from filelock import FileLock
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue")
@@ -37,14 +40,25 @@ class ClusterUnavailable(RuntimeError):
     """This machine cannot run a test cluster (not root, no apt, the daemons do not start)."""
 
 
+def _installed() -> bool:
+    return all(shutil.which(d) or Path("/usr/sbin", d).exists() for d in DAEMONS)
+
+
 def install() -> None:
-    """Install Debian's Slurm and munge when missing (root and apt needed)."""
-    if all(shutil.which(d) or Path("/usr/sbin", d).exists() for d in DAEMONS):
+    """Install Debian's Slurm and munge when missing (root and apt needed); one process at a time
+    (pytest's workers start clusters side by side, and apt holds one lock)."""
+    if _installed():
         return
     if os.geteuid() != 0:
         raise ClusterUnavailable("Slurm is not installed and installing it needs root")
     if shutil.which("apt-get") is None:
         raise ClusterUnavailable("Slurm is not installed and this machine has no apt-get")
+    with FileLock(str(Path(tempfile.gettempdir()) / "harness-test-slurm-install.lock")):
+        if not _installed():
+            _apt_install()
+
+
+def _apt_install() -> None:
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
     if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
