@@ -52,7 +52,7 @@ tokens_per_step=$((96 * 1024))
 step env 30 bash -c "nvidia-smi; $py -c 'import torch; p = torch.cuda.get_device_properties(0); \
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"device\", p.name, \
 round(p.total_memory / 2**30, 1), \"GiB\", \"sm\", p.multi_processor_count)'"
-step pytest_cuda 90 $py -m pytest -q -p no:cacheprovider -k cuda tests/test_train_step.py tests/test_compile.py
+step pytest_cuda 90 $py -m pytest -q -n 0 -p no:cacheprovider -k cuda tests/test_train_step.py tests/test_compile.py
 step bench_compile 150 $py -m harness bench --preset gpt2-small --steps 20 --results "$results"
 step bench_eager 90 $py -m harness bench --preset gpt2-small --steps 20 --no-compile --results "$results"
 step eval_batch 60 $py tests/bench/eval_batch.py --preset gpt2-small
