@@ -37,6 +37,7 @@ FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-
 NATIVE_FLAGS = ("-march=native",)
 ENABLE_ENV, COMPILER_ENV = "HARNESS_NATIVE_KERNELS", "HARNESS_CC"
 BUILD_TIMEOUT_S = 60  # a build takes under a second; a warm worker waits 120 s for its slot's
+LOCK_TIMEOUT_S = 2 * BUILD_TIMEOUT_S  # how long a process waits for another's build
 
 _P, _I64, _U64, _U32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float
 SIGNATURES = {  # name: (argument types, result type)
@@ -96,7 +97,7 @@ def build(flags: tuple[str, ...]) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=2 * BUILD_TIMEOUT_S):
+    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
         if not path.exists():
             with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as folder:
                 built = Path(folder) / path.name
@@ -122,7 +123,7 @@ def _why(err: Exception) -> str:
     if isinstance(err, subprocess.TimeoutExpired):
         return f"{err.cmd[0]} took over {BUILD_TIMEOUT_S} s"
     if isinstance(err, Timeout):
-        return f"another process held {err.lock_file} for over {2 * BUILD_TIMEOUT_S} s"
+        return f"another process held {err.lock_file} for over {LOCK_TIMEOUT_S} s"
     if isinstance(err, FileNotFoundError) and err.filename == compiler()[0]:
         return f"no C compiler {err.filename!r} (set {COMPILER_ENV} or CC)"
     return str(err)
