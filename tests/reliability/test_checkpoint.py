@@ -74,6 +74,21 @@ def test_a_crash_at_any_rename_of_a_commit_leaves_an_intact_checkpoint(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
 
+def test_a_crash_while_removing_the_old_checkpoint_is_not_corruption(tmp_path):
+    """Killed inside the commit's last step (removing checkpoint.old, file by file): the half-removed
+    folder is ignored, not reported or quarantined, and the next commit clears it."""
+    save(tmp_path, 1)
+    save(tmp_path, 2)
+    shutil.copytree(tmp_path / "checkpoint", tmp_path / "checkpoint.old")
+    (tmp_path / "checkpoint.old" / "model.safetensors").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = checkpoint.latest(tmp_path, quarantine_bad=True)
+    assert found is not None and found[1]["step"] == 2
+    save(tmp_path, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
 def _damage_truncate(folder):
     p = folder / "model.safetensors"
     p.write_bytes(p.read_bytes()[:40])

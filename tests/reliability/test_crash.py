@@ -108,10 +108,14 @@ def test_three_crashes_at_different_moments(tmp_path, tmp_path_factory, data):
     rng = random.Random(int(os.environ.get("HARNESS_TRIAL_SEED", "11")))
 
     # 1. checkpointing: a worker is killed with its sweep between checkpoint -> checkpoint.old and the
-    #    swap-in of the new one; then the only checkpoint left is bit-flipped: quarantined, run from scratch
+    #    swap-in of the new one; then the only checkpoint left is bit-flipped: quarantined, run from scratch.
+    #    The kill takes the whole sweep, so the other run may be caught mid-removal of its checkpoint.old
+    #    (weights already gone): only folders that still hold weights are flipped.
     def corrupt_old(results: Path):
         kill_leftovers(results)
         folders = list(results.glob("runs/*/checkpoint.old")) + list(results.glob("runs/*/checkpoint"))
+        folders = [f for f in folders if (f / "model.safetensors").exists()]
+        assert any(f.name == "checkpoint.old" and f.parent.name.startswith("qkv_bias-s0-") for f in folders), folders
         for folder in folders:
             flip_weights(folder)
         return [str(f) for f in folders]
