@@ -1,4 +1,4 @@
-"""Shared test helpers: a small corpus, a per-session token cache, the CLI as a user runs it (cli: a subprocess;\ninvoke: in this process), kill_mid_run for a crash mid-way, and flip_bit to damage a file."""
+"""Shared test helpers: a small corpus, a per-session token cache, the CLI as a user runs it (cli: a subprocess;\ninvoke: in this process), kill_mid_run for a crash mid-way, flip_bit to damage a file, and free_port for a server of a test's own."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +93,13 @@ def flip_bit(path: Path, offset: int, mask: int = 0x01) -> None:
     data = bytearray(path.read_bytes())
     data[offset % len(data)] ^= mask
     path.write_bytes(bytes(data))
+
+
+def free_port() -> int:
+    """A localhost TCP port nothing listens on now (the kernel's pick), for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -144,6 +144,7 @@ def test_preemption_by_requeue_and_by_usr2_resumes_bit_identically(cpu_cluster, 
         meta = results / "runs" / jobs[job] / "checkpoint" / "meta.json"
         wait_for(meta.exists, what=f"job {job}'s first checkpoint")
         cpu_cluster.run(*preempt, job)
+    for job in jobs:  # both preempted first: waiting for one must not let the other finish unpreempted
         wait_for(lambda: cpu_cluster.jobs().get(job) != "RUNNING", what=f"job {job} to be requeued")
     cpu_cluster.wait_empty(timeout=300)
     assert local.wait(timeout=300) == 0, local.stdout.read()

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 from reliability.relkit import faults, record_figure
 from slurmkit import ClusterUnavailable, SlurmCluster
 
@@ -215,7 +215,7 @@ def test_torchrun_across_two_agents_on_one_machine(tmp_path, small_corpus):
     folder; node 0 records, node 1 follows its record from run to run."""
     results = tmp_path / "results"
     args = [sys.executable, "-m", "harness", "sweep", "baseline", "--seeds", "2", "--preset", "micro", "--tokens",
-            "3000", "--set", f"data={small_corpus}", "--nodes", "2", "--rdzv-endpoint", "localhost:29617",
+            "3000", "--set", f"data={small_corpus}", "--nodes", "2", "--rdzv-endpoint", f"localhost:{free_port()}",
             "--results", str(results)]
     node1 = subprocess.Popen([*args, "--node-rank", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)

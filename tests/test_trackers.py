@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, free_port
 
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
@@ -30,12 +30,6 @@ pytest.importorskip("trackio")
 
 SWEEP = ["sweep", "qkv_bias", "--seeds", "2", "--preset", "micro", "--tokens", "3000"]
 NAME = "micro-qkv_bias"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -69,11 +69,13 @@ def test_killed_worker_fails_the_attempt_fast_and_the_retry_completes(tmp_path, 
 
 
 def test_frozen_worker_is_caught_by_the_stall_watchdog(tmp_path, data, reference):
-    proc, got, surfaced, elapsed = faulty_sweep(tmp_path, data, "stop_self", HARNESS_STALL_TIMEOUT="8")
-    check_retried(proc, got, reference, "no progress for 8 s")
+    # 15 s: the watchdog also times the workers' start (torch's import, gloo), which on a busy
+    # machine (the suite runs in parallel) has taken several seconds
+    proc, got, surfaced, elapsed = faulty_sweep(tmp_path, data, "stop_self", HARNESS_STALL_TIMEOUT="15")
+    check_retried(proc, got, reference, "no progress for 15 s")
     record_figure("stuck-worker-watchdog", surfaced_s=round(surfaced, 2), sweep_s=round(elapsed, 1),
                   reason=got[0]["reason"])
-    assert 8 <= surfaced < 40
+    assert 15 <= surfaced < 50
 
 
 @pytest.mark.slow
