@@ -40,7 +40,10 @@ def mlflow_server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
                              "--default-artifact-root", str(folder / "artifacts"), "--workers", "1"],
-                            stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            # no job runner and its seven queue consumers (MLflow's server-side jobs, which
+                            # tracking does not use): the server starts in half the time, in 2 processes, not 10
+                            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
