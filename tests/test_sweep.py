@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, cli
+from reliability.relkit import wait_for
 
 SWEEP = ["sweep", "qkv_bias", "--seeds", "2", "--preset", "micro", "--tokens", "3000"]
 
@@ -232,15 +233,14 @@ def wait_until_loading_typer(pid: int, timeout: float = 30.0) -> None:
     if not marker:
         time.sleep(0.2)
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def loaded() -> bool:
         try:
-            if marker in Path(f"/proc/{pid}/maps").read_text():
-                return
+            return marker in Path(f"/proc/{pid}/maps").read_text()
         except OSError:
-            return  # already gone: the assertions below say why
-        time.sleep(0.002)
-    raise AssertionError(f"{marker} never loaded in {timeout:g} s")
+            return True  # already gone: the assertions below say why
+
+    assert wait_for(loaded, timeout, interval=0.002), f"{marker} never loaded in {timeout:g} s"
 
 
 @pytest.mark.parametrize("delay", [0.0, 1.0])
