@@ -119,7 +119,7 @@ class _Dropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         x = x.contiguous()
         y, mask = torch.empty_like(x), torch.empty_like(x)
-        _c_kernels(x).harness_dropout(x.data_ptr(), y.data_ptr(), mask.data_ptr(), x.shape[0], x[0].numel(),
+        native.library().harness_dropout(x.data_ptr(), y.data_ptr(), mask.data_ptr(), x.shape[0], x[0].numel(),
                                          _mask_key(), _first_sequence, _threshold(p), 1.0 / (1.0 - p))
         ctx.save_for_backward(mask)
         return y
