@@ -1,7 +1,8 @@
 """The network's configuration: the book's GPT-2 small plus every architectural switch.
 
 Every field is a switch an intervention TOML may set by name (see sweeps/interventions/).
-Defaults are the book's GPT_CONFIG_124M ("gpt2-small" here, 163,009,536 parameters untied).
+A new switch is one documented() field; off by default, it keeps every stored run's identity (its
+neutral value is its default: see documented). Defaults are the book's GPT_CONFIG_124M ("gpt2-small" here, 163,009,536 parameters untied).
 """
 
 from __future__ import annotations
@@ -16,11 +17,24 @@ Mlp = Literal["gelu", "swiglu"]
 Init = Literal["torch_default", "gpt2"]
 
 
-def documented(default: Any, doc: str, placement: bool = False) -> Any:
+_DEFAULT = object()
+
+
+def documented(default: Any, doc: str, placement: bool = False, neutral: Any = _DEFAULT) -> Any:
     """A config key: its default and its one-line meaning (shown by `harness list --keys`).
     placement: a knob of where and how fast the run computes (memory, compilation, logging), which
-    changes its result at most by float rounding; recorded with the run but not part of its identity."""
-    return dataclasses.field(default=default, metadata={"doc": doc, "placement": placement})
+    changes its result at most by float rounding; recorded with the run but not part of its identity.
+    neutral: the value under which harness computes exactly what it computed before the key existed;
+    the default unless given. A key at its neutral value enters no identity (harness.core.scheme), so
+    a new switch that is off by default keeps every stored run; one whose default changes what the
+    baseline computes declares the old behaviour's value here, and its default makes new runs."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "placement": placement,
+                                                        "neutral": default if neutral is _DEFAULT else neutral})
+
+
+def neutral_values(cls: type) -> dict[str, Any]:
+    """Field name -> neutral value of a config dataclass (see documented)."""
+    return {f.name: f.metadata.get("neutral", f.default) for f in dataclasses.fields(cls)}
 
 
 def key_docs(cls: type) -> dict[str, tuple[Any, str]]:

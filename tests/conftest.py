@@ -41,6 +41,35 @@ def corpus(folder: Path) -> Path:
     return path
 
 
+# a switch as a maintainer adds one: off by default, so every stored run computes what it did
+NEUTRAL_KEYS = ('    qk_norm: bool = documented(False, "RMS-normalise queries and keys")\n',
+                '    z_loss: float = documented(0.0, "weight of the squared log-partition term in the loss")\n')
+
+
+def add_keys(model_config: Path, train_config: Path, keys: tuple[str, str] = NEUTRAL_KEYS) -> None:
+    """Add a key to ModelConfig (model/config.py) and one to TrainConfig (harness/core/config.py):
+    the source lines `keys`, each before a field that follows it in the class."""
+    for path, line, before in ((model_config, keys[0], "    vocab_multiple: int ="),
+                               (train_config, keys[1], "    shuffle: bool =")):
+        text = path.read_text()
+        assert text.count(before) == 1, f"{path} no longer has {before!r}"
+        path.write_text(text.replace(before, line + before))
+
+
+def newer_harness(folder: Path, keys: tuple[str, str] = NEUTRAL_KEYS) -> dict[str, str]:
+    """A later version of harness: this checkout's package, laid out as installed under `folder`,
+    with `keys` added (add_keys). Returns the environment under which `cli` runs it and its workers
+    (give cli a cwd other than the checkout, whose own harness/ would come first)."""
+    import shutil
+
+    root = folder / "harness"
+    shutil.copytree(REPO / "harness", root, ignore=shutil.ignore_patterns("__pycache__"))
+    for sub in ("model", "sweeps"):
+        shutil.copytree(REPO / sub, root / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    add_keys(root / "model" / "config.py", root / "core" / "config.py", keys)
+    return {"PYTHONPATH": str(folder)}
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """corpus() once per session: for end-to-end tests whose runs need not read Shakespeare."""

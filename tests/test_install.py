@@ -13,36 +13,39 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, add_keys
+from test_upgrade import FIXTURES, LADDER, SWEEP
 
 SHADOW = "raise SystemExit('the user\\'s {name} was imported instead of harness')\n"
 
 
-def build_wheel(out: Path) -> Path:
-    """The wheel of a copy of the checkout's files that git tracks or would (no build folders left in the checkout)."""
+def build_wheel(out: Path, change: Callable[[Path], None] | None = None) -> Path:
+    """The wheel of a copy of the checkout's files that git tracks or would (no build folders left in
+    the checkout), the copy first changed by `change` (a later version of harness)."""
     src = out / "src"
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout
     for rel in filter(None, files.decode().split("\0")):
         if (REPO / rel).is_file():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, src / rel)
+    if change is not None:
+        change(src)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
                     str(src)], check=True, capture_output=True, text=True)
     return next(out.glob("harness-*.whl"))
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """A fresh venv with the wheel installed (its dependencies are this environment's, made
-    visible by a .pth file, so nothing is downloaded); returns its bin folder."""
+def install(root: Path, change: Callable[[Path], None] | None = None) -> Path:
+    """A fresh venv under `root` with the wheel (build_wheel) installed (its dependencies are this
+    environment's, made visible by a .pth file, so nothing is downloaded); returns its bin folder."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs the git checkout to build the wheel from")
-    root = tmp_path_factory.mktemp("install")
-    wheel = build_wheel(root)
+    wheel = build_wheel(root, change)
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -52,6 +55,11 @@ def installed(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
                     "-q", str(wheel)], check=True, capture_output=True, text=True)
     return venv / "bin"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    return install(tmp_path_factory.mktemp("install"))
 
 
 @pytest.fixture
@@ -106,3 +114,22 @@ def test_the_wheel_works_from_a_users_project_folder(installed, project, small_c
     shadowed = harness(installed, "sweep", "qkv_bias", "--seeds", "1", "--preset", "micro", "--tokens", "2000",
                        "--data", str(small_corpus), "--results", "results", "--dry-run", cwd=project)
     assert "shadows the built-in one" in shadowed.stdout, shadowed.stdout + shadowed.stderr
+
+
+def test_a_later_wheel_continues_a_store_this_version_recorded(tmp_path):
+    """A later release (this checkout with a model key and a training key added, off by default),
+    installed from its wheel, continues tests/fixtures/store-v1's sweep and ladder without training,
+    and reports them."""
+    later = install(tmp_path / "later", lambda src: add_keys(src / "model" / "config.py",
+                                                             src / "harness" / "core" / "config.py"))
+    store = tmp_path / "store"
+    shutil.copytree(FIXTURES / "store-v1", store)
+    runs = pd.read_parquet(store / "runs.parquet")
+    assert "qk_norm" in harness(later, "list", "--keys", cwd=tmp_path).stdout
+    for args in (SWEEP, LADDER):
+        done = harness(later, *args, "--results", str(store), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "already in the store" in done.stdout and "step 1/" not in done.stdout, done.stdout
+    assert pd.read_parquet(store / "runs.parquet").equals(runs)
+    report = harness(later, "report", "--results", str(store), "--out", str(tmp_path / "reports"), cwd=tmp_path)
+    assert report.returncode == 0 and "Mismatch" not in report.stdout, report.stderr

@@ -116,15 +116,27 @@ def _field_types() -> dict[str, Any]:
 FIELD_TYPES = _field_types()
 
 
-# keys of earlier versions: what to use instead
-RETIRED_KEYS = {"grad_accum": "gradient accumulation is derived from global_batch / (processes x micro_batch); "
-                              "set global_batch (sequences per optimiser step) instead"}
+NEVER_HASHED = "never part of an identity"
+
+
+@dataclass(frozen=True)
+class Retired:
+    """A key of earlier versions. Records that hold it stay readable: at `neutral` (what this
+    version computes) it is what runs without it compute; at another value it keeps those runs
+    apart from anything planned now (harness.core.scheme). NEVER_HASHED: retired before identities."""
+
+    instead: str  # what to use instead, for a --set or a TOML file that still names it
+    neutral: Any = NEVER_HASHED
+
+
+RETIRED_KEYS = {"grad_accum": Retired("gradient accumulation is derived from global_batch / (processes x micro_batch); "
+                                      "set global_batch (sequences per optimiser step) instead")}
 
 
 def coerce(key: str, value: Any, where: str) -> Any:
     """Check one override against its field's type; ints are accepted where floats are wanted."""
     if key in RETIRED_KEYS:
-        raise UserError(f"{where}: {key} is no longer a key: {RETIRED_KEYS[key]}")
+        raise UserError(f"{where}: {key} is no longer a key: {RETIRED_KEYS[key].instead}")
     if key not in ALL_KEYS:
         raise UserError(f"{where}: unknown key {key!r}{_closest(key, ALL_KEYS)}; see `harness list --keys`")
     kind = FIELD_TYPES[key]
@@ -327,25 +339,3 @@ def config_hash(payload: dict[str, Any]) -> str:
     """Stable short hash of a JSON-able configuration."""
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def experiment(config: dict[str, Any], tokens: int, tokens_per_step: int, data_id: str = "") -> dict[str, Any]:
-    """What an arm computes, as one flat dict: its resolved model and training keys
-    (ArmConfig.as_dict(), filled with this version's defaults) without its name, its preset's name,
-    the placement knobs and how its budget was chosen (BUDGET_RULES), plus its token budget ("tokens"), its global batch in tokens and its
-    data: data_id is the corpus's content (Corpus.data_id), which then stands for the data path;
-    a row recorded before data ids existed ("") keeps the path instead. Runs are identified by its
-    hash (experiment_hash) and compared key by key (harness.report.sameness)."""
-    model = dataclasses.asdict(ModelConfig(**{k: v for k, v in config["model"].items() if k in MODEL_KEYS}))
-    train = {k: v for k, v in config["train"].items() if k in TRAIN_KEYS}
-    train = {k: v for k, v in dataclasses.asdict(TrainConfig(**train)).items()
-             if k not in PLACEMENT_KEYS and k not in BUDGET_RULES}
-    if data_id:
-        train.pop("data")
-    return model | train | {"tokens": int(tokens), "tokens_per_step": int(tokens_per_step)} | (
-        {"data_id": data_id} if data_id else {})
-
-
-def experiment_hash(config: dict[str, Any], tokens: int, tokens_per_step: int, data_id: str = "") -> str:
-    """experiment(...) as 16 hex digits: equal exactly when two arms compute the same thing."""
-    return config_hash(experiment(config, tokens, tokens_per_step, data_id))

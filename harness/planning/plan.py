@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core import config as cfgmod
+from harness.core import scheme
 from harness.core.bounds import check_seeds
 from harness.core.definitions import Library, shadow_note
 from harness.core.errors import UserError
@@ -181,7 +182,8 @@ def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world
     """One run: its identity is what it computes (harness.store.record.run_identity); its id is that
     identity under a readable label (the arm, the seed, and what was varied or fixed if anything)."""
     seeds = sub_seeds(seed, vary, fixed)
-    experiment = cfgmod.experiment_hash(cfg.as_dict(), budget.tokens, budget.tokens_per_step, data.data_id)
+    config = scheme.recorded(cfg.as_dict())
+    experiment = scheme.experiment_hash(config, budget.tokens, budget.tokens_per_step, data.data_id)
     identity = run_identity(experiment, seeds["init"], seeds["data"], seeds["dropout"], replica)
     if budget_factor != 1.0:
         tag = f"-x{budget_factor:.3g}"
@@ -195,11 +197,11 @@ def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world
     return RunSpec(
         run_id=f"{label.replace('/', '_')}-s{seed}{tag}-{identity[:10]}", sweep=sweep, arm=cfg.arm, seed=seed,
         init_seed=seeds["init"], data_seed=seeds["data"], dropout_seed=seeds["dropout"], preset=cfg.preset,
-        config=cfg.as_dict(), overrides=cfg.overrides, config_hash=experiment, params=budget.params,
+        config=config, overrides=cfg.overrides, config_hash=experiment, params=budget.params,
         tokens=budget.tokens, steps=budget.steps, tokens_per_step=budget.tokens_per_step, world_size=world_size,
         vary=vary, identity=identity, data_id=data.data_id, replica=replica,
         intervention_sets=dict(cfg.intervention_sets), budget_factor=budget_factor, start_from=start_from,
-        anchor_steps=list(anchor_steps or []),
+        anchor_steps=list(anchor_steps or []), identity_scheme=scheme.current_scheme(),
     )
 
 
@@ -213,16 +215,36 @@ def with_known_ids(plan: Plan) -> Plan:
     if not known:
         return plan
     test_sets = {arm: f.test_set_id for arm, f in plan.data.items()}
-    specs = []
+    specs, changed = [], {}
     for s in plan.specs:
         found = known.get(s.identity)
         if found is None and test_sets.get(s.arm):
             found = known.get(legacy_key(s.config, s.tokens, s.tokens_per_step,
                                          {"init": s.init_seed, "data": s.data_seed, "dropout": s.dropout_seed},
                                          s.replica, test_sets[s.arm]))
+        if found is None:
+            for why, old in earlier_identities(s).items():
+                if old in known:
+                    changed.setdefault(why, []).append(known[old])
         specs.append(dataclasses.replace(s, run_id=found) if found and found != s.run_id else s)
     plan.specs = specs
+    plan.notes += [f"{len(runs)} run(s) of this store ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}) were "
+                   f"recorded before {why}: they computed something else, are kept as they are, and are not reused"
+                   for why, runs in changed.items()]
     return plan
+
+
+def earlier_identities(s: RunSpec) -> dict[str, str]:
+    """The identities `s` would have had under each earlier identity scheme whose runs computed
+    something else (harness.core.scheme.MeaningChange), keyed by what changed since."""
+    now = scheme.experiment(s.config, s.tokens, s.tokens_per_step, s.data_id)
+    out = {}
+    for earlier in range(1, s.identity_scheme):
+        then = scheme.experiment(s.config, s.tokens, s.tokens_per_step, s.data_id, earlier)
+        if then != now:
+            why = "; ".join(f"{k} ({v})" for k, v in now.items() if then.get(k) != v)
+            out[why] = run_identity(cfgmod.config_hash(then), s.init_seed, s.data_seed, s.dropout_seed, s.replica)
+    return out
 
 
 def definition_notes(preset: str, arms: list[str], library: Library) -> list[str]:

@@ -1,7 +1,7 @@
 """The identity of a recorded run, for rows and specs of every harness version.
 
 A run planned now carries its identity (harness.store.record.run_identity over the experiment's
-hash, harness.core.config.experiment_hash, and its sub-seeds). Rows written before identities
+hash, harness.core.scheme.experiment_hash, and its sub-seeds). Rows written before identities
 existed do not: theirs is computed here from the resolved config they hold, the way this version
 computes it, except that such a row cannot prove which corpus it trained on. Its key is therefore
 a legacy key, which keeps the data path and the test set it measured, and a new plan looks a run
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from harness.core.config import experiment_hash
+from harness.core.scheme import experiment_hash
 from harness.core.seeds import REPLICATE
 from harness.store.record import run_identity
 
@@ -26,7 +26,7 @@ def legacy_key(config: Mapping[str, Any], tokens: int, tokens_per_step: int, sub
                replica: int, test_set_id: str) -> str:
     """The key under which a run recorded before identities is found: its experiment with the data
     path standing for the corpus, its sub-seeds, and the test set it was measured on."""
-    digest = run_identity(experiment_hash(dict(config), int(tokens), int(tokens_per_step)), sub_seeds["init"],
+    digest = run_identity(experiment_hash(dict(config), int(tokens), int(tokens_per_step), scheme=1), sub_seeds["init"],
                           sub_seeds["data"], sub_seeds["dropout"], replica)
     return f"{LEGACY}{digest}:{test_set_id}"
 

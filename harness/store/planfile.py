@@ -40,7 +40,7 @@ def plan_record(plan) -> dict[str, Any]:
     """The plan as saved: what the sweep (a harness.planning.plan.Plan) intends to run, so status can
     show what is queued, how an adaptive sweep decides, and what each arm computes (so that a later
     command under the same name is checked against it: check_saved)."""
-    from harness.core.config import experiment
+    from harness.core.scheme import experiment
 
     first = {}
     for s in plan.specs:
@@ -85,17 +85,27 @@ def conflicts(saved: dict[str, Any], new: dict[str, Any]) -> str | None:
     experiments = saved.get("experiments")
     if not isinstance(experiments, dict) or "baseline" not in experiments:
         return None  # a plan saved before experiments were: the report checks the recorded runs
+    from harness.core.scheme import check_known, every_key
+
+    for keys in experiments.values():
+        check_known(keys, f"the saved plan of sweep {name!r}")
     base = experiments["baseline"]
     for arm, keys in new["experiments"].items():
         own = set(new["intervention_sets"].get(arm, {})) if arm != "baseline" else set()
-        reference = experiments.get(arm, base)
-        changed = [f"{k} {json.dumps(reference.get(k))} -> {json.dumps(v)}" for k, v in keys.items()
-                   if reference.get(k) != v and (arm in experiments or k not in own)]
-        changed += [f"{k} {json.dumps(v)} -> (unset)" for k, v in reference.items() if k not in keys]
+        reference, planned = every_key(experiments.get(arm, base)), every_key(keys)
+        changed = []
+        for k in [*planned, *(k for k in reference if k not in planned)]:
+            before, now = reference.get(k), planned.get(k)
+            if before != now and (arm in experiments or k not in own):
+                changed.append(f"{k} {_shown(before)} -> {_shown(now)}")
         if changed:
             return (f"arm {arm!r} of sweep {name!r} would not be trained like the runs already planned "
                     f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}): that is another experiment")
     return None
+
+
+def _shown(value: Any) -> str:
+    return "(unset)" if value is None else json.dumps(value)
 
 
 def check_saved(plan) -> None:

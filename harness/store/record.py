@@ -12,7 +12,7 @@
   CurvePoint   one point of a loss curve in curves.parquet
   statuses     completed, diverged, unrunnable, failed; FINAL ones are never retried (training is
                deterministic, and so is a configuration that cannot run)
-  identity     what makes two runs one run: the experiment (harness.core.config.experiment_hash)
+  identity     what makes two runs one run: the experiment (harness.core.scheme.experiment_hash)
                and the sub-seeds, never the labels or where and how fast it computed
   counted      the one rule for which attempt counts, for every command: the first final one
   RetryPolicy  when a run still has to run, and when it has settled
@@ -157,6 +157,7 @@ class RunSpec:
     budget_factor: float = 1.0  # a baseline run at another budget than the sweep's (the compute multiplier's)
     start_from: str = ""  # run id whose final checkpoint this (longer, constant-schedule) run continues
     anchor_steps: list[int] = field(default_factory=list)  # extra held-out points (an extended run's 1x step)
+    identity_scheme: int = 1  # the identity scheme it was planned under (harness.core.scheme; older specs: 1)
 
     @property
     def interventions(self) -> str:
@@ -264,6 +265,7 @@ class RunRow(RunResult):
     replica: int = 0
     intervention_sets: dict[str, Any] = field(default_factory=dict)  # what the arm itself changes (JSON in the table)
     budget_factor: float = 1.0  # the run's budget over the sweep's (baseline runs for the compute multiplier)
+    identity_scheme: int = 1  # the identity scheme it was planned under (null in older rows: 1)
     git_commit: str = ""
     started_at: str = ""
     run_dir: str = ""
@@ -279,7 +281,7 @@ class RunRow(RunResult):
                    params=spec.params, planned_tokens=spec.tokens, tokens_per_step=spec.tokens_per_step,
                    world_size=spec.world_size, vary=spec.vary, identity=spec.identity, data_id=spec.data_id,
                    replica=spec.replica, intervention_sets=spec.intervention_sets,
-                   budget_factor=spec.budget_factor, **attempt_facts)
+                   budget_factor=spec.budget_factor, identity_scheme=spec.identity_scheme, **attempt_facts)
 
     def columns(self) -> dict[str, Any]:
         """The row as the table stores it: JSON text for dicts, no curve."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import Refusal, UserError
+from harness.core.scheme import recorded
 from harness.store.record import counted
 
 RUN_METRICS = {"train_loss": "train/loss", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
@@ -85,6 +86,16 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _read_config(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's config as this version records it (harness.core.scheme.recorded), so that runs
+    recorded by older and newer versions show the same parameters for the same computation; a
+    hand-made row's as it is."""
+    config = _json(row["config"])
+    if not all(isinstance(config.get(s), dict) for s in ("model", "train")):
+        return config
+    return recorded(config, f"run {row['run_id']} of sweep {row['sweep']!r}")
+
+
 def _json(text: Any) -> dict[str, Any]:
     if isinstance(text, dict):
         return text
@@ -137,7 +148,7 @@ def _run_record(row: dict[str, Any], curve, is_counted: bool) -> TrackedRun:
             "harness.vary": row.get("vary") or "", "harness.data_id": row.get("data_id") or ""}
     if row.get("reason"):
         tags["harness.reason"] = str(row["reason"])[:500]
-    config = flatten(_json(row["config"])) | {f"overrides.{k}": v for k, v in flatten(_json(row["overrides"])).items()}
+    config = flatten(_read_config(row)) | {f"overrides.{k}": v for k, v in flatten(_json(row["overrides"])).items()}
     series: dict[str, list[tuple[int, float]]] = {}
     if curve is not None:
         for column, metric in RUN_METRICS.items():

@@ -34,6 +34,7 @@ from harness.core.errors import UserError
 from harness.core.files import atomic_write_bytes, atomic_write_json, staged_folder, user_path
 from harness.store.outputs import guard_destination
 from harness.store.results import ResultsStore
+from harness.core.scheme import full_config
 from harness.model.config import ModelConfig
 
 FORMATS = ("hf",)
@@ -64,7 +65,7 @@ class RunRef:
 
     @property
     def model_config(self) -> ModelConfig:
-        return ModelConfig(**self.spec["config"]["model"])
+        return full_config(self.spec["config"], f"run {self.run_id}'s spec")[0]
 
     @property
     def tokenizer(self) -> str:

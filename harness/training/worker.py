@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from harness.training import checkpoint
 from harness.core.config import TrainConfig
+from harness.core.scheme import full_config
 from harness.data.batches import BatchSampler, BatchShape, eval_batches, heldout_rows, row_batches, evaluation_units
 from harness.data.corpus import load_corpus
 from harness.core.errors import UserError
@@ -426,7 +427,7 @@ def main(spec_path: str) -> int:
         raise SystemExit(f"spec planned {spec.world_size} processes, torchrun started {d.world}")
     if d.world > 1:  # which rank runs where: a failed attempt's reason names the ranks of each node
         print(rank_line(d.rank, d.world, socket.gethostname(), os.getpid()), flush=True)
-    mcfg, tcfg = ModelConfig(**spec.config["model"]), TrainConfig(**spec.config["train"])
+    mcfg, tcfg = full_config(spec.config, f"run {spec.run_id}'s spec")
     configure_threads(d.device)
     configure_backends(d.device)
     corpus = load_corpus(tcfg.data, tcfg.tokenizer)
