@@ -129,7 +129,7 @@ class MultiHeadAttention(nn.Module):
         """mask: boolean (T, T), True where attention is allowed; None means plain causal."""
         B, T, d = x.shape
         p = self.drop_rate if self.training else 0.0
-        if rope is None and cpu_kernels.projects_attention(x, p):
+        if rope is None and runs_fast_path(self) and cpu_kernels.projects_attention(x, p):
             return cpu_kernels.projected_attention(x, self.W_query, self.W_key, self.W_value, self.out_proj, mask,
                                                    p, self.n_heads)
         cpu_dropout = p > 0 and cpu_kernels.eager_cpu(x)
@@ -260,7 +260,7 @@ class GPTModel(nn.Module):
             x = block(x, rope, mask)
         h = self.final_norm(x)
         vocab = self.cfg.vocab_size
-        if cpu_kernels.eager_cpu_float32(h):
+        if runs_fast_path(self.out_head) and cpu_kernels.eager_cpu_float32(h):
             if targets is None:
                 return cpu_kernels.head_logits(h, self.out_head.weight, vocab)
             return cpu_kernels.head_loss(h.flatten(0, 1), self.out_head.weight, targets.flatten(), vocab, reduction)
@@ -271,6 +271,40 @@ class GPTModel(nn.Module):
             logits = logits.float() if logits.dtype.itemsize < 4 else logits  # 16-bit logits: the loss in float32
             return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
         return logits
+
+
+OWN = "_harness_own"  # a module attribute set by mark_own: False where code changed the module or below it
+
+
+def runs_fast_path(module: nn.Module) -> bool:
+    """Whether a fast path that computes `module` without calling its submodules (cpu_kernels'
+    projected attention reads the projections' weights, the fused head the head's) may run: only
+    where the module is harness's own and unchanged (mark_own). The one decision, for every path."""
+    return getattr(module, OWN, True)
+
+
+def _hooked(module: nn.Module) -> bool:
+    return any(getattr(module, hooks, None) for hooks in (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+
+
+def mark_own(model: "GPTModel") -> None:
+    """After code changed a built model (harness.training.seams): mark every module that is not
+    what harness builds there, has a hook, an instance-level forward, or such a module below it, so
+    that no fast path skips the code (runs_fast_path); those modules run the plain torch path."""
+    with torch.device("meta"):
+        reference = dict(GPTModel(model.cfg).named_modules())
+
+    def mark(name: str, module: nn.Module) -> bool:
+        ref = reference.get(name)
+        children = dict(module.named_children())
+        own = (ref is not None and type(module) is type(ref) and not _hooked(module) and "forward" not in vars(module)
+               and set(children) == {n for n, _ in ref.named_children()})
+        below = [mark(f"{name}.{c}" if name else c, m) for c, m in children.items()]
+        setattr(module, OWN, own and all(below))
+        return getattr(module, OWN)
+
+    mark("", model)
 
 
 def _stream_seed(seed: int, name: str) -> int:
@@ -299,11 +333,12 @@ def _initial_value(cfg: ModelConfig, name: str, module: nn.Module, attr: str,
         return torch.ones(shape)
     if attr == "shift":
         return torch.zeros(shape)
-    raise TypeError(f"no initialisation rule for parameter {name!r} of {type(module).__name__}")
+    raise TypeError(f"no initialisation rule for parameter {name!r} of {type(module).__name__} (code that adds "
+                    "it gives it one with an init seam)")
 
 
 @torch.no_grad()
-def init_weights(model: nn.Module, seed: int) -> None:
+def init_weights(model: nn.Module, seed: int, override=None) -> None:
     """Initialise every parameter from its own generator, seeded by (seed, parameter name).
 
     Seeding per name gives common random numbers: two arms that differ by a switch (say
@@ -311,7 +346,8 @@ def init_weights(model: nn.Module, seed: int) -> None:
     in outcome is not blurred by different initial draws. Values are drawn on the CPU in float32
     and copied in, so they do not depend on the device or dtype. A tied output head is the
     embedding and is initialised once, as the embedding. Call it on the unwrapped model (before
-    torch.compile or DDP), whose parameter names are the book's.
+    torch.compile or DDP), whose parameter names are the book's. `override(name, param, generator)`
+    (a code intervention's init seam) may return a parameter's value instead (None: the rule here).
     """
     cfg: ModelConfig = model.cfg
     seen: set[int] = set()
@@ -324,7 +360,8 @@ def init_weights(model: nn.Module, seed: int) -> None:
             if p.is_meta:
                 raise ValueError(f"cannot initialise {name!r} on the meta device; materialise it first")
             g = torch.Generator().manual_seed(_stream_seed(seed, name))
-            p.copy_(_initial_value(cfg, name, module, attr, p.shape, g))
+            value = override(name, p, g) if override is not None else None
+            p.copy_(_initial_value(cfg, name, module, attr, p.shape, g) if value is None else value)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -332,13 +369,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
-    """Exact parameter counts of GPTModel(cfg), from a build on the meta device (no memory).
+def parameter_counts(cfg: ModelConfig, convert=None) -> dict[str, int]:
+    """Exact parameter counts of GPTModel(cfg), changed by `convert(model)` if given (code
+    interventions), from a build on the meta device (no memory).
 
     embedding = tok_emb + pos_emb; non_embedding = total - embedding (a tied head is the embedding).
     """
     with torch.device("meta"):
         model = GPTModel(cfg)
+        if convert is not None:
+            convert(model)
     total = count_parameters(model)
     embedding = model.tok_emb.weight.numel()
     if model.pos_emb is not None:

@@ -133,3 +133,27 @@ def test_a_later_wheel_continues_a_store_this_version_recorded(tmp_path):
     assert pd.read_parquet(store / "runs.parquet").equals(runs)
     report = harness(later, "report", "--results", str(store), "--out", str(tmp_path / "reports"), cwd=tmp_path)
     assert report.returncode == 0 and "Mismatch" not in report.stdout, report.stderr
+
+
+def readme_code_intervention() -> dict[str, str]:
+    """The README's example of a code intervention: file name -> text."""
+    section = (REPO / "README.md").read_text().split("## Your own change, in code", 1)[1].split("\n## ", 1)[0]
+    toml, py = (section.split(f"```{kind}\n", 1)[1].split("```", 1)[0] for kind in ("toml", "python"))
+    return {"gated_zloss.toml": toml, "gated_zloss.py": py}
+
+
+def test_the_readmes_code_intervention_from_a_users_project_folder(installed, project, small_corpus):
+    """A new user's first code intervention: the README's example in their sweeps/interventions/ (beside
+    their own model.py), swept with 3 seeds and reported from the installed wheel, with its hash."""
+    for name, text in readme_code_intervention().items():
+        (project / "sweeps" / "interventions" / name).write_text(text)
+    sweep = harness(installed, "sweep", "gated_zloss", "--seeds", "3", "--preset", "micro", "--tokens", "2000",
+                    "--data", str(small_corpus), "--results", "results", cwd=project)
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr
+    assert sweep.stdout.count("test loss") == 6
+    rows = pd.read_parquet(project / "results" / "runs.parquet")
+    sha = json.loads(rows[rows["arm"].eq("gated_zloss")]["config"].iloc[0])["code"][0]["sha256"]
+    assert (project / "results" / "code" / sha / "gated_zloss.py").is_file()
+    report = harness(installed, "report", "--results", "results", "--out", "reports/", cwd=project)
+    assert report.returncode == 0, report.stderr
+    assert f"gated\\_zloss.py {sha[:12]}" in (project / "reports" / "micro-gated_zloss.md").read_text()

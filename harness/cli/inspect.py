@@ -40,8 +40,12 @@ def list_cmd(keys: Annotated[bool, typer.Option("--keys", help="Also list every 
         table.add_column(col, style="bold" if col == "intervention" else None, overflow="fold")
     for d in library.listing("intervention"):
         iv = cfgmod.load_intervention(d.name, library)
-        table.add_row(d.name, escape(", ".join(f"{k}={v}" for k, v in iv.overrides.items()) or "-"),
-                      escape(iv.description), escape(origin(d)))
+        sets = [f"{k}={v}" for k, v in iv.overrides.items()]
+        if iv.code:  # a code intervention: its file, seams and settings (with this TOML's values)
+            values = iv.code.entry(iv.settings)["settings"]
+            sets.append(f"code {iv.code.path.name} ({', '.join(iv.code.seams)})"
+                        + "".join(f"; {k}={values[k]!r}: {doc}" for k, (_, doc) in iv.code.settings.items()))
+        table.add_row(d.name, escape(", ".join(sets) or "-"), escape(iv.description), escape(origin(d)))
     console.print(table)
     files = library.listing("sweep file")
     if files:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from harness.core.bounds import check_int
+from harness.core.code import COMPOSING, CodeFile, coerce_setting, read_code
 from harness.core.definitions import NAME, NAME_RULE, Library
 from harness.core.errors import UserError, shown
 from harness.model.config import ModelConfig, documented, key_docs
@@ -161,7 +162,9 @@ def coerce(key: str, value: Any, where: str) -> Any:
 
 
 def parse_set(item: str) -> tuple[str, Any]:
-    """'lr=1e-3' -> ('lr', 0.001). Values are TOML literals; bare words are strings."""
+    """'lr=1e-3' -> ('lr', 0.001). Values are TOML literals; bare words are strings. A code
+    intervention's setting is INTERVENTION.SETTING ('muon.muon_lr=0.05'), checked where the arms
+    are resolved (resolve: against the intervention's file)."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -170,7 +173,27 @@ def parse_set(item: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    name, dot, setting = key.partition(".")
+    if dot:
+        if not NAME.fullmatch(name) or not setting.isidentifier():
+            raise UserError(f"--set {item!r}: a code intervention's setting is INTERVENTION.SETTING=VALUE, "
+                            "e.g. --set muon.muon_lr=0.05")
+        return key, value
     return key, coerce(key, value, f"--set {item}")
+
+
+def code_sets(sets: dict[str, Any], library: Library) -> dict[str, dict[str, Any]]:
+    """--set's INTERVENTION.SETTING values by intervention, each checked against its file's SETTINGS."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in sets.items():
+        name, dot, setting = key.partition(".")
+        if not dot:
+            continue
+        iv = load_intervention(name, library)
+        if iv.code is None:
+            raise UserError(f"--set {key}: intervention {name!r} has no code file, so no settings of its own")
+        out.setdefault(name, {})[setting] = coerce_setting(iv.code, setting, value, f"--set {key}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -178,7 +201,9 @@ class Intervention:
     name: str
     description: str
     source: str
-    overrides: dict[str, Any]
+    overrides: dict[str, Any]  # built-in keys its [set] sets
+    code: CodeFile | None = None  # its Python file (harness.core.code), if it has one
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # its [set] values of the file's settings
 
 
 @dataclass(frozen=True)
@@ -209,7 +234,7 @@ def intervention_names(library: Library | None = None) -> list[str]:
 
 
 PRESET_KEYS = {"description": str, "model": dict, "train": dict}
-INTERVENTION_KEYS = {"description": str, "source": str, "set": dict}
+INTERVENTION_KEYS = {"description": str, "source": str, "code": str, "set": dict}
 
 
 def load_preset(name: str, library: Library | None = None) -> Preset:
@@ -229,8 +254,21 @@ def load_intervention(name: str, library: Library | None = None) -> Intervention
     path = (library or Library.from_environment()).find("intervention", name).path
     data = _read_toml(path)
     _check_keys(path, data, INTERVENTION_KEYS)
-    overrides = {k: coerce(k, v, str(path)) for k, v in data.get("set", {}).items()}
-    return Intervention(name, data.get("description", ""), data.get("source", ""), overrides)
+    code = None
+    if "code" in data:
+        file = path.parent / data["code"]
+        if Path(data["code"]).name != data["code"] or file.suffix != ".py":
+            raise UserError(f"{path}: code = {data['code']!r} must name a .py file beside the TOML")
+        code = read_code(file, name, frozenset(ALL_KEYS))
+    for key in data.get("set", {}) if code else ():
+        if key not in ALL_KEYS and key not in code.settings and key not in RETIRED_KEYS:
+            raise UserError(f"{path}: unknown key {key!r}{_closest(key, ALL_KEYS | set(code.settings))}; "
+                            f"{code.path.name} declares {', '.join(code.settings) or 'no settings'}, and "
+                            "`harness list --keys` lists the built-in keys")
+    own = {k: v for k, v in data.get("set", {}).items() if code is None or k not in code.settings}
+    overrides = {k: coerce(k, v, str(path)) for k, v in own.items()}
+    settings = {k: coerce_setting(code, k, v, str(path)) for k, v in data.get("set", {}).items() if k not in own}
+    return Intervention(name, data.get("description", ""), data.get("source", ""), overrides, code, settings)
 
 
 def split_arm(arm: str) -> list[str]:
@@ -253,10 +291,15 @@ def canonical_arm(arm: str) -> str:
 
 def arm_overrides(arm: str, library: Library | None = None) -> dict[str, Any]:
     """Merge an arm's interventions; two that set one key to different values is an error."""
+    return merged_overrides([load_intervention(name, library) for name in split_arm(arm)])
+
+
+def merged_overrides(interventions: list[Intervention]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     setter: dict[str, str] = {}
-    for name in split_arm(arm):
-        for key, value in load_intervention(name, library).overrides.items():
+    for iv in interventions:
+        name = iv.name
+        for key, value in iv.overrides.items():
             if key in merged and merged[key] != value:
                 raise UserError(f"interventions {setter[key]!r} and {name!r} conflict: "
                                 f"{setter[key]} sets {key}={merged[key]!r}, {name} sets {key}={value!r}")
@@ -274,10 +317,13 @@ class ArmConfig:
     train: TrainConfig
     overrides: dict[str, Any]  # what the arm and --set changed relative to the preset
     intervention_sets: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the arm's interventions set
+    code: tuple[dict[str, Any], ...] = ()  # its code interventions in the arm's order (CodeFile.entry)
+    code_files: tuple[Path, ...] = ()  # where each was read (stored with the runs: harness.core.code.store_copy)
 
     def as_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "arm": self.arm,
-                "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+                "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)} | (
+            {"code": [dict(e) for e in self.code]} if self.code else {})
 
 
 @dataclass(frozen=True)
@@ -298,7 +344,12 @@ def resolve(preset: str, arm: str = BASELINE, sets: dict[str, Any] | None = None
     library = library or Library.from_environment()
     arm = canonical_arm(arm)
     p = load_preset(preset, library)
-    own = arm_overrides(arm, library)
+    given = code_sets(dict(sets or {}), library)
+    interventions = [load_intervention(name, library) for name in split_arm(arm)]
+    interventions = [dataclasses.replace(iv, settings=iv.settings | given[iv.name]) if iv.name in given else iv
+                     for iv in interventions]
+    own = merged_overrides(interventions)
+    code = arm_code(arm, interventions)
     overrides = own | dict(sets or {})
     model_kw = p.model | {k: v for k, v in overrides.items() if k in MODEL_KEYS}
     train_kw = p.train | {k: v for k, v in overrides.items() if k in TRAIN_KEYS}
@@ -318,7 +369,23 @@ def resolve(preset: str, arm: str = BASELINE, sets: dict[str, Any] | None = None
         train.validate()
     except ValueError as err:
         raise UserError(f"arm {arm!r} on preset {preset!r}: {err}") from None
-    return ArmConfig(preset, arm, model, train, overrides, own)
+    intervention_sets = own | ({"code": [dict(e) for e in code]} if code else {})
+    return ArmConfig(preset, arm, model, train, overrides, intervention_sets, tuple(code),
+                     tuple(iv.code.path for iv in interventions if iv.code))
+
+
+def arm_code(arm: str, interventions: list[Intervention]) -> list[dict[str, Any]]:
+    """The arm's code interventions in its order; a seam other than convert defined by two of them
+    is refused (harness.core.code.COMPOSING)."""
+    owner: dict[str, str] = {}
+    for iv in interventions:
+        for seam in iv.code.seams if iv.code else ():
+            if seam in owner and seam not in COMPOSING:
+                raise UserError(f"arm {arm!r}: interventions {owner[seam]!r} and {iv.name!r} both define the "
+                                f"{seam} seam, which one arm takes from one intervention only (only "
+                                f"{', '.join(COMPOSING)} composes, in the arm's order)")
+            owner.setdefault(seam, iv.name)
+    return [iv.code.entry(iv.settings) for iv in interventions if iv.code]
 
 
 # keys whose 'auto' means a device-dependent value: (on a CPU, on GPUs)

@@ -21,6 +21,7 @@ every version of harness that reads it. The config keys are defined in harness.m
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -135,6 +136,8 @@ def experiment(config: Mapping[str, Any], tokens: int, tokens_per_step: int, dat
             out[meaning_key(change.key)] = f"identity scheme {change.scheme}: {change.why}"
     if data_id:
         out.pop("data")
+    if config.get("code"):  # code interventions (harness.core.code): each file's content and settings, in order
+        out["code"] = [{"sha256": e["sha256"], "settings": e.get("settings", {})} for e in config["code"]]
     return out | {"tokens": int(tokens), "tokens_per_step": int(tokens_per_step)} | ({"data_id": data_id} if data_id else {})
 
 
@@ -144,7 +147,17 @@ def experiment_hash(config: Mapping[str, Any], tokens: int, tokens_per_step: int
     return config_hash(experiment(config, tokens, tokens_per_step, data_id, scheme))
 
 
-EXPERIMENT_FACTS = frozenset({"tokens", "tokens_per_step", "data_id"})
+EXPERIMENT_FACTS = frozenset({"tokens", "tokens_per_step", "data_id", "code"})
+
+
+def shown(key: str, value: Any) -> str:
+    """An experiment's value as messages and tables show it (a code file by its hash's first 12 digits)."""
+    if value is None:
+        return "(unset)"
+    if key == "code" and isinstance(value, list):
+        return " + ".join(f"code {e.get('sha256', '')[:12]}" + (f" {json.dumps(e['settings'], sort_keys=True)}"
+                                                                 if e.get("settings") else "") for e in value)
+    return json.dumps(value)
 
 
 def every_key(experiment: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,12 +25,25 @@ def _model_source() -> str:
     return hashlib.sha256(Path(gpt.__file__).read_bytes()).hexdigest()
 
 
-def model_parameter_counts(mcfg: ModelConfig) -> dict[str, int]:
-    """harness.model.gpt.parameter_counts, remembered in the cache folder under the config and the
-    model's source: the count builds the model on the meta device, whose first use loads torch's
-    meta kernels (about 1.6 s on a CPU), so every command that plans paid it. The cache is only a
-    memo: anything unreadable in it is counted again."""
-    key = hashlib.sha256(json.dumps([asdict(mcfg), _model_source()], sort_keys=True, default=str).encode())
+def arm_parameter_counts(cfg: ArmConfig) -> dict[str, int]:
+    """The arm's parameter counts: its network as its code interventions change it (their convert
+    seams run on the meta device, which also proves here, before anything trains, that they load)."""
+    if not cfg.code:
+        return model_parameter_counts(cfg.model)
+    from harness.training.seams import Seams
+
+    seams = Seams.load(cfg.code, None, cfg.model, cfg.train, 0, 0, files=cfg.code_files)
+    return model_parameter_counts(cfg.model, seams.convert if seams.has("convert") else None,
+                                  [[e["sha256"], e["settings"]] for e in cfg.code])
+
+
+def model_parameter_counts(mcfg: ModelConfig, convert=None, code: list | None = None) -> dict[str, int]:
+    """harness.model.gpt.parameter_counts, remembered in the cache folder under the config, the
+    model's source and `code` (what identifies `convert`): the count builds the model on the meta
+    device, whose first use loads torch's meta kernels (about 1.6 s on a CPU), so every command that
+    plans paid it. The cache is only a memo: anything unreadable in it is counted again."""
+    key = hashlib.sha256(json.dumps([asdict(mcfg), _model_source()] + ([code] if code else []), sort_keys=True,
+                                    default=str).encode())
     path = default_cache_dir() / "parameter-counts" / f"{key.hexdigest()[:24]}.json"
     try:
         known = json.loads(path.read_text())
@@ -38,7 +51,7 @@ def model_parameter_counts(mcfg: ModelConfig) -> dict[str, int]:
             return {k: known[k] for k in COUNT_KEYS}
     except (OSError, ValueError):
         pass
-    counts = parameter_counts(mcfg)
+    counts = parameter_counts(mcfg, convert)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, counts)
@@ -69,14 +82,14 @@ def tokens_per_step(cfg: ArmConfig, nproc: int) -> int:
 
 def chinchilla(cfg: ArmConfig, nproc: int) -> Budget:
     """This arm's own Chinchilla budget (the same on any number of processes that can run it)."""
-    counts = model_parameter_counts(cfg.model)
+    counts = arm_parameter_counts(cfg)
     raw = math.ceil(cfg.train.tokens_per_param * counts["total"])
     return fixed_budget(cfg, nproc, raw)
 
 
 def fixed_budget(cfg: ArmConfig, nproc: int, tokens: int) -> Budget:
     """A given token count for this arm, rounded up to whole global batches."""
-    counts = model_parameter_counts(cfg.model)
+    counts = arm_parameter_counts(cfg)
     per_step = tokens_per_step(cfg, nproc)
     if tokens < per_step:
         raise UserError(f"a budget of {tokens:,} tokens is below one step of {per_step:,} tokens "

@@ -73,6 +73,11 @@ def build_plan(request: SweepRequest, world_size: int, on_gpu: bool, results: Pa
     check_seeds(list(request.seeds), len(arms))  # before any config is resolved or run planned
     sets = dict(request.sets)
     configs = {arm: cfgmod.resolve(request.preset, arm, sets, library, request.scale) for arm in arms}
+    used = {name for arm in arms for name in cfgmod.split_arm(arm)}
+    for key in sets:
+        if "." in key and key.partition(".")[0] not in used:
+            raise UserError(f"--set {key}: no arm of this sweep has intervention {key.partition('.')[0]!r}; "
+                            f"its arms: {', '.join(arms)}")
     notes += definition_notes(request.preset, arms, library)
     for arm, first in identical_arms(configs).items():
         notes.append(f"arm {arm!r} trains exactly the configuration of {first!r}: planned once, as {first!r}")

@@ -99,7 +99,8 @@ def _provenance(rows: pd.DataFrame, arms: Sequence[str]) -> dict:
     for col in ("planned_tokens", "world_size"):
         v = rows[col]
         text[col] = v.map(lambda x: str(int(x)) if np.isfinite(x) else "")
-    fields = ["interventions", "config_hash", "preset", "planned_tokens", "test_set_id",
+    text["code"] = rows["config"].map(_code_files)
+    fields = ["interventions", "config_hash", "code", "preset", "planned_tokens", "test_set_id",
               "dtype", "device", "world_size"]
     uniq = {arm: g for arm, g in text.groupby("arm", sort=False)}
     per_arm = []
@@ -114,6 +115,13 @@ def _provenance(rows: pd.DataFrame, arms: Sequence[str]) -> dict:
         "versions": [{"versions": _parse_json(v), "runs": int(c)} for v, c in versions.items()],
         "git_commits": [{"commit": k or "unknown", "runs": int(c)} for k, c in commits.items()],
     }
+
+
+def _code_files(config_text) -> str:
+    """A run's code interventions (harness.core.code) as file and content hash, in the arm's order."""
+    config = _parse_json(config_text)
+    entries = config.get("code") if isinstance(config, dict) else None
+    return " + ".join(f"{e.get('file')} {str(e.get('sha256'))[:12]}" for e in entries) if entries else ""
 
 
 def _parse_json(text: str):

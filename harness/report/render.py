@@ -19,6 +19,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from harness.core.code import CODE_FOLDER
 from harness.stats import noise
 
 from harness.stats import inference as stats
@@ -248,12 +249,15 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
                    "between each arm and the baseline, except what the arm's own interventions set; arm and "
                    "baseline share their random streams at every seed.")
     out.append("")
-    out.append(_md_table(["arm", "interventions", "config hash", "preset", "planned tokens",
+    out.append(_md_table(["arm", "interventions", "config hash", "code", "preset", "planned tokens",
                           "test set", "dtype", "device", "world size"],
-                         [[md_escape(a[k]) for k in ("arm", "interventions", "config_hash",
+                         [[md_escape(a[k]) for k in ("arm", "interventions", "config_hash", "code",
                                                      "preset", "planned_tokens", "test_set_id",
                                                      "dtype", "device", "world_size")]
                           for a in rep.provenance["arms"]]))
+    if any(a["code"] != "-" for a in rep.provenance["arms"]):
+        out += ["", f"Code: each file as its runs imported it, under the results folder's `{CODE_FOLDER}/<sha256>/` "
+                    "(the hash's first 12 digits above)."]
     out.append("")
 
     out += [f"{hh} Methods", ""]

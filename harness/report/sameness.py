@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.core.scheme import every_key, experiment, scheme_of
+from harness.core.scheme import every_key, experiment, scheme_of, shown
 from harness.core.seeds import STREAMS, derive_seed
 from harness.store.record import COMPLETED
 
@@ -63,7 +63,8 @@ LABELS = {"tokens": BUDGET, "data_id": DATA, "data": DATA_PATH, "tokens_per_step
 
 def facts(row, with_data_ids: bool, streams: bool = True) -> dict[str, str]:
     """Everything that must match, as label -> shown value, for one completed run (a row): its
-    experiment (harness.core.scheme.experiment, key by key, a key one record lacks at its neutral value), test set, and streams held fixed."""
+    experiment (harness.core.scheme.experiment, key by key, a key one record lacks at its neutral
+    value), test set, and streams held fixed."""
     config = _config(row)
     if config is None:  # a hand-made row: its budget, test set, config hash and preset stand for it
         return {BUDGET: "unknown" if not np.isfinite(row.planned_tokens) else str(int(row.planned_tokens)),
@@ -73,7 +74,7 @@ def facts(row, with_data_ids: bool, streams: bool = True) -> dict[str, str]:
     keys = every_key(experiment(config, int(row.planned_tokens), int(row.tokens_per_step),
                                 row.data_id if with_data_ids else "", scheme_of(getattr(row, "identity_scheme", None)),
                                 f"run {row.run_id}"))
-    out = {LABELS.get(k, k): f"{v:,}" if k == "tokens" else json.dumps(v) if k != "data_id" else str(v)
+    out = {LABELS.get(k, k): f"{v:,}" if k == "tokens" else shown(k, v) if k != "data_id" else str(v)
            for k, v in keys.items()}
     out[TEST_SET] = str(row.test_set_id)
     held = streams_held(row) if streams else ""

@@ -85,7 +85,7 @@ def conflicts(saved: dict[str, Any], new: dict[str, Any]) -> str | None:
     experiments = saved.get("experiments")
     if not isinstance(experiments, dict) or "baseline" not in experiments:
         return None  # a plan saved before experiments were: the report checks the recorded runs
-    from harness.core.scheme import check_known, every_key
+    from harness.core.scheme import check_known, every_key, shown
 
     for keys in experiments.values():
         check_known(keys, f"the saved plan of sweep {name!r}")
@@ -97,15 +97,11 @@ def conflicts(saved: dict[str, Any], new: dict[str, Any]) -> str | None:
         for k in [*planned, *(k for k in reference if k not in planned)]:
             before, now = reference.get(k), planned.get(k)
             if before != now and (arm in experiments or k not in own):
-                changed.append(f"{k} {_shown(before)} -> {_shown(now)}")
+                changed.append(f"{k} {shown(k, before)} -> {shown(k, now)}")
         if changed:
             return (f"arm {arm!r} of sweep {name!r} would not be trained like the runs already planned "
                     f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}): that is another experiment")
     return None
-
-
-def _shown(value: Any) -> str:
-    return "(unset)" if value is None else json.dumps(value)
 
 
 def check_saved(plan) -> None:
@@ -143,6 +139,11 @@ def save_plan(plan) -> Path:
                 "intervention_sets": (saved.get("intervention_sets") or {}) | record["intervention_sets"],
                 "inert": (saved.get("inert") or {}) | record["inert"],
             }
+        from harness.core.code import store_copy
+
+        for cfg in plan.configs.values():  # the code its runs import (harness.core.code), kept with them
+            for entry, source in zip(cfg.code, cfg.code_files):
+                store_copy(plan.results, source, entry)
         atomic_write_json(path, record)
     return path
 

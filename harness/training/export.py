@@ -19,6 +19,7 @@ and full causal attention. The rest maps exactly:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import warnings
@@ -121,6 +122,14 @@ def load_run_model(run: RunRef, device: str = "cpu"):
     folder, meta = found
     cfg = run.model_config
     model = GPTModel(cfg)
+    if run.spec["config"].get("code"):  # the network as its code interventions changed it
+        from harness.model.gpt import mark_own
+        from harness.training.seams import Seams
+
+        train = full_config(run.spec["config"])[1]
+        seams = Seams.load(run.spec["config"]["code"], run.run_dir.parent.parent, cfg, train, 0, 0)
+        if seams.has("convert"):
+            mark_own(seams.convert(model))
     load_model(model, str(folder / "model.safetensors"), device="cpu")
     model.to(device).eval()
     return model, meta
@@ -129,19 +138,28 @@ def load_run_model(run: RunRef, device: str = "cpu"):
 # ----------------------------------------------------------------------------- GPT-2 mapping
 
 
-def unsupported(cfg: ModelConfig) -> list[str]:
-    """The switches of `cfg` that GPT-2 cannot express (empty: it can)."""
-    reasons = []
-    if cfg.positions != "learned":
-        reasons.append(f"positions={cfg.positions} (GPT-2 has learned absolute position embeddings)")
-    if cfg.norm != "layernorm":
-        reasons.append(f"norm={cfg.norm} (GPT-2 uses LayerNorm)")
-    if cfg.mlp != "gelu":
-        reasons.append(f"mlp={cfg.mlp} (GPT-2's MLP is Linear, tanh-GELU, Linear)")
-    if cfg.parallel_block:
-        reasons.append("parallel_block=true (GPT-2's blocks are sequential)")
-    if cfg.attention_window:
-        reasons.append(f"attention_window={cfg.attention_window} (GPT-2 attends to the whole context)")
+# What transformers' GPT-2 can hold, as an allow-list: any value of GPT2_ANY; of GPT2_ONLY's keys only
+# the value given (and why). Any other key (one added since) only at its neutral value, and no code.
+GPT2_ANY = frozenset({"vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias",
+                      "tie_weights", "bias", "norm_eps", "init", "vocab_multiple", "rope_base", "mlp_multiple_of"})
+GPT2_ONLY = {"positions": ("learned", "GPT-2 has learned absolute position embeddings"),
+             "norm": ("layernorm", "GPT-2 uses LayerNorm"),
+             "mlp": ("gelu", "GPT-2's MLP is Linear, tanh-GELU, Linear"),
+             "parallel_block": (False, "GPT-2's blocks are sequential"),
+             "attention_window": (0, "GPT-2 attends to the whole context")}
+
+
+def unsupported(cfg: ModelConfig, code: list[dict[str, Any]] | None = None) -> list[str]:
+    """What of `cfg` (and its code interventions) GPT-2 cannot express (empty: it can)."""
+    from harness.core.scheme import NEUTRAL
+
+    values = dataclasses.asdict(cfg)
+    shown = {k: str(v).lower() if isinstance(v, bool) else v for k, v in values.items()}
+    reasons = [f"{key}={shown[key]} ({why})" for key, (allowed, why) in GPT2_ONLY.items() if values[key] != allowed]
+    reasons += [f"{key}={shown[key]} (not part of GPT-2)" for key, value in values.items()
+                if key not in GPT2_ANY and key not in GPT2_ONLY and value != NEUTRAL.get(key)]
+    reasons += [f"code intervention {e['intervention']!r} ({e['file']}) changes the network in code, which "
+                "GPT-2 in transformers cannot hold" for e in code or ()]
     return reasons
 
 
@@ -252,7 +270,7 @@ def export_run(run: RunRef, out: Path, fmt: str = "hf", overwrite: bool = False,
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
     cfg = run.model_config
-    reasons = unsupported(cfg)
+    reasons = unsupported(cfg, run.spec["config"].get("code"))
     if reasons:
         raise UserError(f"run {run.run_id} (arm {run.spec.get('arm')}) cannot be a GPT-2: " + "; ".join(reasons))
     run.require_trained("export")

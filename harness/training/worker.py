@@ -46,6 +46,8 @@ from harness.core.placement import cpu_threads
 from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVIRONMENT, RunResult, RunSpec, pack_units, progress_line, rank_line, stopped_line
 from harness.core.versions import versions
 from harness.model import GPTModel, ModelConfig, init_weights, native, parameter_counts, sequences_from
+from harness.model.gpt import mark_own
+from harness.training.seams import Seams
 
 # Tokens per evaluation forward on the CPU: large enough that per-op overhead vanishes, small
 # enough that a layer's activations stay in cache (tiny, one thread: 2,048 tokens 209k tokens/s,
@@ -283,6 +285,32 @@ def evaluate_batches(model: torch.nn.Module, batches, d: Dist, amp: torch.dtype 
             unit_count.cpu().numpy().astype(np.int64))
 
 
+class Optimizers:
+    """Several optimisers (a code intervention's optimizer seam: Muon and AdamW) stepped as one."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+
+
 class Trainer:
     """One run's model, optimiser and training step, exactly as the worker runs them.
 
@@ -298,7 +326,7 @@ class Trainer:
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, d: Dist, *, train_tokens, data_seed: int,
                  init_seed: int, dropout_seed: int, steps: int, tokens_per_step: int,
                  model_cls: type[torch.nn.Module] = GPTModel, compile: bool | None = None,
-                 resume_from: Path | None = None):
+                 resume_from: Path | None = None, seams: Seams | None = None):
         self.mcfg, self.tcfg, self.d = mcfg, tcfg, d
         self.steps = steps
         self.tokens_per_step = tokens_per_step
@@ -309,12 +337,24 @@ class Trainer:
         self.amp = autocast_dtype(tcfg.precision, d.device)
         self.dropout_seed = dropout_seed
 
-        self.model = model_cls(mcfg).to(d.device)
-        init_weights(self.model, init_seed)
+        self.seams = seams or Seams()
+        model = model_cls(mcfg)
+        if self.seams.has("convert"):  # code changed the network: no fast path may skip it
+            mark_own(self.seams.convert(model))
+        self.model = model.to(d.device)
+        try:
+            init_weights(self.model, init_seed, self.seams.initial_value())
+        except TypeError as err:  # a parameter added by code, without an init seam
+            raise UserError(str(err)) from None
         # fused: one multi-tensor kernel for the whole update (CUDA and CPU); with a GradScaler
         # it also takes the inf check on the device, so fp16 steps never wait for the host.
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2),
-                                           weight_decay=tcfg.weight_decay, fused=True)
+        optimizers = self.seams.optimizers(self.model) or [torch.optim.AdamW(
+            self.model.parameters(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay,
+            fused=True)]
+        if len(optimizers) > 1 and self.amp is torch.float16:
+            raise UserError("precision fp16 (its GradScaler) takes one optimiser; this run's optimizer seam "
+                            f"builds {len(optimizers)}: use bf16 or fp32")
+        self.optimizer = optimizers[0] if len(optimizers) == 1 else Optimizers(optimizers)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp is torch.float16)
         if resume_from is not None:
             state = checkpoint.load(resume_from, self.model, d.device)
@@ -327,7 +367,8 @@ class Trainer:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
         self.train_model = train_model
-        self.model_takes_targets = model_computes_loss(model_cls, d.device, self.compiled)
+        self.model_takes_targets = model_computes_loss(model_cls, d.device, self.compiled) and not self.seams.has("loss")
+        self._seams_checked = False  # the first step checks the seams' draws and loss (harness.training.seams)
         self.sampler = BatchSampler(train_tokens, mcfg.context_length, data_seed, shuffle=tcfg.shuffle)
         self.loss_sum = torch.zeros((), device=d.device)
         self.lr = tcfg.lr
@@ -354,9 +395,12 @@ class Trainer:
 
     def train_step(self, step: int) -> None:
         """One optimiser step over the global batch of `step` (self.accum micro-steps on this process)."""
-        self.lr = lr_at(step, self.steps, self.tcfg)
+        checking, self._seams_checked = not self._seams_checked, True
+        scheduled = self.seams.schedule(step, check_random=checking) or {}
+        self.lr = float(scheduled.pop("lr")) if "lr" in scheduled else lr_at(step, self.steps, self.tcfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr * group.get("lr_scale", 1.0)  # a code optimiser's groups may scale it
+            group.update((k, v) for k, v in scheduled.items() if k in group)
         per_sequence = eager_cpu_step(self.d.device, self.compiled)  # harness.model.cpu_kernels.keep_mask's path
         for micro in range(self.accum):
             x, y = self._batch(step, micro)
@@ -368,6 +412,8 @@ class Trainer:
                 with autocast(self.d.device, self.amp):  # through DDP's forward, so its gradient hooks arm
                     if self.model_takes_targets:
                         loss = self.train_model(x, y)
+                    elif self.seams.has("loss"):
+                        loss = self.seams.loss(self.train_model(x).float(), y, check_random=checking and micro == 0)
                     else:
                         loss = F.cross_entropy(self.train_model(x).flatten(0, 1), y.flatten())
                 self.scaler.scale(loss / self.accum).backward()
@@ -441,9 +487,10 @@ def main(spec_path: str) -> int:
         found = checkpoint.latest(run_dir.parent / spec.start_from)
         if found is not None and found[1]["step"] > spec.steps:
             found = None
+    seams = Seams.load(spec.config.get("code", []), run_dir.parent.parent, mcfg, tcfg, spec.steps, spec.init_seed)
     trainer = Trainer(mcfg, tcfg, d, train_tokens=corpus.train, data_seed=spec.data_seed,
                       init_seed=spec.init_seed, dropout_seed=spec.dropout_seed, steps=spec.steps,
-                      tokens_per_step=spec.tokens_per_step, resume_from=found[0] if found else None)
+                      tokens_per_step=spec.tokens_per_step, resume_from=found[0] if found else None, seams=seams)
     start_step, curve, elapsed_before, heldout_before, checkpoint_before = 0, [], 0.0, 0.0, 0.0
     if found:
         meta = found[1]
