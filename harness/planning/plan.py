@@ -79,14 +79,16 @@ def build_plan(request: SweepRequest, world_size: int, on_gpu: bool, results: Pa
             raise UserError(f"--set {key}: no arm of this sweep has intervention {key.partition('.')[0]!r}; "
                             f"its arms: {', '.join(arms)}")
     notes += definition_notes(request.preset, arms, library)
-    for arm, first in identical_arms(configs).items():
-        notes.append(f"arm {arm!r} trains exactly the configuration of {first!r}: planned once, as {first!r}")
-        arms.remove(arm)
-        del configs[arm]
     world = world_size
     budgets = arm_budgets(configs, request, world, library)
+    for arm, (first, why) in identical_arms(configs, budgets).items():
+        notes.append(f"arm {arm!r} trains exactly the configuration of {first!r}{why}: planned once, as {first!r}, "
+                     "and never compared with itself")
+        arms.remove(arm)
+        del configs[arm], budgets[arm]
     facts, data_notes = check_data(configs, budgets)
     notes += data_notes
+    check_test_sets(facts)
     inert = inert_arms(configs, on_gpu)
     notes += [f"{arm} is an A/A comparison here: {why}" for arm, why in inert.items()]
     name = request.name or default_sweep_name(request.preset, arms)
@@ -259,17 +261,25 @@ def definition_notes(preset: str, arms: list[str], library: Library) -> list[str
     return [n for n in dict.fromkeys(shadow_note(d) for d in found) if n]
 
 
-def identical_arms(configs: dict[str, cfgmod.ArmConfig]) -> dict[str, str]:
-    """Arms whose resolved configuration equals an earlier arm's (same interventions in another
-    order, an intervention the preset or --set already applies): arm -> that earlier arm."""
-    first: dict[str, str] = {}
+def identical_arms(configs: dict[str, cfgmod.ArmConfig],
+                   budgets: dict[str, Budget]) -> dict[str, tuple[str, str]]:
+    """Arms whose runs would compute what an earlier arm's compute (the one rule of a run's identity,
+    harness.core.scheme.experiment: same interventions in another order, one the preset or --set
+    already applies, or keys that are not part of what a run computes, such as placement knobs or
+    a budget rule under --tokens): arm -> (that earlier arm, what differs only in form)."""
+    first: dict[str, tuple[str, dict]] = {}
     same = {}
     for arm, cfg in configs.items():
-        key = cfgmod.config_hash(cfg.as_dict() | {"arm": ""})
-        if key in first:
-            same[arm] = first[key]
-        else:
-            first[key] = arm
+        config = cfg.as_dict()
+        key = scheme.experiment_hash(scheme.recorded(config), budgets[arm].tokens, budgets[arm].tokens_per_step)
+        if key not in first:
+            first[key] = (arm, config)
+            continue
+        earlier, before = first[key]
+        flat = lambda c: {k: v for section in ("model", "train") for k, v in c[section].items()}  # noqa: E731
+        differ = sorted(k for k, v in flat(config).items() if flat(before).get(k) != v)
+        same[arm] = (earlier, f" (it differs only in {', '.join(differ)}: not part of what a run computes)"
+                     if differ else "")
     return same
 
 
@@ -297,6 +307,31 @@ def default_sweep_name(preset: str, arms: list[str]) -> str:
     return f"{preset}-{','.join(named)}"
 
 
+def check_test_sets(facts: dict[str, DataFacts]) -> None:
+    """Refuse before training what no report can compare: arms measured on different test sets (an
+    intervention that sets data or tokenizer)."""
+    base = facts.get(cfgmod.BASELINE)
+    other = [arm for arm, f in facts.items() if base is not None and f.test_set_id != base.test_set_id]
+    if other:
+        raise UserError(f"arm {other[0]!r} would be measured on another test set than the baseline (its data or "
+                        "tokenizer differs), and no report compares test losses on different test sets; compare "
+                        "corpora with one sweep each (--data), or set the corpus for every arm with --set")
+
+
+def check_test_split(arm: str, tokens: int, cfg: cfgmod.ArmConfig) -> None:
+    """The test split against what reads it, before anything trains: the test loss needs a token and
+    its successor; held-out points on a subset (heldout_tokens > 0) evaluate whole windows of
+    context_length + 1 tokens."""
+    T = cfg.model.context_length
+    if tokens < 2:
+        raise UserError(f"arm {arm!r}: the test split of {cfg.train.data!r} has {tokens} token(s); the test loss "
+                        "needs at least 2 (a token and the one it predicts): give a corpus with a longer test split")
+    if cfg.train.heldout_points and cfg.train.heldout_tokens and tokens < T + 1:
+        raise UserError(f"arm {arm!r}: the held-out points evaluate whole windows of context_length + 1 = {T + 1} "
+                        f"tokens, but the test split of {cfg.train.data!r} has {tokens}: set heldout_tokens=0 "
+                        "(the whole split, as the test loss), heldout_points=0, or give a longer test split")
+
+
 def check_data(configs: dict[str, cfgmod.ArmConfig], budgets: dict[str, Budget]) -> tuple[dict[str, DataFacts], list[str]]:
     """Check (and build or verify, once in this process) every arm's corpus: a prepared folder's
     tokenizer, the model's vocabulary, and that the budget fits the training split. Returns each
@@ -312,6 +347,7 @@ def check_data(configs: dict[str, cfgmod.ArmConfig], budgets: dict[str, Budget])
         if corpus.vocab_size > cfg.model.vocab_size:
             raise UserError(f"arm {arm!r}: tokenizer {cfg.train.tokenizer!r} has {corpus.vocab_size:,} tokens but "
                             f"the model's vocab_size is {cfg.model.vocab_size:,}")
+        check_test_split(arm, len(corpus.test), cfg)
         epochs = check_epochs(budgets[arm].tokens, len(corpus.train), cfg.model.context_length, cfg.train.allow_repeat)
         if epochs > 1:
             notes.append(f"{arm}: the budget repeats the training data {epochs:.2f} times (allow_repeat)")

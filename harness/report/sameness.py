@@ -14,6 +14,7 @@ its values and the seeds that have them; the report refuses to compare (or, with
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,6 +60,10 @@ def streams_held(row) -> str:
 
 
 LABELS = {"tokens": BUDGET, "data_id": DATA, "data": DATA_PATH, "tokens_per_step": "tokens per step"}
+# facts derived from keys: an arm whose interventions set one of the keys may differ in the fact, as
+# part of its treatment (a batch-size or context study: its tokens per step, and its budget rounded
+# up to its own whole global batches)
+DERIVED = {LABELS["tokens_per_step"]: {"global_batch", "context_length"}, BUDGET: {"global_batch", "context_length"}}
 
 
 def facts(row, with_data_ids: bool, streams: bool = True) -> dict[str, str]:
@@ -98,7 +103,24 @@ def own_keys(rows: pd.DataFrame) -> set[str]:
                 keys |= set(json.loads(text)) if text else set()
             except (TypeError, ValueError):
                 continue
-    return keys | {LABELS[k] for k in keys if k in LABELS} | ({DATA} if "data" in keys else set())
+    derived = {label for label, sources in DERIVED.items() if keys & sources}
+    return keys | {LABELS[k] for k in keys if k in LABELS} | ({DATA} if "data" in keys else set()) | derived
+
+
+
+def own_budget(rows: pd.DataFrame) -> bool:
+    """Whether every run's budget is its own Chinchilla count (`--budget own`): tokens_per_param x
+    its parameters, rounded up to whole global batches. Arms that each train on their own count
+    differ in budget by design, not by mismatch."""
+    for r in rows.itertuples():
+        config = _config(r)
+        if config is None or not (np.isfinite(r.planned_tokens) and np.isfinite(r.params) and r.tokens_per_step > 0):
+            return False
+        per_param = float(config["train"].get("tokens_per_param", 20.0))
+        raw = math.ceil(per_param * int(r.params))
+        if int(r.planned_tokens) != math.ceil(raw / int(r.tokens_per_step)) * int(r.tokens_per_step):
+            return False
+    return len(rows) > 0
 
 
 def _seeds(values: Sequence[int]) -> str:
@@ -138,7 +160,10 @@ def differences(outcomes: pd.DataFrame, arms: Sequence[str], baseline: str, desi
         differing = {}
         for arm, g in table[table["_arm"].ne(baseline)].groupby("_arm", sort=False):
             value = g[label].fillna("(none)").iloc[0]
-            if value != base_value and label not in own_keys(done[done["arm"].eq(arm)]) | base_keys:
+            arm_rows = done[done["arm"].eq(arm)]
+            if label == BUDGET and own_budget(arm_rows) and own_budget(done[done["arm"].eq(baseline)]):
+                continue  # --budget own: each arm's Chinchilla count
+            if value != base_value and label not in own_keys(arm_rows) | base_keys:
                 differing[arm] = value
         if differing:
             shown = ", ".join(f"{a}: {v}" for a, v in [(baseline, base_value), *differing.items()])

@@ -1,0 +1,130 @@
+"""Careless users, round 4: interventions that set more than the network. One test per class, each
+walking the issue's instance and two others of the class:
+
+- arms told apart by what runs compute, not by config (harness.planning.plan.identical_arms):
+  a placement knob, a held-out knob, a budget rule under --tokens;
+- designs whose facts derive from the arm's own keys are its treatment, and what no report can
+  compare is refused before training (harness.report.sameness.DERIVED, own_budget;
+  plan.check_test_sets): a batch-size study, a context study, --budget own; another test set;
+- data every consumer can use, checked before training (plan.check_test_split): a test split
+  shorter than a held-out window, and both remedies the message names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import invoke
+
+
+def definitions(root: Path, **interventions: str) -> Path:
+    """A definitions folder with interventions NAME.toml = its [set] body."""
+    folder = root / "defs"
+    (folder / "interventions").mkdir(parents=True, exist_ok=True)
+    for name, body in interventions.items():
+        (folder / "interventions" / f"{name}.toml").write_text(f"[set]\n{body}\n")
+    return folder
+
+
+def report_arms(results: Path, out: Path) -> dict[str, dict]:
+    code, text, err = invoke("report", "--results", str(results), "--format", "json", "--out", str(out) + "/")
+    assert code == 0, err
+    return {a["arm"]: a for a in json.loads(text)["sweeps"][0]["arms"]}
+
+
+def one_line(code: int, err: str) -> str:
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("body, extra, key", [
+    ("micro_batch = 4", (), "micro_batch"),  # the issue's instance: a placement knob alone
+    ("heldout_points = 3", (), "heldout_points"),
+    ("tokens_per_param = 5.0", ("--tokens", "2048"), "tokens_per_param"),  # a budget rule, under a fixed budget
+])
+def test_an_arm_that_computes_what_the_baseline_computes_is_planned_once_and_never_compared(
+        tmp_path, small_corpus, body, extra, key):
+    folder = definitions(tmp_path, same=body)
+    args = ["sweep", "same", "qkv_bias", "--seeds", "2", "--preset", "micro", "--data", str(small_corpus),
+            "--results", str(tmp_path / "r"), "--sweeps", str(folder), *(extra or ("--tokens", "2048"))]
+    code, out, err = invoke(*args)
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert f"arm 'same' trains exactly the configuration of 'baseline' (it differs only in {key}" in said
+    rows = pd.read_parquet(tmp_path / "r" / "runs.parquet")
+    assert sorted(rows["arm"].unique()) == ["baseline", "qkv_bias"] and len(rows) == 4
+    assert set(report_arms(tmp_path / "r", tmp_path / "o")) == {"baseline", "qkv_bias"}
+    code, out, err = invoke("status", "--results", str(tmp_path / "r"), "--json")
+    assert code == 0 and "same" not in json.loads(out)[next(iter(json.loads(out)))]["arms"]
+
+
+@pytest.mark.parametrize("body", ["global_batch = 16", "context_length = 16"])
+def test_a_batch_size_or_context_study_is_reported_with_its_own_tokens_per_step(tmp_path, small_corpus, body):
+    """The issue's instance (global_batch) and a context study: the facts derived from what the arm
+    sets (tokens per step, its budget in whole global batches) are its treatment."""
+    folder = definitions(tmp_path, study=body)
+    code, out, err = invoke("sweep", "study", "--seeds", "2", "--preset", "micro", "--tokens", "3000", "--data",
+                            str(small_corpus), "--results", str(tmp_path / "r"), "--sweeps", str(folder))
+    assert code == 0, err
+    rows = pd.read_parquet(tmp_path / "r" / "runs.parquet")
+    assert rows.groupby("arm")["tokens_per_step"].first().nunique() == 2
+    arms = report_arms(tmp_path / "r", tmp_path / "o")
+    assert arms["study"]["verdict"] not in ("", None) and arms["study"]["n"] == 2
+    assert "differs" not in json.dumps(arms["study"])
+
+
+def test_budget_own_is_reported_and_a_real_budget_mismatch_still_is_not(tmp_path, small_corpus):
+    results = tmp_path / "r"
+    code, _, err = invoke("sweep", "qkv_bias", "weight_tying", "--budget", "own", "--seeds", "2", "--preset", "micro",
+                          "--set", "tokens_per_param=0.1", "--data", str(small_corpus), "--results", str(results))
+    assert code == 0, err
+    rows = pd.read_parquet(results / "runs.parquet")
+    assert rows.groupby("arm")["planned_tokens"].first().nunique() == 2  # weight_tying: its own, smaller count
+    arms = report_arms(results, tmp_path / "o")
+    assert set(arms) == {"baseline", "qkv_bias", "weight_tying"}
+    # the same rows under matched budgets but one arm trained on another count: refused, as before
+    from harness.report.outcomes import _normalise_runs, resolve_outcomes
+    from harness.report.sameness import differences
+
+    mixed = rows.copy()
+    mixed.loc[mixed["arm"].eq("qkv_bias"), "planned_tokens"] = 2304
+    texts = [d.text for d in differences(resolve_outcomes(_normalise_runs(mixed, print)),
+                                         ["baseline", "qkv_bias"], "baseline")]
+    assert any("token budget" in t and "between arms" in t for t in texts), texts
+
+
+def test_an_arm_on_another_test_set_is_refused_before_training(tmp_path, small_corpus):
+    """Another tokenizer, or another corpus named by the intervention itself (--data would set it for
+    every arm, which is fine)."""
+    for name, body in (("bpe", 'tokenizer = "gpt2"\nvocab_size = 50257'), ("other", f'data = "{small_corpus}"')):
+        folder = definitions(tmp_path, **{name: body})
+        code, _, err = invoke("sweep", name, "--seeds", "1", "--preset", "micro", "--tokens", "2048",
+                              "--results", str(tmp_path / "r"), "--sweeps", str(folder))
+        assert "another test set" in one_line(code, err)
+        assert not (tmp_path / "r" / "runs.parquet").exists()
+
+
+def short_corpus(tmp_path: Path, test_line: str) -> Path:
+    """A text whose test split (its last line: harness.data.corpus splits at the line nearest 90%)
+    is `test_line`."""
+    path = tmp_path / "short.txt"
+    path.write_text("\n".join(f"the king shall speak of love and war {i}" for i in range(9)) + f"\n{test_line}\n")
+    return path
+
+
+def test_data_that_a_consumer_cannot_use_is_one_line_before_training_and_the_remedy_works(tmp_path):
+    data = short_corpus(tmp_path, "my lord thou art")  # 17 test tokens: shorter than a 33-token window
+    args = ["sweep", "qkv_bias", "--seeds", "1", "--preset", "micro", "--tokens", "256", "--data", str(data),
+            "--results", str(tmp_path / "r")]
+    line = one_line(*invoke(*args)[::2])
+    assert "context_length + 1 = 33 tokens" in line and "has 17" in line and "heldout_tokens=0" in line
+    assert not (tmp_path / "r" / "runs.parquet").exists()
+    code, out, err = invoke(*args, "--set", "heldout_tokens=0")  # the remedy the line names
+    assert code == 0, err
+    assert pd.read_parquet(tmp_path / "r" / "runs.parquet")["status"].eq("completed").all()
+    code, out, err = invoke(*args, "--set", "heldout_points=0", "--name", "no-points")  # the other remedy
+    assert code == 0, err
