@@ -337,3 +337,30 @@ def test_a_missing_stored_copy_is_one_line(tmp_path):
     cfg = cfgmod.resolve("micro", "relu2")
     with pytest.raises(UserError, match="is missing"):
         Seams.load(cfg.code, tmp_path, cfg.model, cfg.train, 1, 0)
+
+
+def test_the_users_own_modules_are_part_of_the_code_and_stored_with_it(tmp_path):
+    """A code file that imports a helper module of the user's beside it: the helper's content is part
+    of the identity (changing only the helper is refused under the started sweep), both are stored,
+    and the runs import the stored copies."""
+    folder = user_folder(tmp_path, {"helper.py": "def square(x):\n    return x * x\n",
+                                    "act.py": "import torch\nfrom torch import nn\nimport helper\n\n\n"
+                                              "class Act(nn.Module):\n    def forward(self, x):\n"
+                                              "        return helper.square(torch.relu(x))\n\n\n"
+                                              "def convert(model, ctx):\n    for b in model.trf_blocks:\n"
+                                              "        b.ff.layers[1] = Act()\n"})
+    (folder / "interventions" / "helper.toml").unlink()  # a module of the user's, not an intervention
+    results = tmp_path / "r"
+    code, out, err = sweep(results, folder, "act")
+    assert code == 0, err
+    rows = rows_of(results).set_index("arm")
+    entry = json.loads(rows.loc["act", "config"])["code"][0]
+    assert entry["modules"] == ["helper"]
+    assert sorted(p.name for p in (results / "code" / entry["sha256"]).iterdir()) == ["act.py", "helper.py"]
+    relu2 = cfgmod.resolve("micro", "relu2")  # the same function, from the built-in in one file
+    relu2_loss = invoke("sweep", "relu2", "--seeds", "1", *MICRO, "--results", str(results))
+    assert relu2_loss[0] == 0 and relu2.code
+    assert rows_of(results).set_index("arm").loc["relu2", "test_loss"] == rows.loc["act", "test_loss"]
+    (folder / "interventions" / "helper.py").write_text("def square(x):\n    return x ** 2\n")
+    code, _, err = sweep(results, folder, "act")
+    assert code == 2 and "code" in err and "give a new --name" in err, err

@@ -26,8 +26,9 @@ literal dict, SETTINGS = {"name": (default, "one-line meaning")}, read without r
 an intervention's [set] table sets them (checked like built-in keys). `convert` seams of an arm's
 interventions compose in the arm's order; any other seam may come from one of them only.
 
-The file's content is part of the run's identity; a copy goes into RESULTS/code/<sha256>/, and
-workers import that copy by path (never from sys.path).
+The file's content, and that of the user's own modules it imports (NAME.py files beside it, found
+by their import statements), is part of the run's identity; a copy of all of them goes into
+RESULTS/code/<sha256>/, and workers import those copies by path (never from sys.path).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
+import importlib.abc
 import importlib.util
 import shutil
 import sys
@@ -57,14 +59,16 @@ class CodeFile:
 
     intervention: str
     path: Path
-    sha256: str
+    sha256: str  # of the file and its own modules (content_hash)
     seams: tuple[str, ...]
     settings: dict[str, tuple[Any, str]]  # name -> (default, one-line meaning)
+    modules: tuple[str, ...] = ()  # the user's own modules it imports: NAME.py files beside it
 
     def entry(self, values: dict[str, Any]) -> dict[str, Any]:
         """What an arm records of it (ArmConfig.code): the file, its content and its settings' values."""
         return {"intervention": self.intervention, "file": self.path.name, "sha256": self.sha256,
-                "seams": list(self.seams), "settings": {k: values.get(k, d) for k, (d, _) in self.settings.items()}}
+                "seams": list(self.seams), "settings": {k: values.get(k, d) for k, (d, _) in self.settings.items()}} | (
+            {"modules": list(self.modules)} if self.modules else {})
 
 
 def _line_error(path: Path, err: SyntaxError) -> UserError:
@@ -83,6 +87,7 @@ def read_code(path: Path, intervention: str, reserved: frozenset[str] = frozense
     except SyntaxError as err:
         raise _line_error(path, err) from None
     seams = tuple(n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in SEAMS)
+    modules = own_modules(path, tree)
     settings: dict[str, tuple[Any, str]] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "SETTINGS" for t in node.targets):
@@ -93,8 +98,46 @@ def read_code(path: Path, intervention: str, reserved: frozenset[str] = frozense
     if not seams:
         raise UserError(f"{path}: defines none of the seams ({', '.join(SEAMS)}): a code intervention changes "
                         "something through at least one")
-    return CodeFile(intervention, path, hashlib.sha256(source).hexdigest(), tuple(s for s in SEAMS if s in seams),
-                    settings)
+    return CodeFile(intervention, path, content_hash(path, modules), tuple(s for s in SEAMS if s in seams),
+                    settings, modules)
+
+
+def _imported(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def own_modules(path: Path, tree: ast.AST) -> tuple[str, ...]:
+    """The user's modules a code file imports, directly or through each other: NAME.py files in its
+    folder (sorted)."""
+    found: set[str] = set()
+    todo = [tree]
+    while todo:
+        for name in sorted(_imported(todo.pop())):
+            module = path.parent / f"{name}.py"
+            if name not in found and module != path and module.is_file():
+                found.add(name)
+                try:
+                    todo.append(ast.parse(module.read_bytes(), filename=str(module)))
+                except SyntaxError as err:
+                    raise _line_error(module, err) from None
+    return tuple(sorted(found))
+
+
+def content_hash(path: Path, modules: tuple[str, ...] = ()) -> str:
+    """SHA-256 of a code file, and of its own modules by name where it has any (a file alone hashes
+    as its bytes)."""
+    digest = hashlib.sha256(path.read_bytes())
+    if not modules:
+        return digest.hexdigest()
+    for name in modules:
+        digest.update(f"\0{name}\0".encode() + (path.parent / f"{name}.py").read_bytes())
+    return digest.hexdigest()
 
 
 def _settings(path: Path, node: ast.Assign) -> dict[str, tuple[Any, str]]:
@@ -137,26 +180,55 @@ def stored_path(results: Path, entry: dict[str, Any]) -> Path:
 
 
 def store_copy(results: Path, source: Path, entry: dict[str, Any]) -> Path:
-    """Copy a code file into the results folder (once per content): runs import the copy."""
+    """Copy a code file and its own modules into the results folder (once per content): runs import
+    the copies. The folder appears whole or not at all."""
     target = stored_path(results, entry)
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(source, partial)
-        if hashlib.sha256(partial.read_bytes()).hexdigest() != entry["sha256"]:
-            partial.unlink()
-            raise UserError(f"{source} changed while it was being stored: run the command again")
-        partial.replace(target)
+        partial = target.parent.with_name(f".{target.parent.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        modules = tuple(entry.get("modules", ()))
+        for file in (source, *(source.parent / f"{m}.py" for m in modules)):
+            shutil.copyfile(file, partial / file.name)
+        if content_hash(partial / source.name, modules) != entry["sha256"]:
+            shutil.rmtree(partial)
+            raise UserError(f"{source} (or a module of its own) changed while it was being stored: run the command "
+                            "again")
+        try:
+            partial.rename(target.parent)
+        except OSError:  # another command stored the same content meanwhile
+            shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
-def import_file(path: Path, sha256: str) -> ModuleType:
+class _OwnModules(importlib.abc.MetaPathFinder):
+    """Finds exactly a code file's own modules (by name, in its folder): nothing else, and nothing
+    on sys.path."""
+
+    def __init__(self, folder: Path, names: tuple[str, ...]):
+        self.folder, self.names = folder, set(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in self.names:
+            return importlib.util.spec_from_file_location(fullname, self.folder / f"{fullname}.py")
+        return None
+
+
+def import_file(path: Path, sha256: str, modules: tuple[str, ...] = ()) -> ModuleType:
     """Run a code file as a module of its own name (harness_code_<sha256>), by path: nothing goes on
-    sys.path, so a user's model.py or harness.py beside it is never imported in harness's place. An
-    error while it runs is one line naming the file and line."""
+    sys.path, so a user's model.py or harness.py beside it is never imported in harness's place; its
+    own `modules` are found beside it (a module of one of their names imported from elsewhere is
+    refused). An error while it runs is one line naming the file and line."""
     name = f"harness_code_{sha256[:16]}"
     if name in sys.modules:
         return sys.modules[name]
+    for module in modules:
+        loaded = getattr(sys.modules.get(module), "__file__", None)
+        if module in sys.modules and (loaded is None or Path(loaded).parent != path.parent):
+            raise UserError(f"{path}: imports its own module {module!r}, but a module of that name is already "
+                            f"imported ({loaded or 'built in'}): rename {module}.py")
+    if modules:
+        sys.meta_path.insert(0, _OwnModules(path.parent, modules))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # classes defined there must be importable by name (torch.compile, pickling)

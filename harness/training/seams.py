@@ -88,7 +88,7 @@ class Seams:
             if not path.is_file():
                 raise UserError(f"code intervention {entry['intervention']!r}: its file {path} is missing "
                                 "(the results folder's copy of the code this run was planned with)")
-            module = import_file(path, entry["sha256"])
+            module = import_file(path, entry["sha256"], tuple(entry.get("modules", ())))
             ctx = Context(dict(entry.get("settings", {})), mcfg, tcfg, steps, seed)
             for name in entry.get("seams", []):
                 function = getattr(module, name, None)
