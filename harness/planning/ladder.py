@@ -1,7 +1,7 @@
 """`harness ladder`: one set of arms across a family of model sizes derived from a preset, each
 size (a rung) an ordinary sweep with its own Chinchilla budget and the same paired seeds.
 
-The family (SCHEME says it in words, with its sources): the preset's head size and its width per
+The family (scheme() says it in words, with its sources): the preset's head size and its width per
 layer are held, so a size is a number of heads h: width = h x head size, depth = width / (the
 preset's width per layer), rounded, at least 1. This is how GPT-2's and GPT-3's families grow
 (Radford et al. 2019; Brown et al. 2020, Table 2.1: head size fixed, depth and width together),
@@ -31,8 +31,13 @@ from harness.planning.request import SWEEP_NAME, SWEEP_NAME_RULE, SweepRequest, 
 SCHEME = ("head size and width per layer held at the preset's (width = heads x head size, depth = width / "
           "width per layer, rounded): GPT-2/GPT-3's family (Brown et al. 2020, Table 2.1); learning rate x "
           "(N/N0)^(-1/3) and global batch x (N/N0)^(2/3) in multiples of 8 sequences, N0 the preset's parameters "
-          "(Porian et al. 2024, as OLMo-core's ladder); each rung 20 tokens per parameter (its preset's "
-          "tokens_per_param), whole global batches")
+          "(Porian et al. 2024, as OLMo-core's ladder); each rung {tokens_per_param:g} tokens per parameter "
+          "(tokens_per_param), whole global batches")
+
+
+def scheme(tokens_per_param: float) -> str:
+    """The ladder's family in words, with the budget rule its rungs actually use."""
+    return SCHEME.format(tokens_per_param=tokens_per_param)
 LR_EXPONENT, BATCH_EXPONENT, BATCH_MULTIPLE = -1 / 3, 2 / 3, 8
 SIZE_KEYS = ("n_layers", "emb_dim", "n_heads", "global_batch")
 MAX_RUNGS = 12
@@ -143,7 +148,7 @@ class Ladder:
     target_params: int
     rungs: list[Rung]
     notes: list[str] = field(default_factory=list)
-    scheme: str = SCHEME
+    scheme: str = ""  # scheme(): how its sizes, learning rates, batches and budgets were chosen
 
 
 def model_keys(sizes: Size) -> tuple[tuple[str, Any], ...]:
@@ -157,7 +162,7 @@ def baseline_params(preset: str, sets: Mapping[str, Any], library: Library, size
 
 
 def rung_scale(size: Size, params: int, preset_params: int, preset_batch: int) -> cfgmod.Scale:
-    """The rung's sizes and its learning-rate factor (SCHEME)."""
+    """The rung's sizes and its learning-rate factor (scheme())."""
     ratio = params / preset_params
     quantum = min(BATCH_MULTIPLE, preset_batch)
     batch = max(quantum, quantum * math.floor(preset_batch * ratio ** BATCH_EXPONENT / quantum + 0.5))
@@ -183,6 +188,11 @@ def sizes_by_count(request: LadderRequest, model, library: Library, preset_param
             low, high = (mid, high) if params(mid) < goal else (low, mid)
         best = min({low, high}, key=lambda h: abs(math.log(params(h) / goal)))
         chosen.append(family_size(model, best))
+    smallest = baseline_params(request.preset, request.sets, library, chosen[0])
+    asked = preset_params * request.smallest
+    if smallest > 1.5 * asked:
+        notes.append(f"the smallest size the family can build has {smallest:,} parameters, {smallest / asked:,.0f}x "
+                     f"the --smallest {request.smallest:g} asked for ({asked:,.0f}): the ladder starts there")
     distinct = sorted(set(chosen), key=chosen.index)
     if len(distinct) < len(chosen):
         notes.append(f"the family has only {len(distinct)} distinct sizes for {request.rungs} rungs from "
@@ -239,9 +249,10 @@ def build_ladder(request: LadderRequest, world_size: int, on_gpu: bool, results:
     rungs.sort(key=lambda r: r.params)
     lo, hi = rungs[0].params, rungs[-1].params
     where = "inside" if lo <= target_params <= hi else "beyond"
-    notes.append(f"sizes: {SCHEME}")
+    notes.append(f"sizes: {scheme(base.train.tokens_per_param)}")
     notes.append(f"the report predicts each arm's effect at {target} ({target_params:,} parameters), {where} the "
                  f"measured range {lo:,} to {hi:,}" + (" (an extrapolation)" if where == "beyond" else ""))
     arms = list(dict.fromkeys(a for r in rungs for a in r.plan.arms))
-    return Ladder(name, request.preset, arms, preset_params, target, target_params, rungs, notes)
+    return Ladder(name, request.preset, arms, preset_params, target, target_params, rungs, notes,
+                  scheme(base.train.tokens_per_param))
 

@@ -35,9 +35,14 @@ class Worth:
 
 
 def _schedule(rows: pd.DataFrame) -> str:
+    """The runs' learning-rate schedule as it bears on mid-run points: "constant" where a point at
+    fewer tokens is a shorter run; else what makes it depend on the run's length (a cosine schedule,
+    or a code intervention's schedule seam, which is given the run's steps)."""
     for text in rows["config"]:
         try:
-            return str(json.loads(text)["train"].get("lr_schedule", "constant"))
+            config = json.loads(text)
+            seams = [e["intervention"] for e in config.get("code", []) if "schedule" in e.get("seams", [])]
+            return f"{seams[0]} code's" if seams else str(config["train"].get("lr_schedule", "constant"))
         except (TypeError, ValueError, KeyError):
             continue
     return "constant"
@@ -112,11 +117,15 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
             continue
         targets = {s: float(y[-1]) for s, (t, y) in seeds.items() if abs(t[-1] - budget) <= 0.5 * budget}
         k = multiplier(base_curves, targets, budget, alpha) if not worth.note else None
-        match = None
-        if constant:
+        match, own = None, _schedule(ordinary[ordinary["arm"].eq(arm)])
+        if constant and own == "constant":  # tokens to match reads the arm's own mid-run points as shorter runs
             base_final = {s: float(y[np.argmin(abs(t - budget))]) for s, (t, y) in per_arm[baseline].items()}
             match = multiplier(seeds, {s: v for s, v in base_final.items() if s in seeds}, budget, alpha)
-        rows_out.append({"arm": arm, **_k_fields(k), **_match_fields(match), "note": _note(k, match, bool(len(others)))})
+        note = _note(k, match, bool(len(others)))
+        if constant and own != "constant":
+            note = "; ".join(filter(None, [note, f"no tokens to match: the arm's {own} schedule depends on the run's "
+                                                 "length, so its mid-run points are not shorter runs"]))
+        rows_out.append({"arm": arm, **_k_fields(k), **_match_fields(match), "note": note})
         worth.paired[arm] = pd.DataFrame(paired_curve(seeds, per_arm[baseline], alpha))
     worth.table = pd.DataFrame(rows_out, columns=COLUMNS)
     return worth

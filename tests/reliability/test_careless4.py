@@ -128,3 +128,39 @@ def test_data_that_a_consumer_cannot_use_is_one_line_before_training_and_the_rem
     assert pd.read_parquet(tmp_path / "r" / "runs.parquet")["status"].eq("completed").all()
     code, out, err = invoke(*args, "--set", "heldout_points=0", "--name", "no-points")  # the other remedy
     assert code == 0, err
+
+
+def test_tokens_to_match_is_read_only_off_arms_whose_mid_run_points_are_shorter_runs(tmp_path, small_corpus):
+    """The issue's instance (an arm with a cosine schedule against the constant baseline), an arm
+    whose code schedules by step (Muon's momentum seam: harness cannot tell it does not depend on the
+    run's length), and an arm on the baseline's constant schedule, for which it is computed."""
+    folder = definitions(tmp_path, cos='lr_schedule = "cosine"')
+    results = tmp_path / "r"
+    code, _, err = invoke("sweep", "cos", "muon", "qkv_bias", "--seeds", "3", "--preset", "micro", "--tokens", "4096",
+                          "--data", str(small_corpus), "--results", str(results), "--sweeps", str(folder))
+    assert code == 0, err
+    code, text, err = invoke("report", "--results", str(results), "--format", "json", "--out", str(tmp_path / "o") + "/")
+    assert code == 0, err
+    worth = {a["arm"]: a for a in json.loads(text)["sweeps"][0]["worth"]["arms"]}
+    assert "cosine schedule depends on the run's length" in worth["cos"]["note"]
+    assert "muon code's schedule" in worth["muon"]["note"]
+    for arm in ("cos", "muon"):
+        assert worth[arm]["match"] is None or worth[arm]["match"] != worth[arm]["match"]  # no number (NaN)
+    assert worth["qkv_bias"]["match_state"] != "" and "schedule" not in worth["qkv_bias"]["note"]
+
+
+def test_a_ladders_text_says_what_its_rungs_use_not_a_default():
+    """The issue's instance (the plan said 20 tokens per parameter under --set tokens_per_param=0.5),
+    the same in the saved record the report reads, and a --smallest below what the family can build
+    (raised silently before: now said, with by how much)."""
+    from harness.core.definitions import Library
+    from harness.planning.ladder import LadderRequest, build_ladder
+    from harness.store.planfile import ladder_record
+
+    request = LadderRequest(arms=("qkv_bias",), preset="micro", rungs=3, smallest=0.001, largest=1.0, seeds=(0,),
+                            sets={"tokens_per_param": 0.5})
+    ladder = build_ladder(request, 1, False, Path("/nonexistent-results"), Library.from_environment())
+    said = " ".join(ladder.notes)
+    assert "each rung 0.5 tokens per parameter" in said and "20 tokens per parameter" not in said
+    assert "each rung 0.5 tokens per parameter" in ladder_record(ladder)["scheme"]
+    assert "398x the --smallest 0.001 asked for" in said
