@@ -106,6 +106,18 @@ def build(flags: tuple[str, ...]) -> Path:
     return path
 
 
+def _build_and_load(flags: tuple[str, ...]) -> ctypes.CDLL:
+    """build(flags) and load it; a cached library that does not load (truncated by a crash, damaged)
+    is removed and built again, once, instead of being passed over for the portable build forever."""
+    path = build(flags)
+    try:
+        return _load(path)
+    except OSError:
+        with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+            path.unlink(missing_ok=True)
+        return _load(build(flags))
+
+
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     for name, (args, result) in SIGNATURES.items():
@@ -136,7 +148,7 @@ def _loaded() -> tuple[ctypes.CDLL | None, str]:
     why = ""
     for flags in (FLAGS + NATIVE_FLAGS, FLAGS):  # a compiler without -march=native still builds the portable one
         try:
-            return _load(build(flags)), "native"
+            return _build_and_load(flags), "native"
         except (subprocess.TimeoutExpired, Timeout) as err:  # a compiler that hangs: not twice
             return None, f"torch (the C kernels did not build: {_why(err)})"
         except (OSError, subprocess.SubprocessError, AttributeError) as err:

@@ -168,6 +168,11 @@ def test_built_once_per_machine_into_the_cache(tmp_path):
     stamp = built.stat().st_mtime_ns
     second = _python(STATE, HARNESS_CACHE=str(tmp_path), HARNESS_CC="false")  # a cached build needs no compiler
     assert second.stdout.split("\n")[0] == "native" and built.stat().st_mtime_ns == stamp
+    built.write_bytes(built.read_bytes()[:100])  # a cached library that does not load (a crash mid-copy)
+    third = _python(STATE, HARNESS_CACHE=str(tmp_path))
+    assert third.stdout.split("\n")[0] == "native", third.stderr  # built again, not passed over for good
+    assert built.stat().st_size > 100  # the -march=native build itself, not the portable one in its place
+    assert _python(STATE, HARNESS_CACHE=str(tmp_path), HARNESS_CC="false").stdout.split("\n")[0] == "native"
 
 
 def test_without_a_compiler_the_model_takes_torchs_operations(tmp_path):

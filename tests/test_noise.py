@@ -73,6 +73,22 @@ def test_a_noise_study_end_to_end(tmp_path, small_corpus):
     assert study["kind"] == "noise study" and study["replicates_identical"] is True
     assert {c["source"] for c in study["components"]["baseline"]} == {"init", "data", "dropout", ALL, REPLICATE}
     assert [d["seeds"] for d in study["detectable"]] == [3, 5, 10] and study["detectable_paired"] is True
+    # the same study with one planned run still missing: interim, said before its shares (round 3 left it silent)
+    from harness.report.compare import ReportOptions, build_noise_report
+    from harness.report.outcomes import load_store, resolve_outcomes
+
+    store = load_store(tmp_path / "r")
+    planned = store.planned[study["sweep"]] + [{"run_id": "baseline-s7-missing", "arm": "baseline", "seed": 7}]
+    rep = build_noise_report(resolve_outcomes(store.runs), study["sweep"], ReportOptions(), store.noise[study["sweep"]],
+                             planned)
+    assert rep.notes[0].startswith("INCOMPLETE: 1 of 13 planned runs have no result yet (baseline seed 7)")
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    from harness.report.render import render_noise_terminal
+
+    render_noise_terminal(rep, console)
+    assert console.export_text().startswith("note: INCOMPLETE: 1 of 13")
     cli("report", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "noise.md"), check=True)
     text = (tmp_path / "noise.md").read_text()
     assert "Where baseline's seed noise comes from" in text and "What pairing cancels" in text

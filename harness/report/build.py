@@ -81,7 +81,8 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
     for sw in sweeps:  # one sweep that cannot be reported never stops the others
         try:
             diffs = comparable(outcomes, sw, opts, noise=sw in store.noise)
-            reps.append(build_noise_report(outcomes, sw, opts, store.noise[sw]) if sw in store.noise else
+            reps.append(build_noise_report(outcomes, sw, opts, store.noise[sw], store.planned.get(sw))
+                        if sw in store.noise else
                         build_sweep_report(outcomes, sw, opts, differences=diffs, adaptive=store.adaptive.get(sw),
                                            inert=store.inert.get(sw), planned=store.planned.get(sw),
                                            curves=store.curves))

@@ -316,7 +316,8 @@ class NoiseReport:
     plots: dict[str, Path] = field(default_factory=dict)
 
 
-def build_noise_report(outcomes: pd.DataFrame, sweep: str, options: ReportOptions, settings: dict) -> NoiseReport:
+def build_noise_report(outcomes: pd.DataFrame, sweep: str, options: ReportOptions, settings: dict,
+                       planned: list[dict] | None = None) -> NoiseReport:
     baseline, alpha, power = options.baseline, options.alpha, options.power
     rows = outcomes[outcomes["sweep"].eq(sweep) & outcomes["outcome"].eq(COMPLETED)]
     arm = settings.get("arm")
@@ -344,6 +345,9 @@ def build_noise_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
                for v in (*noise.SOURCES, noise.ALL) if len(src.get(v, ())) < 2]
     if missing:
         notes.append("fewer than 2 completed runs (no spread yet) for " + "; ".join(missing))
+    lacking = missing_runs(outcomes[outcomes["sweep"].eq(sweep)], planned, None)  # the shares of a partial study
+    if lacking:
+        notes.insert(0, lacking)
     return NoiseReport(sweep, baseline, arm, tables, paired, noise.detectable(sd, is_paired, alpha, power),
                        is_paired, identical, notes, _provenance(outcomes[outcomes["sweep"].eq(sweep)], list(by_source)),
                        options)

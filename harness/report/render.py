@@ -697,6 +697,8 @@ def noise_to_json(rep: NoiseReport) -> dict:
 def render_noise_terminal(rep: NoiseReport, console: Console) -> None:
     from rich.markup import escape
 
+    for n in rep.notes:  # an interim study says so before its shares
+        console.print(f"note: {escape(n)}")
     for name, t in rep.components.items():
         table = Table(title=f"noise study {escape(rep.sweep)}: {escape(name)}", title_justify="left")
         for col in ("source", "runs", "sd", "95% CI", "share"):

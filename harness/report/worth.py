@@ -78,10 +78,13 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
     base_rows = ordinary[ordinary["arm"].eq(baseline)]
     with_points = done[done["run_id"].isin([i for i, p in points.items() if len(p[0])])]
     subsets = sorted(set(pd.to_numeric(with_points["heldout_tokens"], errors="coerce").dropna().astype(int)))
-    if len(subsets) > 1:  # points on different subsets of the test split are not one curve
+    if len(subsets) > 1:  # points on different subsets of the test split are not one curve: no k, no mean curves
+        worth.heldout = worth.heldout.iloc[0:0]
         worth.note = (f"the runs' held-out points evaluate different subsets of the test split (heldout_tokens "
-                      f"{', '.join(f'{t:,}' for t in subsets)}): no compute multiplier; give the whole sweep one "
-                      "heldout_tokens")
+                      f"{', '.join(f'{t:,}' for t in subsets)}), so they are not one curve: no compute multiplier "
+                      "and no held-out curves. heldout_tokens is not part of a run's identity, so runs already "
+                      "recorded keep their points: run the sweep again into a new --results folder with one "
+                      "heldout_tokens for every run")
         return worth
     if baseline not in per_arm or base_rows.empty:
         worth.note = "no baseline runs with held-out points"

@@ -164,3 +164,28 @@ def test_a_ladders_text_says_what_its_rungs_use_not_a_default():
     assert "each rung 0.5 tokens per parameter" in said and "20 tokens per parameter" not in said
     assert "each rung 0.5 tokens per parameter" in ladder_record(ladder)["scheme"]
     assert "398x the --smallest 0.001 asked for" in said
+
+
+def test_the_remedy_for_mixed_held_out_subsets_works(tmp_path, small_corpus):
+    """Seeds recorded with two heldout_tokens: the report gives neither k nor averaged held-out curves
+    and names the remedy; following it (a new --results folder, one heldout_tokens) gives k. Rerunning
+    in the same folder with one heldout_tokens would train nothing (a placement key) and fix nothing."""
+    base = ["sweep", "qkv_bias", "--preset", "micro", "--tokens", "4096", "--data", str(small_corpus)]
+    mixed = tmp_path / "mixed"
+    assert invoke(*base, "--seed-list", "0,1", "--set", "heldout_tokens=512", "--results", str(mixed))[0] == 0
+    assert invoke(*base, "--seed-list", "2", "--set", "heldout_tokens=1024", "--results", str(mixed))[0] == 0
+
+    def worth(results: Path) -> dict:
+        code, text, err = invoke("report", "--results", str(results), "--format", "json", "--out",
+                                 str(tmp_path / "o") + "/")
+        assert code == 0, err
+        return json.loads(text)["sweeps"][0]["worth"]
+
+    before = worth(mixed)
+    assert "new --results folder with one heldout_tokens" in before["note"]
+    assert not before["heldout_curves"] and all(a["k"] != a["k"] or a["k"] is None for a in before["arms"])
+    fresh = tmp_path / "fresh"
+    assert invoke(*base, "--seed-list", "0,1,2", "--set", "heldout_tokens=512", "--results", str(fresh))[0] == 0
+    after = worth(fresh)
+    assert not after["note"] and after["heldout_curves"]
+    assert after["arms"] and all(a["state"] for a in after["arms"])  # k computed (in or beyond the range)
