@@ -194,3 +194,26 @@ def test_a_ladder_of_another_design_under_the_same_name_is_refused(micro_ladder,
                           "--set", "tokens_per_param=0.5", "--data", str(small_corpus), "--name", "lad",
                           "--dry-run", "--results", str(micro_ladder))
     assert code == 2 and "would change its design" in err
+
+
+def test_the_trend_and_the_rungs_follow_report_baseline(micro_ladder, tmp_path):
+    """report --baseline qkv_bias: every rung's difference and the trend are baseline - qkv_bias (the
+    trend kept qkv_bias - baseline before), and no note suggests extending an arm that --extend-baseline
+    does not extend."""
+    def ladder(*extra: str) -> dict:
+        code, out, err = invoke("report", "--results", str(micro_ladder), "--sweep", "lad", "--format", "json",
+                                "--out", str(tmp_path) + "/", *extra)
+        assert code == 0, err
+        return json.loads(out)["ladders"][0]
+
+    usual, swapped = ladder(), ladder("--baseline", "qkv_bias")
+    diffs = {r["size"]: r["diff"] for r in usual["rungs"] if r["arm"] == "qkv_bias"}
+    assert {r["size"]: r["diff"] for r in swapped["rungs"] if r["arm"] == "baseline"} == \
+        pytest.approx({size: -d for size, d in diffs.items()})
+    assert [t["arm"] for t in swapped["trends"]] == ["baseline"]
+    (usual_trend,), (swapped_trend,) = usual["trends"], swapped["trends"]
+    if usual_trend.get("slope") is not None and usual_trend["slope"] == usual_trend["slope"]:
+        assert swapped_trend["slope"] == pytest.approx(-usual_trend["slope"])
+    for s in json.loads(invoke("report", "--results", str(micro_ladder), "--format", "json", "--out",
+                               str(tmp_path) + "/", "--baseline", "qkv_bias")[1])["sweeps"]:
+        assert all("--extend-baseline" not in (a.get("note") or "") for a in (s.get("worth") or {}).get("arms", []))

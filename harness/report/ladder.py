@@ -81,12 +81,13 @@ def across_rungs(per_rung: dict[str, dict[str, dict[str, str]]]) -> dict[str, li
     return found
 
 
-def paired_differences(rows: pd.DataFrame, arm: str) -> np.ndarray:
+def paired_differences(rows: pd.DataFrame, arm: str, baseline: str = BASELINE) -> np.ndarray:
+    """arm - baseline per shared seed (the report's baseline: `report --baseline` may name an arm)."""
     done = rows[rows["outcome"].eq(COMPLETED)].drop_duplicates(["arm", "seed"])
     by = done.set_index(["arm", "seed"])["test_loss"].astype(float)
-    if arm not in by.index.get_level_values(0) or BASELINE not in by.index.get_level_values(0):
+    if arm not in by.index.get_level_values(0) or baseline not in by.index.get_level_values(0):
         return np.array([])
-    own, base = by.loc[arm], by.loc[BASELINE]
+    own, base = by.loc[arm], by.loc[baseline]
     common = own.index.intersection(base.index).sort_values()
     return (own.loc[common] - base.loc[common]).to_numpy()
 
@@ -106,13 +107,13 @@ def build_ladder_report(record: dict, outcomes: pd.DataFrame, reports: dict[str,
                         options: ReportOptions, resamples: int = trendstats.DEFAULT_RESAMPLES) -> LadderReport:
     """The report of one saved ladder (harness.store.planfile.ladder_record) from the store's
     resolved outcomes and its rungs' SweepReports (a rung without recorded runs has none)."""
-    alpha = options.alpha
+    alpha, baseline = options.alpha, options.baseline
     rungs = sorted(record["rungs"], key=lambda r: r["params"])
-    arms = [a for a in record["arms"] if a != BASELINE]
+    arms = [a for a in dict.fromkeys([BASELINE, *record["arms"]]) if a != baseline]
     per_rung_rows = {r["sweep"]: ordinary_budget(outcomes[outcomes["sweep"].eq(r["sweep"])]) for r in rungs}
     mismatched = across_rungs({s: rung_facts(rows) for s, rows in per_rung_rows.items() if len(rows)})
-    base_diffs = mismatched.get(BASELINE, [])
-    mismatches = [t for arm in [BASELINE, *arms] for t in mismatched.get(arm, [])]
+    base_diffs = mismatched.get(baseline, [])
+    mismatches = [t for arm in [baseline, *arms] for t in mismatched.get(arm, [])]
     if mismatches and not options.allow_mismatch:
         raise UserError("refusing a trend over rungs that were not trained alike beyond their size: "
                         + "; ".join(mismatches[:4]) + "; rerun them under a new --name, or pass --allow-mismatch to "
@@ -122,7 +123,7 @@ def build_ladder_report(record: dict, outcomes: pd.DataFrame, reports: dict[str,
         rows, rep = per_rung_rows[r["sweep"]], reports.get(r["sweep"])
         worth = rep.worth.table.set_index("arm") if rep is not None and rep.worth is not None else None
         for arm in arms:
-            d = paired_differences(rows, arm)
+            d = paired_differences(rows, arm, baseline)
             low, high = trendstats.rung_interval(d, alpha)
             k = worth.loc[arm] if worth is not None and arm in worth.index else None
             table.append({"sweep": r["sweep"], "size": r["size"], "params": int(r["params"]), "arm": arm,

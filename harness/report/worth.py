@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness.core.config import BASELINE
 from harness.stats.worth import ABOVE, BELOW, IN_RANGE, multiplier, paired_curve
 from harness.store.record import COMPLETED
 
@@ -90,6 +91,7 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
         worth.note = "no baseline runs with held-out points"
         return worth
     budget = float(base_rows["planned_tokens"].max())
+    extendable = baseline == BASELINE  # --extend-baseline extends the arm named baseline, not another one
     constant = _schedule(base_rows) == "constant"
     base_curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if constant:
@@ -113,7 +115,8 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
             base_curves[seed] = (np.array([f[0] for f in finals]), np.array([f[1] for f in finals]))
         if len(others) == 0:
             worth.note = (f"the baseline's {_schedule(base_rows)} schedule decays with the run's length, so its "
-                          f"mid-run points are not shorter runs: add {EXTEND_HINT} to run it at other budgets")
+                          "mid-run points are not shorter runs" + (f": add {EXTEND_HINT} to run it at other budgets"
+                                                                   if extendable else ""))
     rows_out = []
     for arm, seeds in per_arm.items():
         if arm == baseline:
@@ -124,7 +127,7 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
         if constant and own == "constant":  # tokens to match reads the arm's own mid-run points as shorter runs
             base_final = {s: float(y[np.argmin(abs(t - budget))]) for s, (t, y) in per_arm[baseline].items()}
             match = multiplier(seeds, {s: v for s, v in base_final.items() if s in seeds}, budget, alpha)
-        note = _note(k, match, bool(len(others)))
+        note = _note(k, match, extendable and not len(others))
         if constant and own != "constant":
             note = "; ".join(filter(None, [note, f"no tokens to match: the arm's {own} schedule depends on the run's "
                                                  "length, so its mid-run points are not shorter runs"]))
@@ -148,14 +151,14 @@ def _match_fields(m) -> dict:
     return {"match": m.estimate, "match_low": m.low, "match_high": m.high, "match_state": m.state}
 
 
-def _note(k, match, extended: bool) -> str:
+def _note(k, match, suggest_extension: bool) -> str:
     never = "" if match is None or match.state != ABOVE else \
         "tokens to match: some seeds never reach the baseline's final loss within the budget"
     if k is None or k.state == IN_RANGE:
         return never
     if k.state == ABOVE:
         return (f"k > {k.range_high:.3g}, beyond the measured range (the baseline's curve ends there)"
-                + ("" if extended else f"; add {EXTEND_HINT} to extend it"))
+                + (f"; add {EXTEND_HINT} to extend it" if suggest_extension else ""))
     if k.state == BELOW:
         return f"k < {k.range_low:.3g}, below the measured range (the baseline's first held-out point)"
     return ""
