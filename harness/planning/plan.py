@@ -319,13 +319,10 @@ def check_test_sets(facts: dict[str, DataFacts]) -> None:
 
 
 def check_test_split(arm: str, tokens: int, cfg: cfgmod.ArmConfig) -> None:
-    """The test split against what reads it, before anything trains: the test loss needs a token and
-    its successor; held-out points on a subset (heldout_tokens > 0) evaluate whole windows of
-    context_length + 1 tokens."""
+    """The test split against what reads it, before anything trains (the corpus already refuses a
+    split of fewer than 2 tokens): held-out points on a subset (heldout_tokens > 0) evaluate whole
+    windows of context_length + 1 tokens."""
     T = cfg.model.context_length
-    if tokens < 2:
-        raise UserError(f"arm {arm!r}: the test split of {cfg.train.data!r} has {tokens} token(s); the test loss "
-                        "needs at least 2 (a token and the one it predicts): give a corpus with a longer test split")
     if cfg.train.heldout_points and cfg.train.heldout_tokens and tokens < T + 1:
         raise UserError(f"arm {arm!r}: the held-out points evaluate whole windows of context_length + 1 = {T + 1} "
                         f"tokens, but the test split of {cfg.train.data!r} has {tokens}: set heldout_tokens=0 "

@@ -189,3 +189,18 @@ def test_the_remedy_for_mixed_held_out_subsets_works(tmp_path, small_corpus):
     after = worth(fresh)
     assert not after["note"] and after["heldout_curves"]
     assert after["arms"] and all(a["state"] for a in after["arms"])  # k computed (in or beyond the range)
+
+
+def test_a_shard_folder_whose_test_split_is_shorter_than_a_window_is_one_line(tmp_path):
+    """The same consumer reached through a shard folder (train.bin, test.bin as they are): 20 test
+    tokens against the held-out subset's 33-token windows."""
+    import numpy as np
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    np.random.default_rng(0).integers(0, 256, 5000).astype(np.uint16).tofile(shards / "train.bin")
+    np.random.default_rng(1).integers(0, 256, 20).astype(np.uint16).tofile(shards / "test.bin")
+    args = ["sweep", "qkv_bias", "--seeds", "1", "--preset", "micro", "--tokens", "256", "--data", str(shards),
+            "--results", str(tmp_path / "r")]
+    assert "but the test split" in one_line(*invoke(*args)[::2])
+    assert invoke(*args, "--set", "heldout_tokens=0")[0] == 0
