@@ -308,13 +308,23 @@ def test_only_a_refusal_of_unlike_arms_is_a_summary_state(tmp_path, small_corpus
     assert REFUSED in second.tags and second.state != first.state  # the refusal of other rows
 
 
-def test_a_tracker_that_is_down_costs_nothing_and_says_how_to_publish_later(tmp_path, small_corpus):
+def test_a_tracker_that_is_down_costs_nothing_and_says_how_to_publish_later(tmp_path, small_corpus, mlflow_server):
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
     proc = cli(*SWEEP, "--data", str(small_corpus), "--results", str(tmp_path), "--log", "mlflow", env=env)
     assert proc.returncode == 0, proc.stderr
     assert len(pd.read_parquet(tmp_path / "runs.parquet")) == 4
     line = next(l for l in proc.stdout.splitlines() if l.startswith("mlflow:"))
-    assert "did not reach" in line and f"harness track --to mlflow --results {tmp_path} --sweep {NAME}" in line
+    command = f"harness track --to mlflow --results {tmp_path} --sweep {NAME}"
+    assert "did not reach" in line and command in line
+    # the remedy it prints, followed once the tracker is up, publishes the sweep's runs
+    later = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "published-later"}
+    cli(*command.split()[1:], env=later, check=True)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("published-later").experiment_id], max_results=100)
+    assert sorted(r.data.tags.get("harness.run_id", "") for r in runs if "harness.run_id" in r.data.tags) == \
+        sorted(pd.read_parquet(tmp_path / "runs.parquet")["run_id"])
 
 
 # slow tier: two sweeps and a timeout; a tracker that is down is in CI (the test above)

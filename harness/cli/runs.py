@@ -19,6 +19,9 @@ from harness.cli.app import (BudgetOpt, DataOpt, DataSeedOpt, DropoutSeedOpt, In
                              ResultsOpt, SetOpt, SweepsOpt, TokensOpt, VaryOpt, command, console, definitions,
                              non_negative, parse_sets)
 from harness.core import config as cfgmod
+from harness.planning.adaptive import DEFAULT_ALPHA
+from harness.planning.request import DEFAULT_LARGEST, DEFAULT_RUNGS, DEFAULT_SEEDS, DEFAULT_SMALLEST
+from harness.stats.sequential import DEFAULT_MAX_SEEDS, DEFAULT_MIN_SEEDS
 from harness.core.errors import UserError
 
 NprocOpt = Annotated[Optional[int], typer.Option(help="Processes per node per run (default: GPUs, else 1).")]
@@ -49,16 +52,19 @@ SlurmSetupOpt = Annotated[Optional[list[str]], typer.Option(
 WaitOpt = Annotated[Optional[bool], typer.Option(
     "--wait/--no-wait", help="Slurm/local: wait for the jobs and print each outcome (default: local waits, "
                              "slurm returns once submitted).")]
-SeedsOpt = Annotated[Optional[int], typer.Option(help="Seeds 0..N-1 for every arm (default 5).")]
+SeedsOpt = Annotated[Optional[int], typer.Option(help=f"Seeds 0..N-1 for every arm (default {DEFAULT_SEEDS}).")]
 SeedListOpt = Annotated[Optional[str], typer.Option(help="Explicit seeds, e.g. 7,11,13.")]
 UntilDecidedOpt = Annotated[bool, typer.Option(
     "--until-decided", help="Adaptive: run seeds in rounds and stop giving an arm seeds once a sequential test "
                             "(valid under optional stopping) decides it better, worse or equivalent.")]
-MaxSeedsOpt = Annotated[Optional[int], typer.Option(help="--until-decided: seeds per arm at most (default 20).")]
-MinSeedsOpt = Annotated[Optional[int], typer.Option(help="--until-decided: seeds before any decision (default 3).")]
+MaxSeedsOpt = Annotated[Optional[int], typer.Option(
+    help=f"--until-decided: seeds per arm at most (default {DEFAULT_MAX_SEEDS}).")]
+MinSeedsOpt = Annotated[Optional[int], typer.Option(
+    help=f"--until-decided: seeds before any decision (default {DEFAULT_MIN_SEEDS}).")]
 MarginOpt = Annotated[Optional[float], typer.Option(
     help="--until-decided: also decide 'equivalent' when the difference lies within +-margin.")]
-AlphaOpt = Annotated[Optional[float], typer.Option(help="--until-decided: family-wise error across arms (default 0.05).")]
+AlphaOpt = Annotated[Optional[float], typer.Option(
+    help=f"--until-decided: family-wise error across arms (default {DEFAULT_ALPHA:g}).")]
 JobsOpt = Annotated[str, typer.Option(
     help="Runs at once on this machine, each on its own GPUs or CPU cores; auto: GPUs // --nproc on CUDA, "
          "cores // (--nproc x threads per process) on the CPU. Placement never changes the results.")]
@@ -377,11 +383,12 @@ def ladder_cmd(
     preset: Annotated[str, typer.Option("--preset", "-p", help="The preset whose family of sizes the ladder "
                                                                "climbs (default tiny).")] = "tiny",
     rungs: Annotated[Optional[int], typer.Option(help="Number of sizes, spaced evenly in log parameters from "
-                                                      "--smallest to --largest (default 3).")] = None,
+                                                      f"--smallest to --largest (default {DEFAULT_RUNGS}).")] = None,
     smallest: Annotated[Optional[float], typer.Option(
-        help="The smallest rung's parameters, as a factor of the preset's (default 0.125).")] = None,
+        help=f"The smallest rung's parameters, as a factor of the preset's (default {DEFAULT_SMALLEST:g}).")] = None,
     largest: Annotated[Optional[float], typer.Option(
-        help="The largest rung's parameters, as a factor of the preset's (default 1: the preset itself).")] = None,
+        help=f"The largest rung's parameters, as a factor of the preset's (default {DEFAULT_LARGEST:g}: the preset "
+             "itself).")] = None,
     sizes: Annotated[Optional[str], typer.Option(
         help="Explicit sizes instead of --rungs: LAYERSxWIDTH, comma-separated, e.g. 1x24,2x48,3x72 (widths "
              "multiples of the preset's head size).")] = None,

@@ -40,11 +40,14 @@ def check_error_rates(alpha, margin) -> None:
                         f"{MAX_MARGIN:g} nat (larger margins call any two arms equivalent), e.g. 0.005")
 
 
+DEFAULT_ALPHA = 0.05  # family-wise error across an adaptive sweep's arms
+
+
 @dataclass(frozen=True)
 class Adaptive:
     """The settings of an adaptive sweep (saved with its plan)."""
 
-    alpha: float = 0.05
+    alpha: float = DEFAULT_ALPHA
     margin: float | None = None
     min_seeds: int = DEFAULT_MIN_SEEDS
     max_seeds: int = DEFAULT_MAX_SEEDS

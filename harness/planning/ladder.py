@@ -26,7 +26,8 @@ from harness.core.errors import UserError, shown
 from harness.planning.adaptive import Adaptive
 from harness.planning.budget import model_parameter_counts
 from harness.planning.plan import Plan, build_plan
-from harness.planning.request import SWEEP_NAME, SWEEP_NAME_RULE, SweepRequest, check_seed_list
+from harness.planning.request import (DEFAULT_LARGEST, DEFAULT_RUNGS, DEFAULT_SMALLEST, SWEEP_NAME, SWEEP_NAME_RULE,
+                                      SweepRequest, check_seed_list)
 
 SCHEME = ("head size and width per layer held at the preset's (width = heads x head size, depth = width / "
           "width per layer, rounded): GPT-2/GPT-3's family (Brown et al. 2020, Table 2.1); learning rate x "
@@ -41,7 +42,6 @@ def scheme(tokens_per_param: float) -> str:
 LR_EXPONENT, BATCH_EXPONENT, BATCH_MULTIPLE = -1 / 3, 2 / 3, 8
 SIZE_KEYS = ("n_layers", "emb_dim", "n_heads", "global_batch")
 MAX_RUNGS = 12
-DEFAULT_RUNGS, DEFAULT_SMALLEST, DEFAULT_LARGEST = 3, 0.125, 1.0
 SIZE_TEXT = re.compile(r"\s*(\d{1,4})\s*x\s*(\d{1,6})\s*")
 
 

@@ -31,6 +31,9 @@ SWEEP_FILE_KEYS = {"name": str, "description": str, "preset": str, "arms": list,
 BUDGETS = ("baseline", "own")
 MIN_EXTEND, MAX_EXTEND = 1.1, 16.0
 DEFAULT_SEEDS = 5
+# a ladder's sizes (harness.planning.ladder): rungs, spaced evenly in log parameters from the smallest
+# to the largest factor of the preset's parameters
+DEFAULT_RUNGS, DEFAULT_SMALLEST, DEFAULT_LARGEST = 3, 0.125, 1.0
 DEFAULT_PRESET = "tiny"
 
 

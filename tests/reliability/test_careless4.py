@@ -204,3 +204,20 @@ def test_a_shard_folder_whose_test_split_is_shorter_than_a_window_is_one_line(tm
             "--results", str(tmp_path / "r")]
     assert "but the test split" in one_line(*invoke(*args)[::2])
     assert invoke(*args, "--set", "heldout_tokens=0")[0] == 0
+
+
+def test_the_options_help_states_the_defaults_the_code_uses(monkeypatch):
+    """Help text derives its defaults from their one home (it wrote 5, 20, 3, 0.05, 3, 0.125 by hand)."""
+    from harness.planning.adaptive import DEFAULT_ALPHA
+    from harness.planning.ladder import LadderRequest
+    from harness.planning.request import DEFAULT_SEEDS
+    from harness.stats.sequential import DEFAULT_MAX_SEEDS, DEFAULT_MIN_SEEDS
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option: nothing wrapped inside the help's table
+    ladder = " ".join(invoke("ladder", "--help")[1].split())
+    sweep = " ".join(invoke("sweep", "--help")[1].split())
+    request = LadderRequest(arms=("qkv_bias",))
+    for text, default in ((ladder, f"(default {request.rungs})"), (ladder, f"(default {request.smallest:g})"),
+                          (sweep, f"(default {DEFAULT_SEEDS})"), (sweep, f"(default {DEFAULT_MAX_SEEDS})"),
+                          (sweep, f"(default {DEFAULT_MIN_SEEDS})"), (sweep, f"(default {DEFAULT_ALPHA:g})")):
+        assert default in text, default
