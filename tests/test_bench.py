@@ -93,3 +93,23 @@ def test_spread_of_ratios():
     s = bench._spread([1.0, 2.0, 3.0, 4.0, 5.0])
     assert s == {"median": 3.0, "q1": 2.0, "q3": 4.0, "min": 1.0, "max": 5.0}
     assert bench._spread([2.5])["median"] == 2.5
+
+
+def test_a_code_intervention_is_timed_as_it_trains(tmp_path):
+    """bench builds the arm's network as its code changes it (it timed the baseline's before): the gate
+    parameters it adds show in the count."""
+    folder = tmp_path / "defs" / "interventions"
+    folder.mkdir(parents=True)
+    (folder / "gate.toml").write_text('code = "gate.py"\n')
+    (folder / "gate.py").write_text("import torch\nfrom torch import nn\n\n\ndef convert(model, ctx):\n"
+                                    "    for b in model.trf_blocks:\n        b.att.gate = nn.Parameter(torch.empty(3))\n\n\n"
+                                    "def init(name, param, generator, ctx):\n    if name.endswith('.gate'):\n"
+                                    "        return torch.ones(param.shape)\n")
+    base = rows_after(tmp_path / "a", "baseline", tmp_path / "defs")
+    gate = rows_after(tmp_path / "b", "gate", tmp_path / "defs")
+    assert gate["params"] == base["params"] + 3  # micro: one block
+
+
+def rows_after(results, arm: str, sweeps) -> pd.Series:
+    cli("bench", *FAST, "--arm", arm, "--sweeps", str(sweeps), "--results", str(results), check=True)
+    return rows(results).iloc[-1]

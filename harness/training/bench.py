@@ -39,7 +39,8 @@ from harness.store.results import ResultsStore
 from harness.training.worker import (Dist, Trainer, configure_backends, configure_threads, eval_loss_sum, peak_memory,
                            run_versions, to_device)
 from harness.core.versions import git_commit
-from harness.model import GPTModel, flops_per_token, parameter_counts
+from harness.model import GPTModel, flops_per_token
+from harness.training.seams import Seams
 from harness.model.book import BookGPTModel
 
 BENCH_FILE = "bench.parquet"
@@ -123,10 +124,13 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 def _trainer(arm: cfgmod.ArmConfig, d: Dist, corpus, steps: int, compile: bool | None,
              model_cls=GPTModel) -> Trainer:
     tokens_per_step = arm.train.global_batch * arm.model.context_length
+    init_seed = derive_seed(BENCH_SEED, "init")
+    seams = Seams.load(arm.code, None, arm.model, arm.train, steps, init_seed, files=arm.code_files) if arm.code \
+        else None  # a code intervention is timed as it trains, never as the network it changes
     return Trainer(arm.model, arm.train, d, train_tokens=corpus.train,
-                   data_seed=derive_seed(BENCH_SEED, "data"), init_seed=derive_seed(BENCH_SEED, "init"),
+                   data_seed=derive_seed(BENCH_SEED, "data"), init_seed=init_seed,
                    dropout_seed=derive_seed(BENCH_SEED, "dropout"), steps=steps,
-                   tokens_per_step=tokens_per_step, model_cls=model_cls, compile=compile)
+                   tokens_per_step=tokens_per_step, model_cls=model_cls, compile=compile, seams=seams)
 
 
 def _free(device: torch.device) -> None:
@@ -162,7 +166,7 @@ def run_bench(preset: str, arm: str = cfgmod.BASELINE, sets: dict[str, Any] | No
     compiled = trainer.compiled
     T = mcfg.context_length
     tokens_per_step = trainer.tokens_per_step
-    params = parameter_counts(mcfg)["total"]
+    params = sum(p.numel() for p in trainer.model.parameters())  # as code changed it, if it did
     fpt = flops_per_token(mcfg)
     peak, peak_label = peak_flops(device)
     name = device_name(device)

@@ -9,7 +9,8 @@
 # tokens/s, MFU, the automatic eval batch, peak memory at micro-batch 12 and whether it fits a
 # 40 GB A100), eval_batch.txt (the evaluation's speed and memory by batch size), run.txt (300 steps of gpt2-small through the real `harness run` path on CUDA),
 # switches.txt (every architectural intervention for 3 steps at 2 layers: compile must succeed
-# for each), and summary.txt (the lines that matter). One GPU cannot test nccl (it needs two
+# for each), code.txt (the built-in code interventions, qk_norm, relu2, softcap and muon, the same
+# way: compiled on CUDA), and summary.txt (the lines that matter). One GPU cannot test nccl (it needs two
 # processes on two devices): DDP over nccl stays unmeasured.
 #
 # On a machine without internet whose Python lacks harness's pure-Python data packages, carry
@@ -61,12 +62,14 @@ step run 240 $py -m harness run baseline --preset gpt2-small --nproc 1 --tokens 
 step switches 150 $py -m harness sweep qkv_bias no_bias rmsnorm swiglu rope nope parallel_block sliding_window \
     vocab_pad_64 weight_tying gpt2_init --preset gpt2-small --seeds 1 --nproc 1 --jobs 4 --name switches \
     --tokens $((3 * tokens_per_step)) --set n_layers=2 --set allow_repeat=true --results "$results"
+step code 150 $py -m harness sweep qk_norm relu2 softcap muon --preset gpt2-small --seeds 1 --nproc 1 --jobs 4 \
+    --name code --tokens $((3 * tokens_per_step)) --set n_layers=2 --set allow_repeat=true --results "$results"
 {
     echo "--- key lines"
     present() { for f in "$@"; do [[ -e $f ]] && echo "$f"; done; }  # the steps that ran (ONLY)
     grep -h -E "torch .* cuda|^bench:|train:|eval:|MFU|peak|A100|tokens/s" \
         $(present "$out"/env.txt "$out"/bench_compile.txt "$out"/bench_eager.txt "$out"/eval_batch.txt) </dev/null
     [[ -e $out/pytest_cuda.txt ]] && grep -h -E "passed|failed|error" "$out/pytest_cuda.txt" | tail -2
-    grep -h -E "test loss|failed" $(present "$out/run.txt" "$out/switches.txt") </dev/null
+    grep -h -E "test loss|failed" $(present "$out/run.txt" "$out/switches.txt" "$out/code.txt") </dev/null
 } >>"$out/summary.txt" 2>&1
 cat "$out/summary.txt"
