@@ -335,7 +335,7 @@ def test_export_refuses_a_network_changed_by_code():
 
 def test_a_missing_stored_copy_is_one_line(tmp_path):
     cfg = cfgmod.resolve("micro", "relu2")
-    with pytest.raises(UserError, match="is missing"):
+    with pytest.raises(FileNotFoundError, match="is missing"):
         Seams.load(cfg.code, tmp_path, cfg.model, cfg.train, 1, 0)
 
 
@@ -364,3 +364,35 @@ def test_the_users_own_modules_are_part_of_the_code_and_stored_with_it(tmp_path)
     (folder / "interventions" / "helper.py").write_text("def square(x):\n    return x ** 2\n")
     code, _, err = sweep(results, folder, "act")
     assert code == 2 and "code" in err and "give a new --name" in err, err
+
+
+def test_a_hook_on_the_whole_model_sees_the_logits_on_every_path():
+    """A convert that hooks the model itself (a softcap written as a forward hook): the eager CPU path
+    must not hand it the loss instead of the logits (it passed the targets into the model)."""
+    from harness.training.worker import eval_token_losses, model_computes_loss
+
+    mcfg = cfgmod.resolve("micro").model
+    model = GPTModel(mcfg)
+    model.register_forward_hook(lambda module, args, out: 0.5 * out)
+    mark_own(model)
+    init_weights(model, 0)
+    assert not model_computes_loss(model, torch.device("cpu"))
+    x, y = torch.randint(0, mcfg.vocab_size, (2, 2, mcfg.context_length))
+    expected = F.cross_entropy(0.5 * GPTModel.forward(model.eval(), x).flatten(0, 1), y.flatten(), reduction="none")
+    assert torch.allclose(eval_token_losses(model, x, y, None).float(), expected, atol=1e-5)
+
+
+def test_one_content_under_two_names_and_a_shared_helper_both_run(tmp_path):
+    """Two interventions whose files are byte-identical (one stored folder, two names), and two that
+    import the same helper module, combined in one arm: every run completes."""
+    act = ("import torch\nfrom torch import nn\nimport common\n\n\nclass Act(nn.Module):\n"
+           "    def forward(self, x):\n        return common.square(torch.relu(x))\n\n\n"
+           "def convert(model, ctx):\n    for b in model.trf_blocks:\n        b.ff.layers[1] = Act()\n")
+    folder = user_folder(tmp_path, {"common.py": "def square(x):\n    return x * x\n", "one.py": act, "two.py": act,
+                                    "three.py": "import common\n\ndef init(name, param, generator, ctx):\n"
+                                                "    return None\n"})
+    (folder / "interventions" / "common.toml").unlink()
+    code, out, err = sweep(tmp_path / "r", folder, "one", "two", "one+three")
+    assert code == 0, err + out
+    rows = rows_of(tmp_path / "r")
+    assert rows["status"].eq("completed").all() and len(rows) == 3, rows[["arm", "status", "reason"]]

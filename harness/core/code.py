@@ -180,24 +180,21 @@ def stored_path(results: Path, entry: dict[str, Any]) -> Path:
 
 
 def store_copy(results: Path, source: Path, entry: dict[str, Any]) -> Path:
-    """Copy a code file and its own modules into the results folder (once per content): runs import
-    the copies. The folder appears whole or not at all."""
+    """Copy a code file and its own modules into the results folder's folder for their content:
+    runs import the copies. Each file appears whole (written beside, then renamed); the same content
+    under another file name is stored under that name too."""
     target = stored_path(results, entry)
-    if not target.exists():
-        partial = target.parent.with_name(f".{target.parent.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        modules = tuple(entry.get("modules", ()))
-        for file in (source, *(source.parent / f"{m}.py" for m in modules)):
-            shutil.copyfile(file, partial / file.name)
-        if content_hash(partial / source.name, modules) != entry["sha256"]:
-            shutil.rmtree(partial)
-            raise UserError(f"{source} (or a module of its own) changed while it was being stored: run the command "
-                            "again")
-        try:
-            partial.rename(target.parent)
-        except OSError:  # another command stored the same content meanwhile
-            shutil.rmtree(partial, ignore_errors=True)
+    modules = tuple(entry.get("modules", ()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for file in (source, *(source.parent / f"{m}.py" for m in modules)):
+        kept = target.parent / file.name
+        if not kept.exists():
+            partial = kept.with_name(f".{kept.name}.partial")
+            shutil.copyfile(file, partial)
+            partial.replace(kept)
+    if content_hash(target, modules) != entry["sha256"]:
+        target.unlink()
+        raise UserError(f"{source} (or a module of its own) changed while it was being stored: run the command again")
     return target
 
 
@@ -222,10 +219,10 @@ def import_file(path: Path, sha256: str, modules: tuple[str, ...] = ()) -> Modul
     name = f"harness_code_{sha256[:16]}"
     if name in sys.modules:
         return sys.modules[name]
-    for module in modules:
+    for module in modules:  # one already imported (another intervention's copy of it) must be the same file
         loaded = getattr(sys.modules.get(module), "__file__", None)
-        if module in sys.modules and (loaded is None or Path(loaded).parent != path.parent):
-            raise UserError(f"{path}: imports its own module {module!r}, but a module of that name is already "
+        if module in sys.modules and (loaded is None or not _same_bytes(Path(loaded), path.parent / f"{module}.py")):
+            raise UserError(f"{path}: imports its own module {module!r}, but another module of that name is already "
                             f"imported ({loaded or 'built in'}): rename {module}.py")
     if modules:
         sys.meta_path.insert(0, _OwnModules(path.parent, modules))
@@ -242,6 +239,13 @@ def import_file(path: Path, sha256: str, modules: tuple[str, ...] = ()) -> Modul
         raise UserError(f"{where_in(path, err)}: importing the code intervention failed: "
                         f"{type(err).__name__}: {err}") from None
     return module
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 def where_in(path: Path, err: BaseException) -> str:

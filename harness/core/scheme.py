@@ -69,6 +69,7 @@ def current_scheme() -> int:
 NEUTRAL = neutral_values(ModelConfig) | neutral_values(TrainConfig) | {
     k: r.neutral for k, r in RETIRED_KEYS.items() if r.neutral is not NEVER_HASHED}
 SECTIONS = {"model": MODEL_KEYS, "train": TRAIN_KEYS}
+RECORD_KEYS = {"preset", "arm", "code", *SECTIONS}  # what a recorded config holds (core.config.ArmConfig.as_dict)
 
 
 class NewerRecord(UserError):
@@ -84,6 +85,9 @@ def read_keys(config: Mapping[str, Any], where: str = "a recorded config") -> di
     """A recorded config's model and train keys, flat, as this version reads them: every key it
     knows (one the record lacks at its neutral value), a retired key as recorded, an unknown key
     refused."""
+    for key in config:
+        if key not in RECORD_KEYS:
+            raise NewerRecord(key, where)
     values = dict(NEUTRAL)
     for section, known in SECTIONS.items():
         table = config.get(section) or {}

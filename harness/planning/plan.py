@@ -225,7 +225,7 @@ def with_known_ids(plan: Plan) -> Plan:
     specs, changed = [], {}
     for s in plan.specs:
         found = known.get(s.identity)
-        if found is None and test_sets.get(s.arm):
+        if found is None and test_sets.get(s.arm) and not earlier_identities(s):  # legacy rows predate any change
             found = known.get(legacy_key(s.config, s.tokens, s.tokens_per_step,
                                          {"init": s.init_seed, "data": s.data_seed, "dropout": s.dropout_seed},
                                          s.replica, test_sets[s.arm]))
@@ -269,7 +269,8 @@ def identical_arms(configs: dict[str, cfgmod.ArmConfig],
     a budget rule under --tokens): arm -> (that earlier arm, what differs only in form)."""
     first: dict[str, tuple[str, dict]] = {}
     same = {}
-    for arm, cfg in configs.items():
+    for arm in sorted(configs, key=lambda a: a != cfgmod.BASELINE):  # the baseline is the one kept
+        cfg = configs[arm]
         config = cfg.as_dict()
         key = scheme.experiment_hash(scheme.recorded(config), budgets[arm].tokens, budgets[arm].tokens_per_step)
         if key not in first:

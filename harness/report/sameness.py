@@ -61,9 +61,9 @@ def streams_held(row) -> str:
 
 LABELS = {"tokens": BUDGET, "data_id": DATA, "data": DATA_PATH, "tokens_per_step": "tokens per step"}
 # facts derived from keys: an arm whose interventions set one of the keys may differ in the fact, as
-# part of its treatment (a batch-size or context study: its tokens per step, and its budget rounded
-# up to its own whole global batches)
-DERIVED = {LABELS["tokens_per_step"]: {"global_batch", "context_length"}, BUDGET: {"global_batch", "context_length"}}
+# part of its treatment (a batch-size or context study: its tokens per step; its budget only by the
+# rounding up to its own whole global batches: rounded_alike)
+DERIVED = {LABELS["tokens_per_step"]: {"global_batch", "context_length"}}
 
 
 def facts(row, with_data_ids: bool, streams: bool = True) -> dict[str, str]:
@@ -106,6 +106,16 @@ def own_keys(rows: pd.DataFrame) -> set[str]:
     derived = {label for label, sources in DERIVED.items() if keys & sources}
     return keys | {LABELS[k] for k in keys if k in LABELS} | ({DATA} if "data" in keys else set()) | derived
 
+
+
+def rounded_alike(arm: pd.DataFrame, base: pd.DataFrame) -> bool:
+    """Whether an arm that sets its own tokens per step (global_batch, context_length) trains the
+    baseline's budget up to rounding to whole steps: the two budgets differ by less than one step of
+    the larger of the two (a real mismatch, say another --tokens, is still one)."""
+    if arm.empty or base.empty or not own_keys(arm) & set().union(*DERIVED.values()):
+        return False
+    step = max(int(arm["tokens_per_step"].iloc[0]), int(base["tokens_per_step"].iloc[0]))
+    return abs(int(arm["planned_tokens"].iloc[0]) - int(base["planned_tokens"].iloc[0])) < step
 
 
 def own_budget(rows: pd.DataFrame) -> bool:
@@ -161,8 +171,9 @@ def differences(outcomes: pd.DataFrame, arms: Sequence[str], baseline: str, desi
         for arm, g in table[table["_arm"].ne(baseline)].groupby("_arm", sort=False):
             value = g[label].fillna("(none)").iloc[0]
             arm_rows = done[done["arm"].eq(arm)]
-            if label == BUDGET and own_budget(arm_rows) and own_budget(done[done["arm"].eq(baseline)]):
-                continue  # --budget own: each arm's Chinchilla count
+            base_rows = done[done["arm"].eq(baseline)]
+            if label == BUDGET and (own_budget(arm_rows) and own_budget(base_rows) or rounded_alike(arm_rows, base_rows)):
+                continue  # --budget own (each arm's Chinchilla count), or one budget in each arm's own whole steps
             if value != base_value and label not in own_keys(arm_rows) | base_keys:
                 differing[arm] = value
         if differing:

@@ -42,7 +42,8 @@ def _schedule(rows: pd.DataFrame) -> str:
     for text in rows["config"]:
         try:
             config = json.loads(text)
-            seams = [e["intervention"] for e in config.get("code", []) if "schedule" in e.get("seams", [])]
+            seams = [e["intervention"] for e in config.get("code", [])
+                     if {"schedule", "optimizer"} & set(e.get("seams", []))]  # both are given the run's steps
             return f"{seams[0]} code's" if seams else str(config["train"].get("lr_schedule", "constant"))
         except (TypeError, ValueError, KeyError):
             continue

@@ -20,6 +20,7 @@ from torch import nn
 from harness.core.code import import_file, stored_path, where_in
 from harness.core.config import TrainConfig
 from harness.core.errors import UserError
+from harness.core.files import environment_failure
 from harness.model.config import ModelConfig
 
 
@@ -60,6 +61,8 @@ class Seam:
         except SeamError:
             raise
         except Exception as err:  # noqa: BLE001 - the user's code: any error is one line naming where
+            if isinstance(err, (torch.OutOfMemoryError, MemoryError)) or environment_failure(err):
+                raise  # the machine's failure, not the code's: retried, or resumed, as any run's
             raise self.error(f"raised {type(err).__name__}: {err}", where_in(self.path, err)) from None
         if before is not None and not torch.equal(before, torch.random.get_rng_state()):
             raise self.error("drew from torch's global random state, which would break the pairing with the "
@@ -85,9 +88,10 @@ class Seams:
         seams = cls()
         for i, entry in enumerate(entries):
             path = Path(files[i]) if files else stored_path(root, entry)
-            if not path.is_file():
-                raise UserError(f"code intervention {entry['intervention']!r}: its file {path} is missing "
-                                "(the results folder's copy of the code this run was planned with)")
+            if not path.is_file():  # not the code's fault, and not final: the sweep command stores it again
+                raise FileNotFoundError(f"code intervention {entry['intervention']!r}: its file {path} is missing "
+                                        "(the results folder's copy of the code this run was planned with; run the "
+                                        "sweep command again to store it)")
             module = import_file(path, entry["sha256"], tuple(entry.get("modules", ())))
             ctx = Context(dict(entry.get("settings", {})), mcfg, tcfg, steps, seed)
             for name in entry.get("seams", []):
@@ -156,6 +160,14 @@ class Seams:
                                                 and not isinstance(v, bool) for k, v in got.items()):
             raise seam.error(f"returned {got!r} at step {step}: it returns a dict of hyperparameter -> number")
         return got
+
+    def check_schedule_keys(self, scheduled: dict[str, float], groups: list[dict]) -> None:
+        """Refuse a hyperparameter that no parameter group has (a typo would change nothing)."""
+        known = {"lr"} | {k for g in groups for k in g if k != "params"}
+        unknown = sorted(set(scheduled) - known)
+        if unknown:
+            raise self._one("schedule").error(f"returned {unknown[0]!r}, which no parameter group has (they have "
+                                              f"{', '.join(sorted(known))})")
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, check_random: bool) -> torch.Tensor:
         seam = self._one("loss")

@@ -46,7 +46,7 @@ from harness.core.placement import cpu_threads
 from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVIRONMENT, RunResult, RunSpec, pack_units, progress_line, rank_line, stopped_line
 from harness.core.versions import versions
 from harness.model import GPTModel, ModelConfig, init_weights, native, parameter_counts, sequences_from
-from harness.model.gpt import mark_own
+from harness.model.gpt import mark_own, runs_fast_path
 from harness.training.seams import Seams
 
 # Tokens per evaluation forward on the CPU: large enough that per-op overhead vanishes, small
@@ -225,8 +225,10 @@ def run_versions(device: torch.device, compiled: bool) -> dict[str, str]:
 def model_computes_loss(model, device: torch.device, compiled: bool = False) -> bool:
     """Whether to pass the targets to `model` (a module or its class) and take the loss it returns:
     GPTModel's own head and loss (forward_takes_targets) on the eager CPU path, where they are
-    faster; CUDA and compiled steps keep F.cross_entropy outside the model."""
-    return getattr(model, "forward_takes_targets", False) and eager_cpu_step(device, compiled)
+    faster; CUDA and compiled steps keep F.cross_entropy outside the model. Never where code hooked
+    or replaced the model itself (runs_fast_path): a hook on it must see the logits, on every device."""
+    return (getattr(model, "forward_takes_targets", False) and runs_fast_path(model)
+            and eager_cpu_step(device, compiled))
 
 
 def eval_token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -367,7 +369,7 @@ class Trainer:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
         self.train_model = train_model
-        self.model_takes_targets = model_computes_loss(model_cls, d.device, self.compiled) and not self.seams.has("loss")
+        self.model_takes_targets = model_computes_loss(self.model, d.device, self.compiled) and not self.seams.has("loss")
         self._seams_checked = False  # the first step checks the seams' draws and loss (harness.training.seams)
         self.sampler = BatchSampler(train_tokens, mcfg.context_length, data_seed, shuffle=tcfg.shuffle)
         self.loss_sum = torch.zeros((), device=d.device)
@@ -396,7 +398,9 @@ class Trainer:
     def train_step(self, step: int) -> None:
         """One optimiser step over the global batch of `step` (self.accum micro-steps on this process)."""
         checking, self._seams_checked = not self._seams_checked, True
-        scheduled = self.seams.schedule(step, check_random=checking) or {}
+        scheduled = dict(self.seams.schedule(step, check_random=checking) or {})
+        if checking:
+            self.seams.check_schedule_keys(scheduled, self.optimizer.param_groups)
         self.lr = float(scheduled.pop("lr")) if "lr" in scheduled else lr_at(step, self.steps, self.tcfg)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * group.get("lr_scale", 1.0)  # a code optimiser's groups may scale it

@@ -221,3 +221,30 @@ def test_the_options_help_states_the_defaults_the_code_uses(monkeypatch):
                           (sweep, f"(default {DEFAULT_SEEDS})"), (sweep, f"(default {DEFAULT_MAX_SEEDS})"),
                           (sweep, f"(default {DEFAULT_MIN_SEEDS})"), (sweep, f"(default {DEFAULT_ALPHA:g})")):
         assert default in text, default
+
+
+def test_an_arm_listed_before_the_baseline_that_computes_the_same_keeps_the_baseline(tmp_path, small_corpus):
+    folder = definitions(tmp_path, same="micro_batch = 4")
+    code, out, err = invoke("sweep", "same", "baseline", "qkv_bias", "--seeds", "1", "--preset", "micro", "--tokens",
+                            "2048", "--data", str(small_corpus), "--results", str(tmp_path / "r"), "--sweeps",
+                            str(folder), "--dry-run")
+    assert code == 0, err
+    assert "arm 'same' trains exactly the configuration of 'baseline'" in " ".join(out.split())
+
+
+def test_a_batch_size_arm_on_another_budget_is_still_a_mismatch(tmp_path, small_corpus):
+    """The batch-size study's budget may differ from the baseline's by rounding to its own whole steps,
+    not by more (another --tokens recorded under the same arm is a mismatch)."""
+    from harness.report.outcomes import _normalise_runs, resolve_outcomes
+    from harness.report.sameness import differences
+
+    folder = definitions(tmp_path, study="global_batch = 16")
+    code, _, err = invoke("sweep", "study", "--seeds", "2", "--preset", "micro", "--tokens", "3000", "--data",
+                          str(small_corpus), "--results", str(tmp_path / "r"), "--sweeps", str(folder))
+    assert code == 0, err
+    rows = pd.read_parquet(tmp_path / "r" / "runs.parquet")
+    check = lambda r: [d.text for d in differences(resolve_outcomes(_normalise_runs(r, print)),  # noqa: E731
+                                                   ["baseline", "study"], "baseline")]
+    assert check(rows) == []
+    rows.loc[rows["arm"].eq("study"), "planned_tokens"] += 10 * 16 * 32
+    assert any("token budget" in t for t in check(rows))
