@@ -161,3 +161,20 @@ def test_points_on_different_subsets_of_the_test_split_give_no_multiplier(tmp_pa
     assert code == 0, out + err
     worth = json.loads(out)["sweeps"][0]["worth"]
     assert "different subsets of the test split" in worth["note"] and worth["arms"] == []
+
+
+def test_the_terminal_shows_k_for_a_worse_arm_and_never_k_of_some_seeds():
+    """A worse arm carries the tokens-to-match note, which hid its k in the terminal; a k read from
+    only the seeds that happen to be in range is not printed beside a seed count of all of them."""
+    from types import SimpleNamespace
+
+    from harness.report.render import worth_line
+    from harness.stats.worth import ABOVE, IN_RANGE
+
+    worse = SimpleNamespace(arm="worse", k=0.696, k_low=0.663, k_high=0.731, seeds=5, state=IN_RANGE,
+                            note="tokens to match: some seeds never reach the baseline's final loss within the budget")
+    line = worth_line(worse, "95%")
+    assert "k = 0.696 (95% CI 0.663 to 0.731, 5 seeds)" in line and "tokens to match" in line
+    partial = SimpleNamespace(arm="part", k=0.862, k_low=float("nan"), k_high=float("nan"), seeds=5, state=ABOVE,
+                              note="k > 1, beyond the measured range (the baseline's curve ends there)")
+    assert "0.862" not in worth_line(partial, "95%")

@@ -28,6 +28,7 @@ from harness.report.outcomes import FileInfo
 from harness.stats.pairing import fraction
 from harness.report.plots import MAX_PLOT_ARMS, plot_arms
 from harness.report.text import NOT_DETECTED
+from harness.stats.worth import IN_RANGE
 from harness.stats.sequential import METHOD
 
 SIGN_CONVENTION = ("diff = mean(arm) - mean(baseline) of test loss: negative = lower loss = "
@@ -306,15 +307,20 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
     return "\n".join(out)
 
 
+def k_read(r) -> bool:
+    """Whether an arm's k is a statement about all its seeds: every seed's crossing in the measured
+    range (else k would be the mean of the seeds that happen to be, beside a seed count of all)."""
+    return math.isfinite(stats.as_float(r.k)) and r.state == IN_RANGE
+
+
 def worth_line(r, confidence: str) -> str:
-    """One arm's compute multiplier, as the report and the terminal say it."""
-    if r.note:
-        return f"{r.arm}: {r.note}"
-    if not math.isfinite(stats.as_float(r.k)):
-        return f"{r.arm}: k not computable"
+    """One arm's compute multiplier, as the report and the terminal say it: k wherever every seed
+    reads it (a worse arm's included, whose note is about tokens to match), then any note."""
+    if not k_read(r):
+        return f"{r.arm}: {r.note or 'k not computable'}"
     interval = (f" ({confidence} CI {r.k_low:.3g} to {r.k_high:.3g}, {r.seeds} seeds)"
                 if math.isfinite(stats.as_float(r.k_low)) else f" ({r.seeds} seeds, no interval)")
-    return f"{r.arm}: k = {r.k:.3g}{interval}"
+    return f"{r.arm}: k = {r.k:.3g}{interval}" + (f"; {r.note}" if r.note else "")
 
 
 def render_worth(rep: SweepReport, hh: str) -> list[str]:
@@ -335,7 +341,7 @@ def render_worth(rep: SweepReport, hh: str) -> list[str]:
         ci = rep.options.confidence
         rows = []
         for r in w.table.itertuples():
-            k = (f"{r.k:.3g}" if math.isfinite(stats.as_float(r.k)) else "n/a")
+            k = f"{r.k:.3g}" if k_read(r) else "n/a"
             k_ci = (f"[{r.k_low:.3g}, {r.k_high:.3g}]" if math.isfinite(stats.as_float(r.k_low)) else "-")
             match = (f"{r.match:.3g}" + (f" [{r.match_low:.3g}, {r.match_high:.3g}]"
                                           if math.isfinite(stats.as_float(r.match_low)) else "")
