@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from conftest import invoke
 from harness.core import config as cfgmod
 from harness.core.config import TrainConfig
-from harness.core.errors import UserError
 from harness.model import native
 from harness.model.config import ModelConfig
 from harness.model.gpt import GPTModel, init_weights, mark_own
-from harness.training.seams import Seams
-from harness.training.worker import Dist, Optimizers, Trainer, lr_at
+from harness.training.seams import Optimizers, Seams
+from harness.training.worker import Dist, Trainer, lr_at
 
 CPU = Dist(0, 1, 0, torch.device("cpu"))
 MICRO = ["--preset", "micro", "--tokens", "2000"]

@@ -15,7 +15,7 @@ every version of harness that reads it. The config keys are defined in harness.m
 - Giving an existing key's value another meaning is the one change that must change identities:
   add a MeaningChange below, which starts the next identity scheme. Runs recorded under an earlier
   scheme with an affected value keep their identities and rows; what is planned now gets new ones,
-  a plan that would have reused them says why not (migration_note), and the report keeps old and
+  a plan that would have reused them says why not (planning.plan.earlier_identities), and the report keeps old and
   new runs apart. Retiring a key is a RETIRED_KEYS entry with its neutral value.
 """
 

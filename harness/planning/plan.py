@@ -225,12 +225,13 @@ def with_known_ids(plan: Plan) -> Plan:
     specs, changed = [], {}
     for s in plan.specs:
         found = known.get(s.identity)
-        if found is None and test_sets.get(s.arm) and not earlier_identities(s):  # legacy rows predate any change
+        earlier = earlier_identities(s) if found is None else {}
+        if found is None and test_sets.get(s.arm) and not earlier:  # legacy rows predate any meaning change
             found = known.get(legacy_key(s.config, s.tokens, s.tokens_per_step,
                                          {"init": s.init_seed, "data": s.data_seed, "dropout": s.dropout_seed},
                                          s.replica, test_sets[s.arm]))
         if found is None:
-            for why, old in earlier_identities(s).items():
+            for why, old in earlier.items():
                 if old in known:
                     changed.setdefault(why, []).append(known[old])
         specs.append(dataclasses.replace(s, run_id=found) if found and found != s.run_id else s)

@@ -178,3 +178,29 @@ class Seams:
         if check_random and not torch.isfinite(got.detach()).item():  # the first step only: one host sync
             raise seam.error(f"returned {got.item()} at the first step: a loss that is not finite from the start")
         return got
+
+
+class Optimizers:
+    """Several optimisers (a code intervention's optimizer seam: Muon and AdamW) stepped as one."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)

@@ -47,7 +47,7 @@ from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVI
 from harness.core.versions import versions
 from harness.model import GPTModel, ModelConfig, init_weights, native, parameter_counts, sequences_from
 from harness.model.gpt import mark_own, runs_fast_path
-from harness.training.seams import Seams
+from harness.training.seams import Optimizers, Seams
 
 # Tokens per evaluation forward on the CPU: large enough that per-op overhead vanishes, small
 # enough that a layer's activations stay in cache (tiny, one thread: 2,048 tokens 209k tokens/s,
@@ -285,32 +285,6 @@ def evaluate_batches(model: torch.nn.Module, batches, d: Dist, amp: torch.dtype 
     model.train(was_training)
     return (total_nll / total_count, int(total_count), unit_nll.cpu().numpy(),
             unit_count.cpu().numpy().astype(np.int64))
-
-
-class Optimizers:
-    """Several optimisers (a code intervention's optimizer seam: Muon and AdamW) stepped as one."""
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for o in self.optimizers for g in o.param_groups]
-
-    def step(self) -> None:
-        for o in self.optimizers:
-            o.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
-            o.load_state_dict(s)
 
 
 class Trainer:
