@@ -13,6 +13,10 @@ bf16 autocast on CUDA (fp16 with a GradScaler on request), TF32 matmuls, SDPA fl
 fused AdamW, torch.compile on CUDA, pinned non-blocking copies of the next micro-batch issued
 while the current one computes, DDP gradient sync on the last micro-step only, and no host
 synchronisation inside a step: the loss stays on the device until a log interval reads it.
+
+One module, on purpose: a run's determinism contract (seeding, construction order, the step, the
+evaluations, checkpoints and the result) is one concern, read and changed together; what code
+interventions add lives in harness.training.seams.
 """
 
 from __future__ import annotations
