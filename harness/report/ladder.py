@@ -131,6 +131,7 @@ def build_ladder_report(record: dict, outcomes: pd.DataFrame, reports: dict[str,
                           "k": math.nan if k is None else float(k["k"]),
                           "k_low": math.nan if k is None else float(k["k_low"]),
                           "k_high": math.nan if k is None else float(k["k_high"]),
+                          "k_open": "" if k is None else str(k["k_open"]),
                           "k_state": "" if k is None else str(k["state"]),
                           "status": rung_status(rep, arm, len(d), len(rows) > 0), "_d": d})
     table = pd.DataFrame(table)

@@ -308,18 +308,25 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
 
 
 def k_read(r) -> bool:
-    """Whether an arm's k is a statement about all its seeds: every seed's crossing in the measured
-    range (else k would be the mean of the seeds that happen to be, beside a seed count of all)."""
+    """Whether an arm has a k: the seeds' mean curves cross inside the measured range."""
     return math.isfinite(stats.as_float(r.k)) and r.state == IN_RANGE
 
 
+def k_interval(low: float, high: float, opens: str, sep: str = ", ") -> str:
+    """k's interval, an end that reaches past the measured range shown as beyond it ("<" or ">")."""
+    if not math.isfinite(stats.as_float(low)):
+        return ""
+    opens = opens if isinstance(opens, str) else ""
+    return (("<" if "low" in opens else "") + f"{low:.3g}{sep}" + (">" if "high" in opens else "") + f"{high:.3g}")
+
+
 def worth_line(r, confidence: str) -> str:
-    """One arm's compute multiplier, as the report and the terminal say it: k wherever every seed
-    reads it (a worse arm's included, whose note is about tokens to match), then any note."""
+    """One arm's compute multiplier, as the report and the terminal say it: k wherever the seeds'
+    mean curves cross in the measured range (a worse arm's included), then any note."""
     if not k_read(r):
         return f"{r.arm}: {r.note or 'k not computable'}"
-    interval = (f" ({confidence} CI {r.k_low:.3g} to {r.k_high:.3g}, {r.seeds} seeds)"
-                if math.isfinite(stats.as_float(r.k_low)) else f" ({r.seeds} seeds, no interval)")
+    ci = k_interval(r.k_low, r.k_high, r.k_open, " to ")
+    interval = f" ({confidence} CI {ci}, {r.seeds} seeds)" if ci else f" ({r.seeds} seeds, no interval)"
     return f"{r.arm}: k = {r.k:.3g}{interval}" + (f"; {r.note}" if r.note else "")
 
 
@@ -342,7 +349,7 @@ def render_worth(rep: SweepReport, hh: str) -> list[str]:
         rows = []
         for r in w.table.itertuples():
             k = f"{r.k:.3g}" if k_read(r) else "n/a"
-            k_ci = (f"[{r.k_low:.3g}, {r.k_high:.3g}]" if math.isfinite(stats.as_float(r.k_low)) else "-")
+            k_ci = f"[{k_interval(r.k_low, r.k_high, r.k_open)}]" if k_read(r) and math.isfinite(r.k_low) else "-"
             match = (f"{r.match:.3g}" + (f" [{r.match_low:.3g}, {r.match_high:.3g}]"
                                           if math.isfinite(stats.as_float(r.match_low)) else "")
                      if math.isfinite(stats.as_float(r.match)) else "-")
@@ -461,14 +468,20 @@ def pairing_sentence(pairing) -> str:
 
 WORTH_METHOD = (
     "- compute multiplier k: every run evaluates the same subset of the test split (windows spread evenly over "
-    "it) in eval mode at 11 points along training, log-spaced (the budget, 1/sqrt(2), 1/2, ... of it). Per seed, k "
-    "is where the baseline's curve of that seed (loss interpolated linearly in log tokens between points) first "
-    "reaches the arm's final held-out loss, over the budget; the estimate is the geometric mean over seeds and the "
-    "interval the t interval on the mean of log k (paired seeds; its coverage at 5 and 10 seeds is checked by "
-    "simulation on curves with a known k). Beyond the curve's points k is not extrapolated. Under a constant learning "
-    "rate a point at fewer tokens is exactly a shorter run and --extend-baseline continues the baseline's runs past "
-    "the budget; under a schedule that decays with the run's length only final points of baseline runs at other "
-    "budgets are used. The paired-difference curve's interval is pointwise.")
+    "it) in eval mode at 11 points along training, log-spaced (the budget, 1/sqrt(2), 1/2, ... of it). k is where "
+    "the seeds' mean baseline curve (a cubic spline through the points in log tokens, which follows a convex curve "
+    "where straight lines between points place the crossing late) reaches the seeds' mean final loss of the arm, "
+    "over the budget. Its interval is the t interval over the paired seeds of each seed's reading linearised at "
+    "that crossing (its target less its own curve there, over the slope of a least-squares quadratic through the "
+    "mean curve's five nearest points); its coverage (0.93 to 0.97 at 5, 10 and 20 seeds, curves from nearly "
+    "straight to strongly bent, a sum of two power laws and a late plateau, point noise up to the drop between "
+    "points) is checked by simulation. No seed is read alone and none is left out. Beyond the curve's points k "
+    "is not extrapolated: where the mean curve does not reach the arm's loss the report says k lies beyond the "
+    "measured range and what to add, and an interval that reaches past it ends there, marked with > or <. Where "
+    "the mean curve reaches the arm's loss more than once (points noisier than their drop) there is no k. Under a "
+    "constant learning rate a point at fewer tokens is exactly a shorter run and --extend-baseline continues the "
+    "baseline's runs past the budget; under a schedule that decays with the run's length only final points of "
+    "baseline runs at other budgets are used. The paired-difference curve's interval is pointwise.")
 
 TEXT_METHOD = (
     "- test text: the final evaluation sums its token losses per test unit (a document; consecutive documents "

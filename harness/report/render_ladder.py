@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.report.ladder import LadderReport
-from harness.report.render import jsonable, md_escape
+from harness.report.render import jsonable, k_interval, md_escape
 from harness.stats.ladder import RULES
 
 TREND_METHOD = ("each rung's mean paired difference weighted by its own uncertainty (1/variance of the mean) in a "
@@ -62,7 +62,8 @@ def render_ladder_section(rep: LadderReport, md_dir: Path, level: int = 1) -> st
     out += [f"{h}# Per rung", "", f"| rung | params | arm | pairs | difference ({conf} t interval) | compute multiplier k "
             f"({conf}) | status |", "|---|---|---|---|---|---|---|"]
     for r in rep.table.to_dict("records"):
-        k = (f"{_num(r['k'], '.3g')} ({_interval(r['k_low'], r['k_high'], '.3g')})" if np.isfinite(r["k"])
+        ci = k_interval(r["k_low"], r["k_high"], r["k_open"])
+        k = (f"{_num(r['k'], '.3g')}" + (f" ({ci})" if ci else "") if np.isfinite(r["k"])
              else md_escape(r["k_state"]) or "-")
         out.append(f"| {md_escape(r['size'])} | {r['params']:,} | {md_escape(r['arm'])} | {r['pairs']} | "
                    f"{_num(r['diff'])} ({_interval(r['low'], r['high'])}) | {k} | {md_escape(r['status'])} |")

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from harness.core.config import BASELINE
-from harness.stats.worth import ABOVE, BELOW, IN_RANGE, multiplier, paired_curve
+from harness.stats.worth import ABOVE, BELOW, IN_RANGE, NOT_FALLING, TOO_FEW, multiplier, paired_curve
 from harness.store.record import COMPLETED
 
-EXTEND_HINT = "--extend-baseline 2"
-COLUMNS = ["arm", "k", "k_low", "k_high", "seeds", "state", "range_low", "range_high", "match", "match_low",
+COLUMNS = ["arm", "k", "k_low", "k_high", "k_open", "seeds", "state", "range_low", "range_high", "match", "match_low",
            "match_high", "match_state", "note"]
 
 
@@ -116,7 +115,7 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
             base_curves[seed] = (np.array([f[0] for f in finals]), np.array([f[1] for f in finals]))
         if len(others) == 0:
             worth.note = (f"the baseline's {_schedule(base_rows)} schedule decays with the run's length, so its "
-                          "mid-run points are not shorter runs" + (f": add {EXTEND_HINT} to run it at other budgets"
+                          "mid-run points are not shorter runs" + (f": add {_extension(1.0)} to run it at other budgets"
                                                                    if extendable else ""))
     rows_out = []
     for arm, seeds in per_arm.items():
@@ -128,7 +127,8 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
         if constant and own == "constant":  # tokens to match reads the arm's own mid-run points as shorter runs
             base_final = {s: float(y[np.argmin(abs(t - budget))]) for s, (t, y) in per_arm[baseline].items()}
             match = multiplier(seeds, {s: v for s, v in base_final.items() if s in seeds}, budget, alpha)
-        note = _note(k, match, extendable and not len(others))
+        further = max(pd.to_numeric(others["budget_factor"], errors="coerce").dropna(), default=1.0)
+        note = _note(k, match, _extension(further) if extendable else "")
         if constant and own != "constant":
             note = "; ".join(filter(None, [note, f"no tokens to match: the arm's {own} schedule depends on the run's "
                                                  "length, so its mid-run points are not shorter runs"]))
@@ -140,9 +140,10 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
 
 def _k_fields(k) -> dict:
     if k is None:
-        return {"k": math.nan, "k_low": math.nan, "k_high": math.nan, "seeds": 0, "state": "", "range_low": math.nan,
-                "range_high": math.nan}
-    return {"k": k.estimate, "k_low": k.low, "k_high": k.high, "seeds": len(k.per_seed), "state": k.state,
+        return {"k": math.nan, "k_low": math.nan, "k_high": math.nan, "k_open": "", "seeds": 0, "state": "",
+                "range_low": math.nan, "range_high": math.nan}
+    opens = " and ".join(side for side, past in (("low", k.open_low), ("high", k.open_high)) if past)
+    return {"k": k.estimate, "k_low": k.low, "k_high": k.high, "k_open": opens, "seeds": k.n, "state": k.state,
             "range_low": k.range_low, "range_high": k.range_high}
 
 
@@ -152,14 +153,38 @@ def _match_fields(m) -> dict:
     return {"match": m.estimate, "match_low": m.low, "match_high": m.high, "match_state": m.state}
 
 
-def _note(k, match, suggest_extension: bool) -> str:
-    never = "" if match is None or match.state != ABOVE else \
-        "tokens to match: some seeds never reach the baseline's final loss within the budget"
-    if k is None or k.state == IN_RANGE:
-        return never
+def _extension(longest: float) -> str:
+    """The --extend-baseline that doubles the baseline's measured range."""
+    return f"--extend-baseline {2 * longest:g}"
+
+
+def _note(k, match, extension: str) -> str:
+    """What k's row cannot say by its numbers: why there is no k, where its interval is open, how
+    many seeds read outside the range on their own, and what to add."""
+    parts = []
+    if match is not None and match.state == ABOVE:
+        parts.append("tokens to match: the arm's mean curve does not reach the baseline's final loss within the "
+                     "budget")
+    if k is None:
+        return "; ".join(parts)
+    add = f"; add {extension} to measure further" if extension else ""
+    alone = (f" ({k.outside} of {k.n} seeds read past it on their own)" if k.outside else "")
     if k.state == ABOVE:
-        return (f"k > {k.range_high:.3g}, beyond the measured range (the baseline's curve ends there)"
-                + (f"; add {EXTEND_HINT} to extend it" if suggest_extension else ""))
-    if k.state == BELOW:
-        return f"k < {k.range_low:.3g}, below the measured range (the baseline's first held-out point)"
-    return ""
+        parts.insert(0, f"k > {k.range_high:.3g}, beyond the measured range: the baseline's mean curve ends above the "
+                        f"arm's mean loss{alone}{add}")
+    elif k.state == BELOW:
+        parts.insert(0, f"k < {k.range_low:.3g}, below the measured range: the baseline's first held-out point is "
+                        f"already below the arm's mean loss{alone}")
+    elif k.state == NOT_FALLING:
+        parts.insert(0, "no k: the baseline's mean held-out curve does not fall steadily through the arm's loss "
+                        "(it reaches it more than once, or rises there: its points vary more than they fall between "
+                        "them); more seeds, or a larger heldout_tokens, steady it")
+    elif k.state == TOO_FEW:
+        parts.insert(0, "no k: the baseline's seeds share fewer than two held-out points (heldout_points)")
+    elif k.open_high or k.open_low:
+        side = "above" if k.open_high else "below"
+        parts.insert(0, f"k's interval reaches {side} the measured range and ends there{alone}"
+                        + (add if k.open_high else ""))
+    elif k.outside:
+        parts.insert(0, f"{k.outside} of {k.n} seeds read past the measured range on their own{add}")
+    return "; ".join(parts)
