@@ -217,3 +217,15 @@ def test_the_trend_and_the_rungs_follow_report_baseline(micro_ladder, tmp_path):
     for s in json.loads(invoke("report", "--results", str(micro_ladder), "--format", "json", "--out",
                                str(tmp_path) + "/", "--baseline", "qkv_bias")[1])["sweeps"]:
         assert all("--extend-baseline" not in (a.get("note") or "") for a in (s.get("worth") or {}).get("arms", []))
+
+
+def test_a_trend_refuses_a_nan_rung_rather_than_call_it_a_trend():
+    """A NaN mean once gave p = 1/4001 for every test, which the label turns into "shrinks"."""
+    from harness.stats.ladder import trend
+
+    good = dict(variances=[1e-4, 1e-4, 1e-4], pairs=[5, 5, 5], log2_params=[20, 21, 22], log2_target=27)
+    assert math.isfinite(trend([-0.01, -0.008, -0.006], **good, resamples=200).p_slope)
+    for means, extra, why in [([-0.01, math.nan, -0.006], {}, "finite"), ([-0.01, -0.008], {}, "one mean"),
+                              ([-0.01, -0.008, -0.006], {"log2_target": math.nan}, "finite")]:
+        with pytest.raises(ValueError, match=why):
+            trend(means, **(good | extra), resamples=200)

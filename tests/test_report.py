@@ -101,7 +101,7 @@ def test_markdown_report_contents_and_plots(run, store, tmp_path):
         assert f"| {arm} |" in text
     assert "p (Holm)" in text and "paired t" in text and "Wilcoxon signed-rank" in text
     assert "BCa" in text and "Cohen's d_z" in text
-    assert "min. detectable diff (80% power)" in text
+    assert "min. detectable diff (80% power, Holm)" in text
     assert "Noise floor" in text and "harness sweep baseline --seeds N" in text
     # verdicts: big effects found, the null arm is not called better or worse
     assert re.search(r"\*\*qkv\\_bias\*\*: better", text)

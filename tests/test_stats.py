@@ -309,6 +309,30 @@ def test_compare_arms_holm_and_verdicts(cheap_gc):
     assert t.loc[1, "mean"] == pytest.approx(arms["better"].mean())
 
 
+@pytest.mark.parametrize("arms", [1, 3, 8])
+def test_the_detectable_difference_is_detected_with_its_power_under_holm(arms):
+    """The detectable difference is stated at Holm's strictest level, alpha / arms: an arm whose true
+    difference is that figure (at the true sd), beside arms - 1 null ones, is called better (Holm p
+    below alpha, as the verdict) in at least 80% of sweeps. At the raw alpha, as before, the figure
+    was detected in 52% of sweeps with 3 arms and 30% with 8 (5 seeds)."""
+    n, sims, rng = 5, 4000, np.random.default_rng(arms)
+    mdd = S.min_detectable_difference(1.0, n, 0.05 / arms, 0.8, paired=True)
+    base = rng.normal(0, 3, (sims, 1, n))
+    shift = np.zeros((1, arms, 1))
+    shift[0, 0, 0] = -mdd
+    arm = base + shift + rng.normal(0, 1, (sims, arms, n))
+    r = S.paired_t(np.broadcast_to(base, arm.shape), arm, 0.05)
+    better = (S.holm(r["p"], 0.05)[:, 0] < 0.05) & (r["diff"][:, 0] < 0)
+    assert 0.78 <= better.mean() <= 0.85, better.mean()
+    # and compare_arms states it so
+    seeds = np.arange(n)
+    runs = {"baseline": pd.Series(base[0, 0], index=seeds)} | {f"arm{i}": pd.Series(arm[0, i], index=seeds)
+                                                               for i in range(arms)}
+    t = S.compare_arms(_frame(runs), "baseline", n_resamples=0).set_index("arm")
+    expected = S.min_detectable_difference(t.loc["arm0", "sd_diff"], n, 0.05 / arms, 0.8, paired=True)
+    assert t.loc["arm0", "mdd"] == pytest.approx(expected)
+
+
 def test_compare_arms_baseline_with_one_run_still_gives_means():
     df = _frame({"baseline": pd.Series([3.7], index=[0]),
                  "x": pd.Series([3.6, 3.65], index=[0, 1])})

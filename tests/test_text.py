@@ -201,3 +201,21 @@ def test_a_test_text_part_estimated_at_zero_reads_not_detected_not_a_zero_floor(
     assert f"SE test text {NOT_DETECTED}" in line and f"floor {NOT_DETECTED}" in line and "0.000000" not in line
     sentence = report.dominance()
     assert "not detected" in sentence and "at most 0 nats" not in sentence
+
+
+def test_edge_inputs_are_refused_or_read_as_no_variance():
+    """One NaN cell once made every figure NaN with df = inf, a negative weight was dropped silently
+    and rounding picked the dominant source of a constant D."""
+    D = np.random.default_rng(0).normal(0, 0.01, (4, 6))
+    w = np.full(6, 1 / 6)
+    bad = D.copy()
+    bad[1, 2] = math.nan
+    for diffs, weights, why in [(bad, w, "NaN"), (D, np.r_[-0.1, w[1:] + 0.02], "zero or more"),
+                                (D, w[:5], "one weight per unit")]:
+        with pytest.raises(ValueError, match=why):
+            split_uncertainty(diffs, weights)
+    bad[:, 2] = math.nan  # a unit without tokens may hold NaN: it is dropped
+    assert math.isfinite(split_uncertainty(bad, np.r_[w[:2], 0.0, w[3:]]).se)
+    flat = split_uncertainty(np.full((4, 6), 0.0123), w)
+    assert flat.se_seed == flat.se_text == flat.se == 0 and flat.dominant == "neither"
+    assert math.isnan(flat.low) and math.isnan(flat.high)  # as the t test: no interval without variance

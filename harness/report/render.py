@@ -95,7 +95,7 @@ def _verdict_line(r, confidence: str) -> str:
         return f"- **{name}**: {r.verdict} (mean {_num(r.mean)}, n = {r.n}): {md_escape(why)}"
     return (f"- **{name}**: {r.verdict}: diff {_num(r.diff, sign=True)} "
             f"({confidence} CI {_ci(r.ci_low, r.ci_high)}), {r.test} p = {_p(r.p)}, "
-            f"Holm p = {_p(r.p_holm)}, n = {r.n}; smallest difference detectable at this n: "
+            f"Holm p = {_p(r.p_holm)}, n = {r.n}; smallest difference detectable at this n (Holm): "
             f"{_num(r.mdd)}")
 
 
@@ -153,7 +153,7 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
                          _p(r.p_tost) if margin else "-", _p(r.p_tost_holm) if margin else "-"])
         out.append(_md_table(
             ["arm", "pairs", "robustness test", "p (robust)", f"BCa bootstrap {ci_label}",
-             "effect size", f"min. detectable diff ({power:.0%} power)",
+             "effect size", f"min. detectable diff ({power:.0%} power, Holm)",
              "seeds to detect observed diff", "TOST p", "TOST p (Holm)"], rows, "lrlrrrrrrr"))
         out.append("")
         notes = [(r.arm, n) for r in t.itertuples() for n in r.notes]
@@ -289,9 +289,10 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
         "t interval is the primary one.",
         "- effect size: Cohen's d_z (mean difference / sd of differences) for paired arms; "
         "Hedges' g (pooled sd, small-sample corrected) for Welch arms.",
-        f"- power: two-sided t-test power (statsmodels) at alpha {alpha:g} and {power:.0%} "
-        "power, at the observed seed noise (paired: sd of differences; Welch: pooled sd). "
-        "Holm makes the real requirement somewhat larger.",
+        f"- power: two-sided t-test power (statsmodels) at {power:.0%} power and Holm's strictest level, alpha "
+        f"{alpha:g} over the number of arms compared (the level the verdict must reach for its smallest p), at the "
+        "observed seed noise (paired: sd of differences; Welch: pooled sd); that sd is itself estimated from the "
+        "seeds, so where it happens to be low the detectable difference is optimistic.",
         "- equivalence: TOST against ±margin (statsmodels ttost_paired / ttost_ind), "
         "Holm-adjusted across arms." if margin else
         "- equivalence: not tested (no --margin given).",
@@ -371,7 +372,7 @@ def text_line(r, confidence: str) -> str:
         return f"{r.arm}: {r.note}"
     return (f"{r.arm}: diff {_num(r.diff, sign=True)}, SE seeds {_num(r.se_seed)}, SE test text "
             f"{_text_part(r.se_text, r.se_text)}; {confidence} CI over both {_ci(r.low, r.high)}; floor "
-            f"{_text_part(r.floor, r.se_text)}; {r.dominant} dominate" + ("s" if r.dominant == "test text" else ""))
+            f"{_text_part(r.floor, r.se_text)}; {r.dominant} dominate" + ("" if r.dominant == "seeds" else "s"))
 
 
 def render_text(rep: SweepReport, hh: str) -> list[str]:

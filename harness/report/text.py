@@ -100,7 +100,11 @@ def build_text(done: pd.DataFrame, baseline: str, alpha: float) -> TextReport | 
                                         f"(has {len(shared)})"})
             continue
         D = np.vstack([seeds[s] - base[s] for s in shared])
-        split = split_uncertainty(D, weights, alpha)
+        try:
+            split = split_uncertainty(D, weights, alpha)
+        except ValueError as e:
+            rows.append({**row, "note": f"not split: {e}"})
+            continue
         rows.append({**row, "diff": split.diff, "se_seed": split.se_seed, "se_text": split.se_text, "se": split.se,
                      "df": split.df, "low": split.low, "high": split.high, "floor": split.floor,
                      "text_share": split.text_share, "dominant": split.dominant,

@@ -122,13 +122,16 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
         if arm == baseline:
             continue
         targets = {s: float(y[-1]) for s, (t, y) in seeds.items() if abs(t[-1] - budget) <= 0.5 * budget}
-        k = multiplier(base_curves, targets, budget, alpha) if not worth.note else None
+        shared = set(targets) & set(base_curves)
+        k = multiplier(base_curves, targets, budget, alpha) if shared and not worth.note else None
         match, own = None, _schedule(ordinary[ordinary["arm"].eq(arm)])
         if constant and own == "constant":  # tokens to match reads the arm's own mid-run points as shorter runs
             base_final = {s: float(y[np.argmin(abs(t - budget))]) for s, (t, y) in per_arm[baseline].items()}
-            match = multiplier(seeds, {s: v for s, v in base_final.items() if s in seeds}, budget, alpha)
+            finals = {s: v for s, v in base_final.items() if s in seeds}
+            match = multiplier(seeds, finals, budget, alpha) if finals else None
         further = max(pd.to_numeric(others["budget_factor"], errors="coerce").dropna(), default=1.0)
-        note = _note(k, match, _extension(further) if extendable else "")
+        note = _note(k, match, _extension(further) if extendable else "") if shared else \
+            "no k: no seed of the arm has a baseline run of the same seed with held-out points"
         if constant and own != "constant":
             note = "; ".join(filter(None, [note, f"no tokens to match: the arm's {own} schedule depends on the run's "
                                                  "length, so its mid-run points are not shorter runs"]))

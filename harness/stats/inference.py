@@ -41,13 +41,15 @@ Verdict rules (first match wins)
     5. ``no detectable difference``: everything else. This is NOT evidence of no effect: read
        the minimum detectable difference next to it.
 
-Power (``statsmodels.stats.power``; two-sided, at the raw ``alpha``, 80% power by default)
+Power (``statsmodels.stats.power``; two-sided, 80% power by default, at Holm's strictest level
+alpha / m for the m arms compared, the level the verdict must reach for its smallest p)
     * ``mdd``: the smallest true difference the current design detects with that power, at the
       observed seed noise (paired: sd of the per-seed differences, one-sample t power; Welch:
-      pooled sd, two-sample t power with the actual group sizes).
+      pooled sd, two-sample t power with the actual group sizes). The observed sd is itself an
+      estimate from n seeds: at the true sd the power is as stated (checked by simulation in
+      tests/test_stats.py); at an sd that happens to be low the figure is optimistic.
     * ``seeds_needed``: the number of seeds (pairs; for Welch, runs per arm) needed to detect a
-      true difference as large as the observed one with that power. Holm makes the real
-      requirement somewhat larger when several arms are compared.
+      true difference as large as the observed one with that power, at the same level.
 
 Known limitation, measured (tests/test_stats.py)
     The BCa interval is too narrow with few seeds: a nominal 95% interval covered about 85%
@@ -596,9 +598,10 @@ def outlier_note(flagged: list[tuple[int, float]], p_t: float, p_robust: float, 
 def paired_comparison(
     baseline: pd.Series, arm: pd.Series, *, alpha: float = 0.05, margin: float | None = None,
     power: float = 0.8, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_BOOT_SEED,
-    name: str = "arm",
+    name: str = "arm", arms_compared: int = 1,
 ) -> Comparison:
-    """Paired comparison on the seeds both Series (indexed by seed) share."""
+    """Paired comparison on the seeds both Series (indexed by seed) share; its power figures at
+    Holm's strictest level over ``arms_compared`` arms."""
     b = pd.Series(baseline, dtype=float).dropna()
     a = pd.Series(arm, dtype=float).dropna()
     common = b.index.intersection(a.index)
@@ -636,8 +639,8 @@ def paired_comparison(
     if note and n_resamples > 0:
         c.notes.append(note)
     c.effect_size = cohens_dz(d)
-    c.mdd = min_detectable_difference(c.sd_diff, len(d), alpha, power, paired=True)
-    c.seeds_needed = seeds_needed(c.diff, c.sd_diff, alpha, power, paired=True)
+    c.mdd = min_detectable_difference(c.sd_diff, len(d), alpha / arms_compared, power, paired=True)
+    c.seeds_needed = seeds_needed(c.diff, c.sd_diff, alpha / arms_compared, power, paired=True)
     if margin:
         c.p_tost = tost_paired(b_, a_, margin)
     return c
@@ -646,8 +649,10 @@ def paired_comparison(
 def welch_comparison(
     baseline, arm, *, alpha: float = 0.05, margin: float | None = None, power: float = 0.8,
     n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_BOOT_SEED, name: str = "arm",
+    arms_compared: int = 1,
 ) -> Comparison:
-    """Unpaired comparison: Welch t, Mann-Whitney U, two-sample BCa, Hedges' g."""
+    """Unpaired comparison: Welch t, Mann-Whitney U, two-sample BCa, Hedges' g; power figures at
+    Holm's strictest level over ``arms_compared`` arms."""
     b, a = _clean(baseline), _clean(arm)
     c = Comparison(arm=name, test=WELCH_T, n_baseline=int(b.size), n=int(a.size),
                    effect_size_name="Hedges' g", robust_test="Mann-Whitney U")
@@ -672,8 +677,8 @@ def welch_comparison(
     n1, n2 = b.size, a.size
     sp = math.sqrt(((n1 - 1) * b.var(ddof=1) + (n2 - 1) * a.var(ddof=1)) / (n1 + n2 - 2))
     c.sd_diff = NaN
-    c.mdd = min_detectable_difference(sp, n1, alpha, power, paired=False, n_arm=n2)
-    c.seeds_needed = seeds_needed(c.diff, sp, alpha, power, paired=False)
+    c.mdd = min_detectable_difference(sp, n1, alpha / arms_compared, power, paired=False, n_arm=n2)
+    c.seeds_needed = seeds_needed(c.diff, sp, alpha / arms_compared, power, paired=False)
     if margin:
         c.p_tost = tost_welch(b, a, margin)
     return c
@@ -764,7 +769,7 @@ def compare_arms(
             row = c.as_dict()
         else:
             c = compare(base, s, pairing=pairing, alpha=alpha, margin=margin, power=power,
-                        n_resamples=n_resamples, seed=seed, name=a)
+                        n_resamples=n_resamples, seed=seed, name=a, arms_compared=len(arms) - 1)
             row = c.as_dict()
         row.update(mean=desc.mean, sd=desc.sd)
         rows.append(row)

@@ -102,6 +102,11 @@ def trend(means, variances, pairs, log2_params, log2_target: float, alpha: float
     rungs, each with MIN_PAIRS pairs and a positive variance (ValueError otherwise)."""
     m, s2 = np.asarray(means, float), np.asarray(variances, float)
     n, x = np.asarray(pairs, float), np.asarray(log2_params, float)
+    if not (len(m) == len(s2) == len(n) == len(x)):
+        raise ValueError(f"a trend needs one mean, variance, pair count and size per rung, got {len(m)}, "
+                         f"{len(s2)}, {len(n)} and {len(x)}")
+    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(x)) and math.isfinite(log2_target)):
+        raise ValueError("a trend needs finite means, sizes and target (a rung's mean difference is NaN)")
     if len(m) < 2 or len(np.unique(x)) < 2:
         raise ValueError("a trend needs two rungs of different sizes")
     if np.any(n < MIN_PAIRS) or not np.all(np.isfinite(s2)) or np.any(s2 <= 0):

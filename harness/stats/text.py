@@ -75,7 +75,10 @@ class TextSplit:
 
     @property
     def dominant(self) -> str:
-        """Which source the variance of d at these seeds mostly comes from: "seeds" or "test text"."""
+        """Which source the variance of d at these seeds mostly comes from: "seeds" or "test text";
+        "neither" where both are zero (a constant D), so that rounding never picks one."""
+        if self.se_text == 0 and self.se_seed == 0:
+            return "neither"
         return "test text" if self.se_text > self.se_seed else "seeds"
 
 
@@ -90,13 +93,20 @@ def unit_means(sums, tokens) -> tuple[np.ndarray, np.ndarray]:
 
 def split_uncertainty(diffs, weights, alpha: float = 0.05) -> TextSplit:
     """The two-way split of D (seeds x units) with unit weights w (summing to 1); units without
-    tokens (weight 0) are dropped. Needs at least MIN_SEEDS seeds (with 2, a seed variance of one
+    tokens (weight 0) are dropped; a NaN cell, a NaN or negative weight is refused (ValueError), and
+    a constant D gives zero parts and no interval. Needs at least MIN_SEEDS seeds (with 2, a seed variance of one
     degree of freedom that happens to be small makes Satterthwaite's interval cover about 88%) and
     2 units."""
     D = np.asarray(diffs, dtype=float)
     w = np.asarray(weights, dtype=float)
+    if D.ndim != 2 or w.shape != (D.shape[1],):
+        raise ValueError(f"the split needs D as seeds x units and one weight per unit, got {D.shape} and {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("the split needs finite weights of zero or more (a unit's share of the test tokens)")
     keep = w > 0
     D, w = D[:, keep], w[keep] / w[keep].sum()
+    if not np.all(np.isfinite(D)):
+        raise ValueError("the split needs a finite difference in every cell of a unit with tokens (one is NaN)")
     S, U = D.shape
     if S < MIN_SEEDS or U < 2:
         raise ValueError(f"the split needs at least {MIN_SEEDS} seeds and 2 units, got {S} and {U}")
@@ -109,14 +119,18 @@ def split_uncertainty(diffs, weights, alpha: float = 0.05) -> TextSplit:
     v_seed = float(((d_s - d) ** 2).sum() / (S * (S - 1)))
     v_unit = float(c * (w ** 2 * (unit_mean - d) ** 2).sum())
     v_inter = float(c * (w ** 2 * (resid ** 2).sum(axis=0)).sum() / (S * (S - 1)))
+    rounding = (1e-12 * float(np.abs(D).max())) ** 2  # a constant D leaves only rounding: count it as zero
+    v_seed, v_unit, v_inter = (x if x > rounding else 0.0 for x in (v_seed, v_unit, v_inter))
     text_var = v_unit - v_inter  # the moment estimate: unbiased, so negative at times by chance
     v_text = max(text_var, 0.0)
     v = max(v_seed + v_text, v_unit)
     parts = [(v_seed, S - 1), (v_unit, U - 1), (v_inter, (S - 1) * (U - 1))]
     denom = sum(p * p / f for p, f in parts)
-    df = float(min(max(v * v / denom, 1.0), 1e9)) if denom > 0 else math.inf
-    half = float(sps.t.ppf(1 - alpha / 2, df)) * math.sqrt(v) if math.isfinite(df) else \
-        float(sps.norm.ppf(1 - alpha / 2)) * math.sqrt(v)
+    if v == 0:  # no variance at all: no interval, as the t test gives none
+        df, half = math.nan, math.nan
+    else:
+        df = float(min(max(v * v / denom, 1.0), 1e9))
+        half = float(sps.t.ppf(1 - alpha / 2, df)) * math.sqrt(v)
     return TextSplit(diff=d, se_seed=math.sqrt(v_seed), se_text=math.sqrt(v_text), se=math.sqrt(v), df=df,
                      low=d - half, high=d + half, seeds=S, units=U, seed_var=v_seed * S,
                      text_var=text_var, inter_var=v_inter * S)
