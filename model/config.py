@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 Norm = Literal["layernorm", "rmsnorm"]
 Positions = Literal["learned", "rope", "nope"]
@@ -18,6 +18,23 @@ Init = Literal["torch_default", "gpt2"]
 
 
 _DEFAULT = object()
+
+
+def not_allowed(name: str, value: Any, kind: Any) -> str | None:
+    """Why a value of a Literal-typed key is refused, naming what is allowed; None where it is fine."""
+    if get_origin(kind) is Literal and value not in get_args(kind):
+        return f"{name}={value!r} is not one of {', '.join(map(str, get_args(kind)))}"
+    return None
+
+
+def check_literals(config: Any) -> None:
+    """Raise ValueError naming the first Literal-typed field of a config dataclass with a value
+    outside its choices (every config's one check of them)."""
+    hints = get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        why = not_allowed(f.name, getattr(config, f.name), hints[f.name])
+        if why:
+            raise ValueError(why)
 
 
 def documented(default: Any, doc: str, placement: bool = False, neutral: Any = _DEFAULT) -> Any:
@@ -82,11 +99,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the combination cannot build a network."""
-        choices = {"norm": Norm, "positions": Positions, "mlp": Mlp, "init": Init}
-        for name, kind in choices.items():
-            allowed = kind.__args__
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        check_literals(self)
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
                      "vocab_multiple", "mlp_multiple_of"):
             if getattr(self, name) < 1:

@@ -5,7 +5,7 @@ keep torch's fused kernels.
 
 - keep_mask / dropout / attention_with_dropout: dropout masks drawn per sequence from a
   counter-based generator, so a sequence gets the same mask wherever its batch runs
-  (sequences_from), several times faster than F.dropout's bernoulli_ on the CPU;
+  (sequences_from), faster than F.dropout's bernoulli_ on the CPU;
 - projected_attention: the attention block with its projections, computed in the heads' (D, T)
   layout without copies between layouts;
 - tanh_gelu: GELU(tanh) as x sigmoid(2u), since torch's CPU tanh is slow;
@@ -92,9 +92,9 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, sequences: int | 
     micro-batch is one vectorised draw, and a sequence gets the same mask in any micro-batch, on
     any process, from the same torch random state. An entry is kept when its word is at least
     ceil(p x 2^16), which keeps it with probability 1 - p to within 2^-16 (p = 0.1 drops 0.100006).
-    This is several times faster than F.dropout's bernoulli_ (a Mersenne twister), which dominated
-    a CPU training step of the small presets; 16-bit words halve the generator's work against
-    32-bit ones (the attention weights' mask of a tiny step: 0.9 ms against 1.9 ms).
+    This is faster than F.dropout's bernoulli_ (a Mersenne twister), which dominated a CPU training
+    step of the small presets; 16-bit words halve the generator's work against 32-bit ones (the
+    figures: reports/benchmarks.md, "Figures once in docstrings").
     """
     key = _mask_key()
     n = shape[0] if sequences is None else sequences
@@ -158,7 +158,7 @@ def _attend(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor, mask: torch.Te
     """Attention with dropout on (B*H, D, T) queries, keys and values (each head's D x T matrix):
     (the (B*H, D, T) output, what _attend_backward needs). Every product whose result has D rows
     is computed in that transposed layout (v^T (w m)^T instead of (w m) v, and likewise for the
-    gradients), which MKL runs about 1.5 times faster for a small head_dim than the (T, D) one;
+    gradients), which MKL runs faster for a small head_dim than the (T, D) one (reports/benchmarks.md);
     each entry is the same dot product. The weights' softmax and dropout are the C kernel's where it
     is built (one pass, and only over the allowed columns), else torch's with keep_mask's mask: the
     same masks either way."""
@@ -230,7 +230,7 @@ class _AttentionWithDropout(torch.autograd.Function):
 def projects_attention(x: torch.Tensor, p: float) -> bool:
     """Whether the attention block of x takes projected_attention: on the eager CPU in float32 with
     dropout (SDPA has no CPU kernel with dropout), and in training without it where the C kernels are
-    built (forward and backward 6% faster than SDPA's at the tiny preset); evaluation keeps SDPA's
+    built (forward and backward faster than SDPA's at the tiny preset); evaluation keeps SDPA's
     flash kernel, which is as fast as this path's forward."""
     return eager_cpu_float32(x) and (p > 0 or (torch.is_grad_enabled() and native.library() is not None))
 

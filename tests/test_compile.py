@@ -50,10 +50,10 @@ def config(*names: str, **extra) -> ModelConfig:
     return cfg
 
 
-def losses(mcfg: ModelConfig, precision: str, compile: bool) -> list[float]:
+def losses(mcfg: ModelConfig, precision: str, compile: bool, dropout_seed: int = 3) -> list[float]:
     tcfg = TrainConfig(global_batch=4, micro_batch=2, precision=precision, compile="on" if compile else "off")
     tokens = torch.randint(0, 90, (4000,), generator=torch.Generator().manual_seed(0)).numpy()
-    trainer = Trainer(mcfg, tcfg, CPU, train_tokens=tokens, data_seed=1, init_seed=2, dropout_seed=3, steps=STEPS,
+    trainer = Trainer(mcfg, tcfg, CPU, train_tokens=tokens, data_seed=1, init_seed=2, dropout_seed=dropout_seed, steps=STEPS,
                       tokens_per_step=4 * mcfg.context_length)
     assert trainer.compiled == compile
     out = []
@@ -94,10 +94,14 @@ def test_compiled_bf16_matches_eager_fp32_for_the_other_switches(names):
 
 def test_a_compiled_training_step_runs_with_dropout():
     """Compiled, dropout on (inductor's own random numbers, so not the eager path's masks): the
-    losses are those of the eager run to within the spread that other masks give."""
+    losses are those of the eager run to within the spread that other masks give, measured here as
+    the eager run's own change under three other dropout seeds."""
     mcfg = config(*TOGETHER["nope+no_bias+tied"])
     compiled, eager = losses(mcfg, "fp32", compile=True), losses(mcfg, "fp32", compile=False)
-    assert all(math.isfinite(v) and abs(v - e) < 0.1 * e for v, e in zip(compiled, eager)), (compiled, eager)
+    others = [losses(mcfg, "fp32", compile=False, dropout_seed=s) for s in (4, 5, 6)]
+    spread = [max(abs(o[i] - eager[i]) for o in others) for i in range(len(eager))]
+    assert all(math.isfinite(v) for v in compiled) and max(spread) > 0, (compiled, spread)
+    assert all(abs(v - e) <= 2 * s for v, e, s in zip(compiled, eager, spread)), (compiled, eager, spread)
 
 
 def test_fp16_with_a_grad_scaler_trains_like_fp32():

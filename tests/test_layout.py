@@ -51,3 +51,13 @@ def test_the_tests_readme_names_every_test_file():
     missing = [p.relative_to(REPO / "tests").as_posix() for p in sorted((REPO / "tests").rglob("test_*.py"))
                if p.name not in readme]
     assert not missing, f"tests/README.md does not name {missing}"
+
+
+def test_the_readme_says_where_every_module_is():
+    """The README's "Where is ..." table names each module beside its subpackage, so a new module is
+    placed on the map when it is written, not rounds later."""
+    rows = {line.split("`harness/")[1].split("/`")[0]: line for line in (REPO / "README.md").read_text().splitlines()
+            if line.startswith("|") and "`harness/" in line}
+    missing = [f"{p.parent.name}/{p.name}" for p in sorted((REPO / "harness").glob("*/*.py"))
+               if p.name != "__init__.py" and f"`{p.name}`" not in rows.get(p.parent.name, "")]
+    assert not missing, f"README's 'Where is' table does not name {missing}"

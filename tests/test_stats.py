@@ -301,7 +301,7 @@ def test_compare_arms_holm_and_verdicts(cheap_gc):
     t = S.compare_arms(_frame(arms), "baseline", margin=0.002)
     assert list(t["arm"]) == ["baseline", "better", "same", "worse"]
     assert set(S.COLUMNS) == set(t.columns)
-    assert t.loc[0, "verdict"] == S.BASELINE and math.isnan(t.loc[0, "diff"])
+    assert t.loc[0, "verdict"] == S.REFERENCE and math.isnan(t.loc[0, "diff"])
     assert t.loc[0, "sd"] == pytest.approx(base.std(ddof=1))
     p = t.loc[1:, "p"].to_numpy()
     assert t.loc[1:, "p_holm"].to_numpy() == pytest.approx(multipletests(p, method="holm")[1])

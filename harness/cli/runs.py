@@ -1,4 +1,4 @@
-"""The commands that train: `harness run`, `harness sweep`, `harness noise`.
+"""The commands that train: `harness run`, `harness sweep`, `harness noise`, `harness ladder`.
 
 Each command's parameters are its options (Typer declares options as parameters, so these
 functions have many); each body builds the option groups once (a SweepRequest or NoiseRequest,
@@ -20,7 +20,7 @@ from harness.cli.app import (BudgetOpt, DataOpt, DataSeedOpt, DropoutSeedOpt, In
                              non_negative, parse_sets)
 from harness.core import config as cfgmod
 from harness.planning.adaptive import DEFAULT_ALPHA
-from harness.planning.request import DEFAULT_LARGEST, DEFAULT_RUNGS, DEFAULT_SEEDS, DEFAULT_SMALLEST
+from harness.planning.request import BUDGETS, DEFAULT_LARGEST, DEFAULT_RUNGS, DEFAULT_SEEDS, DEFAULT_SMALLEST
 from harness.stats.sequential import DEFAULT_MAX_SEEDS, DEFAULT_MIN_SEEDS
 from harness.core.errors import UserError
 
@@ -33,7 +33,7 @@ RdzvOpt = Annotated[str, typer.Option(help="host:port of the c10d rendezvous (mu
 RetriesOpt = Annotated[int, typer.Option(help="Retries of a failed run.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs, budgets, estimated time) and stop.")]
 LauncherOpt = Annotated[str, typer.Option(
-    help="torchrun: run here, one run after another (default); slurm: submit each run as a Slurm job "
+    help="torchrun: run here, --jobs runs at a time (default); slurm: submit each run as a Slurm job "
          "(one job array per sweep) through submitit; local: the same jobs through submitit's local executor.")]
 PartitionOpt = Annotated[Optional[str], typer.Option(help="Slurm partition.")]
 TimeOpt = Annotated[Optional[str], typer.Option(
@@ -109,8 +109,13 @@ class Execution:
     log: tuple[str, ...] = ()
 
     @property
-    def tensorboard(self) -> bool:
-        return "tensorboard" in self.log
+    def progress_log(self):
+        """What writes the runs' curves as they arrive (TensorBoard under --log tensorboard), or None."""
+        if "tensorboard" not in self.log:
+            return None
+        from harness.trackers.tensorboard import TensorBoardLog
+
+        return TensorBoardLog
 
     @classmethod
     def checked(cls, retries: int, jobs: str, log: list[str] | None, cluster) -> "Execution":
@@ -149,7 +154,7 @@ def run_or_submit(plan, launcher, cluster, how: Execution, jobs_here: int) -> in
         from harness.cluster.slurm import submit_plan
 
         with publishing(plan, how.log):
-            return submit_plan(plan, launcher, cluster, how.retries, console, tensorboard=how.tensorboard)
+            return submit_plan(plan, launcher, cluster, how.retries, console, progress_log=how.progress_log)
     outcome = run_here(plan, launcher, retries=how.retries, log=how.log, jobs=jobs_here)
     return 0 if outcome.all_completed else 1
 
@@ -203,7 +208,7 @@ def run_here(plan, launcher, retries: int, log: tuple[str, ...], jobs: int = 1):
     trackers each run as it is recorded."""
     from harness.launch.local import execute_plan
     from harness.store.results import ResultsStore
-    from harness.launch.tensorboard import TensorBoardLog
+    from harness.trackers.tensorboard import TensorBoardLog
 
     tb = TensorBoardLog(plan.results) if "tensorboard" in log else None
     with publishing(plan, log) as publisher:
@@ -225,7 +230,7 @@ def run_cmd(
     nproc: NprocOpt = None,
     sets: SetOpt = None,
     tokens: TokensOpt = None,
-    budget: BudgetOpt = "baseline",
+    budget: BudgetOpt = BUDGETS[0],
     results: ResultsOpt = Path("results"),
     sweep: Annotated[str, typer.Option(help="Sweep name to record the run under.")] = "adhoc",
     nnodes: NnodesOpt = 1,
@@ -433,10 +438,7 @@ def ladder_cmd(
                               mem_gb, slurm_arg, slurm_setup, wait)
     how = Execution.checked(retries, jobs, log, cluster)
     adaptive = adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha)
-    if adaptive is not None and (seeds is not None or seed_list is not None):
-        raise UserError("--until-decided runs seeds 0, 1, ... until each arm is decided, at most --max-seeds; "
-                        "drop --seeds / --seed-list")
-    chosen = range(adaptive.max_seeds) if adaptive else seed_values(seeds, seed_list)
+    chosen = seed_values(seeds, seed_list, adaptive=adaptive)
     if sizes is not None and (rungs, smallest, largest) != (None, None, None):
         raise UserError("--sizes names the rungs; --rungs, --smallest and --largest choose them: give one or the other")
     spacing = {k: v for k, v in (("rungs", rungs), ("smallest", smallest), ("largest", largest)) if v is not None}

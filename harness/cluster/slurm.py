@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness.core.errors import UserError
 from harness.core.files import atomic_write_bytes
@@ -230,7 +230,8 @@ def _executor(opts: ClusterOptions, folder: Path, name: str, nproc: int, nnodes:
     return executor
 
 
-def submit_plan(plan, launcher: Launcher, opts: ClusterOptions, retries: int, console, tensorboard: bool = False) -> int:
+def submit_plan(plan, launcher: Launcher, opts: ClusterOptions, retries: int, console,
+                progress_log: Callable[[Path], Any] | None = None) -> int:
     """Submit the plan's missing runs as jobs; wait for them (local, or --wait). Returns an exit code.
 
     An adaptive plan goes round by round (harness.planning.adaptive.rounds): each round's jobs are waited
@@ -247,11 +248,11 @@ def submit_plan(plan, launcher: Launcher, opts: ClusterOptions, retries: int, co
     save_plan(plan)
     try:
         if plan.adaptive is None:
-            return _submit_runs(plan, store, launcher, plan.specs, opts, retries, console, tensorboard)
+            return _submit_runs(plan, store, launcher, plan.specs, opts, retries, console, progress_log)
         policy, code = RetryPolicy(retries), 0
         adaptive_opts = dataclasses.replace(opts, wait=opts.wait is not False)
         for specs in rounds(plan, console):
-            code = max(code, _submit_runs(plan, store, launcher, specs, adaptive_opts, retries, console, tensorboard))
+            code = max(code, _submit_runs(plan, store, launcher, specs, adaptive_opts, retries, console, progress_log))
             unsettled = [s for s in specs if policy.settled(store.history(s.sweep, s.run_id).statuses) is None]
             if unsettled:
                 console.print(f"round of seed {specs[0].seed} is still running ({len(unsettled)} run(s)); run the "
@@ -287,7 +288,7 @@ class _Pending:
 
 
 def _submit_runs(plan, store: ResultsStore, launcher: Launcher, specs: list[RunSpec], opts: ClusterOptions,
-                 retries: int, console, tensorboard: bool) -> int:
+                 retries: int, console, progress_log: Callable[[Path], Any] | None) -> int:
     results = store.root.resolve()
     policy = RetryPolicy(retries)
     settled = {spec.run_id: policy.settled(store.history(spec.sweep, spec.run_id).statuses) for spec in specs}
@@ -336,7 +337,7 @@ def _submit_runs(plan, store: ResultsStore, launcher: Launcher, specs: list[RunS
     def job_for(spec: RunSpec):
         from harness.cluster.slurmjob import RunJob
 
-        return RunJob(dataclasses.asdict(spec), str(results), nproc, retries, tensorboard)
+        return RunJob(dataclasses.asdict(spec), str(results), nproc, retries, progress_log)
 
     if opts.launcher == "slurm":
         jobs: dict[str, str] = {}

@@ -18,7 +18,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness.launch.torchrun import Launcher
 from harness.store.record import FAILED, FINAL, RetryPolicy, RunSpec
@@ -76,9 +76,10 @@ def _before(handler):
 class RunJob:
     """One run as a submitit job: resumable, requeued with the same arguments on preemption."""
 
-    def __init__(self, spec: dict[str, Any], results: str, nproc: int, retries: int, tensorboard: bool = False):
+    def __init__(self, spec: dict[str, Any], results: str, nproc: int, retries: int,
+                 progress_log: Callable[[Path], Any] | None = None):
         self.spec, self.results, self.nproc = spec, results, nproc
-        self.retries, self.tensorboard = retries, tensorboard
+        self.retries, self.progress_log = retries, progress_log  # e.g. TensorBoardLog: built from the results folder
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit calls this on preemption/timeout: requeue the same run (it resumes from its checkpoint)."""
@@ -108,11 +109,7 @@ class RunJob:
     def _lead(self, spec: RunSpec, store: ResultsStore, launcher: JobLauncher) -> dict[str, Any]:
         from harness.launch.torchrun import execute
 
-        tb = None
-        if self.tensorboard:
-            from harness.launch.tensorboard import TensorBoardLog
-
-            tb = TensorBoardLog(store.root)
+        tb = self.progress_log(store.root) if self.progress_log else None
         policy = RetryPolicy(self.retries)
         while True:
             history = store.history(spec.sweep, spec.run_id)

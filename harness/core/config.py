@@ -21,11 +21,10 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from harness.core.bounds import check_int
 from harness.core.code import COMPOSING, CodeFile, coerce_setting, read_code
-from harness.core.definitions import NAME, NAME_RULE, Library
+from harness.core.definitions import BASELINE, NAME, NAME_RULE, Library
 from harness.core.errors import UserError, shown
-from harness.model.config import ModelConfig, documented, key_docs
+from harness.model.config import ModelConfig, check_literals, documented, key_docs, not_allowed
 
-BASELINE = "baseline"
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,7 @@ class TrainConfig:
         for name in ("beta1", "beta2", "warmup_frac", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("lr_schedule", "precision", "compile"):
-            allowed = get_args(get_type_hints(TrainConfig)[name])
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        check_literals(self)
 
 
 MODEL_KEYS = frozenset(ModelConfig.field_names())
@@ -100,7 +96,8 @@ def _closest(name: str, candidates) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """A definitions file's TOML (preset, intervention or sweep file), or one line naming what is wrong."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
@@ -142,9 +139,9 @@ def coerce(key: str, value: Any, where: str) -> Any:
         raise UserError(f"{where}: unknown key {key!r}{_closest(key, ALL_KEYS)}; see `harness list --keys`")
     kind = FIELD_TYPES[key]
     if get_origin(kind) is Literal:
-        if value not in get_args(kind):
-            allowed = ", ".join(map(str, get_args(kind)))
-            raise UserError(f"{where}: {key}={value!r} is not one of {allowed}")
+        why = not_allowed(key, value, kind)
+        if why:
+            raise UserError(f"{where}: {why}")
         return value
     if kind is bool:
         if not isinstance(value, bool):
@@ -214,15 +211,18 @@ class Preset:
     train: dict[str, Any]
 
 
-def _check_keys(path: Path, data: dict[str, Any], allowed: dict[str, type]) -> None:
-    """Only the file kind's own top-level keys, each of its type (a [section] is a table)."""
+KINDS = {dict: "a table", str: "a string", list: "a list", int: "an integer"}
+
+
+def check_keys(path: Path, data: dict[str, Any], allowed: dict[str, type]) -> None:
+    """Only the file kind's own top-level keys, each of its type (a [section] is a table; true is
+    not an integer)."""
     for key, value in data.items():
         if key not in allowed:
             raise UserError(f"{path}: unknown {'section [' + key + ']' if isinstance(value, dict) else 'key ' + repr(key)}"
                             f"{_closest(key, list(allowed))}; allowed: {', '.join(allowed)}")
-        if not isinstance(value, allowed[key]):
-            want = "a table" if allowed[key] is dict else "a string"
-            raise UserError(f"{path}: {key} must be {want}, got {value!r}")
+        if not isinstance(value, allowed[key]) or (isinstance(value, bool) and allowed[key] is not bool):
+            raise UserError(f"{path}: {key} must be {KINDS[allowed[key]]}, got {value!r}")
 
 
 def preset_names(library: Library | None = None) -> list[str]:
@@ -239,8 +239,8 @@ INTERVENTION_KEYS = {"description": str, "source": str, "code": str, "set": dict
 
 def load_preset(name: str, library: Library | None = None) -> Preset:
     path = (library or Library.from_environment()).find("preset", name).path
-    data = _read_toml(path)
-    _check_keys(path, data, PRESET_KEYS)
+    data = read_toml(path)
+    check_keys(path, data, PRESET_KEYS)
     tables = {"model": MODEL_KEYS, "train": TRAIN_KEYS}
     for section, keys in tables.items():
         for key, value in data.get(section, {}).items():
@@ -252,8 +252,8 @@ def load_preset(name: str, library: Library | None = None) -> Preset:
 
 def load_intervention(name: str, library: Library | None = None) -> Intervention:
     path = (library or Library.from_environment()).find("intervention", name).path
-    data = _read_toml(path)
-    _check_keys(path, data, INTERVENTION_KEYS)
+    data = read_toml(path)
+    check_keys(path, data, INTERVENTION_KEYS)
     code = None
     if "code" in data:
         file = path.parent / data["code"]

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.core.errors import UserError, shown
+
+BASELINE = "baseline"  # the arm of no intervention, which every other arm is compared with
 from harness.core.files import user_path
 
 ENV = "HARNESS_SWEEPS"

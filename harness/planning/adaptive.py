@@ -22,7 +22,7 @@ import pandas as pd
 
 from harness.core.config import BASELINE
 from harness.core.errors import UserError
-from harness.store.record import COMPLETED
+from harness.store.record import COMPLETED, ordinary_budget
 from harness.stats.sequential import DEFAULT_MAX_SEEDS, DEFAULT_MIN_SEEDS, METHOD, Look, decide, decided
 
 
@@ -90,14 +90,6 @@ class ArmState:
     @property
     def decided(self) -> bool:
         return decided(self.look.state)
-
-
-def ordinary_budget(rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows at the sweep's own budget: not the baseline's runs at other budgets (--extend-baseline),
-    which only the compute multiplier reads (older tables have no budget_factor: all ordinary)."""
-    if "budget_factor" not in rows or rows.empty:
-        return rows
-    return rows[pd.to_numeric(rows["budget_factor"], errors="coerce").fillna(1.0).eq(1.0)]
 
 
 def paired_differences(rows: pd.DataFrame, arms: list[str], baseline: str, max_seeds: int) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,7 +27,7 @@ SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+,=-]{0,199}")
 SWEEP_NAME_RULE = "letters, digits and . _ + , = - (it names files), starting with a letter or digit"
 SWEEP_FILE_KEYS = {"name": str, "description": str, "preset": str, "arms": list, "seeds": int, "seed_list": list,
                    "budget": str, "tokens": int, "set": dict}
-BUDGETS = ("baseline", "own")
+BUDGETS = ("baseline", "own")  # the first is the default: every arm at the baseline's budget
 MIN_EXTEND, MAX_EXTEND = 1.1, 16.0
 DEFAULT_SEEDS = 5
 # a ladder's sizes (harness.planning.ladder): rungs, spaced evenly in log parameters from the smallest
@@ -71,7 +70,7 @@ class SweepRequest:
     preset: str = DEFAULT_PRESET
     sets: Mapping[str, Any] = field(default_factory=dict)
     tokens: int | None = None
-    budget: str = "baseline"
+    budget: str = BUDGETS[0]
     name: str | None = None
     include_baseline: bool = True
     streams: Streams = Streams()
@@ -132,19 +131,14 @@ def sweep_request(arms: list[str], *, seeds: int | None, seed_list: str | None, 
     if len(arms) == 1 and (arms[0].endswith(".toml") or os.path.isfile(arms[0])):
         file = load_sweep_file(sweep_file_path(arms[0], library))
         arms = file["arms"]
+    chosen = seed_values(seeds, seed_list, file, adaptive)
     if adaptive is not None:
-        if seeds is not None or seed_list is not None:
-            raise UserError("--until-decided runs seeds 0, 1, ... until each arm is decided, at most --max-seeds; "
-                            "drop --seeds / --seed-list")
         adaptive.check()
-        chosen = list(range(adaptive.max_seeds))
-    else:
-        chosen = seed_values(seeds, seed_list, file)
     return SweepRequest(
         arms=tuple(arms), seeds=tuple(chosen), preset=preset or file.get("preset", DEFAULT_PRESET),
         sets=with_data(dict(file.get("set", {})) | dict(sets), data),
         tokens=tokens if tokens is not None else file.get("tokens"),
-        budget=budget or file.get("budget", "baseline"), name=name if name is not None else file.get("name"),
+        budget=budget or file.get("budget", BUDGETS[0]), name=name if name is not None else file.get("name"),
         streams=streams, adaptive=adaptive, extend=extend).check()
 
 
@@ -185,8 +179,15 @@ def with_data(sets: dict[str, Any], data: str | None) -> dict[str, Any]:
     return sets | {"data": data}
 
 
-def seed_values(seeds: int | None, seed_list: str | None, file: dict[str, Any] | None = None) -> list[int]:
-    """--seeds N (0..N-1) or --seed-list 7,11,13, else the sweep file's seeds or seed_list, else 0..4."""
+def seed_values(seeds: int | None, seed_list: str | None, file: dict[str, Any] | None = None,
+                adaptive: Adaptive | None = None) -> list[int]:
+    """--seeds N (0..N-1) or --seed-list 7,11,13, else the sweep file's seeds or seed_list, else 0..4;
+    under --until-decided, seeds 0 .. max_seeds-1 (run in rounds), and neither option."""
+    if adaptive is not None:
+        if seeds is not None or seed_list is not None:
+            raise UserError("--until-decided runs seeds 0, 1, ... until each arm is decided, at most --max-seeds; "
+                            "drop --seeds / --seed-list")
+        return list(range(adaptive.max_seeds))
     file = file or {}
     if seeds is not None and seed_list is not None:
         raise UserError("give --seeds or --seed-list, not both")
@@ -225,21 +226,11 @@ def sweep_file_path(text: str, library: Library) -> Path:
 
 def load_sweep_file(path: Path) -> dict[str, Any]:
     """A sweep file: name, preset, arms, seeds or seed_list, budget, tokens, [set]."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: malformed TOML: {err}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read sweep file {path}: {err}") from None
-    unknown = set(data) - set(SWEEP_FILE_KEYS)
-    if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(SWEEP_FILE_KEYS))}")
+    data = cfgmod.read_toml(path)
+    cfgmod.check_keys(path, data, SWEEP_FILE_KEYS)
     arms = data.get("arms")
     if not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms):
         raise UserError(f"{path}: 'arms' must be a non-empty list of arm names")
-    for key, kind in SWEEP_FILE_KEYS.items():
-        if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
-            raise UserError(f"{path}: '{key}' must be {kind.__name__}, got {data[key]!r}")
     if "seeds" in data and "seed_list" in data:
         raise UserError(f"{path}: give 'seeds' (0..N-1) or 'seed_list', not both")
     seed_list = data.get("seed_list", [])

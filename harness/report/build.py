@@ -27,13 +27,12 @@ from harness.report.compare import (NoiseReport, ReportOptions, SweepReport, arm
 from harness.core.errors import Refusal, UserError
 from harness.core.files import is_folder, user_path
 from harness.report.outcomes import OUTCOMES, Store, load_store, resolve_outcomes
-from harness.planning.adaptive import ordinary_budget
 from harness.report.sameness import Difference, differences
 from harness.report.plots import aggregate_curves, make_plots, plot_ladder, plot_noise
 from harness.report.ladder import LadderReport, build_ladder_report
 from harness.report.render_ladder import ladder_to_json, render_ladder_section, render_ladder_terminal
 from harness.store.planfile import saved_ladders
-from harness.store.record import COMPLETED
+from harness.store.record import COMPLETED, ordinary_budget
 from harness.store.outputs import guard_destination
 from harness.store.results import CURVES, MANIFEST, RUNS
 from harness.report.render import (SIGN_CONVENTION, jsonable, md_escape, noise_to_json, render_markdown_section,

@@ -17,7 +17,7 @@ import pandas as pd
 from harness.stats import noise
 
 from harness.stats import inference as stats
-from harness.planning.adaptive import Adaptive, arm_states, check_error_rates, ordinary_budget, round_arms
+from harness.planning.adaptive import Adaptive, arm_states, check_error_rates, round_arms
 from harness.report.text import TextReport, build_text
 from harness.report.worth import Worth, build_worth
 from harness.report.outcomes import OUTCOMES
@@ -27,14 +27,14 @@ from harness.stats.pairing import pairing_gain
 from harness.core.seeds import REPLICATE, roles
 from harness.core.config import BASELINE
 from harness.core.errors import UserError
-from harness.store.record import COMPLETED
+from harness.store.record import COMPLETED, ordinary_budget
 
 
 @dataclass(frozen=True)
 class ReportOptions:
     """How arms are compared (every field is also a `harness report` option)."""
 
-    baseline: str = "baseline"
+    baseline: str = BASELINE
     alpha: float = 0.05  # significance level, after Holm's correction across arms
     margin: float | None = None  # equivalence margin in test loss (TOST); None: not tested
     power: float = 0.8  # for minimum detectable differences and seeds needed

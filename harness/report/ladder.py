@@ -19,12 +19,11 @@ import pandas as pd
 
 from harness.core.config import BASELINE
 from harness.core.errors import UserError
-from harness.planning.adaptive import ordinary_budget
 from harness.report.compare import WITHHELD, ReportOptions, SweepReport
 from harness.report.sameness import BUDGET, facts
 from harness.stats import ladder as trendstats
 from harness.stats.inference import holm
-from harness.store.record import COMPLETED
+from harness.store.record import COMPLETED, ordinary_budget
 
 SCALED = {"n_layers", "emb_dim", "n_heads", "lr", "global_batch", BUDGET, "tokens per step"}
 RUNG_COLUMNS = ["sweep", "size", "params", "arm", "pairs", "diff", "low", "high", "k", "k_low", "k_high", "k_state",

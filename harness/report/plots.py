@@ -16,8 +16,7 @@ import pandas as pd
 
 from harness.stats import inference as stats
 from harness.report.compare import SweepReport
-from harness.planning.adaptive import ordinary_budget
-from harness.store.record import COMPLETED
+from harness.store.record import COMPLETED, ordinary_budget
 
 MAX_PLOT_ARMS = 12  # arms besides the baseline in the curve and paired plots
 

@@ -584,7 +584,7 @@ def sweep_to_json(rep: SweepReport) -> dict:
 
 _RICH_VERDICT = {stats.BETTER: "green", stats.WORSE: "red", stats.EQUIVALENT: "blue",
                  stats.NO_DIFFERENCE: "white", stats.INSUFFICIENT: "yellow",
-                 stats.BASELINE: "dim"}
+                 stats.REFERENCE: "dim"}
 
 
 def render_terminal(rep: SweepReport, console: Console) -> None:

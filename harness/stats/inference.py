@@ -88,7 +88,7 @@ WORSE = "worse"
 EQUIVALENT = "equivalent within margin"
 NO_DIFFERENCE = "no detectable difference"
 INSUFFICIENT = "insufficient data"
-BASELINE = "baseline"
+REFERENCE = "baseline"  # the verdict of the row the others are compared with: a role, whatever its arm is named
 VERDICTS = (BETTER, WORSE, EQUIVALENT, NO_DIFFERENCE, INSUFFICIENT)
 
 PAIRED_T = "paired t"
@@ -101,7 +101,7 @@ DEFAULT_BOOT_SEED = 0
 NaN = float("nan")
 
 __all__ = [
-    "BETTER", "WORSE", "EQUIVALENT", "NO_DIFFERENCE", "INSUFFICIENT", "BASELINE", "VERDICTS",
+    "BETTER", "WORSE", "EQUIVALENT", "NO_DIFFERENCE", "INSUFFICIENT", "REFERENCE", "VERDICTS",
     "PAIRED_T", "WELCH_T", "NO_TEST", "Comparison", "Descriptive", "describe", "paired_t",
     "welch_t", "paired_comparison", "welch_comparison", "compare", "compare_arms", "holm",
     "bca_interval", "wilcoxon_signed_rank", "mann_whitney", "cohens_dz", "hedges_g",
@@ -758,7 +758,7 @@ def compare_arms(
                 c.notes.append(f"baseline has {desc.n} completed run(s): its sd, every test, "
                                "interval, power figure and verdict need at least 2")
             row = c.as_dict()
-            row["verdict"] = BASELINE
+            row["verdict"] = REFERENCE
         elif len(base) < 2 or desc.n == 0:
             c = Comparison(arm=a, test=NO_TEST, n_baseline=len(base), n=desc.n)
             if len(base) and desc.n:

@@ -11,6 +11,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from harness.core.definitions import BASELINE
 from harness.core.files import atomic_write_json
 
 PLANS = "sweeps"
@@ -83,15 +84,15 @@ def conflicts(saved: dict[str, Any], new: dict[str, Any]) -> str | None:
     if new["kind"] == NOISE and (saved.get("noise") or {}).get("arm") != (new.get("noise") or {}).get("arm"):
         return f"noise study {name!r} studies arm {(saved.get('noise') or {}).get('arm')!r}, not {new['noise'].get('arm')!r}"
     experiments = saved.get("experiments")
-    if not isinstance(experiments, dict) or "baseline" not in experiments:
+    if not isinstance(experiments, dict) or BASELINE not in experiments:
         return None  # a plan saved before experiments were: the report checks the recorded runs
     from harness.core.scheme import check_known, every_key, shown
 
     for keys in experiments.values():
         check_known(keys, f"the saved plan of sweep {name!r}")
-    base = experiments["baseline"]
+    base = experiments[BASELINE]
     for arm, keys in new["experiments"].items():
-        own = set(new["intervention_sets"].get(arm, {})) if arm != "baseline" else set()
+        own = set(new["intervention_sets"].get(arm, {})) if arm != BASELINE else set()
         reference, planned = every_key(experiments.get(arm, base)), every_key(keys)
         changed = []
         for k in [*planned, *(k for k in reference if k not in planned)]:
@@ -192,7 +193,7 @@ def ladder_record(ladder) -> dict[str, Any]:
         "target": ladder.target, "target_params": ladder.target_params, "scheme": ladder.scheme,
         "rungs": [{"sweep": r.sweep, "size": r.size.label, "n_layers": r.size.n_layers, "emb_dim": r.size.emb_dim,
                    "n_heads": r.size.n_heads, "params": r.params, "lr": r.lr, "global_batch": r.global_batch,
-                   "tokens": r.plan.budgets["baseline"].tokens, "steps": r.plan.budgets["baseline"].steps}
+                   "tokens": r.plan.budgets[BASELINE].tokens, "steps": r.plan.budgets[BASELINE].steps}
                   for r in ladder.rungs],
     }
 

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, get_type_hints
 
+from harness.core.definitions import BASELINE
+
 COMPLETED, DIVERGED, UNRUNNABLE, FAILED = "completed", "diverged", "unrunnable", "failed"
 STATUSES = (COMPLETED, DIVERGED, UNRUNNABLE, FAILED)
 FINAL = (COMPLETED, DIVERGED, UNRUNNABLE)  # outcomes that are not retried: each would happen again
@@ -161,7 +163,7 @@ class RunSpec:
 
     @property
     def interventions(self) -> str:
-        return "+".join(p for p in self.arm.split("+") if p != "baseline")
+        return "+".join(p for p in self.arm.split("+") if p != BASELINE)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -365,6 +367,15 @@ def counted(attempts: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     report, the trackers and Slurm all use this rule."""
     ordered = sorted(attempts, key=lambda r: (r.get("attempt") is None, r.get("attempt") or 0))
     return next((r for r in ordered if r.get("status") in FINAL), None)
+
+
+def ordinary_budget(rows):
+    """The rows (a DataFrame) at the sweep's own budget: not the baseline's runs at other budgets
+    (--extend-baseline), which only the compute multiplier reads (older tables have no
+    budget_factor: all ordinary)."""
+    if "budget_factor" not in rows or rows.empty:
+        return rows
+    return rows[rows["budget_factor"].astype(float).fillna(1.0).eq(1.0)]
 
 
 @dataclass(frozen=True)

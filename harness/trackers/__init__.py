@@ -1,1 +1,1 @@
-"""Publishing runs to experiment trackers (TensorBoard)."""
+"""Publishing runs to experiment trackers: TensorBoard (written as the curves arrive), MLflow, W&B and Trackio."""

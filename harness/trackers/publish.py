@@ -1,7 +1,7 @@
 """`--log` and `harness track`: what goes to which experiment tracker, without ever costing a run.
 
 `--log` takes tensorboard, mlflow, wandb and trackio, several at once (repeated or comma-separated).
-TensorBoard is written by this process as the curves arrive (harness.launch.tensorboard). The
+TensorBoard is written by this process as the curves arrive (harness.trackers.tensorboard). The
 other three each get an agent process (harness.trackers.agent) that is told which run was just
 recorded and publishes it from the store; at the end of the command it is told to catch up on the
 plan's runs and to publish the sweep's report. A run never waits for a tracker: requests go
@@ -53,7 +53,7 @@ def parse_log(values: list[str] | str | None, option: str = "--log",
     if "none" in names and len(names) > 1:
         raise UserError(f"{option} none cannot be combined with a tracker")
     if TENSORBOARD in names:
-        from harness.launch.tensorboard import check_installed
+        from harness.trackers.tensorboard import check_installed
 
         check_installed()
     return tuple(n for n in LOG_CHOICES[1:] if n in names)

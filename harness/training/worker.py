@@ -2,8 +2,9 @@
 `python -m torch.distributed.run ... -m harness.training.worker RUN_DIR/spec.json`.
 
 Determinism: initial weights come from the init seed (drawn per parameter name), the sequence
-of global batches is a pure function of (data seed, step), and dropout uses a per-rank stream of
-the dropout seed. Checkpoints carry weights, optimizer, random states and the curve so far, so a
+of global batches is a pure function of (data seed, step), and dropout's masks are keyed by the
+dropout seed, the step and (on the eager CPU path) each sequence, so they do not depend on where
+the batch runs (dropout_seed_for). Checkpoints carry weights, optimizer, random states and the curve so far, so a
 killed run resumes to a bit-identical result on CPU. Rank 0 prints progress lines for the parent
 (prefixed PROGRESS) and writes result.json atomically at the end; the parent records it.
 

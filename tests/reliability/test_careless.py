@@ -205,11 +205,12 @@ def test_huge_numbers_are_refused_where_they_enter(tmp_path, flag, value):
 @FAST
 @given(value=BIG)
 def test_huge_numbers_in_sets_sweep_lists_and_generate_are_refused(tmp_path, value):
-    for args in (["sweep", "qkv_bias", "--seed-list", f"1,{value}", *MICRO, "--dry-run"],
-                 ["sweep", "qkv_bias", "--seeds", "1", "--set", f"emb_dim={value}", *MICRO, "--dry-run"],
-                 ["generate", "x", "--seed", str(value)]):
+    for args, where in ((["sweep", "qkv_bias", "--seed-list", f"1,{value}", *MICRO, "--dry-run"], "seed"),
+                        (["sweep", "qkv_bias", "--seeds", "1", "--set", f"emb_dim={value}", *MICRO, "--dry-run"],
+                         "emb_dim"),
+                        (["generate", "x", "--seed", str(value)], "--seed")):  # refused before "no run x"
         code, out, err = invoke(*args, "--results", str(tmp_path))
-        one_line(code, out, err)
+        one_line(code, out, err, where, str(value), "out of range")
 
 
 def test_a_journal_entry_the_tables_cannot_hold_does_not_poison_the_store(trained, tmp_path):
@@ -281,10 +282,12 @@ def test_a_configuration_that_cannot_run_is_recorded_once_and_not_retried(tmp_pa
 def test_arm_names_are_names(tmp_path, name):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "x.toml").write_text("[set]\nqkv_bias = true\n")
-    one_line(*invoke("chinchilla", name), "name")
-    # a sweep's one argument may be a sweep file's path (an existing file): then it is read as one
+    named = ("bad intervention name", "use letters, digits and _ . -")
+    one_line(*invoke("chinchilla", name), *named)
+    # a sweep's one argument may be a sweep file's path (an existing file): then it is read as one,
+    # and a file that is not a sweep file is refused as such
     code, out, err = invoke("sweep", name, "--seeds", "1", *MICRO, "--dry-run", "--results", str(tmp_path))
-    one_line(code, out, err, *(() if os.path.isfile(name) else ("name",)))
+    one_line(code, out, err, *((name, "malformed TOML") if os.path.isfile(name) else named))
 
 
 def test_odd_files_among_interventions_are_named_as_such(tmp_path, monkeypatch):
@@ -329,7 +332,8 @@ def test_a_worker_interrupted_by_ctrl_c_is_not_a_failed_attempt_and_stops_the_sw
     assert sorted((r["arm"], r["attempt"], r["status"]) for r in rows(results)) == [
         ("baseline", 1, "completed"), ("qkv_bias", 1, "completed")]
     code, out, err = invoke("status", "--results", str(results), "--json")
-    assert json.loads(out)
+    (sweep,) = json.loads(out).values()
+    assert code == 0 and sweep["totals"]["done"] == 2, out + err
 
 
 def test_status_shows_a_killed_run_as_interrupted(trained, tmp_path):
