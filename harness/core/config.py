@@ -17,7 +17,7 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_origin, get_type_hints
 
 from harness.core.bounds import check_int
 from harness.core.code import COMPOSING, CodeFile, coerce_setting, read_code

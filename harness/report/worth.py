@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from harness.core.config import BASELINE
-from harness.stats.worth import ABOVE, BELOW, IN_RANGE, NOT_FALLING, TOO_FEW, multiplier, paired_curve
+from harness.stats.worth import ABOVE, BELOW, NOT_FALLING, TOO_FEW, multiplier, paired_curve
 from harness.store.record import COMPLETED
 
 COLUMNS = ["arm", "k", "k_low", "k_high", "k_open", "seeds", "state", "range_low", "range_high", "match", "match_low",
