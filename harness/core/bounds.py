@@ -28,7 +28,9 @@ def check_int(name: str, value: int, limit: int | None = None) -> int:
     limit = limit if limit is not None else LIMITS.get(name, MAX_INT)
     if not -MAX_INT - 1 <= value <= limit:
         flag = name if name.startswith("-") or " " in name else "--" + name.replace("_", "-")
-        raise UserError(f"{flag} {shown(value, 30)} is out of range: at most {limit:,} ({WHY.get(limit, 'the limit')})")
+        bound = f"at most {limit:,} ({WHY.get(limit, 'the limit')})" if value > limit else \
+            f"at least {-MAX_INT - 1:,} ({WHY[MAX_INT]})"
+        raise UserError(f"{flag} {shown(value, 30)} is out of range: {bound}")
     return value
 
 
