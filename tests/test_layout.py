@@ -10,7 +10,7 @@ from conftest import REPO
 
 # lowest first: a subpackage may import its own layer and the layers below, never one above
 LAYERS = [{"core", "model"}, {"stats", "store"}, {"data"}, {"training", "planning"}, {"launch"},
-          {"cluster"}, {"report"}, {"trackers"}, {"cli"}]
+          {"cluster"}, {"report"}, {"trackers"}, {"api"}, {"cli"}]
 
 
 def subpackage(module: str) -> str | None:

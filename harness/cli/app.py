@@ -114,11 +114,6 @@ def positive(value: int | None, name: str) -> None:
         raise UserError(f"{name} must be >= 1, got {value}")
 
 
-def non_negative(value: int, name: str) -> None:
-    if value < 0:
-        raise UserError(f"{name} must be >= 0, got {value}")
-
-
 def parse_sets(items: list[str] | None) -> dict:
     return dict(cfgmod.parse_set(item) for item in items or [])
 

@@ -2,22 +2,21 @@
 
 Each command's parameters are its options (Typer declares options as parameters, so these
 functions have many); each body builds the option groups once (a SweepRequest or NoiseRequest,
-the ClusterOptions, the adaptive settings), builds the plan, and hands everything to `launch`,
-the one place that chooses between running here and submitting to Slurm.
+the ClusterOptions and its backend, the adaptive settings), builds the plan, and hands everything
+to harness.api.launching, the one place that runs a plan here or submits it to Slurm.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from harness.api.launching import Execution, backend_for, launch, launch_ladder, run_here
 from harness.cli.app import (BudgetOpt, DataOpt, DataSeedOpt, DropoutSeedOpt, InitSeedOpt, LogOpt, PresetOpt,
                              ResultsOpt, SetOpt, SweepsOpt, TokensOpt, VaryOpt, command, console, definitions,
-                             non_negative, parse_sets)
+                             parse_sets)
 from harness.core import config as cfgmod
 from harness.planning.adaptive import DEFAULT_ALPHA
 from harness.planning.request import BUDGETS, DEFAULT_LARGEST, DEFAULT_RUNGS, DEFAULT_SEEDS, DEFAULT_SMALLEST
@@ -99,128 +98,6 @@ def adaptive_settings(until_decided: bool, max_seeds, min_seeds, margin, alpha):
     return settings
 
 
-@dataclass(frozen=True)
-class Execution:
-    """How a plan runs, checked before it is built (which reads corpora): retries of a failed run,
-    runs at once here (None: auto), and the trackers to log to (harness.trackers.publish)."""
-
-    retries: int = 1
-    jobs: int | None = None
-    log: tuple[str, ...] = ()
-
-    @property
-    def progress_log(self):
-        """What writes the runs' curves as they arrive (TensorBoard under --log tensorboard), or None."""
-        if "tensorboard" not in self.log:
-            return None
-        from harness.trackers.tensorboard import TensorBoardLog
-
-        return TensorBoardLog
-
-    @classmethod
-    def checked(cls, retries: int, jobs: str, log: list[str] | None, cluster) -> "Execution":
-        from harness.core.placement import parse_jobs
-        from harness.trackers.publish import parse_log
-
-        non_negative(retries, "--retries")
-        jobs_asked = parse_jobs(jobs)
-        if cluster.launcher != "torchrun" and jobs_asked is not None:
-            raise UserError(f"--jobs is for runs on this machine; --launcher {cluster.launcher} runs jobs in parallel "
-                            "by itself (--slurm-array-parallelism)")
-        return cls(retries, jobs_asked, parse_log(log))
-
-
-def launch(plan, launcher, cluster, how: Execution, dry_run: bool) -> int:
-    """Show the plan, then run it here (the torchrun launcher) or submit it (slurm, local); an exit code."""
-    from harness.planning.preview import print_plan
-    from harness.store.planfile import check_saved
-
-    check_saved(plan)  # before anything is shown: a command that would change a sweep's design is refused
-    jobs_here = launcher.jobs(how.jobs) if cluster.launcher == "torchrun" else 1
-    print_plan(plan, console, jobs_here)
-    if dry_run:
-        return 0
-    code = run_or_submit(plan, launcher, cluster, how, jobs_here)
-    if cluster.launcher == "torchrun":
-        console.print(f"results: {plan.results / 'runs.parquet'} ({'study' if plan.noise else 'sweep'} {plan.sweep!r}); "
-                      f"report with:\n  harness report --sweep {plan.sweep} --results {plan.results}")
-    return code
-
-
-def run_or_submit(plan, launcher, cluster, how: Execution, jobs_here: int) -> int:
-    """Run the plan here (the torchrun launcher) or submit it (slurm, local); an exit code. The
-    trackers get what was recorded (slurm: once the command stops waiting for the jobs)."""
-    if cluster.launcher != "torchrun":
-        from harness.cluster.slurm import submit_plan
-
-        with publishing(plan, how.log):
-            return submit_plan(plan, launcher, cluster, how.retries, console, progress_log=how.progress_log)
-    outcome = run_here(plan, launcher, retries=how.retries, log=how.log, jobs=jobs_here)
-    return 0 if outcome.all_completed else 1
-
-
-def launch_ladder(ladder, launcher, cluster, how: Execution, dry_run: bool) -> int:
-    """Show every rung, then run (or submit) the rungs one after another, smallest first."""
-    from harness.planning.preview import print_ladder
-    from harness.store.planfile import check_saved, save_ladder
-
-    for rung in ladder.rungs:  # every rung is checked before anything runs or is shown
-        check_saved(rung.plan)
-    save_ladder(ladder, check_only=True)
-    jobs_here = launcher.jobs(how.jobs) if cluster.launcher == "torchrun" else 1
-    print_ladder(ladder, console, jobs_here)
-    if dry_run:
-        return 0
-    save_ladder(ladder)
-    code = 0
-    for i, rung in enumerate(ladder.rungs, 1):
-        console.print(f"rung {i} of {len(ladder.rungs)}: {rung.size.label} ({rung.params:,} parameters), "
-                      f"sweep {rung.sweep}", highlight=False)
-        code = max(code, run_or_submit(rung.plan, launcher, cluster, how, jobs_here))
-    results = ladder.rungs[0].plan.results
-    if cluster.launcher == "torchrun":
-        console.print(f"results: {results / 'runs.parquet'} (ladder {ladder.name!r}); report with:\n"
-                      f"  harness report --sweep {ladder.name} --results {results}")
-    return code
-
-
-@contextlib.contextmanager
-def publishing(plan, log: tuple[str, ...]):
-    """The plan's trackers other than TensorBoard (None when there are none): each run as it is
-    recorded, then everything of the plan and its report, waiting for them boundedly."""
-    from harness.trackers.publish import TENSORBOARD, Publisher
-
-    if not set(log) - {TENSORBOARD}:
-        yield None
-        return
-    publisher = Publisher(log, plan.results, console)
-    try:
-        yield publisher
-    except BaseException:  # Ctrl-C (SystemExit 130), a refusal: the agents stop now, saying what is missing
-        publisher.finish(interrupted=True)
-        raise
-    publisher.catch_up(plan.sweep, [s.run_id for s in plan.specs], summary=not plan.noise)
-    publisher.finish()
-
-
-def run_here(plan, launcher, retries: int, log: tuple[str, ...], jobs: int = 1):
-    """Execute a plan on this machine; TensorBoard gets live curves then test losses, the other
-    trackers each run as it is recorded."""
-    from harness.launch.local import execute_plan
-    from harness.store.results import ResultsStore
-    from harness.trackers.tensorboard import TensorBoardLog
-
-    tb = TensorBoardLog(plan.results) if "tensorboard" in log else None
-    with publishing(plan, log) as publisher:
-        try:
-            return execute_plan(plan, launcher, console, retries=retries, jobs=jobs,
-                                on_progress=tb.progress if tb else None,
-                                on_recorded=publisher.recorded if publisher else None)
-        finally:
-            if tb is not None:
-                tb.from_store(ResultsStore(plan.results), plan.specs)
-
-
 # one parameter per command-line option (Typer); the body only builds the option groups
 @command("run")
 def run_cmd(
@@ -259,7 +136,7 @@ def run_cmd(
 
     plan = build_plan(request, launcher.world_size, launcher.uses_gpus(), results, definitions(sweeps_dirs))
     check_saved(plan)
-    return 0 if run_here(plan, launcher, retries=0, log=trackers).all_completed else 1
+    return 0 if run_here(plan, launcher, retries=0, log=trackers, console=console).all_completed else 1
 
 
 def cluster_options(launcher, partition, gpus_per_node, time_limit, array_parallelism, cpus_per_task, mem_gb,
@@ -327,7 +204,8 @@ def sweep_cmd(
     library = definitions(sweeps_dirs)
     cluster = cluster_options(launcher, partition, gpus_per_node, time_limit, slurm_array_parallelism, cpus_per_task,
                               mem_gb, slurm_arg, slurm_setup, wait)
-    how = Execution.checked(retries, jobs, log, cluster)
+    backend = backend_for(cluster)
+    how = Execution.checked(retries, jobs, log, backend)
     request = sweep_request(arms, seeds=seeds, seed_list=seed_list, preset=preset, sets=parse_sets(sets),
                             tokens=tokens, budget=budget, name=name, data=data, library=library,
                             adaptive=adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha),
@@ -336,7 +214,7 @@ def sweep_cmd(
     from harness.planning.plan import build_plan  # torch, scipy: after every check of the options
 
     plan = build_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, library)
-    return launch(plan, run_launcher, cluster, how, dry_run)
+    return launch(plan, run_launcher, backend, how, dry_run, console)
 
 
 # one parameter per command-line option (Typer); the body only builds the option groups
@@ -370,14 +248,15 @@ def noise_cmd(
     from harness.planning.request import NoiseRequest, with_data
 
     cluster = ClusterOptions(launcher=launcher, partition=partition, time=time_limit).checked()
-    how = Execution.checked(retries, jobs, log, cluster)
+    backend = backend_for(cluster)
+    how = Execution.checked(retries, jobs, log, backend)
     request = NoiseRequest(preset=preset, arm=arm, seeds=seeds, replicates=replicates,
                            sets=with_data(parse_sets(sets), data), tokens=tokens, name=name).check()
     run_launcher = cluster.run_launcher(nproc, 1, 0, "")
     from harness.planning.plan import noise_plan  # torch, scipy: after every check of the options
 
     plan = noise_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, definitions(sweeps_dirs))
-    return launch(plan, run_launcher, cluster, how, dry_run)
+    return launch(plan, run_launcher, backend, how, dry_run, console)
 
 
 # one parameter per command-line option (Typer); the body only builds the option groups
@@ -436,7 +315,8 @@ def ladder_cmd(
     library = definitions(sweeps_dirs)
     cluster = cluster_options(launcher, partition, gpus_per_node, time_limit, slurm_array_parallelism, cpus_per_task,
                               mem_gb, slurm_arg, slurm_setup, wait)
-    how = Execution.checked(retries, jobs, log, cluster)
+    backend = backend_for(cluster)
+    how = Execution.checked(retries, jobs, log, backend)
     adaptive = adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha)
     chosen = seed_values(seeds, seed_list, adaptive=adaptive)
     if sizes is not None and (rungs, smallest, largest) != (None, None, None):
@@ -449,5 +329,5 @@ def ladder_cmd(
                             adaptive=adaptive, **spacing)
     run_launcher = cluster.run_launcher(nproc, 1, 0, "")
     ladder = build_ladder(request, run_launcher.world_size, run_launcher.uses_gpus(), results, library)
-    return launch_ladder(ladder, run_launcher, cluster, how, dry_run)
+    return launch_ladder(ladder, run_launcher, backend, how, dry_run, console)
 

@@ -34,6 +34,11 @@ def check_int(name: str, value: int, limit: int | None = None) -> int:
     return value
 
 
+def non_negative(value: int, name: str) -> None:
+    if value < 0:
+        raise UserError(f"{name} must be >= 0, got {value}")
+
+
 def check_seeds(seeds: list[int], arms: int) -> None:
     """A sweep's seeds: each a 31-bit seed, at most MAX_SEEDS of them, at most MAX_RUNS runs."""
     if len(seeds) > MAX_SEEDS:

@@ -170,13 +170,20 @@ def parse_set(item: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    return checked_set(key, value, f"--set {item}")
+
+
+def checked_set(key: str, value: Any, where: str) -> tuple[str, Any]:
+    """One override as given (--set, or the Python API's `sets`): a key's value checked against its
+    type; a code intervention's INTERVENTION.SETTING checked for its form here and against the
+    intervention's file where the arms are resolved."""
     name, dot, setting = key.partition(".")
     if dot:
         if not NAME.fullmatch(name) or not setting.isidentifier():
-            raise UserError(f"--set {item!r}: a code intervention's setting is INTERVENTION.SETTING=VALUE, "
+            raise UserError(f"{where}: a code intervention's setting is INTERVENTION.SETTING=VALUE, "
                             "e.g. --set muon.muon_lr=0.05")
         return key, value
-    return key, coerce(key, value, f"--set {item}")
+    return key, coerce(key, value, where)
 
 
 def code_sets(sets: dict[str, Any], library: Library) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable, Literal, TextIO
 
 import numpy as np
@@ -28,7 +29,9 @@ from harness.core.errors import Refusal, UserError
 from harness.core.files import is_folder, user_path
 from harness.report.outcomes import OUTCOMES, Store, load_store, resolve_outcomes
 from harness.report.sameness import Difference, differences
-from harness.report.plots import aggregate_curves, make_plots, plot_ladder, plot_noise
+from harness.report.text import COLUMNS as TEXT_COLUMNS
+from harness.report.worth import COLUMNS as WORTH_COLUMNS
+from harness.report.plots import aggregate_curves, make_plots, plot_forest, plot_ladder, plot_noise
 from harness.report.ladder import LadderReport, build_ladder_report
 from harness.report.render_ladder import ladder_to_json, render_ladder_section, render_ladder_terminal
 from harness.store.planfile import saved_ladders
@@ -43,27 +46,120 @@ Fmt = Literal["markdown", "json"]
 FORMATS = ("markdown", "json")
 
 
-def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *, fmt: Fmt = "markdown",
-               out: str | Path | None = None, reports_dir: Path = Path("reports"), plots: bool = True,
-               console: Console | None = None, stdout: TextIO | None = None, **options) -> list[Path]:
-    """Build the report; raise UserError for bad input. Returns the files written.
+@dataclass
+class Report:
+    """A built report: each reported sweep (SweepReport or NoiseReport: its tables are DataFrames)
+    and ladder, with the store it read and the settings that made it. The command and the API both
+    build one, then write it (markdown and plots, or JSON) or read its tables."""
 
-    sweep None: every sweep in the store, one section each (markdown: one file per sweep,
-    reports_dir/<sweep>.md, unless `out` is given, which then holds every section).
-    fmt "markdown": markdown + PNG plots next to it, and a table per sweep on `console`.
-    fmt "json": the same numbers as JSON on `stdout` (and in `out` if given); warnings go to
-    stderr so stdout stays machine-readable. `options`: the fields of ReportOptions."""
+    sweeps: list
+    ladders: list[LadderReport]
+    store: Store
+    outcomes: pd.DataFrame
+    settings: dict
+    options: ReportOptions
+    warnings: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # "sweep 'x': why" for sweeps that could not be reported
+
+    def sweep_report(self, sweep: str | None = None):
+        """One sweep's report: the one named, or the only one (UserError where there are several)."""
+        if sweep is None:
+            if len(self.sweeps) != 1:
+                raise UserError(f"the report holds {len(self.sweeps)} sweeps "
+                                f"({', '.join(r.sweep for r in self.sweeps)}): name one")
+            return self.sweeps[0]
+        for rep in self.sweeps:
+            if rep.sweep == sweep:
+                return rep
+        raise UserError(f"no sweep {sweep!r} in this report: it holds {', '.join(r.sweep for r in self.sweeps)}")
+
+    def arms(self, sweep: str | None = None) -> pd.DataFrame:
+        """Each arm's numbers (harness.stats.inference.COLUMNS): mean, diff, intervals, p, Holm p, verdict."""
+        return self.sweep_report(sweep).table
+
+    def worth(self, sweep: str | None = None) -> pd.DataFrame:
+        """Each arm's compute multiplier k and tokens to match (harness.report.worth.COLUMNS)."""
+        w = self.sweep_report(sweep).worth
+        return w.table if w is not None else pd.DataFrame(columns=WORTH_COLUMNS)
+
+    def text(self, sweep: str | None = None) -> pd.DataFrame:
+        """Each arm's uncertainty from the seeds and from the test text (harness.report.text.COLUMNS)."""
+        t = self.sweep_report(sweep).text
+        return t.table if t is not None else pd.DataFrame(columns=TEXT_COLUMNS)
+
+    def pairing(self, sweep: str | None = None) -> pd.DataFrame:
+        """What pairing by seed bought, per paired arm (harness.stats.pairing)."""
+        return self.sweep_report(sweep).pairing
+
+    def markdown(self, sweep: str | None = None) -> str:
+        """One sweep's markdown section, as the report file holds it (without writing files)."""
+        rep = self.sweep_report(sweep)
+        if isinstance(rep, NoiseReport):
+            return render_noise_section(rep, level=1, md_dir=Path("."))
+        return render_markdown_section(rep, level=1, md_dir=Path("."))
+
+    def print(self, console: Console | None = None) -> None:
+        """Every sweep's table on the terminal, as `harness report` prints it."""
+        console = console or Console()
+        for rep in self.sweeps:
+            (render_noise_terminal if isinstance(rep, NoiseReport) else render_terminal)(rep, console)
+
+    def forest_plot(self, path: str | Path, sweep: str | None = None) -> Path:
+        """Draw each arm's difference and interval against the baseline into `path` (a PNG)."""
+        rep = self.sweep_report(sweep)
+        if isinstance(rep, NoiseReport) or not rep.has_baseline or not plot_forest(rep, Path(path)):
+            raise UserError(f"sweep {rep.sweep!r} has no arm compared with a baseline to draw")
+        return Path(path)
+
+    def to_json(self) -> dict:
+        """The report as JSON-ready data: what `harness report --format json` prints."""
+        return jsonable({
+            "generated_by": generated_by(), "options": self.settings, "sign_convention": SIGN_CONVENTION,
+            "results_files": [{"path": str(f.path.resolve()), "kind": f.kind, "rows": f.rows, "bytes": f.size,
+                               "sha256": f.sha256, "modified": f.modified} for f in self.store.files],
+            "warnings": self.warnings,
+            "sweeps": [noise_to_json(r) if isinstance(r, NoiseReport) else sweep_to_json(r) for r in self.sweeps],
+            "ladders": [ladder_to_json(r) for r in self.ladders],
+        })
+
+    def write_json(self, out: str | Path | None, stdout: TextIO) -> list[Path]:
+        text = json.dumps(self.to_json(), indent=2, allow_nan=False)
+        stdout.write(text + "\n")
+        stdout.flush()
+        if out is None:
+            return []
+        out = user_path(out) / "report.json" if is_folder(out) else user_path(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write {out}: {exc.strerror}; choose another --out") from None
+        return [out]
+
+    def write_markdown(self, out: str | Path | None = None, reports_dir: Path = Path("reports"), plots: bool = True,
+                       console: Console | None = None) -> list[Path]:
+        """Markdown files with their plots (module docstring of run_report), each sweep's table on `console`."""
+        console = console or Console()
+        written = write_markdown(self.sweeps, self.store, self.outcomes, self.settings, self.warnings, self.options,
+                                 out, reports_dir, plots, console)
+        return written + write_ladders(self.ladders, out, reports_dir, plots, console)
+
+
+def build_report(results_dir: Path = Path("results"), sweep: str | None = None,
+                 warn: Callable[[str], None] | None = None, **options) -> Report:
+    """Read the store and build every sweep's (or the one named's) report and its ladders; raise
+    UserError for bad input or where nothing can be reported. A sweep that cannot be reported
+    beside others is left out and named in `refused` (and `warn`ed). `options`: ReportOptions."""
     opts = ReportOptions(**options)
     opts.check()
-    if out is not None:
-        root = Path(results_dir)
-        guard_destination(user_path(out), "--out", {f"the results store's {name}": root / name for name in (RUNS, CURVES, MANIFEST)})
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt!r} is not allowed: use markdown or json")
-    console = console or Console()
-    warn, warnings_ = _warner(console if fmt == "markdown" else Console(stderr=True))
+    said: list[str] = []
 
-    store = load_store(Path(results_dir), warn)
+    def _warn(msg: str) -> None:
+        said.append(msg)
+        if warn is not None:
+            warn(msg)
+
+    store = load_store(Path(results_dir), _warn)
     outcomes = resolve_outcomes(store.runs)
     ladders = saved_ladders(Path(results_dir))
     if sweep is not None and sweep in ladders and sweep not in set(outcomes["sweep"]):
@@ -75,7 +171,7 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
         sweeps = select_sweeps(outcomes, sweep, opts.baseline, results_dir)
         ladders = {name: rec for name, rec in ladders.items() if sweep is None
                    and any(r["sweep"] in set(sweeps) for r in rec["rungs"])}
-    require_completed(outcomes[outcomes["sweep"].isin(sweeps)], sweeps, warn)
+    require_completed(outcomes[outcomes["sweep"].isin(sweeps)], sweeps, _warn)
     reps, refused = [], []
     for sw in sweeps:  # one sweep that cannot be reported never stops the others
         try:
@@ -89,7 +185,7 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
             if sweep is not None:
                 raise
             refused.append(f"sweep {sw!r}: {err}")
-            warn(f"sweep {sw!r} is not reported: {err}")
+            _warn(f"sweep {sw!r} is not reported: {err}")
     if not reps:
         raise UserError(" | ".join(refused))
     by_sweep = {r.sweep: r for r in reps if isinstance(r, SweepReport)}
@@ -101,30 +197,50 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
             if sweep is not None:
                 raise
             refused.append(f"ladder {name!r}: {err}")
-            warn(f"ladder {name!r} is not reported: {err}")
+            _warn(f"ladder {name!r} is not reported: {err}")
     settings = {"results_dir": str(Path(results_dir).resolve()), "sweep": sweep, "baseline": opts.baseline,
                 "alpha": opts.alpha, "margin": opts.margin, "power": opts.power,
                 "bootstrap_resamples": opts.n_resamples, "bootstrap_seed": opts.boot_seed,
                 "allow_mismatch": opts.allow_mismatch}
+    return Report(reps, ladder_reps, store, outcomes, settings, opts, said, refused)
+
+
+def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *, fmt: Fmt = "markdown",
+               out: str | Path | None = None, reports_dir: Path = Path("reports"), plots: bool = True,
+               console: Console | None = None, stdout: TextIO | None = None, **options) -> list[Path]:
+    """`harness report`: build the report, then write it; raise UserError for bad input. Returns
+    the files written.
+
+    sweep None: every sweep in the store, one section each (markdown: one file per sweep,
+    reports_dir/<sweep>.md, unless `out` is given, which then holds every section).
+    fmt "markdown": markdown + PNG plots next to it, and a table per sweep on `console`.
+    fmt "json": the same numbers as JSON on `stdout` (and in `out` if given); warnings go to
+    stderr so stdout stays machine-readable. `options`: the fields of ReportOptions."""
+    ReportOptions(**options).check()
+    if out is not None:
+        root = Path(results_dir)
+        guard_destination(user_path(out), "--out", {f"the results store's {name}": root / name for name in (RUNS, CURVES, MANIFEST)})
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is not allowed: use markdown or json")
+    console = console or Console()
+    warn = _warner(console if fmt == "markdown" else Console(stderr=True))
+    report = build_report(results_dir, sweep, warn, **options)
     if fmt == "json":
-        written = write_json(reps, store, settings, warnings_, out, stdout or sys.stdout, ladder_reps)
+        written = report.write_json(out, stdout or sys.stdout)
     else:
-        written = write_markdown(reps, store, outcomes, settings, warnings_, opts, out, reports_dir, plots, console)
-        written += write_ladders(ladder_reps, out, reports_dir, plots, console)
-    if refused:
-        raise UserError(f"{len(refused)} of {len(sweeps)} sweeps could not be reported (the others were): "
-                        + " | ".join(refused))
+        written = report.write_markdown(out, reports_dir, plots, console)
+    if report.refused:
+        selected = len(report.sweeps) + sum(r.startswith("sweep ") for r in report.refused)
+        raise UserError(f"{len(report.refused)} of {selected} sweeps could not be reported (the others were): "
+                        + " | ".join(report.refused))
     return written
 
 
-def _warner(console: Console) -> tuple[Callable[[str], None], list[str]]:
-    said: list[str] = []
-
+def _warner(console: Console) -> Callable[[str], None]:
     def warn(msg: str) -> None:
-        said.append(msg)
         console.print(f"[yellow]warning:[/] {rich_escape(msg)}", markup=True, highlight=False)
 
-    return warn, said
+    return warn
 
 
 def select_sweeps(outcomes: pd.DataFrame, sweep: str | None, baseline: str, results_dir: Path) -> list[str]:
@@ -173,30 +289,6 @@ def comparable(outcomes: pd.DataFrame, sweep: str, opts: ReportOptions, noise: b
                         + "; rerun them with matching settings (a new --name for a new experiment), or pass "
                         "--allow-mismatch to see them side by side with the verdicts withheld")
     return diffs
-
-
-def write_json(reps: list, store: Store, settings: dict, warnings_: list[str], out: Path | None,
-               stdout: TextIO, ladders: list[LadderReport] = ()) -> list[Path]:
-    doc = jsonable({
-        "generated_by": generated_by(), "options": settings, "sign_convention": SIGN_CONVENTION,
-        "results_files": [{"path": str(f.path.resolve()), "kind": f.kind, "rows": f.rows, "bytes": f.size,
-                           "sha256": f.sha256, "modified": f.modified} for f in store.files],
-        "warnings": warnings_,
-        "sweeps": [noise_to_json(r) if isinstance(r, NoiseReport) else sweep_to_json(r) for r in reps],
-        "ladders": [ladder_to_json(r) for r in ladders],
-    })
-    text = json.dumps(doc, indent=2, allow_nan=False)
-    stdout.write(text + "\n")
-    stdout.flush()
-    if out is None:
-        return []
-    out = user_path(out) / "report.json" if is_folder(out) else user_path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: {exc.strerror}; choose another --out") from None
-    return [out]
 
 
 def markdown_files(reps: list, out: Path | None, reports_dir: Path) -> list[tuple[Path, list[SweepReport]]]:

@@ -1,0 +1,162 @@
+"""harness as a library: the plans, runs and reports of the command line, from Python.
+
+    import harness.api as hx
+
+    planned = hx.plan_sweep(["qkv_bias"], seeds=3, preset="micro", tokens=4096, results="results")
+    hx.run(planned)                                  # on this machine, runs at once on its cores or GPUs
+    report = hx.report("results", sweep=planned.plan.sweep)
+    report.arms()                                    # a DataFrame: one row per arm, its verdict and interval
+    report.forest_plot("forest.png")
+
+Every function checks its arguments as the command does (a bad one raises harness.core.errors.
+UserError with the command's one-line message) and computes exactly what the command computes:
+`harness sweep` is `run(plan_sweep(...))` with the command's options as keywords, and `harness
+report` is `report(...)` written out. A sweep runs under torchrun on this machine unless `cluster`
+names Slurm options (harness.cluster.slurm.ClusterOptions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from rich.console import Console
+
+from harness.api.launching import Backend, Execution, Here, Jobs, backend_for, launch, launch_ladder
+from harness.core.definitions import BASELINE, Library
+from harness.core.errors import UserError
+from harness.planning.adaptive import Adaptive
+from harness.planning.request import Streams
+from harness.report.build import Report, build_report
+
+__all__ = ["Adaptive", "BASELINE", "Backend", "Execution", "Here", "Jobs", "Planned", "Report", "Streams",
+           "UserError", "open_results", "plan_ladder", "plan_noise", "plan_sweep", "report", "run"]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A plan (or a ladder of them) with the processes per run its budgets were computed for, and
+    where its runs go. `plan` is harness.planning.plan.Plan: its runs (`specs`), budgets and sweep."""
+
+    plan: Any = None  # harness.planning.plan.Plan; None for a ladder
+    ladder: Any = None  # harness.planning.ladder.Ladder
+    launcher: Any = None  # harness.launch.torchrun.Launcher
+    backend: Backend = Here()
+
+    @property
+    def name(self) -> str:
+        return self.ladder.name if self.ladder is not None else self.plan.sweep
+
+
+def _shape(cluster, nproc: int | None) -> tuple[Any, Backend]:
+    from harness.cluster.slurm import ClusterOptions
+
+    cluster = (cluster or ClusterOptions()).checked()
+    return cluster.run_launcher(nproc, 1, 0, ""), backend_for(cluster)
+
+
+def _sets(sets: Mapping[str, Any] | None, data: str | None) -> dict[str, Any]:
+    """`sets` checked as --set checks them, plus `data` (--data's shorthand)."""
+    from harness.core.config import checked_set
+    from harness.planning.request import with_data
+
+    return with_data(dict(checked_set(str(k), v, f"sets[{k!r}]") for k, v in (sets or {}).items()), data)
+
+
+def _seeds(seeds: int | Sequence[int] | None) -> tuple[int | None, str | None]:
+    """seeds=N is --seeds N; a list of seeds is --seed-list."""
+    if seeds is None or isinstance(seeds, int):
+        return seeds, None
+    return None, ",".join(str(int(s)) for s in seeds)
+
+
+def plan_sweep(arms: str | Sequence[str], *, seeds: int | Sequence[int] | None = None, preset: str | None = None,
+               sets: Mapping[str, Any] | None = None, tokens: int | None = None, budget: str | None = None,
+               name: str | None = None, data: str | None = None, adaptive: Adaptive | None = None,
+               streams: Streams | None = None, extend_baseline: float | None = None,
+               results: str | Path = "results", nproc: int | None = None, cluster=None,
+               sweeps: Sequence[str | Path] = ()) -> Planned:
+    """`harness sweep`'s plan: one keyword per option of the command (so more than ten; every one
+    optional, with the command's default). `arms` is intervention names or one sweep file; `seeds`
+    a count (0..N-1) or a list; `sets` overrides by key; `adaptive` makes it an adaptive sweep."""
+    from harness.planning.plan import build_plan
+    from harness.planning.request import sweep_request
+
+    library = Library.from_environment([Path(p) for p in sweeps])
+    count, listed = _seeds(seeds)
+    request = sweep_request([arms] if isinstance(arms, str) else list(arms), seeds=count, seed_list=listed,
+                            preset=preset, sets=_sets(sets, None), tokens=tokens, budget=budget, name=name, data=data,
+                            library=library, adaptive=adaptive, streams=streams or Streams(), extend=extend_baseline)
+    launcher, backend = _shape(cluster, nproc)
+    plan = build_plan(request, launcher.world_size, launcher.uses_gpus(), Path(results), library)
+    return Planned(plan=plan, launcher=launcher, backend=backend)
+
+
+def plan_noise(*, preset: str = "tiny", seeds: int = 8, arm: str | None = None, replicates: int = 2,
+               sets: Mapping[str, Any] | None = None, tokens: int | None = None, data: str | None = None,
+               name: str | None = None, results: str | Path = "results", nproc: int | None = None,
+               cluster=None, sweeps: Sequence[str | Path] = ()) -> Planned:
+    """`harness noise`'s plan: runs that vary one random stream at a time, all three and none."""
+    from harness.planning.plan import noise_plan
+    from harness.planning.request import NoiseRequest
+
+    request = NoiseRequest(preset=preset, arm=arm, seeds=seeds, replicates=replicates, sets=_sets(sets, data),
+                           tokens=tokens, name=name).check()
+    launcher, backend = _shape(cluster, nproc)
+    plan = noise_plan(request, launcher.world_size, launcher.uses_gpus(), Path(results),
+                      Library.from_environment([Path(p) for p in sweeps]))
+    return Planned(plan=plan, launcher=launcher, backend=backend)
+
+
+def plan_ladder(arms: str | Sequence[str], *, preset: str = "tiny", seeds: int | Sequence[int] | None = None,
+                adaptive: Adaptive | None = None, rungs: int | None = None, smallest: float | None = None,
+                largest: float | None = None, sizes: str | None = None, target: str | None = None,
+                sets: Mapping[str, Any] | None = None, data: str | None = None, name: str | None = None,
+                results: str | Path = "results", nproc: int | None = None, cluster=None,
+                sweeps: Sequence[str | Path] = ()) -> Planned:
+    """`harness ladder`'s plan: one keyword per option of the command (so more than ten): the
+    same arms and paired seeds at every size, each rung on its own Chinchilla budget."""
+    from harness.planning.ladder import LadderRequest, build_ladder
+    from harness.planning.request import seed_values
+
+    if sizes is not None and (rungs, smallest, largest) != (None, None, None):
+        raise UserError("--sizes names the rungs; --rungs, --smallest and --largest choose them: give one or the other")
+    count, listed = _seeds(seeds)
+    spacing = {k: v for k, v in (("rungs", rungs), ("smallest", smallest), ("largest", largest)) if v is not None}
+    request = LadderRequest(arms=(arms,) if isinstance(arms, str) else tuple(arms),
+                            seeds=tuple(seed_values(count, listed, adaptive=adaptive)), preset=preset,
+                            sets=_sets(sets, data), sizes=sizes, target=target, name=name,
+                            adaptive=adaptive, **spacing)
+    launcher, backend = _shape(cluster, nproc)
+    ladder = build_ladder(request, launcher.world_size, launcher.uses_gpus(), Path(results),
+                          Library.from_environment([Path(p) for p in sweeps]))
+    return Planned(ladder=ladder, launcher=launcher, backend=backend)
+
+
+def run(planned: Planned, *, jobs: int | str | None = "auto", retries: int = 1, log: Sequence[str] = (),
+        dry_run: bool = False, console: Console | None = None) -> int:
+    """Show the plan, then run its runs (or submit them); 0 when every run completed. Runs already
+    recorded are not run again, so calling it again resumes a stopped sweep. `jobs`: runs at once
+    here ("auto", or a number); `log`: trackers ("tensorboard", "mlflow", "wandb", "trackio")."""
+    how = Execution.checked(retries, jobs, list(log), planned.backend)
+    if planned.ladder is not None:
+        return launch_ladder(planned.ladder, planned.launcher, planned.backend, how, dry_run, console)
+    return launch(planned.plan, planned.launcher, planned.backend, how, dry_run, console)
+
+
+def report(results: str | Path = "results", sweep: str | None = None, *, baseline: str = BASELINE,
+           alpha: float = 0.05, margin: float | None = None, allow_mismatch: bool = False) -> Report:
+    """The report of a results folder (every sweep, or the one named, and their ladders) as an
+    object: its tables are DataFrames (Report.arms, .worth, .text, .pairing), and it renders to
+    markdown, JSON and the terminal and draws its plots. Warnings are in Report.warnings."""
+    return build_report(Path(results), sweep, baseline=baseline, alpha=alpha, margin=margin,
+                        allow_mismatch=allow_mismatch)
+
+
+def open_results(results: str | Path = "results"):
+    """The results store of a folder (harness.store.results.ResultsStore), read verified against its
+    manifest: `runs_frame()` (one row per recorded attempt), `sweep_frame(sweep)`, `curves()`."""
+    from harness.store.results import ResultsStore
+
+    return ResultsStore(Path(results))
