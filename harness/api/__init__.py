@@ -19,19 +19,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from rich.console import Console
 
 from harness.api.launching import Backend, Execution, Here, Jobs, backend_for, launch, launch_ladder
 from harness.core.definitions import BASELINE, Library
 from harness.core.errors import UserError
-from harness.planning.adaptive import Adaptive
-from harness.planning.request import Streams
-from harness.report.build import Report, build_report
+
+if TYPE_CHECKING:
+    from harness.planning.adaptive import Adaptive
+    from harness.planning.request import Streams
+    from harness.report.build import Report
+
+_LAZY = {"Adaptive": "harness.planning.adaptive", "Streams": "harness.planning.request", "Report": "harness.report.build"}
 
 __all__ = ["Adaptive", "BASELINE", "Backend", "Execution", "Here", "Jobs", "Planned", "Report", "Streams",
-           "UserError", "open_results", "plan_ladder", "plan_noise", "plan_sweep", "report", "run"]
+           "UserError", "import_results", "open_results", "plan_ladder", "plan_noise", "plan_sweep", "report", "run"]
+
+
+def __getattr__(name: str):
+    """Adaptive, Streams and Report load on first use: the command line imports this package's
+    launching module, and must not load scipy before it has checked its options."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'harness.api' has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +95,7 @@ def plan_sweep(arms: str | Sequence[str], *, seeds: int | Sequence[int] | None =
     optional, with the command's default). `arms` is intervention names or one sweep file; `seeds`
     a count (0..N-1) or a list; `sets` overrides by key; `adaptive` makes it an adaptive sweep."""
     from harness.planning.plan import build_plan
-    from harness.planning.request import sweep_request
+    from harness.planning.request import Streams, sweep_request
 
     library = Library.from_environment([Path(p) for p in sweeps])
     count, listed = _seeds(seeds)
@@ -150,8 +164,20 @@ def report(results: str | Path = "results", sweep: str | None = None, *, baselin
     """The report of a results folder (every sweep, or the one named, and their ladders) as an
     object: its tables are DataFrames (Report.arms, .worth, .text, .pairing), and it renders to
     markdown, JSON and the terminal and draws its plots. Warnings are in Report.warnings."""
+    from harness.report.build import build_report
+
     return build_report(Path(results), sweep, baseline=baseline, alpha=alpha, margin=margin,
                         allow_mismatch=allow_mismatch)
+
+
+def import_results(file: str | Path, results: str | Path = "results", *, sweep: str | None = None,
+                   baseline: str = BASELINE) -> dict[str, int]:
+    """Take a CSV, Parquet or JSON table of (arm, seed, test_loss) trained elsewhere into a results
+    store as imported sweeps (harness.store.imported); sweep -> runs added (0: imported before)."""
+    from harness.store.imported import import_table
+    from harness.store.results import ResultsStore
+
+    return import_table(file, ResultsStore(Path(results)), sweep, baseline)
 
 
 def open_results(results: str | Path = "results"):

@@ -30,6 +30,8 @@ from typing import Sequence
 from harness.core.errors import UserError, shown
 
 BASELINE = "baseline"  # the arm of no intervention, which every other arm is compared with
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+,=-]{0,199}")  # a sweep's (or ladder's) name: it names files
+SWEEP_NAME_RULE = "letters, digits and . _ + , = - (it names files), starting with a letter or digit"
 from harness.core.files import user_path
 
 ENV = "HARNESS_SWEEPS"

@@ -26,8 +26,8 @@ from harness.core.errors import UserError, shown
 from harness.planning.adaptive import Adaptive
 from harness.planning.budget import model_parameter_counts
 from harness.planning.plan import Plan, build_plan
-from harness.planning.request import (DEFAULT_LARGEST, DEFAULT_RUNGS, DEFAULT_SMALLEST, SWEEP_NAME, SWEEP_NAME_RULE,
-                                      SweepRequest, check_seed_list)
+from harness.core.definitions import SWEEP_NAME, SWEEP_NAME_RULE
+from harness.planning.request import DEFAULT_LARGEST, DEFAULT_RUNGS, DEFAULT_SMALLEST, SweepRequest, check_seed_list
 
 SCHEME = ("head size and width per layer held at the preset's (width = heads x head size, depth = width / "
           "width per layer, rounded): GPT-2/GPT-3's family (Brown et al. 2020, Table 2.1); learning rate x "

@@ -25,7 +25,8 @@ from harness.core.errors import UserError
 from harness.core.seeds import REFERENCE_SEED, REPLICATE, STREAMS, sub_seeds
 from harness.planning.adaptive import Adaptive
 from harness.planning.budget import Budget, chinchilla, fixed_budget
-from harness.planning.request import SWEEP_NAME, SWEEP_NAME_RULE, NoiseRequest, SweepRequest
+from harness.core.definitions import SWEEP_NAME, SWEEP_NAME_RULE
+from harness.planning.request import NoiseRequest, SweepRequest
 from harness.store.identity import legacy_key
 from harness.store.outputs import guard_destination, require_folder
 from harness.store.record import RunSpec, run_identity

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from harness.core import config as cfgmod
 from harness.core.bounds import MAX_SEED, MAX_SEEDS, check_int, check_seeds
-from harness.core.definitions import Library
+from harness.core.definitions import SWEEP_NAME, SWEEP_NAME_RULE, Library
 from harness.core.errors import UserError, shown
 from harness.core.seeds import STREAMS
 from harness.planning.adaptive import Adaptive
 
-SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+,=-]{0,199}")
-SWEEP_NAME_RULE = "letters, digits and . _ + , = - (it names files), starting with a letter or digit"
 SWEEP_FILE_KEYS = {"name": str, "description": str, "preset": str, "arms": list, "seeds": int, "seed_list": list,
                    "budget": str, "tokens": int, "set": dict}
 BUDGETS = ("baseline", "own")  # the first is the default: every arm at the baseline's budget

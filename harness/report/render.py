@@ -335,8 +335,9 @@ def render_worth(rep: SweepReport, hh: str) -> list[str]:
     """The compute multiplier section: what each arm is worth in the baseline's training tokens."""
     w = rep.worth
     if w is None:
-        return [f"{hh} What it is worth", "", "No held-out points along training in these runs (recorded before "
-                "held-out points existed, or with heldout_points=0): no compute multiplier.", ""]
+        return [f"{hh} What it is worth", "", "No held-out points along training in these runs (imported from "
+                "elsewhere, recorded before held-out points existed, or with heldout_points=0): no compute "
+                "multiplier.", ""]
     out = [f"{hh} What it is worth", ""]
     out.append("The compute multiplier k: how many times its budget the baseline would have to train to reach the "
                "arm's final held-out loss (k > 1: the arm is worth more compute; k < 1: less). Tokens to match: the "

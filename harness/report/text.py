@@ -74,8 +74,8 @@ def build_text(done: pd.DataFrame, baseline: str, alpha: float) -> TextReport | 
                "them); they are left out here" if missing else "")
     if not have:
         return TextReport(units="", n_units=0, table=pd.DataFrame(columns=COLUMNS),
-                          note="no run has per-unit test sums (recorded before harness kept them): the test text's "
-                               "uncertainty cannot be shown; new runs keep them")
+                          note="no run has per-unit test sums (runs imported from elsewhere, or recorded before harness kept "
+                               "them): the test text's uncertainty cannot be shown; new runs keep them")
     with_units = done[done["run_id"].isin(have)]
     tokens0 = np.asarray(have[with_units["run_id"].iloc[0]][1], dtype=float)
     if any(not np.array_equal(np.asarray(have[i][1], dtype=float), tokens0) for i in with_units["run_id"]):
