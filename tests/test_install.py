@@ -116,6 +116,7 @@ def test_the_wheel_works_from_a_users_project_folder(installed, project, small_c
     assert "shadows the built-in one" in shadowed.stdout, shadowed.stdout + shadowed.stderr
 
 
+@pytest.mark.slow  # CI time: the same continuation by a later version runs in the fast tier in-process (test_upgrade.py)
 def test_a_later_wheel_continues_a_store_this_version_recorded(tmp_path):
     """A later release (this checkout with a model key and a training key added, off by default),
     installed from its wheel, continues tests/fixtures/store-v1's sweep and ladder without training,

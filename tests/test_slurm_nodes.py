@@ -162,6 +162,7 @@ def check_retried(got: dict, two_nodes: dict, *words: str) -> None:
     assert "Traceback" not in got["out"], got["out"][-3000:]
 
 
+@pytest.mark.slow  # CI time: a killed worker's attempt and retry stay in the fast tier (reliability/test_workers.py)
 def test_a_killed_rank_on_the_second_node_fails_the_attempt_at_once_and_the_retry_resumes(
         cluster, two_nodes, tmp_path, long_run):
     got = failing_sweep(cluster, tmp_path, long_run, {"host": "hnode2", "point": "train-step", "nth": 30,
@@ -210,6 +211,7 @@ def test_a_lost_node_ends_the_attempt_and_the_requeued_job_resumes_once_it_is_ba
     assert marks["down_s"] < SLURMD_TIMEOUT_S * 3
 
 
+@pytest.mark.slow  # CI time: the two-node Slurm sweep (test_a_two_node_sweep_equals_its_one_node_twin) runs torchrun across nodes in the fast tier
 def test_torchrun_across_two_agents_on_one_machine(tmp_path, small_corpus):
     """Without Slurm: the same sweep command on each 'node' with its --node-rank, one shared results
     folder; node 0 records, node 1 follows its record from run to run."""

@@ -111,6 +111,7 @@ def test_cuda_eval_batch_is_capped_so_that_runs_can_share_a_gpu(monkeypatch, gib
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.slow  # CI time: a performance guard; `harness bench` shows a regression too
 def test_cpu_training_steps_reuse_freed_memory_instead_of_faulting_fresh_pages():
     """After the worker's allocator setting (keep_freed_memory), a tiny training step and an
     evaluation batch allocate from memory the process already holds: the default glibc settings

@@ -10,6 +10,7 @@ import signal
 import time
 
 import pandas as pd
+import pytest
 
 from conftest import cli, invoke, kill_mid_run
 from harness.launch.procs import process_tree
@@ -23,6 +24,7 @@ def losses(results) -> pd.Series:
     return pd.read_parquet(results / "runs.parquet").set_index("run_id")["test_loss"].sort_index()
 
 
+@pytest.mark.slow  # CI time: warm equals cold stays in the fast tier through test_code.py's built-ins end to end and the killed warm sweep below
 def test_a_warm_run_is_bit_for_bit_a_cold_one(tmp_path, small_corpus):
     args = ["sweep", "qkv_bias", "no_dropout", "--seeds", "2", *MICRO, "--data", str(small_corpus), "--jobs", "2"]
     warm = cli(*args, "--results", str(tmp_path / "warm"), check=True)

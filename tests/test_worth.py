@@ -196,6 +196,7 @@ def test_the_report_says_what_each_arm_is_worth(tmp_path, small_corpus):
     assert arm["k"] is not None or "--extend-baseline 2" in arm["note"]
 
 
+@pytest.mark.slow  # CI time: reliability/test_careless4.py's remedy test covers the same refusal in the fast tier
 def test_points_on_different_subsets_of_the_test_split_give_no_multiplier(tmp_path, small_corpus):
     """heldout_tokens is a placement knob (the run is the same), but curves on two subsets are not one curve."""
     common = ["qkv_bias", *MICRO, "--tokens", "4096", "--data", str(small_corpus), "--results", str(tmp_path)]

@@ -103,6 +103,7 @@ def trial(results: Path, data: Path, expected: dict, seeds: int, fault: dict | N
     return out
 
 
+@pytest.mark.slow  # CI time: a killed run resuming bit-identically (test_run.py) and a killed worker's retry (test_workers.py) stay in the fast tier
 def test_three_crashes_at_different_moments(tmp_path, tmp_path_factory, data):
     expected = reference(tmp_path_factory, data, seeds=1)
     rng = random.Random(int(os.environ.get("HARNESS_TRIAL_SEED", "11")))
