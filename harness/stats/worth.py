@@ -11,9 +11,11 @@ straight lines between points sqrt(2) apart placed the crossing late by a bias t
 not shrink. Its interval is the t interval over seeds of each seed's reading linearised at that
 crossing, u0 + (target_s - curve_s(u0)) / slope, whose mean is u0: a seed's noise, its points' too,
 enters its own reading, and the seeds are paired (arm and baseline of one seed share their random
-streams). The slope is a quadratic least-squares fit to the mean curve's five points nearest the
-crossing, so that noisy points do not make the interval's width noisy. Coverage is checked by
-simulation on curve shapes the spline does not assume (tests/test_worth.py).
+streams). The slope is a cubic least-squares fit to the mean curve's seven points nearest the
+crossing: several points, so that noisy points do not make the interval's width noisy, and a cubic,
+because a quadratic over that span overstates a bent curve's slope and so narrows the interval
+(reports/benchmarks.md). Coverage is checked by simulation on curve shapes the spline does not
+assume (tests/test_worth.py).
 
 No seed is read on its own, so none is left out: where the mean curve never reaches the mean
 target inside the measured range, k is above (or below) that range and not estimated; where the
@@ -37,7 +39,7 @@ from scipy.interpolate import CubicSpline
 IN_RANGE, ABOVE, BELOW = "in range", "above the measured range", "below the measured range"
 NOT_FALLING = "not falling steadily through the target"  # the mean curve reaches it more than once, or rises there
 TOO_FEW = "fewer than two points common to every seed"
-SLOPE_POINTS = 5  # the mean curve's points nearest the crossing that its slope is fitted to
+SLOPE_POINTS, SLOPE_DEGREE = 7, 3  # the least-squares fit that gives the mean curve's slope at the crossing
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,9 @@ def _finite_curve(seed, tokens, losses) -> dict[float, float]:
 
 
 def _slope(u: np.ndarray, y: np.ndarray, at: float) -> float:
-    """d loss / d log tokens at `at`: a least-squares quadratic through the nearest points."""
+    """d loss / d log tokens at `at`: a least-squares cubic through the nearest points."""
     near = np.argsort(np.abs(u - at), kind="stable")[:SLOPE_POINTS]
-    fit = np.polyfit(u[near] - at, y[near], min(2, len(near) - 1))
+    fit = np.polyfit(u[near] - at, y[near], min(SLOPE_DEGREE, len(near) - 1))
     return float(fit[-2])
 
 
