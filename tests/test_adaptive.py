@@ -92,6 +92,19 @@ def test_decisions_round_by_round_with_missing_pairs():
     assert partial["state"][0, 0] == UNDECIDED  # two pairs by round 3: no look yet
 
 
+def test_short_constant_and_malformed_differences():
+    """Fewer rounds than the cap read as not run; equal differences (zero variance) decide nothing
+    and show no interval, as the t test gives none (they once decided 'worse' with a zero-width
+    interval); a flat array is refused with its shape, not an unpacking error."""
+    short = decide(np.array([[[-0.5, -0.52, -0.49, -0.51], [-0.5, 0.52, -0.49, 0.51]]]), ALPHA, 3, 8)
+    assert list(short["state"][0]) == [BETTER, AT_CAP] and short["round"][0, 0] == 2
+    for value in (0.1, 0.0):
+        flat = decide(np.full((1, 1, 8), value), ALPHA, 3, 8, margin=0.01)
+        assert flat["state"][0, 0] == AT_CAP and np.isnan(flat["low"][0, 0])
+    with pytest.raises(ValueError, match="sweep, arm, round"):
+        decide(np.zeros(8), ALPHA, 3, 8)
+
+
 @pytest.mark.parametrize("sweeps", [2000, pytest.param(20000, marks=pytest.mark.slow)])
 def test_the_variance_ratio_interval_covers_at_its_level(sweeps):
     rng = np.random.default_rng(5)

@@ -114,9 +114,15 @@ def decide(diffs: np.ndarray, alpha: float, min_seeds: int, max_seeds: int, marg
     diffs[sweep, arm, round]: the paired difference of seed `round` (NaN where an arm has no pair
     that round: not run, failed, or decided earlier). Rounds 0 .. rounds_done-1 have been run
     (default: all max_seeds). Returns per (sweep, arm): state, round (the deciding round, -1 if
-    undecided), n (pairs at that look), mean, low, high (its interval)."""
+    undecided), n (pairs at that look), mean, low, high (its interval). Rounds beyond diffs' last
+    are NaN (not run); a look whose differences are all equal (zero variance) decides nothing and
+    shows no interval, as the t test gives none."""
     d = np.asarray(diffs, dtype=float)
-    sweeps, arms, _ = d.shape
+    if d.ndim != 3:
+        raise ValueError(f"decide needs diffs as [sweep, arm, round], got shape {d.shape}")
+    sweeps, arms, rounds = d.shape
+    if rounds < max_seeds:
+        d = np.concatenate([d, np.full((sweeps, arms, max_seeds - rounds), np.nan)], axis=2)
     rounds_done = max_seeds if rounds_done is None else min(rounds_done, max_seeds)
     levels = np.array([boundaries(alpha / k, min_seeds, max_seeds) for k in range(1, arms + 1)])  # [k-1, n-min]
     valid = np.isfinite(d[:, :, :max_seeds])
@@ -128,10 +134,11 @@ def decide(diffs: np.ndarray, alpha: float, min_seeds: int, max_seeds: int, marg
     open_ = np.ones((sweeps, arms), dtype=bool)
     for r in range(rounds_done):
         n = count[:, :, r]
-        looked = open_ & valid[:, :, r] & (n >= min_seeds)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = total[:, :, r] / n
             sd = np.sqrt(np.maximum(squares[:, :, r] - n * mean * mean, 0.0) / (n - 1))
+        spread = sd > 1e-6 * np.maximum(np.abs(mean), 1e-6)  # the running sums leave a constant series a rounding spread
+        looked = open_ & valid[:, :, r] & (n >= min_seeds) & spread
         idx = np.clip(n, min_seeds, max_seeds) - min_seeds
 
         def interval(k):
