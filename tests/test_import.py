@@ -53,10 +53,15 @@ def test_json_parquet_and_the_api_import_alike(tmp_path):
     assert report.arms("a")["mean"].round(9).tolist() == report.arms("b")["mean"].round(9).tolist()
 
 
+def changed(frame: pd.DataFrame, row: int, column: str, value) -> pd.DataFrame:
+    out = frame.astype({column: object})
+    out.at[row, column] = value
+    return out
+
+
 def refusals():
     good = trained_elsewhere(seeds=3)
-    nan = good.copy()
-    nan.loc[4, "test_loss"] = float("nan")
+    nan = changed(good, 4, "test_loss", float("nan"))
     return [
         ("no_loss.csv", good.drop(columns="test_loss"), "no column test_loss"),
         ("twice.csv", pd.concat([good, good.iloc[[0]]]), "seed 0 twice"),
@@ -64,6 +69,9 @@ def refusals():
         ("nan.csv", nan, "row 6: test_loss is 'nan'"),
         ("bad_arm.csv", good.assign(arm=good["arm"].replace("relu2", "../x")), "bad intervention name"),
         ("half_seed.csv", good.assign(seed=good["seed"] + 0.5), "whole number"),
+        ("text_seed.csv", changed(good, 5, "seed", "x"), "row 7: seed is 'x'"),
+        ("no_arm.csv", changed(good, 2, "arm", None), "row 4: no arm"),
+        ("huge_tokens.csv", changed(good, 8, "tokens", 1e30), "row 10: tokens"),
     ]
 
 
@@ -73,6 +81,16 @@ def test_what_a_recorded_sweep_refuses_an_import_refuses(tmp_path, name, frame, 
     code, out, err = invoke("import", str(tmp_path / name), "--results", str(tmp_path / "r"))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "r" / "runs.parquet").exists()
+
+
+def test_a_sweep_column_of_numbers_names_sweeps_and_wins_over_nothing(tmp_path):
+    """Numeric sweep names stay two sweeps (they were folded into one named after the file), and
+    --sweep beside a sweep column is refused rather than merging the table's sweeps."""
+    frame = pd.concat([trained_elsewhere(seeds=3).assign(sweep=1), trained_elsewhere(seeds=3).assign(sweep=2)])
+    frame.to_csv(tmp_path / "two.csv", index=False)
+    assert hx.import_results(tmp_path / "two.csv", tmp_path / "r") == {"1": 9, "2": 9}
+    code, _, err = invoke("import", str(tmp_path / "two.csv"), "--sweep", "x", "--results", str(tmp_path / "q"))
+    assert code == 2 and "drop --sweep" in err
 
 
 def test_another_file_under_an_imported_name_and_an_odd_file_are_refused(tmp_path):

@@ -255,7 +255,7 @@ def test_the_terminal_shows_k_for_a_worse_arm_and_says_where_seeds_fall_outside(
     row = SimpleNamespace(arm="a", **_k_fields(k), note=_note(k, None, "--extend-baseline 2"))
     line = worth_line(row, "95%")
     assert k.outside == 1 and 0.8 < k.estimate < 0.95 and row.seeds == 5 and "k > 1" not in line
-    assert line.startswith(f"a: k = {k.estimate:.3g} (95% CI ") and "seeds read past it" in line, line
+    assert line.startswith(f"a: k = {k.estimate:.3g} (95% CI ") and "seeds read outside the range" in line, line
     assert (">1, 5 seeds" in line and "add --extend-baseline 2" in line) if k.open_high else "1 of 5 seeds" in line
     beyond = multiplier(curves, {s: float(f(1.6)) for s in range(5)}, 1.0)
     row = SimpleNamespace(arm="b", **_k_fields(beyond), note=_note(beyond, None, "--extend-baseline 2"))

@@ -79,9 +79,16 @@ def _sets(sets: Mapping[str, Any] | None, data: str | None) -> dict[str, Any]:
 
 
 def _seeds(seeds: int | Sequence[int] | None) -> tuple[int | None, str | None]:
-    """seeds=N is --seeds N; a list of seeds is --seed-list."""
-    if seeds is None or isinstance(seeds, int):
-        return seeds, None
+    """seeds=N is --seeds N; a list of whole numbers is --seed-list; anything else is refused."""
+    import numbers
+
+    if seeds is None:
+        return None, None
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        return int(seeds), None
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"seeds={seeds!r}: give a number of seeds (0..N-1) or a list of whole numbers, e.g. [7, 11]")
     return None, ",".join(str(int(s)) for s in seeds)
 
 
@@ -92,7 +99,7 @@ def plan_sweep(arms: str | Sequence[str], *, seeds: int | Sequence[int] | None =
                results: str | Path = "results", nproc: int | None = None, cluster=None,
                sweeps: Sequence[str | Path] = ()) -> Planned:
     """`harness sweep`'s plan: one keyword per option of the command (so more than ten; every one
-    optional, with the command's default). `arms` is intervention names or one sweep file; `seeds`
+    optional, with the command's default), but multi-node runs, which the command line starts. `arms` is intervention names or one sweep file; `seeds`
     a count (0..N-1) or a list; `sets` overrides by key; `adaptive` makes it an adaptive sweep."""
     from harness.planning.plan import build_plan
     from harness.planning.request import Streams, sweep_request
@@ -129,7 +136,7 @@ def plan_ladder(arms: str | Sequence[str], *, preset: str = "tiny", seeds: int |
                 sets: Mapping[str, Any] | None = None, data: str | None = None, name: str | None = None,
                 results: str | Path = "results", nproc: int | None = None, cluster=None,
                 sweeps: Sequence[str | Path] = ()) -> Planned:
-    """`harness ladder`'s plan: one keyword per option of the command (so more than ten): the
+    """`harness ladder`'s plan: one keyword per option of the command but multi-node (so more than ten): the
     same arms and paired seeds at every size, each rung on its own Chinchilla budget."""
     from harness.planning.ladder import LadderRequest, build_ladder
     from harness.planning.request import seed_values
@@ -162,7 +169,7 @@ def run(planned: Planned, *, jobs: int | str | None = "auto", retries: int = 1, 
 def report(results: str | Path = "results", sweep: str | None = None, *, baseline: str = BASELINE,
            alpha: float = 0.05, margin: float | None = None, allow_mismatch: bool = False) -> Report:
     """The report of a results folder (every sweep, or the one named, and their ladders) as an
-    object: its tables are DataFrames (Report.arms, .worth, .text, .pairing), and it renders to
+    object: its tables are DataFrames (Report.arms(), .worth(), .text(), .pairing()), and it renders to
     markdown, JSON and the terminal and draws its plots. Warnings are in Report.warnings."""
     from harness.report.build import build_report
 

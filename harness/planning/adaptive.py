@@ -54,6 +54,9 @@ class Adaptive:
 
     def check(self) -> None:
         check_error_rates(self.alpha, self.margin)
+        for flag, value in (("--min-seeds", self.min_seeds), ("--max-seeds", self.max_seeds)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{flag} {value!r}: give a whole number of seeds")
         if self.min_seeds < 2:
             raise UserError(f"--min-seeds must be >= 2 (a t interval needs 2 pairs), got {self.min_seeds}")
         if self.max_seeds < self.min_seeds:

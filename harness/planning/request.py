@@ -184,6 +184,7 @@ def seed_values(seeds: int | None, seed_list: str | None, file: dict[str, Any] |
         if seeds is not None or seed_list is not None:
             raise UserError("--until-decided runs seeds 0, 1, ... until each arm is decided, at most --max-seeds; "
                             "drop --seeds / --seed-list")
+        adaptive.check()  # before its max_seeds is used
         return list(range(adaptive.max_seeds))
     file = file or {}
     if seeds is not None and seed_list is not None:

@@ -122,7 +122,15 @@ class Report:
             "ladders": [ladder_to_json(r) for r in self.ladders],
         })
 
+    def _guard(self, out: str | Path | None) -> None:
+        """Never write over the results store this report read."""
+        if out is not None:
+            root = Path(self.settings["results_dir"])
+            guard_destination(user_path(out), "--out", {f"the results store's {name}": root / name
+                                                        for name in (RUNS, CURVES, MANIFEST)})
+
     def write_json(self, out: str | Path | None, stdout: TextIO) -> list[Path]:
+        self._guard(out)
         text = json.dumps(self.to_json(), indent=2, allow_nan=False)
         stdout.write(text + "\n")
         stdout.flush()
@@ -139,6 +147,7 @@ class Report:
     def write_markdown(self, out: str | Path | None = None, reports_dir: Path = Path("reports"), plots: bool = True,
                        console: Console | None = None) -> list[Path]:
         """Markdown files with their plots (module docstring of run_report), each sweep's table on `console`."""
+        self._guard(out)
         console = console or Console()
         written = write_markdown(self.sweeps, self.store, self.outcomes, self.settings, self.warnings, self.options,
                                  out, reports_dir, plots, console)
@@ -217,7 +226,7 @@ def run_report(results_dir: Path = Path("results"), sweep: str | None = None, *,
     fmt "json": the same numbers as JSON on `stdout` (and in `out` if given); warnings go to
     stderr so stdout stays machine-readable. `options`: the fields of ReportOptions."""
     ReportOptions(**options).check()
-    if out is not None:
+    if out is not None:  # before the store is read; the writers check it again
         root = Path(results_dir)
         guard_destination(user_path(out), "--out", {f"the results store's {name}": root / name for name in (RUNS, CURVES, MANIFEST)})
     if fmt not in FORMATS:

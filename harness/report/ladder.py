@@ -26,7 +26,7 @@ from harness.stats.inference import holm
 from harness.store.record import COMPLETED, ordinary_budget
 
 SCALED = {"n_layers", "emb_dim", "n_heads", "lr", "global_batch", BUDGET, "tokens per step"}
-RUNG_COLUMNS = ["sweep", "size", "params", "arm", "pairs", "diff", "low", "high", "k", "k_low", "k_high", "k_state",
+RUNG_COLUMNS = ["sweep", "size", "params", "arm", "pairs", "diff", "low", "high", "k", "k_low", "k_high", "k_open", "k_state",
                 "status"]
 TREND_COLUMNS = ["arm", "rungs", "slope", "slope_low", "slope_high", "p_slope", "p_slope_holm", "pooled", "pooled_low",
                  "pooled_high", "p_pooled", "lack_of_fit_p", "prediction", "prediction_low", "prediction_high",

@@ -352,8 +352,8 @@ def render_worth(rep: SweepReport, hh: str) -> list[str]:
         for r in w.table.itertuples():
             k = f"{r.k:.3g}" if k_read(r) else "n/a"
             k_ci = f"[{k_interval(r.k_low, r.k_high, r.k_open)}]" if k_read(r) and math.isfinite(r.k_low) else "-"
-            match = (f"{r.match:.3g}" + (f" [{r.match_low:.3g}, {r.match_high:.3g}]"
-                                          if math.isfinite(stats.as_float(r.match_low)) else "")
+            interval = k_interval(r.match_low, r.match_high, r.match_open)
+            match = (f"{r.match:.3g}" + (f" [{interval}]" if interval else "")
                      if math.isfinite(stats.as_float(r.match)) else "-")
             rows.append([md_escape(r.arm), k, k_ci, str(r.seeds), match, md_escape(r.note or "-")])
         out.append(_md_table(["arm", "k", f"{ci} CI", "seeds", "tokens to match (fraction of budget)", "note"],

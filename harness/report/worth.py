@@ -22,7 +22,7 @@ from harness.stats.worth import ABOVE, BELOW, NOT_FALLING, TOO_FEW, multiplier, 
 from harness.store.record import COMPLETED
 
 COLUMNS = ["arm", "k", "k_low", "k_high", "k_open", "seeds", "state", "range_low", "range_high", "match", "match_low",
-           "match_high", "match_state", "note"]
+           "match_high", "match_open", "match_state", "note"]
 
 
 @dataclass
@@ -65,6 +65,8 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
     factor = pd.to_numeric(done["budget_factor"], errors="coerce").fillna(1.0)
     ordinary, others = done[factor.eq(1.0)], done[factor.ne(1.0) & done["arm"].eq(baseline)]
     points = {r.run_id: _points(curves, r) for r in done.itertuples()}
+    if not any(len(t) for t, _ in points.values()):  # the store holds points, but not of this sweep's runs
+        return None
     per_arm = {arm: {int(r.seed): points[r.run_id] for r in g.itertuples() if len(points[r.run_id][0])}
                for arm, g in ordinary.groupby("arm")}
     heldout = []
@@ -145,15 +147,19 @@ def _k_fields(k) -> dict:
     if k is None:
         return {"k": math.nan, "k_low": math.nan, "k_high": math.nan, "k_open": "", "seeds": 0, "state": "",
                 "range_low": math.nan, "range_high": math.nan}
-    opens = " and ".join(side for side, past in (("low", k.open_low), ("high", k.open_high)) if past)
-    return {"k": k.estimate, "k_low": k.low, "k_high": k.high, "k_open": opens, "seeds": k.n, "state": k.state,
+    return {"k": k.estimate, "k_low": k.low, "k_high": k.high, "k_open": _opens(k), "seeds": k.n, "state": k.state,
             "range_low": k.range_low, "range_high": k.range_high}
+
+
+def _opens(m) -> str:
+    return " and ".join(side for side, past in (("low", m.open_low), ("high", m.open_high)) if past)
 
 
 def _match_fields(m) -> dict:
     if m is None:
-        return {"match": math.nan, "match_low": math.nan, "match_high": math.nan, "match_state": ""}
-    return {"match": m.estimate, "match_low": m.low, "match_high": m.high, "match_state": m.state}
+        return {"match": math.nan, "match_low": math.nan, "match_high": math.nan, "match_open": "", "match_state": ""}
+    return {"match": m.estimate, "match_low": m.low, "match_high": m.high, "match_open": _opens(m),
+            "match_state": m.state}
 
 
 def _extension(longest: float) -> str:
@@ -168,10 +174,16 @@ def _note(k, match, extension: str) -> str:
     if match is not None and match.state == ABOVE:
         parts.append("tokens to match: the arm's mean curve does not reach the baseline's final loss within the "
                      "budget")
+    elif match is not None and match.state in (BELOW, NOT_FALLING, TOO_FEW):
+        parts.append("tokens to match: " + {BELOW: "the arm's first held-out point is already below the baseline's "
+                                                   "final loss",
+                                            NOT_FALLING: "the arm's mean curve does not fall steadily through the "
+                                                         "baseline's final loss",
+                                            TOO_FEW: "the arm's seeds share fewer than two held-out points"}[match.state])
     if k is None:
         return "; ".join(parts)
     add = f"; add {extension} to measure further" if extension else ""
-    alone = (f" ({k.outside} of {k.n} seeds read past it on their own)" if k.outside else "")
+    alone = (f" ({k.outside} of {k.n} seeds read outside the range on their own)" if k.outside else "")
     if k.state == ABOVE:
         parts.insert(0, f"k > {k.range_high:.3g}, beyond the measured range: the baseline's mean curve ends above the "
                         f"arm's mean loss{alone}{add}")
@@ -185,9 +197,9 @@ def _note(k, match, extension: str) -> str:
     elif k.state == TOO_FEW:
         parts.insert(0, "no k: the baseline's seeds share fewer than two held-out points (heldout_points)")
     elif k.open_high or k.open_low:
-        side = "above" if k.open_high else "below"
+        side = " and ".join(s for s, past in (("below", k.open_low), ("above", k.open_high)) if past)
         parts.insert(0, f"k's interval reaches {side} the measured range and ends there{alone}"
                         + (add if k.open_high else ""))
     elif k.outside:
-        parts.insert(0, f"{k.outside} of {k.n} seeds read past the measured range on their own{add}")
+        parts.insert(0, f"{k.outside} of {k.n} seeds read outside the measured range on their own{add}")
     return "; ".join(parts)

@@ -747,6 +747,7 @@ def compare_arms(
     empty = pd.Series(dtype=float)
     base = series.get(baseline, empty)
     base = base[np.isfinite(base)]
+    tested = sum(int(np.isfinite(series.get(a, empty)).sum() >= 2) for a in arms if a != baseline)  # Holm's family
     rows = []
     for a in arms:
         s = series.get(a, empty)
@@ -769,7 +770,7 @@ def compare_arms(
             row = c.as_dict()
         else:
             c = compare(base, s, pairing=pairing, alpha=alpha, margin=margin, power=power,
-                        n_resamples=n_resamples, seed=seed, name=a, arms_compared=len(arms) - 1)
+                        n_resamples=n_resamples, seed=seed, name=a, arms_compared=max(tested, 1))
             row = c.as_dict()
         row.update(mean=desc.mean, sd=desc.sd)
         rows.append(row)

@@ -56,7 +56,7 @@ class Multiplier:
     states: dict[int, str]  # seed -> IN_RANGE, ABOVE or BELOW
     range_low: float  # the readable range of k, as multiples of the budget
     range_high: float
-    reason: str = ""  # NOT_FALLING or TOO_FEW where no seed can be read
+    reason: str = ""  # why there is no estimate: ABOVE or BELOW (the mean curve's side), NOT_FALLING, TOO_FEW
     open_low: bool = False  # the interval reaches past the measured range there: `low` is the range's end
     open_high: bool = False
 
@@ -68,12 +68,7 @@ class Multiplier:
     @property
     def state(self) -> str:
         """IN_RANGE where the mean curve reaches the mean target inside the measured range; else why not."""
-        if self.reason:
-            return self.reason
-        if math.isfinite(self.estimate):
-            return IN_RANGE
-        outside = [s for s in self.states.values() if s != IN_RANGE] or [ABOVE]
-        return ABOVE if outside.count(ABOVE) >= outside.count(BELOW) else BELOW
+        return self.reason or IN_RANGE
 
 
 def _finite_curve(seed, tokens, losses) -> dict[float, float]:
@@ -118,11 +113,12 @@ def multiplier(curves: dict[int, tuple[np.ndarray, np.ndarray]], targets: dict[i
     range_low, range_high = common[0] / budget, common[-1] / budget
     mean_curve, mean_target = CubicSpline(u, ys.mean(axis=1)), float(target.mean())
     roots = np.unique(np.round(mean_curve.solve(mean_target, extrapolate=False), 12))
-    if len(roots) == 0:  # the mean never reaches it: each seed's own points say which side it lies
+    if len(roots) == 0:  # the mean never reaches it: the mean says which side; each seed's own points, its own
         states = {s: ABOVE if tg < y[-1] else BELOW if tg > y[0] else IN_RANGE
                   for s, tg, y in zip(seeds, target, ys.T)}
+        side = ABOVE if mean_target < float(mean_curve(u[-1])) else BELOW
         return Multiplier(math.nan, math.nan, math.nan, len(seeds), nothing, states,
-                          range_low, range_high)
+                          range_low, range_high, side)
     u0 = float(roots[0])
     slope = _slope(u, ys.mean(axis=1), u0)
     if len(roots) > 1 or slope >= 0:

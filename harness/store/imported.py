@@ -2,8 +2,9 @@
 imported sweep, so that `harness report` compares its arms as it compares its own.
 
 The table is CSV, Parquet or JSON (a list of records, or {"runs": [...]}). Columns: arm, seed and
-test_loss, required; sweep (else --sweep, else the file's name), tokens (trained), test_set (an
-identifier of the test data), init_seed, data_seed and dropout_seed, optional. It is refused as a
+test_loss, required; sweep (--sweep names a table without one, else the file's name does), tokens
+(trained), test_set (an identifier of the test data), init_seed, data_seed and dropout_seed,
+optional; a column that is there has a value in every row. It is refused as a
 recorded sweep would be, with one line naming the row: a missing column, a bad arm name or seed, a
 seed twice in one arm, a non-finite loss, a sweep without the baseline arm; and a sweep name the
 store already holds for other runs. Importing the same file again adds nothing.
@@ -23,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.core.bounds import check_seeds
+from harness.core.bounds import LIMITS, check_int, check_seeds
 from harness.core.definitions import BASELINE, SWEEP_NAME, SWEEP_NAME_RULE
 from harness.core.errors import UserError, shown
 from harness.store.record import COMPLETED, RunRow
@@ -57,9 +58,24 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _integer(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+    if isinstance(value, str):  # a CSV column with one cell that is not a number is read as text
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not float(value).is_integer():
         raise UserError(f"{what} is {shown(value)!r}: give a whole number")
     return int(value)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text(value: Any) -> str:
+    """A cell as a name: a whole number without its '.0'."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def checked_rows(table: pd.DataFrame, path: Path, sweep: str | None, baseline: str) -> list[dict[str, Any]]:
@@ -73,11 +89,15 @@ def checked_rows(table: pd.DataFrame, path: Path, sweep: str | None, baseline: s
                         f"(optional: {', '.join(OPTIONAL)})")
     if table.empty:
         raise UserError(f"{path}: no rows")
+    if sweep is not None and "sweep" in table.columns:
+        raise UserError(f"{path}: the table names its sweeps (its sweep column); drop --sweep, or the column")
     rows = []
     for i, record in enumerate(table.to_dict("records"), start=2 if path.suffix.lower() == ".csv" else 1):
         where = f"{path} row {i}"
-        name = sweep if sweep is not None else record.get("sweep") if isinstance(record.get("sweep"), str) \
-            else path.stem
+        for column in ("arm", "seed", *(c for c in ("sweep", "test_set") if c in table.columns)):
+            if _missing(record.get(column)):
+                raise UserError(f"{where}: no {column}; a column that is there needs a value in every row")
+        name = _text(record["sweep"]) if "sweep" in table.columns else sweep if sweep is not None else path.stem
         if not SWEEP_NAME.fullmatch(str(name)):
             raise UserError(f"{where}: sweep name {shown(str(name))!r}: use {SWEEP_NAME_RULE}")
         loss = record["test_loss"]
@@ -87,15 +107,16 @@ def checked_rows(table: pd.DataFrame, path: Path, sweep: str | None, baseline: s
                "seed": _integer(record["seed"], f"{where}: seed"), "test_loss": float(loss)}
         for key in ("tokens", "init_seed", "data_seed", "dropout_seed"):
             value = record.get(key)
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                run[key] = _integer(value, f"{where}: {key}")
+            if not _missing(value):
+                run[key] = check_int(f"{where}: {key}", _integer(value, f"{where}: {key}"), LIMITS[key])
                 if run[key] < 0:
                     raise UserError(f"{where}: {key} must be >= 0, got {run[key]}")
         if run["seed"] < 0:
             raise UserError(f"{where}: seed must be >= 0, got {run['seed']}")
-        run["test_set"] = str(record["test_set"]) if isinstance(record.get("test_set"), str) else ""
+        run["test_set"] = _text(record["test_set"]) if "test_set" in table.columns else ""
         rows.append(run)
-    check_seeds([r["seed"] for r in rows], 1)
+    for name in {r["sweep"] for r in rows}:
+        check_seeds(sorted({r["seed"] for r in rows if r["sweep"] == name}), 1)
     seen: dict[tuple[str, str, int], int] = {}
     for i, r in enumerate(rows):
         key = (r["sweep"], r["arm"], r["seed"])
@@ -125,8 +146,8 @@ def import_table(path: str | Path, store, sweep: str | None = None, baseline: st
             raise UserError(f"sweep {name!r} already holds {len(there)} run(s) in {store.root} that this file did not "
                             "make: import it under another name (--sweep NAME)")
     added = dict.fromkeys(sorted(ours), 0)
-    for r in rows:
-        added[r["sweep"]] += store.append(_row(r, path, digest))
+    for row in store.append_all([_row(r, path, digest) for r in rows]):
+        added[row.sweep] += 1
     return added
 
 

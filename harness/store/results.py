@@ -567,20 +567,27 @@ class ResultsStore:
 
     def append(self, row: RunRow) -> bool:
         """Add one run attempt and its curve; False (and nothing written) if it is already there."""
-        columns, curve = row.columns(), list(row.curve)
-        try:
-            _row_table([columns])
-        except (OverflowError, ValueError, TypeError, pa.ArrowException) as err:
-            raise WriteError(f"run {row.run_id} attempt {row.attempt} cannot be recorded: {err}") from None
+        return bool(self.append_all([row]))
+
+    def append_all(self, rows: list[RunRow]) -> list[RunRow]:
+        """Add several run attempts at once, all or none: every row is checked before any is
+        written, then those not already there are journaled and added in one write. Returns them."""
+        items = [(row, row.columns(), list(row.curve)) for row in rows]
+        for row, columns, _ in items:
+            try:
+                _row_table([columns])
+            except (OverflowError, ValueError, TypeError, pa.ArrowException) as err:
+                raise WriteError(f"run {row.run_id} attempt {row.attempt} cannot be recorded: {err}") from None
         with self.locked():
-            key = (row.run_id, row.attempt)
             runs = self.runs()
             existing = set(zip(runs.column("run_id").to_pylist(), runs.column("attempt").to_pylist()))
-            if key in existing:
-                return False
-            self._write_journal(columns, curve)
-            self._append_tables(runs, [(columns, curve)])
-            return True
+            new = [(row, columns, curve) for row, columns, curve in items if (row.run_id, row.attempt) not in existing]
+            if not new:
+                return []
+            for _, columns, curve in new:
+                self._write_journal(columns, curve)
+            self._append_tables(runs, [(columns, curve) for _, columns, curve in new])
+            return [row for row, _, _ in new]
 
     def _append_tables(self, runs: pa.Table, items: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
         """Under the lock: the tables plus `items`, committed curves first, then runs, then the manifest."""

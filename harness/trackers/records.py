@@ -205,7 +205,8 @@ def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
     worth = section.get("worth") or {}
     for arm in worth.get("arms", []):
         if arm["arm"] in verdicts:
-            past = {f"k_{side}" for side in ("low", "high") if side in str(arm.get("k_open") or "")}
+            past = {f"{name}_{side}" for name in ("k", "match") for side in ("low", "high")
+                    if side in str(arm.get(f"{name}_open") or "")}
             metrics.update({f"{arm['arm']}/{f}": float(arm[f]) for f in WORTH_FIELDS
                             if _finite(arm.get(f)) and f not in past})  # an end past the measured range is no bound
     for arm, points in (worth.get("paired_curves") or {}).items():
