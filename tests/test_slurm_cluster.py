@@ -107,6 +107,7 @@ def test_sweep_on_a_gpu_partition(gpu_cluster, tmp_path, micro):
     assert status(gpu_cluster, results, "gpu")["totals"] == {"done": 2}
 
 
+@pytest.mark.slow  # CI time: Slurm submission stays in the fast tier (the requeue test here, test_slurm.py's job array), status in test_status.py
 def test_status_asks_slurm_and_a_second_sweep_submits_nothing_twice(cpu_cluster, tmp_path, long_run):
     results = tmp_path / "results"
     # ten times the long run (about 80 s each): none may finish before the cancel, which costs nothing

@@ -73,6 +73,7 @@ def test_baseline_budget_is_matched_and_own_budget_differs(tmp_path):
     assert "2 runs" in plan.stdout and not (tmp_path / "runs.parquet").exists()
 
 
+@pytest.mark.slow  # CI time: concurrent runs of one sweep (below) and the store's locking (reliability/test_store.py) stay in the fast tier
 def test_two_concurrent_sweeps_share_the_work(reference, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "harness", *SWEEP, "--results", str(tmp_path)], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]

@@ -66,6 +66,7 @@ def test_a_shorter_run_is_a_point_of_the_longer_one_and_an_extension_trains_noth
     assert points(tmp_path / "ext", extended["run_id"])[16] == points(tmp_path / "ext", ordinary["run_id"])[16]
 
 
+@pytest.mark.slow  # CI time: which mid-run points an arm lends stays in the fast tier (reliability/test_careless4.py's tokens-to-match test)
 def test_a_decaying_schedule_never_lends_its_mid_run_points(tmp_path, small_corpus):
     common = ["sweep", "no_dropout", "--seeds", "2", *MICRO, "--tokens", "4096", "--data", str(small_corpus),
               "--set", "lr_schedule=cosine"]

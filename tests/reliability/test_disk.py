@@ -87,6 +87,7 @@ def test_disk_full_while_checkpointing_is_not_the_runs_failure_and_the_run_resum
     assert json.loads(next(ln for ln in resumed.splitlines() if ln.startswith("PROGRESS "))[9:])["step"] > 3
 
 
+@pytest.mark.slow  # CI time: the checkpoint write's own failures stay in the fast tier beside it
 def test_a_slow_checkpoint_write_is_neither_training_time_nor_in_the_progress_rate(tmp_path, data):
     """A checkpoint write (2 GB at gpt2-small) is timed apart, like the held-out points: in the
     wall time, not in train_time_s / tokens_per_s, nor in the rate of the progress window after it
