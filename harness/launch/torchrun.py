@@ -17,6 +17,10 @@ Reliability, in the order execute() works:
     HARNESS_STALL_TIMEOUT seconds (default 1800), and the attempt is recorded as failed with
     the reason "no progress for N s"; a dead worker makes torchrun stop the group by itself, and a
     hung collective ends after HARNESS_COLLECTIVE_TIMEOUT (read by harness.training.worker).
+
+One module, on purpose: the process shape, the launch, the reading of a failed attempt's logs
+(one node's or several) and the recording are one run's lifecycle, and each step reads what the
+one before wrote into the run folder.
 """
 
 from __future__ import annotations

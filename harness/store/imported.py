@@ -17,8 +17,10 @@ is declared, and measures it), its budget or its test set beyond what the table 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +37,26 @@ OPTIONAL = ("sweep", "tokens", "test_set", "init_seed", "data_seed", "dropout_se
 SUFFIXES = (".csv", ".parquet", ".json")
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """The file's rows, or one line saying why it cannot be read."""
+def read_table(path: Path) -> tuple[pd.DataFrame, bytes]:
+    """The file's rows and its bytes (read once: what is parsed is what is hashed), or one line
+    saying why it cannot be read."""
     if path.suffix.lower() not in SUFFIXES:
         raise UserError(f"{path}: import reads {', '.join(SUFFIXES)} files, not {path.suffix or 'a file without one'}")
     try:
+        content = path.read_bytes()
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
+            return pd.read_csv(io.BytesIO(content)), content
         if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path)
-        data = json.loads(path.read_text(encoding="utf-8"))
+            return pd.read_parquet(io.BytesIO(content)), content
+        data = json.loads(content.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot be read as {path.suffix[1:]}: {str(err).splitlines()[0]}") from None
-    except Exception as err:  # pyarrow's and pandas' own parse errors
+    except Exception as err:  # OSError, a bad encoding, and pandas', pyarrow's and json's own parse errors
         raise UserError(f"{path}: cannot be read as {path.suffix[1:]}: {str(err).splitlines()[0]}") from None
     records = data.get("runs") if isinstance(data, dict) else data
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise UserError(f"{path}: a JSON import is a list of records, or {{\"runs\": [records]}}")
-    return pd.DataFrame(records)
+    return pd.DataFrame(records), content
 
 
 def _integer(value: Any, what: str) -> int:
@@ -117,13 +119,10 @@ def checked_rows(table: pd.DataFrame, path: Path, sweep: str | None, baseline: s
         rows.append(run)
     for name in {r["sweep"] for r in rows}:
         check_seeds(sorted({r["seed"] for r in rows if r["sweep"] == name}), 1)
-    seen: dict[tuple[str, str, int], int] = {}
-    for i, r in enumerate(rows):
-        key = (r["sweep"], r["arm"], r["seed"])
-        if key in seen:
-            raise UserError(f"{path}: arm {r['arm']!r} has seed {r['seed']} twice (sweep {r['sweep']!r}); a seed is "
-                            "one run per arm")
-        seen[key] = i
+    twice = [key for key, n in Counter((r["sweep"], r["arm"], r["seed"]) for r in rows).items() if n > 1]
+    if twice:
+        name, arm, seed = twice[0]
+        raise UserError(f"{path}: arm {arm!r} has seed {seed} twice (sweep {name!r}); a seed is one run per arm")
     for name in sorted({r["sweep"] for r in rows}):
         arms = sorted({r["arm"] for r in rows if r["sweep"] == name})
         if baseline not in arms:
@@ -135,8 +134,9 @@ def checked_rows(table: pd.DataFrame, path: Path, sweep: str | None, baseline: s
 def import_table(path: str | Path, store, sweep: str | None = None, baseline: str = BASELINE) -> dict[str, int]:
     """Take `path`'s runs into `store` (a ResultsStore); sweep -> runs added (0: imported before)."""
     path = Path(path)
-    rows = checked_rows(read_table(path), path, sweep, baseline)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    table, content = read_table(path)
+    rows = checked_rows(table, path, sweep, baseline)
+    digest = hashlib.sha256(content).hexdigest()
     ours = {r["sweep"] for r in rows}
     recorded = store.runs_frame()
     for name in sorted(ours):
@@ -156,12 +156,14 @@ def _run_id(sweep: str, run: dict[str, Any], digest: str) -> str:
 
 
 def _row(run: dict[str, Any], path: Path, digest: str) -> RunRow:
+    from harness.core.config import split_arm
+
     tokens = run.get("tokens", 0)
     config = {IMPORTED: {"file": path.name, "sha256": digest}}
     return RunRow(status=COMPLETED, test_loss=run["test_loss"], tokens_seen=tokens,
                   test_set_id=run["test_set"] or f"{IMPORTED}:{digest[:12]}", run_id=_run_id(run["sweep"], run, digest),
                   attempt=1, sweep=run["sweep"], arm=run["arm"],
-                  interventions="+".join(p for p in run["arm"].split("+") if p != BASELINE), seed=run["seed"],
+                  interventions="+".join(split_arm(run["arm"])), seed=run["seed"],
                   init_seed=run.get("init_seed", run["seed"]), data_seed=run.get("data_seed", run["seed"]),
                   dropout_seed=run.get("dropout_seed", run["seed"]), preset=IMPORTED, config=config,
                   config_hash=digest[:16], overrides={}, params=0, planned_tokens=tokens, tokens_per_step=0,
