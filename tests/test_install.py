@@ -158,3 +158,17 @@ def test_the_readmes_code_intervention_from_a_users_project_folder(installed, pr
     report = harness(installed, "report", "--results", "results", "--out", "reports/", cwd=project)
     assert report.returncode == 0, report.stderr
     assert f"gated\\_zloss.py {sha[:12]}" in (project / "reports" / "micro-gated_zloss.md").read_text()
+
+
+def test_the_example_trainer_from_a_fresh_folder(installed, tmp_path):
+    """A new user's own trainer: the example copied out of the installed package into an empty folder,
+    swept with 3 seeds by the command the README gives, and reported."""
+    copied = harness(installed, "example-trainer", "mytrainer", cwd=tmp_path)
+    assert copied.returncode == 0, copied.stderr
+    folder = tmp_path / "mytrainer"
+    sweep = harness(installed, "sweep", "gpt2_script.toml", "--tokens", "2048", cwd=folder)
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr
+    assert sweep.stdout.count("test loss") == 9
+    report = harness(installed, "report", "--out", "reports/", cwd=folder)
+    assert report.returncode == 0, report.stderr
+    assert "declared by the trainer" in (folder / "reports" / "gpt2_script.md").read_text()

@@ -10,8 +10,9 @@
 
 Every function checks its arguments as the command does (a bad one raises harness.core.errors.
 UserError with the command's one-line message) and computes exactly what the command computes:
-`harness sweep` is `run(plan_sweep(...))` with the command's options as keywords, and `harness
-report` is `report(...)` written out. A sweep runs under torchrun on this machine unless `cluster`
+`harness sweep` is `run(plan_sweep(...))` with the command's options as keywords (a sweep file with
+a [trainer] table runs the user's own script: harness.planning.trainer), and `harness report` is
+`report(...)` written out. A sweep runs under torchrun on this machine unless `cluster`
 names Slurm options (harness.cluster.slurm.ClusterOptions).
 """
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 _LAZY = {"Adaptive": "harness.planning.adaptive", "Streams": "harness.planning.request", "Report": "harness.report.build"}
 
 __all__ = ["Adaptive", "BASELINE", "Backend", "Execution", "Here", "Jobs", "Planned", "Report", "Streams",
-           "UserError", "import_results", "open_results", "plan_ladder", "plan_noise", "plan_sweep", "report", "run"]
+           "UserError", "example_trainers", "import_results", "open_results", "plan_ladder", "plan_noise", "plan_sweep", "report", "run"]
 
 
 def __getattr__(name: str):
@@ -185,6 +186,13 @@ def import_results(file: str | Path, results: str | Path = "results", *, sweep: 
     from harness.store.results import ResultsStore
 
     return import_table(file, ResultsStore(Path(results)), sweep, baseline)
+
+
+def example_trainers(folder: str | Path) -> list[Path]:
+    """Copy the example external trainers and their sweep files into `folder`; the copied paths."""
+    from harness.planning.trainer import copy_examples
+
+    return copy_examples(Path(folder))
 
 
 def open_results(results: str | Path = "results"):

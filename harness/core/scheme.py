@@ -69,7 +69,8 @@ def current_scheme() -> int:
 NEUTRAL = neutral_values(ModelConfig) | neutral_values(TrainConfig) | {
     k: r.neutral for k, r in RETIRED_KEYS.items() if r.neutral is not NEVER_HASHED}
 SECTIONS = {"model": MODEL_KEYS, "train": TRAIN_KEYS}
-RECORD_KEYS = {"preset", "arm", "code", *SECTIONS}  # what a recorded config holds (core.config.ArmConfig.as_dict)
+RECORD_KEYS = {"preset", "arm", "code", "trainer", *SECTIONS}  # what a recorded config holds (core.config.ArmConfig.as_dict)
+TRAINER = "trainer command"  # the key that marks an external trainer's experiment (trainer_experiment)
 
 
 class NewerRecord(UserError):
@@ -106,6 +107,8 @@ def _compact(values: Mapping[str, Any]) -> dict[str, Any]:
 def recorded(config: Mapping[str, Any], where: str = "a recorded config") -> dict[str, Any]:
     """A config (core.config.ArmConfig.as_dict()) in the form runs and plans record: its labels,
     and its keys in the identity scheme's form (scheme 1's keys, later ones away from neutral)."""
+    if isinstance(config.get("trainer"), dict):  # an external trainer's: its own settings, as they are
+        return dict(config)
     values = _compact(read_keys(config, where))
     return {k: v for k, v in config.items() if k not in SECTIONS} | {
         section: {k: v for k, v in values.items() if k in known} for section, known in SECTIONS.items()}
@@ -132,6 +135,8 @@ def experiment(config: Mapping[str, Any], tokens: int, tokens_per_step: int, dat
     data ids existed ("") keeps the path instead. Runs are identified by its hash (experiment_hash)
     and compared key by key (harness.report.sameness, harness.store.planfile.conflicts), a key one
     side lacks read as neutral (every_key)."""
+    if isinstance(config.get("trainer"), dict):
+        return trainer_experiment(config["trainer"], tokens, tokens_per_step)
     values = _compact(read_keys(config, where))
     out = {k: v for k, v in values.items() if k not in PLACEMENT_KEYS and k not in BUDGET_RULES}
     scheme = current_scheme() if scheme is None else scheme
@@ -143,6 +148,14 @@ def experiment(config: Mapping[str, Any], tokens: int, tokens_per_step: int, dat
     if config.get("code"):  # code interventions (harness.core.code): each file's content and settings, in order
         out["code"] = [{"sha256": e["sha256"], "settings": e.get("settings", {})} for e in config["code"]]
     return out | {"tokens": int(tokens), "tokens_per_step": int(tokens_per_step)} | ({"data_id": data_id} if data_id else {})
+
+
+def trainer_experiment(trainer: Mapping[str, Any], tokens: int, tokens_per_step: int) -> dict[str, Any]:
+    """What an external trainer's arm computes (harness.planning.trainer): its command, the content
+    of its files, each of its settings by name, and the budget; not the folder it runs in, nor how
+    its budget was chosen."""
+    return {TRAINER: trainer["command"], "trainer files": dict(trainer["files"]), **trainer["settings"],
+            "tokens": int(tokens), "tokens_per_step": int(tokens_per_step)}
 
 
 def experiment_hash(config: Mapping[str, Any], tokens: int, tokens_per_step: int, data_id: str = "",
@@ -158,6 +171,8 @@ def shown(key: str, value: Any) -> str:
     """An experiment's value as messages and tables show it (a code file by its hash's first 12 digits)."""
     if value is None:
         return "(unset)"
+    if key == "trainer files" and isinstance(value, dict):
+        return ", ".join(f"{name} {sha[:12]}" for name, sha in sorted(value.items()))
     if key == "code" and isinstance(value, list):
         return " + ".join(f"code {e.get('sha256', '')[:12]}" + (f" {json.dumps(e['settings'], sort_keys=True)}"
                                                                  if e.get("settings") else "") for e in value)
@@ -168,13 +183,18 @@ def every_key(experiment: Mapping[str, Any]) -> dict[str, Any]:
     """An experiment (experiment()) with every config key this version knows, one it lacks at its
     neutral value: the form in which two experiments, recorded by any versions, are compared key by
     key (a meaning change's mark stays absent where a record predates the change)."""
+    if TRAINER in experiment:  # an external trainer's settings have no neutral values: its own are all there
+        return dict(experiment)
     keys = [k for k in NEUTRAL if k not in PLACEMENT_KEYS and k not in BUDGET_RULES
             and not (k == "data" and "data_id" in experiment)]
     return {k: NEUTRAL[k] for k in keys} | dict(experiment)
 
 
 def check_known(experiment_keys, where: str) -> None:
-    """Refuse an experiment (a saved plan's) that holds a key this version does not know."""
+    """Refuse an experiment (a saved plan's) that holds a key this version does not know (an
+    external trainer's settings are its own)."""
+    if TRAINER in experiment_keys:
+        return
     for key in experiment_keys:
         if key not in NEUTRAL and key not in EXPERIMENT_FACTS and key not in RETIRED_KEYS and not any(
                 key == meaning_key(c.key) for c in MEANING_CHANGES):

@@ -63,7 +63,8 @@ def execute_plan(plan: Plan, launcher: Launcher, console: Console, retries: int 
     on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard), and
     on_recorded(spec) hears of every attempt this process recorded (the other trackers)."""
     launchers, shared = launcher.for_jobs(jobs)
-    if warm.enabled() and launcher.world_size == 1:  # a warm worker per slot: torch imported once per slot
+    own_worker = not any("trainer" in s.config for s in plan.specs)  # an external trainer starts its own process
+    if warm.enabled() and launcher.world_size == 1 and own_worker:  # a warm worker per slot: torch imported once per slot
         launchers = [dataclasses.replace(one, warm=warm.WarmWorker(WORKER_ENV | one.slot.env())) for one in launchers]
     store = ResultsStore(plan.results)
     store.ensure_writable()

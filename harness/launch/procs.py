@@ -86,7 +86,8 @@ def interrupted() -> bool:
     return _ctrl_c.is_set()
 
 
-def spawn(cmd: list[str], env: dict[str, str], keep_fd: int | None, cpus: tuple[int, ...] = ()) -> subprocess.Popen:
+def spawn(cmd: list[str], env: dict[str, str], keep_fd: int | None, cpus: tuple[int, ...] = (),
+          cwd: str | None = None) -> subprocess.Popen:
     """Start `cmd` with its output on a pipe, as a child that dies with this process, holding
     `keep_fd` open, pinned to `cpus` (if any; its children inherit them); a Ctrl-C during the
     fork is only latched (see ctrl_c_latch)."""
@@ -97,7 +98,7 @@ def spawn(cmd: list[str], env: dict[str, str], keep_fd: int | None, cpus: tuple[
 
     with deferred_ctrl_c():
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env, preexec_fn=in_child, bufsize=1,
+                                errors="replace", env=env, preexec_fn=in_child, bufsize=1, cwd=cwd or None,
                                 pass_fds=(keep_fd,) if keep_fd is not None else ())
 
 
@@ -211,13 +212,24 @@ def kill_tree(pid: int) -> None:
         time.sleep(0.05)
 
 
+SPEC_VARIABLE = "HARNESS_SPEC"  # in an external trainer's environment: its run's spec.json (stale_workers)
+
+
 def stale_workers(spec_path: Path) -> list[int]:
-    """Processes (torchrun or its workers) still training this run, left by a killed attempt."""
+    """Processes (torchrun or its workers, or an external trainer's) still training this run, left
+    by a killed attempt."""
     target = str(spec_path.resolve())
+    mark = f"{SPEC_VARIABLE}={target}".encode()
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        try:
+            if mark in Path(entry.path, "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+                continue
+        except OSError:
+            pass
         try:
             args = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0")
             if "harness.training.worker" not in args or not any(a.endswith("spec.json") for a in args):

@@ -26,9 +26,11 @@ one before wrote into the run folder.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import queue
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -44,7 +46,9 @@ from typing import Any, Callable
 from harness.core.errors import UserError
 from harness.core.files import WriteError, atomic_write_bytes, quarantine, write_error
 from harness.core.placement import Slot, auto_jobs, slots
-from harness.launch.procs import RunLock, deferred_ctrl_c, interrupted, kill_stale_workers, kill_tree, spawn
+from harness.launch.procs import (SPEC_VARIABLE, RunLock, deferred_ctrl_c, interrupted, kill_stale_workers, kill_tree,
+                                  spawn)
+from harness.store import contract
 from harness.launch.warm import WarmWorker
 from harness.store.record import (ATTEMPT_ENDED, CONFIG, DATA_CHANGED, ENVIRONMENT, FAILED, NODE_HEADER, UNRUNNABLE,
                                   RunResult, RunRow, RunSpec, attempt_header, attempt_part, find_ranks, find_stopped,
@@ -138,18 +142,18 @@ class Launcher:
         found, shared = slots(jobs, self.nproc, gpu_count())
         return [dataclasses.replace(self, slot=s) for s in found], shared
 
-    def command(self, spec_path: Path, run_id: str) -> list[str]:
+    def command(self, spec_path: Path, run_id: str, program: list[str] | None = None) -> list[str]:
         """torchrun for DDP; a single process is the worker itself (no torchrun process to start,
-        no third import of torch: about 2 s less per run)."""
+        no third import of torch). `program`: an external trainer's argument list in the worker's place."""
         if self.world_size == 1:
-            return [sys.executable, "-m", WORKER, str(spec_path)]
+            return program or [sys.executable, "-m", WORKER, str(spec_path)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(self.nproc)]
         if self.nnodes == 1:
             cmd.append("--standalone")
         else:
             cmd += ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank),
                     "--rdzv-backend", "c10d", "--rdzv-endpoint", self.rdzv_endpoint, "--rdzv-id", run_id]
-        return cmd + ["-m", WORKER, str(spec_path)]
+        return cmd + (["--no-python", *program] if program else ["-m", WORKER, str(spec_path)])
 
 
 def gpu_count() -> int:
@@ -409,8 +413,10 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
     result_path = run_dir / "result.json"
     attempt = store.attempts(spec.run_id) + 1
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    stalled = None
-    if not result_path.exists():
+    stalled, broken = None, None
+    if not result_path.exists() and spec.config.get("trainer"):
+        returncode, stalled, broken = _run_trainer(spec, launcher, run_dir, spec_path, log, attempt, on_progress, lock)
+    elif not result_path.exists():
         atomic_write_bytes(spec_path, spec.to_json().encode())
         if launcher.records:  # node 0 only: nodes sharing a run folder must not move it under each other
             from harness.training import checkpoint  # torch: here, so that the CLI checks its options without it
@@ -437,6 +443,8 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
             result = _failed(f"result.json was unreadable ({err}); moved to {moved}")
     elif stalled is not None:
         result = _failed(stalled)
+    elif broken is not None:
+        result = _failed(broken)
     else:
         text = _attempt_text(log)
         word_s = node_word_seconds() if launcher.node_rank == 0 and launcher.nnodes > 1 else None
@@ -474,6 +482,43 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
     return Outcome(row, log)
 
 
+def _run_trainer(spec: RunSpec, launcher: Launcher, run_dir: Path, spec_path: Path, log: Path, attempt: int,
+                 on_progress, lock: RunLock) -> tuple[int, str | None, str | None]:
+    """One attempt of an external trainer's run (harness.store.contract): its files checked against
+    the plan, its command started in its folder with the contract's variables, and its result
+    checked and written as result.json. (exit code, stall reason, why its result breaks the contract)."""
+    from harness.planning.trainer import changed_files
+
+    changed = changed_files(spec)
+    if changed:
+        raise UserError(f"{', '.join(changed)} in {spec.workdir} changed since sweep {spec.sweep!r} planned run "
+                        f"{spec.run_id}: its runs would not be one experiment; restore the file, or start a new "
+                        "sweep (--name) for the changed trainer")
+    answer = run_dir / contract.RESULT_FILE
+    resume = log.exists()  # an earlier attempt started here: the trainer may continue its own checkpoint
+    answer.unlink(missing_ok=True)  # an earlier attempt's answer never speaks for this one
+    atomic_write_bytes(spec_path, spec.to_json().encode())
+    values = contract.passed(spec, run_dir, resume)
+    program = contract.command(shlex.split(spec.config["trainer"]["command"]), values,
+                               spec.config["trainer"]["settings"])
+    env = {k: v for k, v in launcher.env.items() if k != "PYTHONSAFEPATH"}  # its script's folder is its sys.path
+    env |= contract.environment(values) | {SPEC_VARIABLE: str(spec_path.resolve())}
+    began = time.monotonic()
+    returncode, stalled = _launch(launcher.command(spec_path, spec.run_id, program), log, attempt, env, on_progress,
+                                  lock, stall_timeout(), launcher.slot.cpus, None, spec_path, launcher.where,
+                                  cwd=spec.workdir)
+    if returncode != 0 or stalled is not None or not launcher.records:
+        return returncode, stalled, None
+    try:
+        data = contract.read_result(answer, spec.tokens)
+    except contract.BrokenResult as err:
+        _notice(f"run {spec.run_id}: {err}", log)
+        return returncode, None, str(err)
+    result = contract.run_result(data, spec, time.monotonic() - began, versions())
+    atomic_write_bytes(run_dir / "result.json", json.dumps(result.to_dict(), default=str).encode())
+    return returncode, None, None
+
+
 def _failed(reason: str, status: str = FAILED) -> RunResult:
     """The result of an attempt that trained nothing to the end: FAILED, or UNRUNNABLE (never retried)."""
     return RunResult(status=status, reason=reason, versions=versions(),
@@ -482,7 +527,7 @@ def _failed(reason: str, status: str = FAILED) -> RunResult:
 
 def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], on_progress,
             lock: RunLock, stall_s: float, cpus: tuple[int, ...] = (), warm: WarmWorker | None = None,
-            spec_path: Path | None = None, where: str = "") -> tuple[int, str | None]:
+            spec_path: Path | None = None, where: str = "", cwd: str | None = None) -> tuple[int, str | None]:
     """(the workers' exit code, the stall reason if the watchdog killed them). With a warm worker
     the run is its forked child (harness.launch.warm), else `cmd` started cold. A node of a
     multi-node run (`where`) also writes how its attempt ended, which the first node reads."""
@@ -502,7 +547,7 @@ def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], 
                 kill_tree(proc.pid)
             raise write_error(log, err, "the run was not started") from err
         if proc is None:
-            proc = spawn(cmd, env, lock.fd, cpus)
+            proc = spawn(cmd, env, lock.fd, cpus, cwd)
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:

@@ -27,6 +27,7 @@ from harness.planning.adaptive import Adaptive
 from harness.planning.budget import Budget, chinchilla, fixed_budget
 from harness.core.definitions import SWEEP_NAME, SWEEP_NAME_RULE
 from harness.planning.request import NoiseRequest, SweepRequest
+from harness.planning.trainer import PRESET
 from harness.store.identity import legacy_key
 from harness.store.outputs import guard_destination, require_folder
 from harness.store.record import RunSpec, run_identity
@@ -66,12 +67,9 @@ def build_plan(request: SweepRequest, world_size: int, on_gpu: bool, results: Pa
     arm can be an A/A comparison on one and not the other), for the results store at `results`
     (read to find the runs it already holds)."""
     library = library or Library.from_environment()
-    canonical = {arm: cfgmod.canonical_arm(arm) for arm in request.arms}
-    notes = [f"arm {arm!r} is {name!r}" for arm, name in canonical.items() if name != arm]
-    arms = list(dict.fromkeys(canonical.values()))
-    if request.include_baseline and cfgmod.BASELINE not in arms:
-        arms.insert(0, cfgmod.BASELINE)
-    check_seeds(list(request.seeds), len(arms))  # before any config is resolved or run planned
+    arms, notes = request_arms(request)
+    if request.trainer is not None:
+        return trainer_plan(request, arms, notes, world_size, results, library)
     sets = dict(request.sets)
     configs = {arm: cfgmod.resolve(request.preset, arm, sets, library, request.scale) for arm in arms}
     used = {name for arm in arms for name in cfgmod.split_arm(arm)}
@@ -106,6 +104,58 @@ def build_plan(request: SweepRequest, world_size: int, on_gpu: bool, results: Pa
                 list(dict.fromkeys(notes)), configs, adaptive=request.adaptive, inert=inert, data=facts)
     plan = with_known_ids(plan)
     return with_extensions(plan, request.extend) if request.extend else plan
+
+
+def request_arms(request: SweepRequest) -> tuple[list[str], list[str]]:
+    """The request's arms, each by its one name (the baseline first unless left out), and notes on
+    the names it changed; the seeds are checked against them before anything is resolved."""
+    canonical = {arm: cfgmod.canonical_arm(arm) for arm in request.arms}
+    notes = [f"arm {arm!r} is {name!r}" for arm, name in canonical.items() if name != arm]
+    arms = list(dict.fromkeys(canonical.values()))
+    if request.include_baseline and cfgmod.BASELINE not in arms:
+        arms.insert(0, cfgmod.BASELINE)
+    check_seeds(list(request.seeds), len(arms))  # before any config is resolved or run planned
+    return arms, notes
+
+
+def trainer_plan(request: SweepRequest, arms: list[str], notes: list[str], world_size: int, results: Path,
+                 library: Library) -> Plan:
+    """The plan of a sweep whose arms run a researcher's own script (harness.planning.trainer): each
+    arm's settings, a budget from --tokens or from the script's parameter count (a probe), and its
+    runs seed-major; runs identified by the command, the content of its files, the settings and
+    the sub-seeds."""
+    trainer = request.trainer
+    if trainer.global_batch % world_size:
+        raise UserError(f"the trainer's global_batch {trainer.global_batch} cannot be shared by {world_size} processes "
+                        "per run: give --nproc a divisor of it")
+    configs = {arm: trainer.arm(arm, library) for arm in arms}
+    if request.tokens is not None:
+        budgets = {arm: trainer.budget(cfg, 0, request.tokens) for arm, cfg in configs.items()}
+    elif request.budget == "own":
+        budgets = {arm: trainer.chinchilla(cfg, trainer.probe(cfg)) for arm, cfg in configs.items()}
+    else:
+        base = trainer.chinchilla(configs[cfgmod.BASELINE], trainer.probe(configs[cfgmod.BASELINE]))
+        budgets = {arm: trainer.budget(cfg, base.params if arm == cfgmod.BASELINE else 0, base.tokens)
+                   for arm, cfg in configs.items()}
+    for arm, (first, why) in identical_arms(configs, budgets).items():
+        notes.append(f"arm {arm!r} sets the trainer's settings as {first!r} does{why}: planned once, as {first!r}, "
+                     "and never compared with itself")
+        arms.remove(arm)
+        del configs[arm], budgets[arm]
+    notes.append(f"the arms run {trainer.command!r} in {trainer.folder} (the external trainer contract); harness "
+                 "passes each run its seeds, but the pairing is the trainer's to keep: the report measures it")
+    name = request.name or default_sweep_name(PRESET, arms)
+    if not SWEEP_NAME.fullmatch(name):
+        raise UserError(f"sweep name {name!r}: use {SWEEP_NAME_RULE}")
+    require_folder(results)
+    guard_destination(results, "--results", {f"the trainer's file {n}": trainer.folder / n for n in trainer.files},
+                      may_contain_inputs=True)
+    specs = [run_spec(configs[arm], seed, budgets[arm], name, world_size, vary=request.streams.vary,
+                      fixed=dict(request.streams.fixed), workdir=str(trainer.folder))
+             for seed in request.seeds for arm in arms]
+    plan = Plan(name, PRESET, arms, list(request.seeds), budgets, specs, Path(results), world_size,
+                list(dict.fromkeys(notes)), configs, adaptive=request.adaptive)
+    return with_known_ids(plan)
 
 
 def extension_factors(extend: float, constant: bool) -> list[float]:
@@ -186,7 +236,7 @@ def arm_budgets(configs: dict[str, cfgmod.ArmConfig], request: SweepRequest, wor
 def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world_size: int,
              data: DataFacts = DataFacts("", ""), vary: str = "", fixed: dict[str, int] | None = None,
              replica: int = 0, budget_factor: float = 1.0, start_from: str = "",
-             anchor_steps: list[int] | None = None) -> RunSpec:
+             anchor_steps: list[int] | None = None, workdir: str = "") -> RunSpec:
     """One run: its identity is what it computes (harness.store.record.run_identity); its id is that
     identity under a readable label (the arm, the seed, and what was varied or fixed if anything)."""
     seeds = sub_seeds(seed, vary, fixed)
@@ -209,7 +259,7 @@ def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world
         tokens=budget.tokens, steps=budget.steps, tokens_per_step=budget.tokens_per_step, world_size=world_size,
         vary=vary, identity=identity, data_id=data.data_id, replica=replica,
         intervention_sets=dict(cfg.intervention_sets), budget_factor=budget_factor, start_from=start_from,
-        anchor_steps=list(anchor_steps or []), identity_scheme=scheme.current_scheme(),
+        anchor_steps=list(anchor_steps or []), identity_scheme=scheme.current_scheme(), workdir=workdir,
     )
 
 

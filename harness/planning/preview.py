@@ -22,15 +22,19 @@ def estimate_seconds(plan: Plan, store: ResultsStore, jobs: int = 1) -> float | 
     """Wall time from the speed of earlier runs of this preset on this world size in the store,
     `jobs` runs at a time. Speed as parameters x tokens per second, so that runs of another size
     of the preset (a ladder's rungs) scale by their parameters (roughly: the cost per token is
-    about 6 x parameters FLOPs)."""
+    about 6 x parameters FLOPs), or tokens per second where a size is not known."""
     frame = store.runs_frame()
     past = frame[(frame["preset"] == plan.preset) & (frame["world_size"] == plan.world_size)
                  & (frame["status"] == COMPLETED)]
     if past.empty or not plan.specs:
         return None
-    rate = float((past["tokens_per_s"] * past["params"]).median())
     overhead = float((past["wall_time_s"] - past["tokens_seen"] / past["tokens_per_s"]).median()) + OVERHEAD_PAD_S
-    return sum(s.tokens * s.params / rate + overhead for s in plan.specs) / min(jobs, len(plan.specs))
+    sized = past["params"].gt(0).all() and all(s.params > 0 for s in plan.specs)
+    # where a size is not known (an external trainer's, given --tokens): tokens per second
+    rate = float((past["tokens_per_s"] * (past["params"] if sized else 1)).median())
+    if not rate > 0:
+        return None
+    return sum(s.tokens * (s.params if sized else 1) / rate + overhead for s in plan.specs) / min(jobs, len(plan.specs))
 
 
 def expected_runs(plan: Plan, store: ResultsStore, sweeps: int = EXPECTED_RUNS_SIMULATIONS) -> float | None:
@@ -70,7 +74,7 @@ def print_plan(plan: Plan, console, jobs: int = 1) -> None:
     for arm in plan.arms:
         b = plan.budgets[arm]
         runs = sum(1 for s in plan.specs if s.arm == arm and s.budget_factor == 1.0)
-        table.add_row(arm, f"{b.params:,}", f"{b.tokens:,}", f"{b.steps:,}", f"{b.tokens_per_step:,}", str(runs))
+        table.add_row(arm, f"{b.params:,}" if b.params else "-", f"{b.tokens:,}", f"{b.steps:,}", f"{b.tokens_per_step:,}", str(runs))
     for factor, b in plan.extensions.items():
         runs = sum(1 for s in plan.specs if s.budget_factor == factor)
         table.add_row(f"baseline at {factor:g}x", f"{b.params:,}", f"{b.tokens:,}", f"{b.steps:,}",

@@ -21,9 +21,10 @@ from harness.core.definitions import SWEEP_NAME, SWEEP_NAME_RULE, Library
 from harness.core.errors import UserError, shown
 from harness.core.seeds import STREAMS
 from harness.planning.adaptive import Adaptive
+from harness.planning.trainer import Trainer
 
 SWEEP_FILE_KEYS = {"name": str, "description": str, "preset": str, "arms": list, "seeds": int, "seed_list": list,
-                   "budget": str, "tokens": int, "set": dict}
+                   "budget": str, "tokens": int, "set": dict, "trainer": dict}
 BUDGETS = ("baseline", "own")  # the first is the default: every arm at the baseline's budget
 MIN_EXTEND, MAX_EXTEND = 1.1, 16.0
 DEFAULT_SEEDS = 5
@@ -74,6 +75,7 @@ class SweepRequest:
     adaptive: Adaptive | None = None
     extend: float | None = None  # baseline runs up to this factor of the budget, for the compute multiplier
     scale: cfgmod.Scale | None = None  # another size of the preset: a rung of a ladder (harness.planning.ladder)
+    trainer: Trainer | None = None  # the arms run a researcher's own script (harness.planning.trainer)
 
     def check(self) -> "SweepRequest":
         if not self.arms:
@@ -125,9 +127,18 @@ def sweep_request(arms: list[str], *, seeds: int | None, seed_list: str | None, 
     a sweep file's values (when `arms` is one sweep file) and the options given meet; an option
     given wins over the file. An adaptive sweep plans seeds 0 .. max_seeds-1 (run in rounds)."""
     file: dict[str, Any] = {}
+    trainer = None
     if len(arms) == 1 and (arms[0].endswith(".toml") or os.path.isfile(arms[0])):
-        file = load_sweep_file(sweep_file_path(arms[0], library))
+        path = sweep_file_path(arms[0], library)
+        file = load_sweep_file(path)
         arms = file["arms"]
+        if "trainer" in file:
+            trainer = Trainer.read(file["trainer"], path)
+            given = [flag for flag, value in (("--preset", preset), ("--set", sets), ("--data", data),
+                                              ("--extend-baseline", extend)) if value]
+            if given:
+                raise UserError(f"{given[0]} is for harness's own model; {path} runs its own trainer, whose settings "
+                                "are its [trainer.settings] and its arms' [set] tables")
     chosen = seed_values(seeds, seed_list, file, adaptive)
     if adaptive is not None:
         adaptive.check()
@@ -136,7 +147,7 @@ def sweep_request(arms: list[str], *, seeds: int | None, seed_list: str | None, 
         sets=with_data(dict(file.get("set", {})) | dict(sets), data),
         tokens=tokens if tokens is not None else file.get("tokens"),
         budget=budget or file.get("budget", BUDGETS[0]), name=name if name is not None else file.get("name"),
-        streams=streams, adaptive=adaptive, extend=extend).check()
+        streams=streams, adaptive=adaptive, extend=extend, trainer=trainer).check()
 
 
 @dataclass(frozen=True)
@@ -238,6 +249,9 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
         check_seed_list(list(seed_list), f"{path}: seed_list")
     if "name" in data and not SWEEP_NAME.fullmatch(data["name"]):
         raise UserError(f"{path}: name {shown(data['name'])!r}: use {SWEEP_NAME_RULE}")
+    if "trainer" in data and ("preset" in data or "set" in data):
+        raise UserError(f"{path}: a sweep file with a [trainer] runs its own script: its settings are "
+                        "[trainer.settings], not {}".format("preset" if "preset" in data else "[set]"))
     sets = {k: cfgmod.coerce(k, v, f"{path} [set]") for k, v in data.get("set", {}).items()}
     return data | {"name": data.get("name", path.stem), "set": sets}
 

@@ -27,7 +27,7 @@ from harness.stats.pairing import pairing_gain
 from harness.core.seeds import REPLICATE, roles
 from harness.core.config import BASELINE
 from harness.core.errors import UserError
-from harness.store.imported import is_imported
+from harness.store.imported import external_trainer, is_imported
 from harness.store.record import COMPLETED, ordinary_budget
 
 
@@ -204,12 +204,17 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
     missing = missing_runs(every_budget, planned, adaptive)
     if missing:
         notes.insert(0, missing)
-    source = is_imported(done)
+    source, trainer = is_imported(done), external_trainer(done)
     if source:
         notes.append(f"imported from {source}: harness did not train these runs, so it cannot vouch for their "
                      "pairing, budget or test set; the seeds are paired as the file declares them, not verified "
                      "(the pairing section measures it: a correlation near zero says the seeds were not honoured), "
                      "and the sections that need held-out curves or per-unit test sums are not shown")
+    if trainer:
+        notes.append(f"trained by an external trainer ({trainer}): harness planned the budgets and seeds, checked "
+                     "each result and ran each arm's settings, but the pairing is declared by the trainer, not "
+                     "verified by harness (the pairing section measures it: a correlation near zero says the seeds "
+                     "were not honoured)")
     held = held_streams(done) if not source else ""  # an imported run's sub-seeds are the file's, not harness's
     if held:
         notes.append(f"random streams held fixed (not varied with the seed): {held}; the verdicts generalise over the "

@@ -34,6 +34,9 @@ class Worth:
     note: str = ""  # why there is no multiplier, or what to add for one
 
 
+EXTERNAL = "an external trainer's own"  # a schedule harness does not know (harness.planning.trainer)
+
+
 def _schedule(rows: pd.DataFrame) -> str:
     """The runs' learning-rate schedule as it bears on mid-run points: "constant" where a point at
     fewer tokens is a shorter run; else what makes it depend on the run's length (a cosine schedule,
@@ -41,6 +44,8 @@ def _schedule(rows: pd.DataFrame) -> str:
     for text in rows["config"]:
         try:
             config = json.loads(text)
+            if isinstance(config.get("trainer"), dict):
+                return EXTERNAL
             seams = [e["intervention"] for e in config.get("code", [])
                      if {"schedule", "optimizer"} & set(e.get("seams", []))]  # both are given the run's steps
             return f"{seams[0]} code's" if seams else str(config["train"].get("lr_schedule", "constant"))
@@ -93,6 +98,10 @@ def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: 
         worth.note = "no baseline runs with held-out points"
         return worth
     budget = float(base_rows["planned_tokens"].max())
+    if _schedule(base_rows) == EXTERNAL:
+        worth.note = ("an external trainer's held-out points along training are not known to be shorter runs (its "
+                      "schedule is its own), so neither k nor tokens to match is read from them")
+        return worth
     extendable = baseline == BASELINE  # --extend-baseline extends the arm named baseline, not another one
     constant = _schedule(base_rows) == "constant"
     base_curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -170,13 +170,24 @@ def _row(run: dict[str, Any], path: Path, digest: str) -> RunRow:
                   world_size=1)
 
 
-def is_imported(rows: pd.DataFrame) -> str:
-    """The file an imported sweep's rows came from ("" where harness made them)."""
+def _recorded_by(rows: pd.DataFrame, key: str) -> dict[str, Any]:
+    """The first row's config entry `key` ({} where no row has one)."""
     for text in rows.get("config", pd.Series(dtype=object)):
         try:
             config = json.loads(text) if isinstance(text, str) else None
         except ValueError:
             continue
-        if isinstance(config, dict) and isinstance(config.get(IMPORTED), dict):
-            return str(config[IMPORTED].get("file", ""))
-    return ""
+        if isinstance(config, dict) and isinstance(config.get(key), dict):
+            return config[key]
+    return {}
+
+
+def is_imported(rows: pd.DataFrame) -> str:
+    """The file an imported sweep's rows came from ("" where harness made them)."""
+    return str(_recorded_by(rows, IMPORTED).get("file", ""))
+
+
+def external_trainer(rows: pd.DataFrame) -> str:
+    """The command of the external trainer that trained a sweep's rows ("" where harness's own worker
+    did): its pairing is the trainer's to keep (harness.store.contract)."""
+    return str(_recorded_by(rows, "trainer").get("command", ""))

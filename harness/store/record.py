@@ -160,6 +160,7 @@ class RunSpec:
     start_from: str = ""  # run id whose final checkpoint this (longer, constant-schedule) run continues
     anchor_steps: list[int] = field(default_factory=list)  # extra held-out points (an extended run's 1x step)
     identity_scheme: int = 1  # the identity scheme it was planned under (harness.core.scheme; older specs: 1)
+    workdir: str = ""  # an external trainer's folder, where its command runs (harness.planning.trainer)
 
     @property
     def interventions(self) -> str:
