@@ -38,6 +38,7 @@ import difflib
 import hashlib
 import importlib.abc
 import importlib.util
+import math
 import shutil
 import sys
 from dataclasses import dataclass
@@ -166,11 +167,18 @@ def coerce_setting(code: CodeFile, key: str, value: Any, where: str) -> Any:
         hint = f" (did you mean {match[0]!r}?)" if match else ""
         raise UserError(f"{where}: unknown key {key!r}{hint}; {code.path.name} declares "
                         f"{', '.join(code.settings) or 'no settings'}")
-    kind = type(code.settings[key][0])
+    return typed_setting(key, value, code.settings[key][0], where)
+
+
+def typed_setting(key: str, value: Any, default: Any, where: str) -> Any:
+    """A setting's value of its default's type (an int where a float is wanted; a finite number)."""
+    kind = type(default)
     if kind is float and type(value) is int:
-        return float(value)
+        value = float(value)
     if type(value) is not kind:
-        raise UserError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
+        raise UserError(f"{where}: {key} must be {kind.__name__} (as its default {default!r}), got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise UserError(f"{where}: {key} must be a finite number, got {value!r}")
     return value
 
 

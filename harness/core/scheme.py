@@ -155,6 +155,7 @@ def trainer_experiment(trainer: Mapping[str, Any], tokens: int, tokens_per_step:
     of its files, each of its settings by name, and the budget; not the folder it runs in, nor how
     its budget was chosen."""
     return {TRAINER: trainer["command"], "trainer files": dict(trainer["files"]), **trainer["settings"],
+            "global_batch": trainer["global_batch"], "context_length": trainer["context_length"],
             "tokens": int(tokens), "tokens_per_step": int(tokens_per_step)}
 
 

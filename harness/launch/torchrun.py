@@ -443,8 +443,8 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
             result = _failed(f"result.json was unreadable ({err}); moved to {moved}")
     elif stalled is not None:
         result = _failed(stalled)
-    elif broken is not None:
-        result = _failed(broken)
+    elif broken is not None:  # the same script writes the same broken result again: not retried
+        result = _failed(str(broken), UNRUNNABLE if broken.final else FAILED)
     else:
         text = _attempt_text(log)
         word_s = node_word_seconds() if launcher.node_rank == 0 and launcher.nnodes > 1 else None
@@ -483,7 +483,7 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
 
 
 def _run_trainer(spec: RunSpec, launcher: Launcher, run_dir: Path, spec_path: Path, log: Path, attempt: int,
-                 on_progress, lock: RunLock) -> tuple[int, str | None, str | None]:
+                 on_progress, lock: RunLock) -> tuple[int, str | None, contract.BrokenResult | None]:
     """One attempt of an external trainer's run (harness.store.contract): its files checked against
     the plan, its command started in its folder with the contract's variables, and its result
     checked and written as result.json. (exit code, stall reason, why its result breaks the contract)."""
@@ -513,7 +513,7 @@ def _run_trainer(spec: RunSpec, launcher: Launcher, run_dir: Path, spec_path: Pa
         data = contract.read_result(answer, spec.tokens)
     except contract.BrokenResult as err:
         _notice(f"run {spec.run_id}: {err}", log)
-        return returncode, None, str(err)
+        return returncode, None, err
     result = contract.run_result(data, spec, time.monotonic() - began, versions())
     atomic_write_bytes(run_dir / "result.json", json.dumps(result.to_dict(), default=str).encode())
     return returncode, None, None

@@ -90,9 +90,14 @@ def chinchilla(cfg: ArmConfig, nproc: int) -> Budget:
 def fixed_budget(cfg: ArmConfig, nproc: int, tokens: int) -> Budget:
     """A given token count for this arm, rounded up to whole global batches."""
     counts = arm_parameter_counts(cfg)
-    per_step = tokens_per_step(cfg, nproc)
+    return whole_steps(cfg.arm, counts["total"], counts["non_embedding"], tokens, tokens_per_step(cfg, nproc))
+
+
+def whole_steps(arm: str, params: int, non_embedding: int, tokens: int, per_step: int) -> Budget:
+    """`tokens` rounded up to whole global batches of `per_step` tokens (harness's arms and an
+    external trainer's alike)."""
     if tokens < per_step:
         raise UserError(f"a budget of {tokens:,} tokens is below one step of {per_step:,} tokens "
                         "(global_batch x context_length); raise --tokens")
     steps = math.ceil(tokens / per_step)
-    return Budget(cfg.arm, counts["total"], counts["non_embedding"], tokens, steps * per_step, steps, per_step)
+    return Budget(arm, params, non_embedding, tokens, steps * per_step, steps, per_step)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.bounds import check_int
-from harness.core.code import content_hash, own_modules
+from harness.core.code import SETTING_TYPES, content_hash, own_modules, typed_setting
 from harness.core.config import INTERVENTION_KEYS, Intervention, check_keys, merged_overrides, read_toml, split_arm
 from harness.core.definitions import Library, builtin_folder
 from harness.core.errors import UserError
@@ -46,7 +46,6 @@ from harness.store import contract
 PRESET = "trainer"  # the preset label of an external trainer's runs
 TRAINER_KEYS = {"command": str, "files": list, "global_batch": int, "context_length": int,
                 "tokens_per_param": float, "settings": dict}
-SETTING_TYPES = (bool, int, float, str)
 PROBE_TIMEOUT_S = 600.0
 
 
@@ -108,8 +107,9 @@ class Trainer:
             if not name.isidentifier() or name in contract.PLACEHOLDERS or name in EXPERIMENT_FACTS:
                 raise UserError(f"{where}.settings: {name!r} is not a setting's name: use an identifier other than "
                                 f"{', '.join([*contract.PLACEHOLDERS, *sorted(EXPERIMENT_FACTS)])}")
-            if type(value) not in SETTING_TYPES:
-                raise UserError(f"{where}.settings: {name} = {value!r}: a setting is a bool, int, float or string")
+            if type(value) not in SETTING_TYPES or (type(value) is float and not math.isfinite(value)):
+                raise UserError(f"{where}.settings: {name} = {value!r}: a setting is a bool, int, finite float or "
+                                "string")
         try:
             argv = shlex.split(table["command"])
         except ValueError as err:
@@ -118,17 +118,22 @@ class Trainer:
             raise UserError(f"{where}: command is empty; e.g. command = \"{{python}} train.py\"")
         _check_placeholders(argv, settings, where)
         folder = sweep_file.resolve().parent
-        named = [a for a in argv if "{" not in a and (folder / a).is_file()]
+        if argv[0] != "{python}" and not shutil.which(argv[0]) and not (folder / argv[0]).is_file():
+            raise UserError(f"{where}: command {table['command']!r}: {argv[0]!r} is not a program here (nor a file "
+                            f"in {folder}); e.g. command = \"{{python}} train.py\"")
         listed = table.get("files", [])
         if not all(isinstance(f, str) and f for f in listed):
             raise UserError(f"{where}: files must be a list of file names, got {listed!r}")
-        files, modules = {}, {}
-        for name in dict.fromkeys([*named, *listed]):
-            path = folder / name
-            if not path.is_file():
+        for name in listed:
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise UserError(f"{where}: files names {name!r}: give paths inside {folder}, relative to it")
+            if not (folder / name).is_file():
                 raise UserError(f"{where}: files names {name!r}, which is not a file in {folder}")
-            modules[name] = _own_modules(path)
-            files[name] = content_hash(path, modules[name])
+        named = [*folder_files(folder, argv), *listed]
+        files, modules = {}, {}
+        for name in dict.fromkeys(named):
+            modules[name] = _own_modules(folder / name)
+            files[name] = content_hash(folder / name, modules[name])
         if not files:
             raise UserError(f"{where}: the command names no file of {folder} (its script is part of each run's "
                             "identity): name the script in the command, or list it in files = [...]")
@@ -141,14 +146,19 @@ class Trainer:
         interventions = [self._intervention(name, library) for name in split_arm(arm)]
         own = merged_overrides(interventions)
         settings = self.settings | own
-        config = {"trainer": {"command": self.command, "files": dict(self.files), "settings": settings,
+        files, modules = dict(self.files), dict(self.modules)
+        for name in folder_files(self.folder, [v for v in settings.values() if isinstance(v, str)]):
+            if name not in files:  # a file a setting names is read by the run
+                modules[name] = _own_modules(self.folder / name)
+                files[name] = content_hash(self.folder / name, modules[name])
+        config = {"trainer": {"command": self.command, "files": files, "settings": settings,
                               "global_batch": self.global_batch, "context_length": self.context_length,
                               "tokens_per_param": self.tokens_per_param}}  # how a budget is chosen: not its identity
         overrides = {k: v for k, v in settings.items() if self.settings[k] != v}
         entries = tuple({"intervention": PRESET, "file": name, "sha256": sha, "seams": [], "settings": {}}
-                        | ({"modules": list(self.modules[name])} if self.modules[name] else {})
-                        for name, sha in self.files.items())
-        return TrainerArm(arm, config, overrides, own, entries, tuple(self.folder / n for n in self.files))
+                        | ({"modules": list(modules[name])} if modules[name] else {})
+                        for name, sha in files.items())
+        return TrainerArm(arm, config, overrides, own, entries, tuple(self.folder / n for n in files))
 
     def _intervention(self, name: str, library: Library) -> Intervention:
         path = library.find("intervention", name).path
@@ -164,19 +174,14 @@ class Trainer:
                 raise UserError(f"intervention {name!r} ({path}) sets {key!r}, which the trainer does not declare"
                                 f"{f' (did you mean {match[0]!r}?)' if match else ''}; {self.source} [trainer.settings] "
                                 f"declares {', '.join(self.settings) or 'none'}")
-            checked[key] = typed(key, value, self.settings[key], f"{path} [set]")
+            checked[key] = typed_setting(key, value, self.settings[key], f"{path} [set]")
         return Intervention(name, data.get("description", ""), data.get("source", ""), checked)
 
     def budget(self, arm: TrainerArm, params: int, tokens: int):
         """`tokens` rounded up to whole global batches (params: the probe's count, or 0 unknown)."""
-        from harness.planning.budget import Budget  # torch: not for a command that only checks its options
+        from harness.planning.budget import whole_steps  # torch: not for a command that only checks its options
 
-        per_step = self.tokens_per_step
-        if tokens < per_step:
-            raise UserError(f"a budget of {tokens:,} tokens is below one step of {per_step:,} tokens "
-                            "(the trainer's global_batch x context_length); raise --tokens")
-        steps = math.ceil(tokens / per_step)
-        return Budget(arm.arm, params, 0, tokens, steps * per_step, steps, per_step)
+        return whole_steps(arm.arm, params, 0, tokens, self.tokens_per_step)
 
     def chinchilla(self, arm: TrainerArm, params: int):
         return self.budget(arm, params, math.ceil(self.tokens_per_param * params))
@@ -211,29 +216,34 @@ class Trainer:
                 raise UserError(f"the trainer's probe for arm {arm.arm!r}: {err}; or give --tokens") from None
 
 
-def typed(key: str, value: Any, default: Any, where: str) -> Any:
-    """A setting's value of its default's type (an int where a float is wanted)."""
-    kind = type(default)
-    if kind is float and type(value) is int:
-        return float(value)
-    if type(value) is not kind:
-        raise UserError(f"{where}: {key} must be {kind.__name__} (as the trainer's default {default!r}), got {value!r}")
-    return value
-
-
 def _check_placeholders(argv: list[str], settings: dict[str, Any], where: str) -> None:
     known = [*contract.PLACEHOLDERS, *settings]
     for arg in argv:
         try:
-            fields = [f for _, f, spec, conv in string.Formatter().parse(arg) if f is not None]
+            parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(arg) if f is not None]
         except ValueError as err:
             raise UserError(f"{where}: command argument {arg!r}: {err} (write a literal brace as {{{{ or }}}})") from None
-        for name in fields:
+        for name, spec, conv in parsed:
+            if spec or conv:
+                raise UserError(f"{where}: command has {{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}: "
+                                "a placeholder is a bare name, written as harness passes it (format it in the script)")
             if name not in known:
                 match = difflib.get_close_matches(name, known, n=1)
                 raise UserError(f"{where}: command has the placeholder {{{name}}}"
                                 f"{f' (did you mean {{{match[0]}}}?)' if match else ''}; allowed: "
                                 f"{', '.join(contract.PLACEHOLDERS)} and the settings ({', '.join(settings) or 'none'})")
+
+
+def folder_files(folder: Path, words: list[str]) -> list[str]:
+    """The files of `folder` that words of a command (or a setting's value) name, as relative paths:
+    "train.py", "--config=conf.yaml"; placeholders aside."""
+    found = []
+    for word in words:
+        for part in (word, word.partition("=")[2]):
+            if part and "{" not in part and not Path(part).is_absolute() and ".." not in Path(part).parts \
+                    and (folder / part).is_file():
+                found.append(part)
+    return found
 
 
 def _own_modules(path: Path) -> tuple[str, ...]:

