@@ -8,6 +8,8 @@ and its memory small; any other integer fits in 31 bits, and token counts in 50.
 
 from __future__ import annotations
 
+import math
+
 from harness.core.errors import UserError, shown
 
 MAX_SEED = 2**31 - 1
@@ -48,3 +50,11 @@ def check_seeds(seeds: list[int], arms: int) -> None:
     if len(seeds) * arms > MAX_RUNS:
         raise UserError(f"{len(seeds):,} seeds x {arms} arms = {len(seeds) * arms:,} runs: a sweep plans at most "
                         f"{MAX_RUNS:,} (fewer seeds, or split the arms into several sweeps)")
+
+
+def finite_number(value) -> bool:
+    """A finite int or float (not a bool) that a float holds: JSON allows integers of any size."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    except OverflowError:
+        return False

@@ -62,6 +62,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from harness.core.bounds import finite_number
 from harness.store.record import COMPLETED, RunResult, RunSpec, pack_units
 
 VERSION = 1
@@ -150,35 +151,27 @@ def read_result(path: Path, budget: int, probe: bool = False) -> dict[str, Any]:
         ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
         if not ok or isinstance(value, bool):
             raise BrokenResult(f"the trainer's result has {key} = {str(value)[:60]!r}: expected {kind.__name__}")
-    if not _number(data["test_loss"]):
+    if not finite_number(data["test_loss"]):
         raise BrokenResult(f"the trainer's test_loss is {data['test_loss']!r}: a result needs a finite loss",
                            final=False)
-    if not _number(data["tokens"]) or data["tokens"] != budget:
+    if not finite_number(data["tokens"]) or data["tokens"] != budget:
         short = "fewer" if data["tokens"] < budget else "more"
         raise BrokenResult(f"the trainer trained {data['tokens']:,} tokens, {short} than the budget of {budget:,} "
                            "(HARNESS_TOKENS): arms are compared at matched budgets")
     _check_units(data)
     for key, needs in (("heldout", ("tokens", "loss")), ("curve", ("step", "tokens", "loss"))):
         for point in data.get(key, []):
-            if not isinstance(point, dict) or any(not _number(point.get(n)) for n in needs):
+            if not isinstance(point, dict) or any(not finite_number(point.get(n)) for n in needs):
                 raise BrokenResult(f"the trainer's {key} has the point {str(point)[:80]!r}: each needs "
                                    f"{', '.join(needs)} (numbers)")
     return data
-
-
-def _number(value: Any) -> bool:
-    """A finite number that a float holds (JSON allows integers of any size)."""
-    try:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def _check_units(data: dict[str, Any]) -> None:
     sums, tokens = data.get("unit_loss_sums"), data.get("unit_tokens")
     if (sums is None) != (tokens is None):
         raise BrokenResult("the trainer's result has one of unit_loss_sums and unit_tokens: give both, or neither")
-    if sums is not None and (len(sums) != len(tokens) or not all(map(_number, sums))
+    if sums is not None and (len(sums) != len(tokens) or not all(map(finite_number, sums))
                              or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tokens)):
         raise BrokenResult("the trainer's unit_loss_sums and unit_tokens must be lists of one length: finite sums and "
                            "token counts >= 1")
@@ -191,7 +184,7 @@ def run_result(data: dict[str, Any], spec: RunSpec, wall_time_s: float, versions
     curve: dict[int, dict[str, Any]] = {}
     for p in data.get("curve", []):
         curve[int(p["step"])] = {"step": int(p["step"]), "tokens": int(p["tokens"]), "train_loss": float(p["loss"]),
-                                 "lr": float(p.get("lr", math.nan)) if _number(p.get("lr")) else math.nan}
+                                 "lr": float(p.get("lr", math.nan)) if finite_number(p.get("lr")) else math.nan}
     for p in data.get("heldout", []):
         step = math.ceil(int(p["tokens"]) / per_step)
         point = curve.setdefault(step, {"step": step, "tokens": int(p["tokens"]), "train_loss": math.nan, "lr": math.nan})

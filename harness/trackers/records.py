@@ -19,11 +19,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core.bounds import finite_number
 from harness.core.errors import Refusal, UserError
 from harness.core.scheme import recorded
 from harness.store.record import counted
@@ -106,10 +106,6 @@ def _json(text: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def run_records(store, sweep: str | None = None, run_ids: set[str] | None = None) -> list[TrackedRun]:
     """Every recorded attempt in the store (of one sweep, of some runs), oldest first per run."""
     runs = store.runs_frame()
@@ -154,10 +150,10 @@ def _run_record(row: dict[str, Any], curve, is_counted: bool) -> TrackedRun:
         for column, metric in RUN_METRICS.items():
             if column not in curve.columns:
                 continue
-            points = [(int(s), float(v)) for s, v in zip(curve["step"], curve[column]) if _finite(v)]
+            points = [(int(s), float(v)) for s, v in zip(curve["step"], curve[column]) if finite_number(v)]
             if points:
                 series[metric] = points
-    final = {metric: float(row[column]) for column, metric in FINAL_METRICS.items() if _finite(row.get(column))}
+    final = {metric: float(row[column]) for column, metric in FINAL_METRICS.items() if finite_number(row.get(column))}
     return TrackedRun(key=run_key(row["sweep"], row["run_id"], attempt), sweep=row["sweep"], name=name, tags=tags,
                       config=config, series=series, final=final, status=row["status"], steps=int(row["steps"] or 0))
 
@@ -200,7 +196,7 @@ def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
         if name == section["baseline"] or name in withheld:
             continue
         verdicts[name] = str(arm.get("verdict"))
-        metrics.update({f"{name}/{f}": float(arm[f]) for f in VERDICT_FIELDS if _finite(arm.get(f))})
+        metrics.update({f"{name}/{f}": float(arm[f]) for f in VERDICT_FIELDS if finite_number(arm.get(f))})
     series: dict[str, list[tuple[int, float]]] = {}
     worth = section.get("worth") or {}
     for arm in worth.get("arms", []):
@@ -208,12 +204,12 @@ def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
             past = {f"{name}_{side}" for name in ("k", "match") for side in ("low", "high")
                     if side in str(arm.get(f"{name}_open") or "")}
             metrics.update({f"{arm['arm']}/{f}": float(arm[f]) for f in WORTH_FIELDS
-                            if _finite(arm.get(f)) and f not in past})  # an end past the measured range is no bound
+                            if finite_number(arm.get(f)) and f not in past})  # an end past the measured range is no bound
     for arm, points in (worth.get("paired_curves") or {}).items():
         if arm not in verdicts:
             continue
         for part in ("mean", "low", "high"):
-            pts = [(int(p["tokens"]), float(p[part])) for p in points if _finite(p.get(part))]
+            pts = [(int(p["tokens"]), float(p[part])) for p in points if finite_number(p.get(part))]
             if pts:
                 series[f"paired_diff/{arm}/{part}"] = pts
     counted_runs = sum(int(r.get("seeds", 0) or 0) for r in section.get("runs", []))
