@@ -172,6 +172,14 @@ def test_micro_ladder_end_to_end(micro_ladder, tmp_path):
     md = (tmp_path / "lad.md").read_text()
     assert "## Trend per arm" in md and "per doubling of parameters" in md and (tmp_path / "lad_ladder.png").exists()
     assert (tmp_path / "lad-1x32.md").exists()  # every rung is an ordinary sweep with its own report
+    import harness.api as hx  # the API's report holds the same trend and rungs, as DataFrames
+
+    report = hx.report(micro_ladder, sweep="lad")
+    trend, rungs = report.ladder_trend(), report.ladder_rungs("lad")
+    assert list(trend["arm"]) == ["qkv_bias"] and trend["slope"].iloc[0] == pytest.approx(arm["slope"])
+    assert list(rungs["size"]) == ["1x16", "1x32", "1x48"]
+    with pytest.raises(UserError, match="no ladder 'other' in this report: it holds lad"):
+        report.ladder_trend("other")
 
 
 def test_an_unfinished_rung_is_shown_and_never_dropped(micro_ladder, tmp_path):

@@ -21,7 +21,7 @@ from harness.stats import inference as S
 from harness.core.errors import UserError
 from harness.report.outcomes import _normalise_runs, load_store, resolve_outcomes
 from harness.report.plots import aggregate_curves
-from harness.report.render import md_escape
+from harness.report.cells import md_escape
 
 REQUIRED_JSON_KEYS = {"arm", "n", "mean", "sd", "diff", "ci_low", "ci_high", "p", "p_holm",
                       "verdict"}
@@ -125,6 +125,44 @@ def test_markdown_report_contents_and_plots(run, store, tmp_path):
     # terminal table
     assert "qkv_bias" in run.terminal and "better" in run.terminal
     assert "report written to" in run.terminal
+
+
+def test_a_new_section_is_one_unit(run, store, tmp_path, monkeypatch):
+    """A statistic added as one Section in one place (compare.SECTIONS) reaches the markdown, the
+    JSON, the terminal, the Methods and a tracker's record, with the numbers its build made."""
+    from harness.report import compare
+    from harness.report.section import Section
+    from harness.trackers.records import sweep_record
+
+    def build(data):  # the range of each arm's test loss over its completed seeds
+        spread = data.done.groupby("arm")["test_loss"].agg(lambda x: x.max() - x.min())
+        return {arm: float(spread[arm]) for arm in data.arms}
+
+    spread = Section(
+        key="spread", build=build,
+        markdown=lambda rep, hh: [f"{hh} Spread", ""] + [f"- {a}: {v:.6f}" for a, v in rep.parts["spread"].items()],
+        json=lambda rep: {"spread": rep.parts["spread"]},
+        terminal=lambda rep: [f"  spread: {a} {v:.6f}" for a, v in rep.parts["spread"].items()],
+        methods=lambda rep: ["- spread: the largest less the smallest test loss over an arm's seeds."],
+        tracked=lambda sweep, compared: ({f"{a}/spread": v for a, v in sweep["spread"].items() if a in compared}, {}))
+    monkeypatch.setattr(compare, "SECTIONS", (*compare.SECTIONS, spread))
+    monkeypatch.setattr("harness.report.render.SECTIONS", compare.SECTIONS)
+
+    runs = pd.read_parquet(store / "runs.parquet")
+    qkv = runs.loc[runs["arm"].eq("qkv_bias"), "test_loss"]
+    expected = float(qkv.max() - qkv.min())
+    run(store, plots=False)
+    text = (tmp_path / "reports" / "demo.md").read_text()
+    assert f"- qkv_bias: {expected:.6f}" in re.split("#+ Runs", text)[0]  # before the frame's runs
+    assert "- spread: the largest less" in re.split("#+ Methods", text)[1]
+    assert f"spread: qkv_bias {expected:.6f}" in run.terminal
+    run.stdout.truncate(0)
+    run(store, fmt="json")
+    assert json.loads(run.stdout.getvalue())["sweeps"][0]["spread"]["qkv_bias"] == pytest.approx(expected)
+    record, _ = sweep_record(store, "demo")
+    assert record.metrics["qkv_bias/spread"] == pytest.approx(expected)
+    assert "baseline/spread" not in record.metrics  # the baseline is no compared arm
+    assert record.metrics["qkv_bias/diff"] < 0  # the other sections' fields are still there
 
 
 def test_markdown_numbers_match_stats(run, store, tmp_path):

@@ -184,7 +184,7 @@ def test_a_test_text_part_estimated_at_zero_reads_not_detected_not_a_zero_floor(
     """The unbiased test-text variance falls below zero by chance where the units differ no more
     than the seeds' noise explains; it is truncated at zero, and the report says 'not detected'
     instead of an SE of 0.000000 and a floor of 0 nats ('at most 0 nats')."""
-    from harness.report.render import text_line
+    from harness.report.text import text_line
     from harness.report.text import COLUMNS, NOT_DETECTED, TextReport
 
     rng = np.random.default_rng(3)

@@ -242,7 +242,7 @@ def test_the_terminal_shows_k_for_a_worse_arm_and_says_where_seeds_fall_outside(
     is the mean curves' crossing from every seed, its interval open where it reaches past the range."""
     from types import SimpleNamespace
 
-    from harness.report.render import worth_line
+    from harness.report.worth import worth_line
     from harness.report.worth import _k_fields, _note
 
     worse = SimpleNamespace(arm="worse", k=0.696, k_low=0.663, k_high=0.731, k_open="", seeds=5, state=IN_RANGE,

@@ -38,7 +38,8 @@ from harness.store.planfile import saved_ladders
 from harness.store.record import COMPLETED, ordinary_budget
 from harness.store.outputs import guard_destination
 from harness.store.results import CURVES, MANIFEST, RUNS
-from harness.report.render import (SIGN_CONVENTION, jsonable, md_escape, noise_to_json, render_markdown_section,
+from harness.report.cells import jsonable, md_escape
+from harness.report.render import (SIGN_CONVENTION, noise_to_json, render_markdown_section,
                             render_noise_section, render_noise_terminal, render_provenance, render_terminal,
                             sweep_to_json)
 
@@ -90,6 +91,25 @@ class Report:
     def pairing(self, sweep: str | None = None) -> pd.DataFrame:
         """What pairing by seed bought, per paired arm (harness.stats.pairing)."""
         return self.sweep_report(sweep).pairing
+
+    def ladder_report(self, ladder: str | None = None) -> LadderReport:
+        """One ladder's report: the one named, or the only one (UserError where there is none or several)."""
+        names = ", ".join(r.ladder for r in self.ladders) or "none"
+        if ladder is None and len(self.ladders) == 1:
+            return self.ladders[0]
+        found = [r for r in self.ladders if r.ladder == ladder]
+        if ladder is None or not found:
+            raise UserError(f"the report holds {len(self.ladders)} ladder(s) ({names}): name one of them"
+                            if ladder is None else f"no ladder {ladder!r} in this report: it holds {names}")
+        return found[0]
+
+    def ladder_trend(self, ladder: str | None = None) -> pd.DataFrame:
+        """Each arm's trend over the ladder's sizes, read at its target (harness.report.ladder.TREND_COLUMNS)."""
+        return self.ladder_report(ladder).trends
+
+    def ladder_rungs(self, ladder: str | None = None) -> pd.DataFrame:
+        """Each rung's and arm's difference from the baseline (harness.report.ladder.RUNG_COLUMNS)."""
+        return self.ladder_report(ladder).table
 
     def markdown(self, sweep: str | None = None) -> str:
         """One sweep's markdown section, as the report file holds it (without writing files)."""

@@ -1,14 +1,16 @@
-"""One sweep's comparison with its baseline: statistics, run accounting, provenance (no rendering).
+"""One sweep's comparison with its baseline: which rows go in (completed runs of the sweep), every
+seed that was started, what the arms were run with, and its sections (no rendering here).
 
-Every number comes from harness.stats.inference; this module decides which rows go in (completed runs of
-the sweep), counts every seed that was started, and records what the arms were run with.
+Each section builds its own numbers and renders them (harness.report.section); SECTIONS is their
+order in the report.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,14 @@ import pandas as pd
 from harness.stats import noise
 
 from harness.stats import inference as stats
-from harness.planning.adaptive import Adaptive, arm_states, check_error_rates, round_arms
-from harness.report.text import TextReport, build_text
-from harness.report.worth import Worth, build_worth
+from harness.planning.adaptive import Adaptive, check_error_rates, round_arms
+from harness.report import noise_floor, pairing, text, verdicts, worth
 from harness.report.outcomes import OUTCOMES
 from harness.report.sameness import Difference, streams_held
 from harness.report.sameness import differences as find_differences
-from harness.stats.pairing import pairing_gain
+from harness.report.section import Section, SweepData
+from harness.report.text import TextReport
+from harness.report.worth import Worth
 from harness.core.seeds import REPLICATE, roles
 from harness.core.config import BASELINE
 from harness.core.errors import UserError
@@ -56,32 +59,63 @@ class ReportOptions:
             raise UserError("--baseline is empty: name the arm to compare against, e.g. baseline")
 
 
+SECTIONS: tuple[Section, ...] = (verdicts.SECTION, worth.SECTION, text.SECTION, noise_floor.SECTION,
+                                 pairing.SECTION)
+
+
 @dataclass
 class SweepReport:
+    """One sweep's report: its frame (accounting, provenance, differences, notes) and each section's
+    part (SECTIONS; the properties below name the parts the report's tables and plots read)."""
+
     sweep: str
     baseline: str
     has_baseline: bool
-    table: pd.DataFrame
     accounting: pd.DataFrame
     problems: pd.DataFrame
     mismatches: list[str]
     allow_mismatch: bool
-    noise: dict
     provenance: dict
     notes: list[str]
-    pairing: pd.DataFrame  # what pairing by seed bought, per paired arm (harness.stats.pairing)
     options: ReportOptions  # the settings that made it: alpha, margin, power, bootstrap
-    adaptive: pd.DataFrame | None = None  # an adaptive sweep's per-arm sequential decisions
-    adaptive_settings: Adaptive | None = None
+    parts: dict[str, Any] = field(default_factory=dict)  # section key -> what its build made
     withheld: list[str] = field(default_factory=list)  # arms whose verdicts differences withhold
     complete: bool = True  # every planned run has a recorded result
-    worth: Worth | None = None  # compute multipliers and held-out curves (harness.report.worth)
-    text: TextReport | None = None  # seeds' and test text's uncertainty (harness.report.text)
     plots: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def table(self) -> pd.DataFrame:
+        """Each arm's numbers (harness.stats.inference.COLUMNS)."""
+        return self.parts["verdicts"].table
 
-WITHHELD = "withheld: not trained alike"
-INTERIM = "interim: "
+    @property
+    def adaptive(self) -> pd.DataFrame | None:
+        """An adaptive sweep's sequential decisions per arm."""
+        return self.parts["verdicts"].sequential
+
+    @property
+    def adaptive_settings(self) -> Adaptive | None:
+        return self.parts["verdicts"].settings
+
+    @property
+    def worth(self) -> Worth | None:
+        """Compute multipliers and held-out curves (harness.report.worth)."""
+        return self.parts["worth"]
+
+    @property
+    def text(self) -> TextReport | None:
+        """The seeds' and the test text's uncertainty (harness.report.text)."""
+        return self.parts["text"]
+
+    @property
+    def pairing(self) -> pd.DataFrame:
+        """What pairing by seed bought, per paired arm (harness.report.pairing)."""
+        return self.parts["pairing"]
+
+    @property
+    def noise(self) -> dict:
+        """The baseline's noise floor (harness.stats.inference.noise_floor)."""
+        return self.parts["noise_floor"]
 
 
 def arm_order(arms: Sequence[str], baseline: str) -> list[str]:
@@ -132,44 +166,6 @@ def _parse_json(text: str):
         return text
 
 
-def pairing_table(done: pd.DataFrame, arms: Sequence[str], baseline: str, alpha: float) -> pd.DataFrame:
-    """Per arm that shares at least 3 seeds with the baseline: correlation, variance ratio
-    unpaired/paired with its interval, equivalent unpaired seeds (harness.stats.pairing)."""
-    by = done.drop_duplicates(["arm", "seed"]).set_index(["arm", "seed"])["test_loss"]
-    rows = []
-    if baseline in by.index.get_level_values(0):
-        base = by.loc[baseline]
-        for arm in arms:
-            if arm == baseline or arm not in by.index.get_level_values(0):
-                continue
-            own = by.loc[arm]
-            common = own.index.intersection(base.index)
-            gain = pairing_gain(own.loc[common].to_numpy(), base.loc[common].to_numpy(), alpha)
-            if gain.n >= 3 and np.isfinite(gain.correlation) and np.isfinite(gain.variance_ratio):
-                rows.append({"arm": arm, **asdict(gain), "sentence": gain.sentence()})
-    columns = ["arm", "n", "correlation", "variance_ratio", "ratio_low", "ratio_high", "equivalent_seeds", "sentence"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def adaptive_table(rows: pd.DataFrame, arms: Sequence[str], baseline: str, settings: Adaptive,
-                   accounting: pd.DataFrame) -> pd.DataFrame:
-    """An adaptive sweep's arms: seeds given, the round each was decided, why it stopped, its
-    sequential interval, and runs saved against a fixed design at max_seeds."""
-    compared = [a for a in arms if a != baseline]
-    states = arm_states(rows[rows["outcome"].eq(COMPLETED)], compared, baseline, settings)
-    seeds = accounting.set_index("arm")["seeds"]
-    out = []
-    for arm in compared:
-        st = states[arm]
-        given = int(seeds.get(arm, 0))
-        out.append({"arm": arm, "seeds": given, "pairs": st.look.n, "state": st.state,
-                    "decided_round": None if st.decided_round is None else st.decided_round + 1,
-                    "seq_low": st.look.low, "seq_high": st.look.high, "runs_saved": settings.max_seeds - given,
-                    "outlier_seeds": st.outliers})
-    return pd.DataFrame(out, columns=["arm", "seeds", "pairs", "state", "decided_round", "seq_low", "seq_high",
-                                      "runs_saved", "outlier_seeds"])
-
-
 def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOptions, *,
                        differences: list[Difference] | None = None, adaptive: Adaptive | None = None,
                        inert: dict[str, str] | None = None, planned: list[dict] | None = None,
@@ -179,7 +175,7 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
     `inert`: arms that change nothing where they ran (an A/A comparison), with why; `planned`: the
     runs its saved plan names, so a sweep reported before it is complete says what is missing;
     `curves`: the store's curves, for the held-out points (harness.report.worth)."""
-    baseline, alpha, power = options.baseline, options.alpha, options.power
+    baseline = options.baseline
     every_budget = outcomes[outcomes["sweep"].eq(sweep)]
     rows = ordinary_budget(every_budget)  # the baseline's runs at other budgets are the compute multiplier's only
     arms = arm_order(rows["arm"].unique(), baseline)
@@ -219,17 +215,6 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
     if held:
         notes.append(f"random streams held fixed (not varied with the seed): {held}; the verdicts generalise over the "
                      "other streams only, and the pairing figures measure what pairing cancels of those")
-    table = stats.compare_arms(
-        done[["arm", "seed", "test_loss"]], baseline, alpha=alpha, margin=options.margin, power=power,
-        n_resamples=options.n_resamples, seed=options.boot_seed, arms=arms,
-    )
-    if not has_baseline:
-        table = table[table["arm"] != baseline].reset_index(drop=True)
-    compared = table["arm"].ne(baseline)
-    if withheld:
-        table.loc[compared & table["arm"].isin(withheld), "verdict"] = WITHHELD
-    elif missing and adaptive is None:
-        table.loc[compared, "verdict"] = INTERIM + table.loc[compared, "verdict"]
     counts = (rows.pivot_table(index="arm", columns="outcome", values="seed", aggfunc="count")
               .reindex(index=arms, columns=list(OUTCOMES)).fillna(0).astype(int))
     counts.insert(0, "seeds", counts.sum(axis=1))
@@ -245,21 +230,14 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
                      f"(e.g. {short.iloc[0]['arm']} seed {int(short.iloc[0]['seed'])}: "
                      f"{int(short.iloc[0]['tokens_seen'])} of "
                      f"{int(short.iloc[0]['planned_tokens'])})")
-    base_losses = done.loc[done["arm"].eq(baseline), "test_loss"].to_numpy()
-    noise = stats.noise_floor(base_losses, alpha, power)
-    seq = adaptive_table(rows, arms, baseline, adaptive, accounting) if adaptive and has_baseline else None
-    worth = build_worth(every_budget, curves, baseline, alpha) if curves is not None and has_baseline else None
-    text = build_text(done, baseline, alpha) if has_baseline else None
-    for part in (worth, text):  # their intervals compare the arm with the baseline: withheld alike
-        if part is not None and withheld and len(part.table):
-            part.table.loc[part.table["arm"].isin(withheld), "note"] = WITHHELD
+    data = SweepData(sweep=sweep, baseline=baseline, options=options, arms=arms, every_budget=every_budget, rows=rows,
+                     done=done, accounting=accounting, withheld=frozenset(withheld),
+                     interim=bool(missing) and adaptive is None, curves=curves, adaptive=adaptive)
     return SweepReport(
-        sweep=sweep, baseline=baseline, has_baseline=has_baseline, table=table,
-        accounting=accounting, problems=problems, mismatches=mismatches,
-        allow_mismatch=options.allow_mismatch, noise=noise, provenance=_provenance(rows, arms),
-        notes=notes, pairing=pairing_table(done, arms, baseline, alpha), options=options, adaptive=seq,
-        adaptive_settings=adaptive if seq is not None else None, withheld=sorted(withheld), complete=not missing,
-        worth=worth, text=text,
+        sweep=sweep, baseline=baseline, has_baseline=has_baseline, accounting=accounting, problems=problems,
+        mismatches=mismatches, allow_mismatch=options.allow_mismatch, provenance=_provenance(rows, arms),
+        notes=notes, options=options, parts={s.key: s.build(data) for s in SECTIONS}, withheld=sorted(withheld),
+        complete=not missing,
     )
 
 

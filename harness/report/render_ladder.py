@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.report.ladder import LadderReport
-from harness.report.render import jsonable, k_interval, md_escape
+from harness.report.cells import jsonable, md_escape
+from harness.report.worth import k_interval
 from harness.stats.ladder import RULES
 
 TREND_METHOD = ("each rung's mean paired difference weighted by its own uncertainty (1/variance of the mean) in a "

@@ -1,19 +1,27 @@
-"""A sweep's test-text uncertainty: per arm, the paired difference's standard errors from the seeds
-and from the test text, the interval over both, the floor the test set puts on what any number of
-seeds can detect, and the units where the arm's difference is largest (harness.stats.text does the
-arithmetic; the units are the final evaluation's, harness.data.batches.evaluation_units).
+"""The test-text section: per arm, the paired difference's standard errors from the seeds and from
+the test text, the interval over both, the floor the test set puts on what any number of seeds can
+detect, and the units where the arm's difference is largest (harness.stats.text does the
+arithmetic; the units are the final evaluation's, harness.data.batches.evaluation_units); their
+markdown, JSON, terminal lines and Methods.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
+from harness.report.cells import interval, md_escape, md_table, num
+from harness.report.section import WITHHELD, Section, SweepData
 from harness.stats.text import MIN_SEEDS, run_text_se, signal_to_noise, split_uncertainty, unit_means
 from harness.store.record import unpack_units
+
+if TYPE_CHECKING:
+    from harness.report.compare import SweepReport
 
 COLUMNS = ["arm", "seeds", "diff", "se_seed", "se_text", "se", "df", "low", "high", "floor", "text_share",
            "dominant", "seeds_for_text_to_dominate", "note"]
@@ -122,3 +130,108 @@ def build_text(done: pd.DataFrame, baseline: str, alpha: float) -> TextReport | 
     report.snr = signal_to_noise(test_loss.mean().to_numpy(), report.seed_sd)
     report.snr_text = signal_to_noise(test_loss.mean().to_numpy(), report.run_text_se)
     return report
+
+
+# =========================================================================== the section
+
+
+def build(data: SweepData) -> TextReport | None:
+    if not data.has_baseline:
+        return None
+    text = build_text(data.done, data.baseline, data.options.alpha)
+    if text is not None and data.withheld and len(text.table):  # its intervals compare with the baseline
+        text.table.loc[text.table["arm"].isin(data.withheld), "note"] = WITHHELD
+    return text
+
+
+def _text_part(value: float, se_text: float) -> str:
+    """An SE or floor from the test text; zero is an estimate truncated at zero, not a measured zero."""
+    return NOT_DETECTED if se_text == 0 else num(value)
+
+
+def text_line(r, confidence: str) -> str:
+    """One arm's seeds-and-text uncertainty, as the report and the terminal say it."""
+    if r.note:
+        return f"{r.arm}: {r.note}"
+    return (f"{r.arm}: diff {num(r.diff, sign=True)}, SE seeds {num(r.se_seed)}, SE test text "
+            f"{_text_part(r.se_text, r.se_text)}; {confidence} CI over both {interval(r.low, r.high)}; floor "
+            f"{_text_part(r.floor, r.se_text)}; {r.dominant} dominate" + ("" if r.dominant == "seeds" else "s"))
+
+
+def markdown(rep: SweepReport, hh: str) -> list[str]:
+    """How much of each difference's uncertainty another test sample would bring."""
+    x = rep.text
+    if x is None:
+        return []
+    out = [f"{hh} The test set is a sample too", ""]
+    if x.n_units:
+        out += [f"The final evaluation keeps its loss per test unit: {md_escape(x.units)}. The seed SE is what another "
+                "set of seeds would do on this test set (the intervals above); the test-text SE what another test "
+                "sample of this size would do, however many seeds; the interval covers both (two-way crossed "
+                "seeds x units, see Methods). The floor is the smallest difference this test set can detect at "
+                "any number of seeds (2.8 test-text SEs: two-sided 5%, 80% power). Where the test text's part "
+                "estimates at zero or below (the units differ no more than the seeds' noise explains), it reads "
+                f"'{NOT_DETECTED}'.", ""]
+    if x.note:
+        out += [f"> {md_escape(x.note)}", ""]
+    if len(x.table):
+        ci = rep.options.confidence
+        rows = [[md_escape(r.arm), str(r.seeds), num(r.diff, sign=True), num(r.se_seed),
+                 _text_part(r.se_text, r.se_text), num(r.se), interval(r.low, r.high), _text_part(r.floor, r.se_text),
+                 f"{r.dominant} ({100 * r.text_share:.0f}% text)" if not r.note else md_escape(r.note)]
+                for r in x.table.itertuples()]
+        out.append(md_table(["arm", "seeds", "diff", "SE seeds", "SE test text", "SE both", f"{ci} CI (seeds and "
+                             "texts)", "floor", "dominant source"], rows, "lrrrrrrrl"))
+        out.append("")
+        sentence = x.dominance()
+        if sentence:
+            out += [sentence, ""]
+    if np.isfinite(x.snr):
+        out += [f"Signal-to-noise (Heineman et al. 2025): the arms' mean test losses span {num(x.snr * x.seed_sd)} "
+                f"nats against a seed sd of one run of {num(x.seed_sd)}: SNR {x.snr:.3g}; against one run's "
+                f"test-text SE ({num(x.run_text_se)}), {x.snr_text:.3g}.", ""]
+    for arm in x.helps:
+        out += [f"Where {md_escape(arm)} helps and hurts most (the units with the largest mean paired differences; "
+                "each is a few seeds on a small piece of text, so expect some of these to be noise: the SE column "
+                "says how much):", ""]
+        table = pd.concat([x.helps[arm].assign(side="helps most"),
+                           x.hurts[arm].assign(side=np.where(x.hurts[arm]["diff"] > 0, "hurts", "helps least"))])
+        out.append(md_table(["", "unit", "test-split positions", "share", "diff", "SE (seeds)"],
+                            [[u.side, str(u.unit), f"{u.first_token:,}-{u.last_token:,}", f"{100 * u.share:.2f}%",
+                              num(u.diff, sign=True), num(u.se_seed)] for u in table.itertuples()], "lrrrrr"))
+        out.append("")
+    return out
+
+
+def to_json(rep: SweepReport) -> dict:
+    x = rep.text
+    return {"test_text": None if x is None else {
+        "units": x.units, "n_units": x.n_units, "note": x.note,
+        "arms": x.table.to_dict(orient="records"), "dominance": x.dominance(),
+        "signal_to_noise": {"snr_seeds": x.snr, "snr_test_text": x.snr_text,
+                            "seed_sd": x.seed_sd, "run_test_text_se": x.run_text_se},
+        "units_where_it_helps": {a: df.to_dict(orient="records") for a, df in x.helps.items()},
+        "units_where_it_hurts": {a: df.to_dict(orient="records") for a, df in x.hurts.items()}}}
+
+
+def terminal(rep: SweepReport) -> list[str]:
+    if rep.text is None:
+        return []
+    note = [f"  test text: {escape(rep.text.note)}"] if rep.text.note else []
+    return note + [f"  test text: {escape(text_line(r, rep.options.confidence))}" for r in rep.text.table.itertuples()]
+
+
+METHOD = (
+    "- test text: the final evaluation sums its token losses per test unit (a document; consecutive documents "
+    "grouped into 1,024 units where there are more; 64 blocks of consecutive tokens where the split holds fewer "
+    "than 32 documents). Per arm, the paired per-unit differences D[seed, unit] (the same units for arm and "
+    "baseline) are split by the method of moments of a two-way crossed random-effects model, with each unit "
+    "weighted by its share of the test tokens: the seed variance (as the paired t), the unit-clustered variance "
+    "of the seed means, and the seed-by-unit interaction; the test text's part is the clustered variance less the "
+    "interaction's, and the interval over both uses Satterthwaite's degrees of freedom (3 seeds at least; each "
+    "part's unbiasedness and the interval's coverage are checked by simulation). Blocks inside a few long "
+    "documents sample the text within them, not the documents: with four plays, another four plays could differ "
+    "more. Signal-to-noise after Heineman et al. (2025): the spread of the arms' mean test losses over the pooled "
+    "seed sd of one run.")
+
+SECTION = Section("text", build, markdown, to_json, terminal, lambda rep: [METHOD])

@@ -5,9 +5,9 @@ tracker-neutral records that each tracker module maps onto its own conventions.
                 attempt, whether it is the attempt that counts, the pair it belongs to, config
                 hash, preset, budget), its flattened config, its curves by step (train/loss,
                 train/lr, train/tokens_per_s, heldout/loss) and its final figures (test/loss ...)
-  TrackedSweep  one state of a sweep's report: per arm the difference, its interval, p, Holm p
-                and verdict, the compute multiplier, and the paired-difference curve (arm minus
-                baseline at each held-out point, with its pointwise interval) as series by tokens
+  TrackedSweep  one state of a sweep's report: per compared arm its verdict, and each report
+                section's tracked numbers (harness.report.section: the difference, its interval, p
+                and Holm p; the compute multiplier; the paired-difference curve by tokens)
 
 The store stays the source of truth: every value here is read from it (the sweep's numbers through
 `harness report`'s own JSON), so a tracker shows exactly what the store and the report hold. A
@@ -32,8 +32,6 @@ RUN_METRICS = {"train_loss": "train/loss", "lr": "train/lr", "tokens_per_s": "tr
                "heldout_loss": "heldout/loss"}
 FINAL_METRICS = {"test_loss": "test/loss", "train_loss": "final/train_loss", "tokens_per_s": "final/tokens_per_s",
                  "wall_time_s": "final/wall_time_s", "tokens_seen": "final/tokens_seen"}
-VERDICT_FIELDS = ("diff", "ci_low", "ci_high", "p", "p_holm", "mean", "sd", "n")
-WORTH_FIELDS = ("k", "k_low", "k_high", "match", "match_low", "match_high")
 
 
 @dataclass(frozen=True)
@@ -168,6 +166,8 @@ def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
     arms not trained alike) is a record too: no verdicts, its reason under REFUSED, so that a tracker
     never goes on showing an earlier verdict."""
     from harness.report.build import run_report
+    from harness.report.compare import SECTIONS
+    from harness.report.verdicts import compared_verdicts
     from harness.store.results import ResultsStore
 
     out = io.StringIO()
@@ -188,30 +188,14 @@ def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
         return None, "not a sweep with arms to compare (a noise study, or a ladder's name)"
     if not section.get("has_baseline"):
         return None, "no baseline runs yet"
-    metrics: dict[str, float] = {}
-    verdicts: dict[str, str] = {}
+    verdicts = compared_verdicts(section)
     withheld = set(section.get("integrity", {}).get("withheld") or [])
-    for arm in section["arms"]:
-        name = arm["arm"]
-        if name == section["baseline"] or name in withheld:
-            continue
-        verdicts[name] = str(arm.get("verdict"))
-        metrics.update({f"{name}/{f}": float(arm[f]) for f in VERDICT_FIELDS if finite_number(arm.get(f))})
+    metrics: dict[str, float] = {}
     series: dict[str, list[tuple[int, float]]] = {}
-    worth = section.get("worth") or {}
-    for arm in worth.get("arms", []):
-        if arm["arm"] in verdicts:
-            past = {f"{name}_{side}" for name in ("k", "match") for side in ("low", "high")
-                    if side in str(arm.get(f"{name}_open") or "")}
-            metrics.update({f"{arm['arm']}/{f}": float(arm[f]) for f in WORTH_FIELDS
-                            if finite_number(arm.get(f)) and f not in past})  # an end past the measured range is no bound
-    for arm, points in (worth.get("paired_curves") or {}).items():
-        if arm not in verdicts:
-            continue
-        for part in ("mean", "low", "high"):
-            pts = [(int(p["tokens"]), float(p[part])) for p in points if finite_number(p.get(part))]
-            if pts:
-                series[f"paired_diff/{arm}/{part}"] = pts
+    for part in SECTIONS:  # each section says which of its numbers a tracker shows
+        more, curves = part.tracked(section, set(verdicts))
+        metrics.update(more)
+        series.update(curves)
     counted_runs = sum(int(r.get("seeds", 0) or 0) for r in section.get("runs", []))
     tags = {"harness.sweep": sweep, "harness.kind": "summary", "harness.baseline": section["baseline"],
             "harness.complete": str(bool(section.get("complete"))).lower(),
