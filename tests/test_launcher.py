@@ -16,17 +16,17 @@ from harness.core import placement
 
 from harness.launch import procs
 from harness.core.errors import UserError
-from harness.launch.torchrun import Launcher
+from harness.launch.torchrun import Processes
 from harness.core.placement import Slot
 from conftest import cli
 
 
 def test_one_process_runs_the_worker_itself_with_torchruns_variables():
-    launcher = Launcher()
-    assert launcher.command(Path("/r/spec.json"), "run-1")[1:] == ["-m", "harness.training.worker", "/r/spec.json"]
-    assert launcher.env == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+    processes = Processes()
+    assert processes.command(Path("/r/spec.json"), "run-1")[1:] == ["-m", "harness.training.worker", "/r/spec.json"]
+    assert processes.env == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                             "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}  # the working directory is not on sys.path
-    assert "RANK" not in Launcher(nproc=2).env
+    assert "RANK" not in Processes(nproc=2).env
 
 
 def test_concurrent_runs_get_their_own_cores_or_gpus(monkeypatch):
@@ -43,8 +43,8 @@ def test_concurrent_runs_get_their_own_cores_or_gpus(monkeypatch):
     assert [s.env() for s in found] == [{"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
     assert placement.slots(1, 8, 8) == ([Slot()], False)
     with pytest.raises(UserError, match="--jobs above 1 is for runs on one node"):
-        Launcher(nproc=1, nnodes=2, rdzv_endpoint="h:1").jobs(2)
-    assert Launcher(nproc=1, nnodes=2, rdzv_endpoint="h:1").jobs(None) == 1
+        Processes(nproc=1, nnodes=2, rdzv_endpoint="h:1").jobs(2)
+    assert Processes(nproc=1, nnodes=2, rdzv_endpoint="h:1").jobs(None) == 1
     for bad in ("0", "-1", "x", "1.5", "2000"):
         with pytest.raises(UserError, match="--jobs"):
             placement.parse_jobs(bad)
@@ -52,26 +52,26 @@ def test_concurrent_runs_get_their_own_cores_or_gpus(monkeypatch):
 
 
 def test_single_node_is_standalone():
-    cmd = Launcher(nproc=2).command(Path("/r/spec.json"), "run-1")
+    cmd = Processes(nproc=2).command(Path("/r/spec.json"), "run-1")
     assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
                        "-m", "harness.training.worker", "/r/spec.json"]
 
 
 def test_multi_node_passes_rendezvous_through():
-    launcher = Launcher(nproc=8, nnodes=4, node_rank=3, rdzv_endpoint="node0:29500")
-    cmd = launcher.command(Path("/r/spec.json"), "run-1")
-    assert launcher.world_size == 32 and not launcher.records
+    processes = Processes(nproc=8, nnodes=4, node_rank=3, rdzv_endpoint="node0:29500")
+    cmd = processes.command(Path("/r/spec.json"), "run-1")
+    assert processes.world_size == 32 and not processes.records
     joined = " ".join(cmd)
     assert "--nnodes 4 --node-rank 3 --rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id run-1" in joined
     assert "--standalone" not in cmd
 
 
 def test_each_node_has_its_own_files_in_the_shared_run_folder():
-    first, second = Launcher(nnodes=2, rdzv_endpoint="h:1"), Launcher(nnodes=2, node_rank=1, rdzv_endpoint="h:1")
+    first, second = Processes(nnodes=2, rdzv_endpoint="h:1"), Processes(nnodes=2, node_rank=1, rdzv_endpoint="h:1")
     assert [first.node_file(n) for n in ("spec.json", "log.txt", ".lock")] == ["spec.json", "log.txt", ".lock"]
     assert [second.node_file(n) for n in ("spec.json", "log.txt", ".lock")] == \
         ["node1.spec.json", "log.node1.txt", ".lock.node1"]
-    assert second.where.startswith(" on node 1 (") and Launcher().where == ""
+    assert second.where.startswith(" on node 1 (") and Processes().where == ""
 
 
 def _node_log(run_dir: Path, name: str, node: int, host: str, body: str, ended: int | None) -> None:
@@ -95,20 +95,20 @@ def test_a_multi_node_failure_names_the_rank_that_failed_first_and_the_node(tmp_
     """The rank that failed on its own comes before the ranks that only lost their peer; a node
     that never said how its part ended is named as silent."""
     monkeypatch.setenv("HARNESS_NODE_WORD_S", "0.5")
-    launcher = Launcher(nnodes=2, rdzv_endpoint="ha:1")
+    processes = Processes(nnodes=2, rdzv_endpoint="ha:1")
     peer_lost = 'HARNESS-RANK {"rank": 0, "world": 2, "host": "ha", "pid": 11}\n' \
                 "RuntimeError: [pair.cc:537] Read error [10.0.0.2]:4823: Connection reset by peer\n"
     _node_log(tmp_path, "log.txt", 0, "ha", peer_lost, 1)
     _node_log(tmp_path, "log.node1.txt", 1, "hb", 'HARNESS-RANK {"rank": 1, "world": 2, "host": "hb", "pid": 12}\n'
               + ROOT_CAUSE, 1)
-    sections = launch.node_sections(tmp_path, launcher, 1, launch.node_word_seconds())
+    sections = launch.node_sections(tmp_path, processes, 1, launch.node_word_seconds())
     assert launch.nodes_interrupted(sections) is None
     reason = launch.nodes_failure_reason(sections, 0.5, 1)
     assert reason.startswith("workers exited with code 1: rank 1 on node 1 (hb): Signal 9 (SIGKILL); "
                              "rank 0 on node 0 (ha): RuntimeError:"), reason
     _node_log(tmp_path, "log.node1.txt", 1, "hb", 'HARNESS-RANK {"rank": 1, "world": 2, "host": "hb", "pid": 12}\n', None)
     t0 = time.monotonic()
-    sections = launch.node_sections(tmp_path, launcher, 1, launch.node_word_seconds())
+    sections = launch.node_sections(tmp_path, processes, 1, launch.node_word_seconds())
     assert 0.5 <= time.monotonic() - t0 < 5
     reason = launch.nodes_failure_reason(sections, 0.5, 1)
     assert "rank 1 on node 1 (hb) gave no word within 0.5 s (lost, or hanging); rank 0 on node 0 (ha)" in reason
@@ -121,19 +121,19 @@ def test_an_attempt_that_a_signal_stopped_on_any_node_is_interrupted_not_failed(
     """Ctrl-C on node 1, or Slurm's termination reaching it first: node 0's workers only lost their
     peer, but the attempt was stopped from outside (not counted, it resumes)."""
     monkeypatch.setenv("HARNESS_NODE_WORD_S", "0")
-    launcher = Launcher(nnodes=2, rdzv_endpoint="ha:1")
+    processes = Processes(nnodes=2, rdzv_endpoint="ha:1")
     _node_log(tmp_path, "log.txt", 0, "ha", "RuntimeError: Connection closed by peer\n", 1)
     _node_log(tmp_path, "log.node1.txt", 1, "hb", "torchrun: Received SIGTERM death signal, shutting down\n", 1)
-    assert launch.nodes_interrupted(launch.node_sections(tmp_path, launcher, 1, launch.node_word_seconds())) == "SIGTERM"
+    assert launch.nodes_interrupted(launch.node_sections(tmp_path, processes, 1, launch.node_word_seconds())) == "SIGTERM"
     _node_log(tmp_path, "log.node1.txt", 1, "hb", "", -2)
-    assert launch.nodes_interrupted(launch.node_sections(tmp_path, launcher, 1, launch.node_word_seconds())) == "SIGINT"
+    assert launch.nodes_interrupted(launch.node_sections(tmp_path, processes, 1, launch.node_word_seconds())) == "SIGINT"
 
 
 def test_a_slurm_job_records_a_multi_node_attempt_only_if_it_failed_before_the_termination(monkeypatch):
     from harness.cluster import slurmjob
 
     monkeypatch.setattr(slurmjob, "_terminating_since", [None])
-    many, one = slurmjob.JobLauncher(nnodes=2, rdzv_endpoint="h:1"), slurmjob.JobLauncher()
+    many, one = slurmjob.JobProcesses(nnodes=2, rdzv_endpoint="h:1"), slurmjob.JobProcesses()
     assert many.records_attempt(100.0) and one.records_attempt(100.0)
     slurmjob._terminating_since[0] = 100.0 + slurmjob.SIGNAL_SKEW_S + 1  # the workers failed well before it
     assert many.records_attempt(100.0)
@@ -141,7 +141,7 @@ def test_a_slurm_job_records_a_multi_node_attempt_only_if_it_failed_before_the_t
     assert not many.records_attempt(100.0)
     monkeypatch.setattr(slurmjob, "_TERMINATING", type("E", (), {"is_set": staticmethod(lambda: False)})())
     assert one.records_attempt(100.0)  # one node: judged by the workers' exit status alone, as before
-    assert not slurmjob.JobLauncher(nnodes=2, node_rank=1, rdzv_endpoint="h:1").records_attempt(0.0)
+    assert not slurmjob.JobProcesses(nnodes=2, node_rank=1, rdzv_endpoint="h:1").records_attempt(0.0)
 
 
 def test_a_node_after_the_first_refuses_a_results_folder_that_is_not_shared(tmp_path):

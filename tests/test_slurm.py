@@ -18,7 +18,7 @@ from conftest import cli, invoke
 from harness.cluster import slurmjob
 from harness.core.errors import UserError
 from harness.cluster.slurm import ClusterOptions, parse_time
-from harness.cluster.slurmjob import JobLauncher, RunJob
+from harness.cluster.slurmjob import JobProcesses, RunJob
 
 submitit = pytest.importorskip("submitit")
 
@@ -58,11 +58,11 @@ def test_cluster_options_are_checked():
 
 
 def test_a_terminated_job_does_not_record_its_attempt():
-    launcher = JobLauncher(nproc=1)
-    assert launcher.records
+    processes = JobProcesses(nproc=1)
+    assert processes.records
     slurmjob._TERMINATING.set()
     try:
-        assert not launcher.records
+        assert not processes.records
     finally:
         slurmjob._TERMINATING.clear()
 

@@ -56,7 +56,7 @@ class Planned:
 
     plan: Any = None  # harness.planning.plan.Plan; None for a ladder
     ladder: Any = None  # harness.planning.ladder.Ladder
-    launcher: Any = None  # harness.launch.torchrun.Launcher
+    processes: Any = None  # harness.launch.torchrun.Processes
     backend: Backend = Here()
 
     @property
@@ -68,7 +68,7 @@ def _shape(cluster, nproc: int | None) -> tuple[Any, Backend]:
     from harness.cluster.slurm import ClusterOptions
 
     cluster = (cluster or ClusterOptions()).checked()
-    return cluster.run_launcher(nproc, 1, 0, ""), backend_for(cluster)
+    return cluster.processes(nproc, 1, 0, ""), backend_for(cluster)
 
 
 def _sets(sets: Mapping[str, Any] | None, data: str | None) -> dict[str, Any]:
@@ -110,9 +110,9 @@ def plan_sweep(arms: str | Sequence[str], *, seeds: int | Sequence[int] | None =
     request = sweep_request([arms] if isinstance(arms, str) else list(arms), seeds=count, seed_list=listed,
                             preset=preset, sets=_sets(sets, None), tokens=tokens, budget=budget, name=name, data=data,
                             library=library, adaptive=adaptive, streams=streams or Streams(), extend=extend_baseline)
-    launcher, backend = _shape(cluster, nproc)
-    plan = build_plan(request, launcher.world_size, launcher.uses_gpus(), Path(results), library)
-    return Planned(plan=plan, launcher=launcher, backend=backend)
+    processes, backend = _shape(cluster, nproc)
+    plan = build_plan(request, processes.world_size, processes.uses_gpus(), Path(results), library)
+    return Planned(plan=plan, processes=processes, backend=backend)
 
 
 def plan_noise(*, preset: str = "tiny", seeds: int = 8, arm: str | None = None, replicates: int = 2,
@@ -125,10 +125,10 @@ def plan_noise(*, preset: str = "tiny", seeds: int = 8, arm: str | None = None, 
 
     request = NoiseRequest(preset=preset, arm=arm, seeds=seeds, replicates=replicates, sets=_sets(sets, data),
                            tokens=tokens, name=name).check()
-    launcher, backend = _shape(cluster, nproc)
-    plan = noise_plan(request, launcher.world_size, launcher.uses_gpus(), Path(results),
+    processes, backend = _shape(cluster, nproc)
+    plan = noise_plan(request, processes.world_size, processes.uses_gpus(), Path(results),
                       Library.from_environment([Path(p) for p in sweeps]))
-    return Planned(plan=plan, launcher=launcher, backend=backend)
+    return Planned(plan=plan, processes=processes, backend=backend)
 
 
 def plan_ladder(arms: str | Sequence[str], *, preset: str = "tiny", seeds: int | Sequence[int] | None = None,
@@ -150,10 +150,10 @@ def plan_ladder(arms: str | Sequence[str], *, preset: str = "tiny", seeds: int |
                             seeds=tuple(seed_values(count, listed, adaptive=adaptive)), preset=preset,
                             sets=_sets(sets, data), sizes=sizes, target=target, name=name,
                             adaptive=adaptive, **spacing)
-    launcher, backend = _shape(cluster, nproc)
-    ladder = build_ladder(request, launcher.world_size, launcher.uses_gpus(), Path(results),
+    processes, backend = _shape(cluster, nproc)
+    ladder = build_ladder(request, processes.world_size, processes.uses_gpus(), Path(results),
                           Library.from_environment([Path(p) for p in sweeps]))
-    return Planned(ladder=ladder, launcher=launcher, backend=backend)
+    return Planned(ladder=ladder, processes=processes, backend=backend)
 
 
 def run(planned: Planned, *, jobs: int | str | None = "auto", retries: int = 1, log: Sequence[str] = (),
@@ -163,8 +163,8 @@ def run(planned: Planned, *, jobs: int | str | None = "auto", retries: int = 1, 
     here ("auto", or a number); `log`: trackers ("tensorboard", "mlflow", "wandb", "trackio")."""
     how = Execution.checked(retries, jobs, list(log), planned.backend)
     if planned.ladder is not None:
-        return launch_ladder(planned.ladder, planned.launcher, planned.backend, how, dry_run, console)
-    return launch(planned.plan, planned.launcher, planned.backend, how, dry_run, console)
+        return launch_ladder(planned.ladder, planned.processes, planned.backend, how, dry_run, console)
+    return launch(planned.plan, planned.processes, planned.backend, how, dry_run, console)
 
 
 def report(results: str | Path = "results", sweep: str | None = None, *, baseline: str = BASELINE,

@@ -56,10 +56,10 @@ class Backend(Protocol):
     def check_jobs(self, jobs: int | None) -> None:
         """Refuse --jobs where it means nothing."""
 
-    def slots(self, launcher, jobs: int | None) -> int:
+    def slots(self, processes, jobs: int | None) -> int:
         """Runs at once on this machine."""
 
-    def execute(self, plan, launcher, how: Execution, slots: int, console: Console) -> int:
+    def execute(self, plan, processes, how: Execution, slots: int, console: Console) -> int:
         """Run or submit the plan's runs; an exit code."""
 
     def say_where(self, results: Path, what: str, name: str, console: Console) -> None:
@@ -73,11 +73,11 @@ class Here:
     def check_jobs(self, jobs: int | None) -> None:
         return None
 
-    def slots(self, launcher, jobs: int | None) -> int:
-        return launcher.jobs(jobs)
+    def slots(self, processes, jobs: int | None) -> int:
+        return processes.jobs(jobs)
 
-    def execute(self, plan, launcher, how: Execution, slots: int, console: Console) -> int:
-        outcome = run_here(plan, launcher, how.retries, how.log, slots, console)
+    def execute(self, plan, processes, how: Execution, slots: int, console: Console) -> int:
+        outcome = run_here(plan, processes, how.retries, how.log, slots, console)
         return 0 if outcome.all_completed else 1
 
     def say_where(self, results: Path, what: str, name: str, console: Console) -> None:
@@ -97,14 +97,14 @@ class Jobs:
             raise UserError(f"--jobs is for runs on this machine; --launcher {self.cluster.launcher} runs jobs in "
                             "parallel by itself (--slurm-array-parallelism)")
 
-    def slots(self, launcher, jobs: int | None) -> int:
+    def slots(self, processes, jobs: int | None) -> int:
         return 1
 
-    def execute(self, plan, launcher, how: Execution, slots: int, console: Console) -> int:
+    def execute(self, plan, processes, how: Execution, slots: int, console: Console) -> int:
         from harness.cluster.slurm import submit_plan
 
         with publishing(plan, how.log, console):
-            return submit_plan(plan, launcher, self.cluster, how.retries, console, progress_log=how.progress_log)
+            return submit_plan(plan, processes, self.cluster, how.retries, console, progress_log=how.progress_log)
 
     def say_where(self, results: Path, what: str, name: str, console: Console) -> None:
         return None
@@ -115,7 +115,7 @@ def backend_for(cluster) -> Backend:
     return Here() if cluster.launcher == "torchrun" else Jobs(cluster)
 
 
-def launch(plan, launcher, backend: Backend, how: Execution, dry_run: bool = False,
+def launch(plan, processes, backend: Backend, how: Execution, dry_run: bool = False,
            console: Console | None = None) -> int:
     """Show the plan, then run it (or submit it) unless `dry_run`; an exit code."""
     from harness.planning.preview import print_plan
@@ -123,16 +123,16 @@ def launch(plan, launcher, backend: Backend, how: Execution, dry_run: bool = Fal
 
     console = console or Console()
     check_saved(plan)  # before anything is shown: a command that would change a sweep's design is refused
-    slots = backend.slots(launcher, how.jobs)
+    slots = backend.slots(processes, how.jobs)
     print_plan(plan, console, slots)
     if dry_run:
         return 0
-    code = backend.execute(plan, launcher, how, slots, console)
+    code = backend.execute(plan, processes, how, slots, console)
     backend.say_where(plan.results, "study" if plan.noise else "sweep", plan.sweep, console)
     return code
 
 
-def launch_ladder(ladder, launcher, backend: Backend, how: Execution, dry_run: bool = False,
+def launch_ladder(ladder, processes, backend: Backend, how: Execution, dry_run: bool = False,
                   console: Console | None = None) -> int:
     """Show every rung, then run (or submit) the rungs one after another, smallest first."""
     from harness.planning.preview import print_ladder
@@ -142,7 +142,7 @@ def launch_ladder(ladder, launcher, backend: Backend, how: Execution, dry_run: b
     for rung in ladder.rungs:  # every rung is checked before anything runs or is shown
         check_saved(rung.plan)
     save_ladder(ladder, check_only=True)
-    slots = backend.slots(launcher, how.jobs)
+    slots = backend.slots(processes, how.jobs)
     print_ladder(ladder, console, slots)
     if dry_run:
         return 0
@@ -151,7 +151,7 @@ def launch_ladder(ladder, launcher, backend: Backend, how: Execution, dry_run: b
     for i, rung in enumerate(ladder.rungs, 1):
         console.print(f"rung {i} of {len(ladder.rungs)}: {rung.size.label} ({rung.params:,} parameters), "
                       f"sweep {rung.sweep}", highlight=False)
-        code = max(code, backend.execute(rung.plan, launcher, how, slots, console))
+        code = max(code, backend.execute(rung.plan, processes, how, slots, console))
     backend.say_where(ladder.rungs[0].plan.results, "ladder", ladder.name, console)
     return code
 
@@ -175,7 +175,7 @@ def publishing(plan, log: tuple[str, ...], console: Console):
     publisher.finish()
 
 
-def run_here(plan, launcher, retries: int, log: tuple[str, ...], jobs: int = 1, console: Console | None = None):
+def run_here(plan, processes, retries: int, log: tuple[str, ...], jobs: int = 1, console: Console | None = None):
     """Execute a plan on this machine; TensorBoard gets live curves then test losses, the other
     trackers each run as it is recorded. Returns harness.launch.local's outcome."""
     from harness.launch.local import execute_plan
@@ -186,7 +186,7 @@ def run_here(plan, launcher, retries: int, log: tuple[str, ...], jobs: int = 1, 
     tb = TensorBoardLog(plan.results) if "tensorboard" in log else None
     with publishing(plan, log, console) as publisher:
         try:
-            return execute_plan(plan, launcher, console, retries=retries, jobs=jobs,
+            return execute_plan(plan, processes, console, retries=retries, jobs=jobs,
                                 on_progress=tb.progress if tb else None,
                                 on_recorded=publisher.recorded if publisher else None)
         finally:

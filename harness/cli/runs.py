@@ -122,7 +122,7 @@ def run_cmd(
     sweeps_dirs: SweepsOpt = None,
 ):
     """One exact, deterministic training run under torchrun, recorded in the results store."""
-    from harness.launch.torchrun import Launcher
+    from harness.launch.torchrun import Processes
     from harness.planning.request import SweepRequest, with_data
     from harness.store.planfile import check_saved
     from harness.trackers.publish import parse_log
@@ -131,12 +131,12 @@ def run_cmd(
     request = SweepRequest(arms=(arm,), seeds=(seed,), preset=preset, sets=with_data(parse_sets(sets), data),
                            tokens=tokens, budget=budget, name=sweep, include_baseline=False,
                            streams=streams(vary, init_seed, data_seed, dropout_seed)).check()
-    launcher = Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint)
+    processes = Processes.checked(nproc, nnodes, node_rank, rdzv_endpoint)
     from harness.planning.plan import build_plan  # torch, scipy: after every check of the options
 
-    plan = build_plan(request, launcher.world_size, launcher.uses_gpus(), results, definitions(sweeps_dirs))
+    plan = build_plan(request, processes.world_size, processes.uses_gpus(), results, definitions(sweeps_dirs))
     check_saved(plan)
-    return 0 if run_here(plan, launcher, retries=0, log=trackers, console=console).all_completed else 1
+    return 0 if run_here(plan, processes, retries=0, log=trackers, console=console).all_completed else 1
 
 
 def cluster_options(launcher, partition, gpus_per_node, time_limit, array_parallelism, cpus_per_task, mem_gb,
@@ -210,11 +210,11 @@ def sweep_cmd(
                             tokens=tokens, budget=budget, name=name, data=data, library=library,
                             adaptive=adaptive_settings(until_decided, max_seeds, min_seeds, margin, alpha),
                             streams=streams(vary, init_seed, data_seed, dropout_seed), extend=extend_baseline)
-    run_launcher = cluster.run_launcher(nproc, nnodes, node_rank, rdzv_endpoint)
+    processes = cluster.processes(nproc, nnodes, node_rank, rdzv_endpoint)
     from harness.planning.plan import build_plan  # torch, scipy: after every check of the options
 
-    plan = build_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, library)
-    return launch(plan, run_launcher, backend, how, dry_run, console)
+    plan = build_plan(request, processes.world_size, processes.uses_gpus(), results, library)
+    return launch(plan, processes, backend, how, dry_run, console)
 
 
 # one parameter per command-line option (Typer); the body only builds the option groups
@@ -252,11 +252,11 @@ def noise_cmd(
     how = Execution.checked(retries, jobs, log, backend)
     request = NoiseRequest(preset=preset, arm=arm, seeds=seeds, replicates=replicates,
                            sets=with_data(parse_sets(sets), data), tokens=tokens, name=name).check()
-    run_launcher = cluster.run_launcher(nproc, 1, 0, "")
+    processes = cluster.processes(nproc, 1, 0, "")
     from harness.planning.plan import noise_plan  # torch, scipy: after every check of the options
 
-    plan = noise_plan(request, run_launcher.world_size, run_launcher.uses_gpus(), results, definitions(sweeps_dirs))
-    return launch(plan, run_launcher, backend, how, dry_run, console)
+    plan = noise_plan(request, processes.world_size, processes.uses_gpus(), results, definitions(sweeps_dirs))
+    return launch(plan, processes, backend, how, dry_run, console)
 
 
 # one parameter per command-line option (Typer); the body only builds the option groups
@@ -327,7 +327,7 @@ def ladder_cmd(
     request = LadderRequest(arms=tuple(arms), seeds=tuple(chosen), preset=preset,
                             sets=with_data(parse_sets(sets), data), sizes=sizes, target=target, name=name,
                             adaptive=adaptive, **spacing)
-    run_launcher = cluster.run_launcher(nproc, 1, 0, "")
-    ladder = build_ladder(request, run_launcher.world_size, run_launcher.uses_gpus(), results, library)
-    return launch_ladder(ladder, run_launcher, backend, how, dry_run, console)
+    processes = cluster.processes(nproc, 1, 0, "")
+    ladder = build_ladder(request, processes.world_size, processes.uses_gpus(), results, library)
+    return launch_ladder(ladder, processes, backend, how, dry_run, console)
 

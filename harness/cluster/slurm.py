@@ -1,6 +1,6 @@
 """Sweeps as Slurm jobs (or local jobs through the same code), via submitit.
 
-`harness sweep ... --launcher slurm` plans the sweep exactly as the default launcher does, then
+`harness sweep ... --launcher slurm` plans the sweep exactly as the default launcher (torchrun) does, then
 submits every run that the results store does not hold yet, and that no live Slurm job of this
 sweep already holds, as one job of a Slurm job array (at most --slurm-array-parallelism at
 once). Each job is harness.cluster.slurmjob.RunJob: it runs the run in its allocation and records it in
@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from harness.core.errors import UserError
 from harness.core.files import atomic_write_bytes
-from harness.launch.torchrun import Launcher, default_nproc
+from harness.launch.torchrun import Processes, default_nproc
 from harness.launch.procs import is_running
 from harness.store.planfile import read_jobs, record_jobs
 from harness.store.record import COMPLETED, FAILED, FINAL, RetryPolicy, RunSpec
@@ -84,7 +84,7 @@ def parse_time(value: str) -> int:
 
 @dataclass(frozen=True)
 class ClusterOptions:
-    """The sweep command's launcher options."""
+    """The sweep command's launcher options: which backend runs the plan (--launcher), and Slurm's."""
 
     launcher: str = "torchrun"
     partition: str | None = None
@@ -173,10 +173,11 @@ class ClusterOptions:
             raise UserError(f"--nproc {nproc} and --gpus-per-node {self.gpus_per_node} disagree; give one")
         return self.gpus_per_node or nproc or default
 
-    def run_launcher(self, nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str) -> Launcher:
-        """The Launcher a plan is built with: torchrun here, or the shape of each Slurm/local job."""
+    def processes(self, nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str) -> Processes:
+        """How each run's processes start, which its plan's budgets are built for: torchrun here, or the
+        shape of each Slurm/local job."""
         if self.launcher == "torchrun":
-            return Launcher.checked(nproc, nnodes, node_rank, rdzv_endpoint)
+            return Processes.checked(nproc, nnodes, node_rank, rdzv_endpoint)
         if node_rank or rdzv_endpoint:
             raise UserError(f"--node-rank and --rdzv-endpoint are set per job by --launcher {self.launcher}; drop them")
         if nnodes < 1:
@@ -184,11 +185,11 @@ class ClusterOptions:
         if nnodes > 1 and self.launcher == "local":
             raise UserError("--launcher local runs on this machine only: use --nodes 1 (or --launcher slurm)")
         # each job meets at its own first node: the rendezvous endpoint is set per job (slurmjob)
-        launcher = dataclasses.replace(
-            Launcher.checked(self.nproc(nproc, 1 if self.launcher == "slurm" else default_nproc())), nnodes=nnodes)
+        processes = dataclasses.replace(
+            Processes.checked(self.nproc(nproc, 1 if self.launcher == "slurm" else default_nproc())), nnodes=nnodes)
         if self.launcher == "slurm":
-            launcher = dataclasses.replace(launcher, gpus=self.gpus(launcher.nproc) > 0)
-        return launcher
+            processes = dataclasses.replace(processes, gpus=self.gpus(processes.nproc) > 0)
+        return processes
 
 
 # ----------------------------------------------------------------------------- submission
@@ -230,7 +231,7 @@ def _executor(opts: ClusterOptions, folder: Path, name: str, nproc: int, nnodes:
     return executor
 
 
-def submit_plan(plan, launcher: Launcher, opts: ClusterOptions, retries: int, console,
+def submit_plan(plan, processes: Processes, opts: ClusterOptions, retries: int, console,
                 progress_log: Callable[[Path], Any] | None = None) -> int:
     """Submit the plan's missing runs as jobs; wait for them (local, or --wait). Returns an exit code.
 
@@ -248,11 +249,11 @@ def submit_plan(plan, launcher: Launcher, opts: ClusterOptions, retries: int, co
     save_plan(plan)
     try:
         if plan.adaptive is None:
-            return _submit_runs(plan, store, launcher, plan.specs, opts, retries, console, progress_log)
+            return _submit_runs(plan, store, processes, plan.specs, opts, retries, console, progress_log)
         policy, code = RetryPolicy(retries), 0
         adaptive_opts = dataclasses.replace(opts, wait=opts.wait is not False)
         for specs in rounds(plan, console):
-            code = max(code, _submit_runs(plan, store, launcher, specs, adaptive_opts, retries, console, progress_log))
+            code = max(code, _submit_runs(plan, store, processes, specs, adaptive_opts, retries, console, progress_log))
             unsettled = [s for s in specs if policy.settled(store.history(s.sweep, s.run_id).statuses) is None]
             if unsettled:
                 console.print(f"round of seed {specs[0].seed} is still running ({len(unsettled)} run(s)); run the "
@@ -287,7 +288,7 @@ class _Pending:
                     shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
-def _submit_runs(plan, store: ResultsStore, launcher: Launcher, specs: list[RunSpec], opts: ClusterOptions,
+def _submit_runs(plan, store: ResultsStore, processes: Processes, specs: list[RunSpec], opts: ClusterOptions,
                  retries: int, console, progress_log: Callable[[Path], Any] | None) -> int:
     results = store.root.resolve()
     policy = RetryPolicy(retries)
@@ -314,7 +315,7 @@ def _submit_runs(plan, store: ResultsStore, launcher: Launcher, specs: list[RunS
     wait = opts.wait if opts.wait is not None else opts.launcher == "local"
     if not pending and not (wait and queued):
         return 0 if not failed else 1
-    nproc, nnodes = launcher.nproc, launcher.nnodes
+    nproc, nnodes = processes.nproc, processes.nnodes
     folder = results / "submitit" / re.sub(r"[^A-Za-z0-9._+,=-]+", "_", plan.sweep)
     written = _Pending(folder_entries={e.name for e in folder.iterdir()} if folder.is_dir() else set())
     for spec in pending:  # every node of a multi-node job reads the spec from here

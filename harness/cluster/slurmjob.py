@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.launch.torchrun import Launcher
+from harness.launch.torchrun import Processes
 from harness.store.record import FAILED, FINAL, RetryPolicy, RunSpec
 from harness.store.results import ResultsStore
 
@@ -32,8 +32,8 @@ SIGNAL_SKEW_S = 2.0
 
 
 @dataclass(frozen=True)
-class JobLauncher(Launcher):
-    """A Launcher that does not record an attempt that Slurm's termination of the job (preemption,
+class JobProcesses(Processes):
+    """Processes that do not record an attempt that Slurm's termination of the job (preemption,
     a time limit, a cancel, a lost node) ended: one whose workers were still running when it began."""
 
     @property
@@ -101,12 +101,12 @@ class RunJob:
         if env.num_nodes > 1:
             port = 20000 + zlib.crc32(str(env.job_id).encode()) % 20000
             endpoint = f"{env.hostnames[0]}:{port}"
-        launcher = JobLauncher(nproc=self.nproc, nnodes=env.num_nodes, node_rank=env.node, rdzv_endpoint=endpoint)
+        processes = JobProcesses(nproc=self.nproc, nnodes=env.num_nodes, node_rank=env.node, rdzv_endpoint=endpoint)
         if env.node:
-            return self._follow(spec, store, launcher)
-        return self._lead(spec, store, launcher)
+            return self._follow(spec, store, processes)
+        return self._lead(spec, store, processes)
 
-    def _lead(self, spec: RunSpec, store: ResultsStore, launcher: JobLauncher) -> dict[str, Any]:
+    def _lead(self, spec: RunSpec, store: ResultsStore, processes: JobProcesses) -> dict[str, Any]:
         from harness.launch.torchrun import execute
 
         tb = self.progress_log(store.root) if self.progress_log else None
@@ -119,7 +119,7 @@ class RunJob:
             if status == FAILED:
                 raise RuntimeError(f"run {spec.run_id} failed {len(history.rows)} time(s): "
                                    f"{history.rows[-1]['reason']} (log: {store.run_dir(spec.run_id) / 'log.txt'})")
-            result = execute(spec, store, launcher,
+            result = execute(spec, store, processes,
                              on_progress=(lambda p: tb.progress(spec, p)) if tb else None,
                              should_run=lambda: policy.settled(store.history(spec.sweep, spec.run_id).statuses) is None)
             if result is None:  # another process (a duplicate job, a local sweep) runs it: wait for it
@@ -134,7 +134,7 @@ class RunJob:
                 time.sleep(60)
                 _not_terminating()
 
-    def _follow(self, spec: RunSpec, store: ResultsStore, launcher: JobLauncher) -> dict[str, Any]:
+    def _follow(self, spec: RunSpec, store: ResultsStore, processes: JobProcesses) -> dict[str, Any]:
         """Nodes after the first run their part of each attempt (execute: their own lock, spec file
         and log, log.nodeK.txt) and leave the recording to node 0, whose record of each attempt
         they wait for before they join the next (await_record)."""
@@ -144,11 +144,11 @@ class RunJob:
         while not _TERMINATING.is_set():
             if policy.settled(store.history(spec.sweep, spec.run_id).statuses) is not None:
                 break
-            result = execute(spec, store, launcher)
+            result = execute(spec, store, processes)
             if result is None:  # another process of this node holds its part: let it
                 time.sleep(5)
                 continue
             if result.interrupted or result.row is None:
                 break
             await_record(store, spec, result.row.attempt, stop=_TERMINATING.is_set)
-        return {"run_id": spec.run_id, "node": launcher.node_rank}
+        return {"run_id": spec.run_id, "node": processes.node_rank}

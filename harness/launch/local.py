@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from harness.planning.adaptive import rounds
 from harness.launch import warm
-from harness.launch.torchrun import WORKER_ENV, Launcher, Outcome, await_record, execute
+from harness.launch.torchrun import WORKER_ENV, Processes, Outcome, await_record, execute
 from harness.planning.plan import Plan
 from harness.store.planfile import save_plan
 from harness.launch.procs import ctrl_c_latch, interrupted, stop_runs
@@ -53,7 +53,7 @@ def continue_command() -> str:
     return " ".join(shlex.quote(a) for a in ["harness", *sys.argv[1:]])
 
 
-def execute_plan(plan: Plan, launcher: Launcher, console: Console, retries: int = 1, jobs: int = 1,
+def execute_plan(plan: Plan, processes: Processes, console: Console, retries: int = 1, jobs: int = 1,
                  on_progress: Callable[[RunSpec, dict[str, Any]], None] | None = None,
                  on_recorded: Callable[[RunSpec], None] | None = None) -> SweepOutcome:
     """Run every run of the plan that the store does not hold yet, up to `jobs` at once (each in
@@ -62,22 +62,22 @@ def execute_plan(plan: Plan, launcher: Launcher, console: Console, retries: int 
 
     on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard), and
     on_recorded(spec) hears of every attempt this process recorded (the other trackers)."""
-    launchers, shared = launcher.for_jobs(jobs)
+    per_slot, shared = processes.for_jobs(jobs)
     own_worker = not any("trainer" in s.config for s in plan.specs)  # an external trainer starts its own process
-    if warm.enabled() and launcher.world_size == 1 and own_worker:  # a warm worker per slot: torch imported once per slot
-        launchers = [dataclasses.replace(one, warm=warm.WarmWorker(WORKER_ENV | one.slot.env())) for one in launchers]
+    if warm.enabled() and processes.world_size == 1 and own_worker:  # a warm worker per slot: torch imported once per slot
+        per_slot = [dataclasses.replace(one, warm=warm.WarmWorker(WORKER_ENV | one.slot.env())) for one in per_slot]
     store = ResultsStore(plan.results)
     store.ensure_writable()
     save_plan(plan)
     if shared:
         console.print(f"note: {jobs} runs at once share this machine's "
-                      f"{'GPUs' if launchers[0].slot.gpus else 'CPU cores'} (more jobs than it holds)")
+                      f"{'GPUs' if per_slot[0].slot.gpus else 'CPU cores'} (more jobs than it holds)")
     policy = RetryPolicy(retries)
     outcome = SweepOutcome()
     try:
         with ctrl_c_latch():
             for specs in rounds(plan, console):
-                runner = _Runner(plan, store, specs, console, policy, launchers, on_progress, on_recorded)
+                runner = _Runner(plan, store, specs, console, policy, per_slot, on_progress, on_recorded)
                 try:
                     runner.run()
                 finally:
@@ -89,7 +89,7 @@ def execute_plan(plan: Plan, launcher: Launcher, console: Console, retries: int 
                       f"continue with: {continue_command()}")
         raise SystemExit(130) from None
     finally:
-        for one in launchers:
+        for one in per_slot:
             if one.warm is not None:
                 one.warm.close()
     return outcome
@@ -101,14 +101,14 @@ class _Runner:
     sweep process holds is left to it and looked at again once nothing else is running."""
 
     def __init__(self, plan: Plan, store: ResultsStore, specs: list[RunSpec], console: Console, policy: RetryPolicy,
-                 launchers: list[Launcher], on_progress: Callable[[RunSpec, dict[str, Any]], None] | None,
+                 per_slot: list[Processes], on_progress: Callable[[RunSpec, dict[str, Any]], None] | None,
                  on_recorded: Callable[[RunSpec], None] | None = None):
-        self.plan, self.store, self.console, self.policy, self.launchers = plan, store, console, policy, launchers
+        self.plan, self.store, self.console, self.policy, self.per_slot = plan, store, console, policy, per_slot
         self.on_progress, self.on_recorded = on_progress, on_recorded
         self.outcome = SweepOutcome()
         self.pending: deque[RunSpec] = deque(specs)
         self.busy: list[RunSpec] = []
-        self.free = list(range(len(launchers)))
+        self.free = list(range(len(per_slot)))
         self.running: dict[str, tuple[int, threading.Thread]] = {}
         self.finished: queue.Queue[tuple[RunSpec, Outcome | None, BaseException | None]] = queue.Queue()
 
@@ -142,12 +142,12 @@ class _Runner:
                 continue
             slot = self.free.pop(0)
             self.progress.start_run(spec.run_id, label, spec.steps)
-            worker = threading.Thread(target=self._work, args=(spec, self.launchers[slot]),
+            worker = threading.Thread(target=self._work, args=(spec, self.per_slot[slot]),
                                       name=f"run-{spec.run_id}", daemon=True)
             self.running[spec.run_id] = (slot, worker)
             worker.start()
 
-    def _work(self, spec: RunSpec, launcher: Launcher) -> None:
+    def _work(self, spec: RunSpec, processes: Processes) -> None:
         """One run in its own thread, with its own store object (the store's cache is per object)."""
         store = ResultsStore(self.store.root)
 
@@ -157,7 +157,7 @@ class _Runner:
                 self.on_progress(spec, p)
 
         try:
-            result = execute(spec, store, launcher, on_progress=watch,
+            result = execute(spec, store, processes, on_progress=watch,
                              should_run=lambda: settled(store, spec, self.policy) is None)
             self.finished.put((spec, result, None))
         except BaseException as err:  # noqa: BLE001 - handed to the scheduling thread
@@ -181,10 +181,10 @@ class _Runner:
             self.console.print(f"{escape(label)} was interrupted by {result.interrupted} (not counted as a "
                                "failed attempt; it resumes from its checkpoint)")
             raise KeyboardInterrupt
-        if result.row and result.row.status == FAILED and self.launchers[0].records:  # node 0 says what counts
+        if result.row and result.row.status == FAILED and self.per_slot[0].records:  # node 0 says what counts
             self.console.print(f"[yellow]{escape(label)} failed[/yellow]: {escape(result.row.reason)} "
                                f"(log: {escape(str(result.log))})")
-        if self.launchers[0].records:
+        if self.per_slot[0].records:
             if result.row is not None and self.on_recorded is not None:
                 self.on_recorded(spec)
             status = settled(self.store, spec, self.policy)

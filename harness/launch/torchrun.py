@@ -61,7 +61,7 @@ WORKER = "harness.training.worker"  # the module every worker process runs
 WORKER_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}
 
 @dataclass(frozen=True)
-class Launcher:
+class Processes:
     """How to start a run's processes: per node, the multi-node rendezvous if any, and the slot
     (GPUs or CPU cores) it may use when several runs share the machine."""
 
@@ -116,7 +116,7 @@ class Launcher:
 
     @classmethod
     def checked(cls, nproc: int | None = None, nnodes: int = 1, node_rank: int = 0,
-                rdzv_endpoint: str = "") -> "Launcher":
+                rdzv_endpoint: str = "") -> "Processes":
         """From command-line values (nproc None: one per GPU, else 1), with one clear error for a bad one."""
         nproc = default_nproc() if nproc is None else nproc
         for flag, value in (("--nproc", nproc), ("--nnodes", nnodes)):
@@ -136,8 +136,8 @@ class Launcher:
             return 1
         return asked if asked is not None else auto_jobs(self.nproc, gpu_count())
 
-    def for_jobs(self, jobs: int) -> tuple[list["Launcher"], bool]:
-        """One launcher per concurrent run, each with its own slot (GPUs or CPU cores), and whether
+    def for_jobs(self, jobs: int) -> tuple[list["Processes"], bool]:
+        """Processes for each concurrent run, each with its own slot (GPUs or CPU cores), and whether
         the slots had to share devices (more jobs than the machine holds)."""
         found, shared = slots(jobs, self.nproc, gpu_count())
         return [dataclasses.replace(self, slot=s) for s in found], shared
@@ -270,13 +270,13 @@ def await_record(store: ResultsStore, spec: RunSpec, attempt: int, stop: Callabl
         time.sleep(0.5)
 
 
-def node_sections(run_dir: Path, launcher: Launcher, attempt: int, wait_s: float) -> list[tuple[int, str]]:
+def node_sections(run_dir: Path, processes: Processes, attempt: int, wait_s: float) -> list[tuple[int, str]]:
     """Every node's part of this attempt's log in the shared run folder, (node, text), once each
     node after the first has said how its part ended or `wait_s` (HARNESS_NODE_WORD_S) has passed."""
     deadline = time.monotonic() + wait_s
     out = []
-    for k in range(launcher.nnodes):
-        log = run_dir / dataclasses.replace(launcher, node_rank=k).node_file("log.txt")
+    for k in range(processes.nnodes):
+        log = run_dir / dataclasses.replace(processes, node_rank=k).node_file("log.txt")
         section = _attempt_text(log, attempt)
         while k and ATTEMPT_ENDED not in section and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -373,7 +373,7 @@ def _notice(message: str, log: Path | None = None) -> None:
             pass
 
 
-def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
+def execute(spec: RunSpec, store: ResultsStore, processes: Processes,
             on_progress: Callable[[dict[str, Any]], None] | None = None,
             should_run: Callable[[], bool] | None = None) -> Outcome | None:
     """Run (or resume) one run and record it; None when another process holds this run.
@@ -383,7 +383,7 @@ def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
     run_dir = store.run_dir(spec.run_id)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(run_dir / launcher.node_file(".lock"))
+        lock = RunLock(run_dir / processes.node_file(".lock"))
         held = lock.acquire()
     except WriteError:
         raise
@@ -392,33 +392,33 @@ def execute(spec: RunSpec, store: ResultsStore, launcher: Launcher,
     if not held:
         return None
     try:
-        spec_path = run_dir / launcher.node_file("spec.json")
+        spec_path = run_dir / processes.node_file("spec.json")
         killed = kill_stale_workers(spec_path)
         if killed:
             _notice(f"killed {len(killed)} leftover worker process(es) of an earlier attempt of run "
-                    f"{spec.run_id}{launcher.where} (pids {', '.join(map(str, killed))})",
-                    run_dir / launcher.node_file("log.txt"))
-        if launcher.records:
+                    f"{spec.run_id}{processes.where} (pids {', '.join(map(str, killed))})",
+                    run_dir / processes.node_file("log.txt"))
+        if processes.records:
             store.replay(spec.run_id)
         if should_run is not None and not should_run():
-            return Outcome(None, run_dir / launcher.node_file("log.txt"))
-        return _execute_locked(spec, store, launcher, run_dir, on_progress, lock)
+            return Outcome(None, run_dir / processes.node_file("log.txt"))
+        return _execute_locked(spec, store, processes, run_dir, on_progress, lock)
     finally:
         lock.release()
 
 
-def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_dir: Path, on_progress,
+def _execute_locked(spec: RunSpec, store: ResultsStore, processes: Processes, run_dir: Path, on_progress,
                     lock: RunLock) -> Outcome:
-    spec_path, log = run_dir / launcher.node_file("spec.json"), run_dir / launcher.node_file("log.txt")
+    spec_path, log = run_dir / processes.node_file("spec.json"), run_dir / processes.node_file("log.txt")
     result_path = run_dir / "result.json"
     attempt = store.attempts(spec.run_id) + 1
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     stalled, broken = None, None
     if not result_path.exists() and spec.config.get("trainer"):
-        returncode, stalled, broken = _run_trainer(spec, launcher, run_dir, spec_path, log, attempt, on_progress, lock)
+        returncode, stalled, broken = _run_trainer(spec, processes, run_dir, spec_path, log, attempt, on_progress, lock)
     elif not result_path.exists():
         atomic_write_bytes(spec_path, spec.to_json().encode())
-        if launcher.records:  # node 0 only: nodes sharing a run folder must not move it under each other
+        if processes.records:  # node 0 only: nodes sharing a run folder must not move it under each other
             from harness.training import checkpoint  # torch: here, so that the CLI checks its options without it
 
             with warnings.catch_warnings(record=True) as caught:
@@ -426,9 +426,9 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
                 checkpoint.latest(run_dir, quarantine_bad=True)
             for w in caught:
                 _notice(str(w.message), log)
-        returncode, stalled = _launch(launcher.command(spec_path, spec.run_id), log, attempt, launcher.env,
-                                      on_progress, lock, stall_timeout(), launcher.slot.cpus,
-                                      launcher.warm if launcher.world_size == 1 else None, spec_path, launcher.where)
+        returncode, stalled = _launch(processes.command(spec_path, spec.run_id), log, attempt, processes.env,
+                                      on_progress, lock, stall_timeout(), processes.slot.cpus,
+                                      processes.warm if processes.world_size == 1 else None, spec_path, processes.where)
     else:
         returncode = 0
     ended = time.monotonic()
@@ -447,8 +447,8 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
         result = _failed(str(broken), UNRUNNABLE if broken.final else FAILED)
     else:
         text = _attempt_text(log)
-        word_s = node_word_seconds() if launcher.node_rank == 0 and launcher.nnodes > 1 else None
-        sections = node_sections(run_dir, launcher, attempt, word_s) if word_s is not None else []
+        word_s = node_word_seconds() if processes.node_rank == 0 and processes.nnodes > 1 else None
+        sections = node_sections(run_dir, processes, attempt, word_s) if word_s is not None else []
         stopped_by = interrupt_signal(returncode, text) or nodes_interrupted(sections)
         if stopped_by is not None:
             _notice(f"run {spec.run_id} was interrupted by {stopped_by}; it resumes from its checkpoint "
@@ -470,7 +470,7 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
             result = _failed(_failure_reason(log, returncode))
     row = RunRow.of(spec, attempt, result, git_commit=git_commit(), started_at=started, run_dir=str(run_dir))
     try:
-        if launcher.records_attempt(ended):
+        if processes.records_attempt(ended):
             store.append(row)
     except WriteError as err:
         kept = store.journal_path(spec.run_id, attempt)
@@ -482,7 +482,7 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, launcher: Launcher, run_
     return Outcome(row, log)
 
 
-def _run_trainer(spec: RunSpec, launcher: Launcher, run_dir: Path, spec_path: Path, log: Path, attempt: int,
+def _run_trainer(spec: RunSpec, processes: Processes, run_dir: Path, spec_path: Path, log: Path, attempt: int,
                  on_progress, lock: RunLock) -> tuple[int, str | None, contract.BrokenResult | None]:
     """One attempt of an external trainer's run (harness.store.contract): its files checked against
     the plan, its command started in its folder with the contract's variables, and its result
@@ -501,13 +501,13 @@ def _run_trainer(spec: RunSpec, launcher: Launcher, run_dir: Path, spec_path: Pa
     values = contract.passed(spec, run_dir, resume)
     program = contract.command(shlex.split(spec.config["trainer"]["command"]), values,
                                spec.config["trainer"]["settings"])
-    env = {k: v for k, v in launcher.env.items() if k != "PYTHONSAFEPATH"}  # its script's folder is its sys.path
+    env = {k: v for k, v in processes.env.items() if k != "PYTHONSAFEPATH"}  # its script's folder is its sys.path
     env |= contract.environment(values) | {SPEC_VARIABLE: str(spec_path.resolve())}
     began = time.monotonic()
-    returncode, stalled = _launch(launcher.command(spec_path, spec.run_id, program), log, attempt, env, on_progress,
-                                  lock, stall_timeout(), launcher.slot.cpus, None, spec_path, launcher.where,
+    returncode, stalled = _launch(processes.command(spec_path, spec.run_id, program), log, attempt, env, on_progress,
+                                  lock, stall_timeout(), processes.slot.cpus, None, spec_path, processes.where,
                                   cwd=spec.workdir)
-    if returncode != 0 or stalled is not None or not launcher.records:
+    if returncode != 0 or stalled is not None or not processes.records:
         return returncode, stalled, None
     try:
         data = contract.read_result(answer, spec.tokens)

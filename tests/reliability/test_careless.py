@@ -260,7 +260,7 @@ def test_a_configuration_that_cannot_run_is_recorded_once_and_not_retried(tmp_pa
     """Data that shrank between plan and launch: the worker's UserError is the config's, not noise."""
     from harness.core import config as cfg
     from harness.planning.budget import fixed_budget
-    from harness.launch.torchrun import Launcher, execute
+    from harness.launch.torchrun import Processes, execute
     from harness.planning.plan import run_spec
     from harness.store.record import RetryPolicy, UNRUNNABLE
     from harness.store.results import ResultsStore
@@ -271,7 +271,7 @@ def test_a_configuration_that_cannot_run_is_recorded_once_and_not_retried(tmp_pa
     spec = run_spec(arm, 0, fixed_budget(arm, 1, 3000), "x", 1)
     short.write_text("tiny")  # now too short for any window
     store = ResultsStore(tmp_path / "r")
-    outcome = execute(spec, store, Launcher())
+    outcome = execute(spec, store, Processes())
     assert outcome.row.status == UNRUNNABLE and "split" in outcome.row.reason
     assert RetryPolicy(5).settled(store.history("x", spec.run_id).statuses) == UNRUNNABLE  # never retried
 
