@@ -59,6 +59,10 @@ def test_the_other_designs_plan_from_python(tmp_path, small_corpus, capsys):
     ladder = hx.plan_ladder(["qkv_bias"], preset="micro", seeds=2, rungs=2, smallest=0.5, sets={"allow_repeat": True},
                             **common)
     assert hx.run(ladder, dry_run=True) == 0 and len(ladder.ladder.rungs) == 2
+    nodes = hx.plan_sweep(["qkv_bias"], nproc=1, nnodes=2, node_rank=1, rdzv_endpoint="node0:29500", **MICRO,
+                          **common)  # node 1 of a two-node sweep: the budgets are for a world of two
+    assert nodes.processes.world_size == 2 and not nodes.processes.records
+    assert all(spec.world_size == 2 for spec in nodes.plan.specs)
     assert not (tmp_path / "r" / "runs.parquet").exists()  # dry runs run nothing
 
 
@@ -68,6 +72,7 @@ def test_the_other_designs_plan_from_python(tmp_path, small_corpus, capsys):
     (lambda: hx.plan_sweep(["qkv_bias"], sets={"lr": "fast"}, **MICRO), "lr"),
     (lambda: hx.run(hx.Planned(), jobs="many"), "--jobs"),
     (lambda: hx.report("/nonexistent/results"), "results"),
+    (lambda: hx.plan_sweep(["qkv_bias"], nnodes=0, **MICRO), "--nnodes must be >= 1"),
 ])
 def test_bad_input_raises_the_commands_one_line(call, message):
     with pytest.raises(hx.UserError, match=message) as err:

@@ -64,11 +64,12 @@ class Planned:
         return self.ladder.name if self.ladder is not None else self.plan.sweep
 
 
-def _shape(cluster, nproc: int | None) -> tuple[Any, Backend]:
+def _shape(cluster, nproc: int | None, nnodes: int = 1, node_rank: int = 0,
+           rdzv_endpoint: str = "") -> tuple[Any, Backend]:
     from harness.cluster.slurm import ClusterOptions
 
     cluster = (cluster or ClusterOptions()).checked()
-    return cluster.processes(nproc, 1, 0, ""), backend_for(cluster)
+    return cluster.processes(nproc, nnodes, node_rank, rdzv_endpoint), backend_for(cluster)
 
 
 def _sets(sets: Mapping[str, Any] | None, data: str | None) -> dict[str, Any]:
@@ -97,11 +98,13 @@ def plan_sweep(arms: str | Sequence[str], *, seeds: int | Sequence[int] | None =
                sets: Mapping[str, Any] | None = None, tokens: int | None = None, budget: str | None = None,
                name: str | None = None, data: str | None = None, adaptive: Adaptive | None = None,
                streams: Streams | None = None, extend_baseline: float | None = None,
-               results: str | Path = "results", nproc: int | None = None, cluster=None,
-               sweeps: Sequence[str | Path] = ()) -> Planned:
+               results: str | Path = "results", nproc: int | None = None, nnodes: int = 1, node_rank: int = 0,
+               rdzv_endpoint: str = "", cluster=None, sweeps: Sequence[str | Path] = ()) -> Planned:
     """`harness sweep`'s plan: one keyword per option of the command (so more than ten; every one
-    optional, with the command's default), but multi-node runs, which the command line starts. `arms` is intervention names or one sweep file; `seeds`
-    a count (0..N-1) or a list; `sets` overrides by key; `adaptive` makes it an adaptive sweep."""
+    optional, with the command's default). `arms` is intervention names or one sweep file; `seeds`
+    a count (0..N-1) or a list; `sets` overrides by key; `adaptive` makes it an adaptive sweep.
+    Multi-node runs under torchrun: the same call on each node with its `node_rank`, `nnodes` and
+    `rdzv_endpoint` (host:port), the results folder shared; under Slurm `nnodes` is each job's nodes."""
     from harness.planning.plan import build_plan
     from harness.planning.request import Streams, sweep_request
 
@@ -110,7 +113,7 @@ def plan_sweep(arms: str | Sequence[str], *, seeds: int | Sequence[int] | None =
     request = sweep_request([arms] if isinstance(arms, str) else list(arms), seeds=count, seed_list=listed,
                             preset=preset, sets=_sets(sets, None), tokens=tokens, budget=budget, name=name, data=data,
                             library=library, adaptive=adaptive, streams=streams or Streams(), extend=extend_baseline)
-    processes, backend = _shape(cluster, nproc)
+    processes, backend = _shape(cluster, nproc, nnodes, node_rank, rdzv_endpoint)
     plan = build_plan(request, processes.world_size, processes.uses_gpus(), Path(results), library)
     return Planned(plan=plan, processes=processes, backend=backend)
 
