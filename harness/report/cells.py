@@ -72,6 +72,13 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = 
     return "\n".join(lines)
 
 
+def labelled(label: str, texts: Sequence[str]) -> list[str]:
+    """Terminal lines of one section, each under its label and escaped for rich: "  worth: ..."."""
+    from rich.markup import escape
+
+    return [f"  {label}: {escape(text)}" for text in texts if text]
+
+
 def missing(x) -> bool:
     """A cell with no value (None or NaN), as a table's optional column holds it."""
     return x is None or (isinstance(x, float) and math.isnan(x))

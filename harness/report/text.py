@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from rich.markup import escape
 
-from harness.report.cells import interval, md_escape, md_table, num
+from harness.report.cells import interval, labelled, md_escape, md_table, num
 from harness.report.section import WITHHELD, Section, SweepData
 from harness.stats.text import MIN_SEEDS, run_text_se, signal_to_noise, split_uncertainty, unit_means
 from harness.store.record import unpack_units
@@ -135,6 +134,19 @@ def build_text(done: pd.DataFrame, baseline: str, alpha: float) -> TextReport | 
 # =========================================================================== the section
 
 
+METHOD = (
+    "- test text: the final evaluation sums its token losses per test unit (a document; consecutive documents "
+    "grouped into 1,024 units where there are more; 64 blocks of consecutive tokens where the split holds fewer "
+    "than 32 documents). Per arm, the paired per-unit differences D[seed, unit] (the same units for arm and "
+    "baseline) are split by the method of moments of a two-way crossed random-effects model, with each unit "
+    "weighted by its share of the test tokens: the seed variance (as the paired t), the unit-clustered variance "
+    "of the seed means, and the seed-by-unit interaction; the test text's part is the clustered variance less the "
+    "interaction's, and the interval over both uses Satterthwaite's degrees of freedom (3 seeds at least; each "
+    "part's unbiasedness and the interval's coverage are checked by simulation). Blocks inside a few long "
+    "documents sample the text within them, not the documents: with four plays, another four plays could differ "
+    "more. Signal-to-noise after Heineman et al. (2025): the spread of the arms' mean test losses over the pooled "
+    "seed sd of one run.")
+
 def build(data: SweepData) -> TextReport | None:
     if not data.has_baseline:
         return None
@@ -215,23 +227,9 @@ def to_json(rep: SweepReport) -> dict:
 
 
 def terminal(rep: SweepReport) -> list[str]:
-    if rep.text is None:
-        return []
-    note = [f"  test text: {escape(rep.text.note)}"] if rep.text.note else []
-    return note + [f"  test text: {escape(text_line(r, rep.options.confidence))}" for r in rep.text.table.itertuples()]
+    x = rep.text
+    return [] if x is None else labelled("test text", [x.note] + [text_line(r, rep.options.confidence)
+                                                                  for r in x.table.itertuples()])
 
-
-METHOD = (
-    "- test text: the final evaluation sums its token losses per test unit (a document; consecutive documents "
-    "grouped into 1,024 units where there are more; 64 blocks of consecutive tokens where the split holds fewer "
-    "than 32 documents). Per arm, the paired per-unit differences D[seed, unit] (the same units for arm and "
-    "baseline) are split by the method of moments of a two-way crossed random-effects model, with each unit "
-    "weighted by its share of the test tokens: the seed variance (as the paired t), the unit-clustered variance "
-    "of the seed means, and the seed-by-unit interaction; the test text's part is the clustered variance less the "
-    "interaction's, and the interval over both uses Satterthwaite's degrees of freedom (3 seeds at least; each "
-    "part's unbiasedness and the interval's coverage are checked by simulation). Blocks inside a few long "
-    "documents sample the text within them, not the documents: with four plays, another four plays could differ "
-    "more. Signal-to-noise after Heineman et al. (2025): the spread of the arms' mean test losses over the pooled "
-    "seed sd of one run.")
 
 SECTION = Section("text", build, markdown, to_json, terminal, lambda rep: [METHOD])

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from rich.markup import escape
 
 from harness.core.bounds import finite_number
 from harness.core.config import BASELINE
-from harness.report.cells import md_escape, md_table
+from harness.report.cells import labelled, md_escape, md_table
 from harness.report.section import WITHHELD, Section, Series, SweepData
 from harness.stats.inference import as_float
 from harness.stats.worth import ABOVE, BELOW, IN_RANGE, NOT_FALLING, TOO_FEW, multiplier, paired_curve
@@ -301,10 +300,9 @@ def to_json(rep: SweepReport) -> dict:
 
 
 def terminal(rep: SweepReport) -> list[str]:
-    if rep.worth is None:
-        return []
-    note = [f"  worth: {escape(rep.worth.note)}"] if rep.worth.note else []
-    return note + [f"  worth: {escape(worth_line(r, rep.options.confidence))}" for r in rep.worth.table.itertuples()]
+    w = rep.worth
+    return [] if w is None else labelled("worth", [w.note] + [worth_line(r, rep.options.confidence)
+                                                              for r in w.table.itertuples()])
 
 
 METHOD = (
