@@ -74,7 +74,8 @@ def test_a_noise_study_end_to_end(tmp_path, small_corpus):
     assert {c["source"] for c in study["components"]["baseline"]} == {"init", "data", "dropout", ALL, REPLICATE}
     assert [d["seeds"] for d in study["detectable"]] == [3, 5, 10] and study["detectable_paired"] is True
     # the same study with one planned run still missing: interim, said before its shares (round 3 left it silent)
-    from harness.report.compare import ReportOptions, build_noise_report
+    from harness.report.compare import build_noise_report
+    from harness.report.section import ReportOptions
     from harness.report.outcomes import load_store, resolve_outcomes
 
     store = load_store(tmp_path / "r")

@@ -23,8 +23,8 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape as rich_escape
 
-from harness.report.compare import (NoiseReport, ReportOptions, SweepReport, arm_order, build_noise_report,
-                                    build_sweep_report)
+from harness.report.compare import NoiseReport, arm_order, build_noise_report, build_sweep_report
+from harness.report.section import ReportOptions, SweepReport
 from harness.core.errors import Refusal, UserError
 from harness.core.files import is_folder, user_path
 from harness.report.outcomes import OUTCOMES, Store, load_store, resolve_outcomes

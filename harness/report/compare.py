@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -18,104 +17,20 @@ import pandas as pd
 
 from harness.stats import noise
 
-from harness.stats import inference as stats
-from harness.planning.adaptive import Adaptive, check_error_rates, round_arms
+from harness.planning.adaptive import Adaptive, round_arms
 from harness.report import noise_floor, pairing, text, verdicts, worth
 from harness.report.outcomes import OUTCOMES
 from harness.report.sameness import Difference, streams_held
 from harness.report.sameness import differences as find_differences
-from harness.report.section import Section, SweepData
-from harness.report.text import TextReport
-from harness.report.worth import Worth
+from harness.report.section import ReportOptions, Section, SweepData, SweepReport
 from harness.core.seeds import REPLICATE, roles
 from harness.core.config import BASELINE
-from harness.core.errors import UserError
 from harness.store.imported import external_trainer, is_imported
 from harness.store.record import COMPLETED, ordinary_budget
 
 
-@dataclass(frozen=True)
-class ReportOptions:
-    """How arms are compared (every field is also a `harness report` option)."""
-
-    baseline: str = BASELINE
-    alpha: float = 0.05  # significance level, after Holm's correction across arms
-    margin: float | None = None  # equivalence margin in test loss (TOST); None: not tested
-    power: float = 0.8  # for minimum detectable differences and seeds needed
-    n_resamples: int = stats.DEFAULT_RESAMPLES  # BCa bootstrap resamples
-    boot_seed: int = stats.DEFAULT_BOOT_SEED
-    allow_mismatch: bool = False  # compare arms whose budgets, presets or test sets differ
-
-    @property
-    def confidence(self) -> str:
-        """The intervals' level as the report labels them, e.g. '95%'."""
-        return f"{100 * (1 - self.alpha):g}%"
-
-    def check(self) -> None:
-        check_error_rates(self.alpha, self.margin)
-        if not 0 < self.power < 1:
-            raise UserError(f"power {self.power!r} is not allowed: give a number between 0 and 1")
-        if not self.baseline:
-            raise UserError("--baseline is empty: name the arm to compare against, e.g. baseline")
-
-
 SECTIONS: tuple[Section, ...] = (verdicts.SECTION, worth.SECTION, text.SECTION, noise_floor.SECTION,
                                  pairing.SECTION)
-
-
-@dataclass
-class SweepReport:
-    """One sweep's report: its frame (accounting, provenance, differences, notes) and each section's
-    part (SECTIONS; the properties below name the parts the report's tables and plots read)."""
-
-    sweep: str
-    baseline: str
-    has_baseline: bool
-    accounting: pd.DataFrame
-    problems: pd.DataFrame
-    mismatches: list[str]
-    allow_mismatch: bool
-    provenance: dict
-    notes: list[str]
-    options: ReportOptions  # the settings that made it: alpha, margin, power, bootstrap
-    parts: dict[str, Any] = field(default_factory=dict)  # section key -> what its build made
-    withheld: list[str] = field(default_factory=list)  # arms whose verdicts differences withhold
-    complete: bool = True  # every planned run has a recorded result
-    plots: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def table(self) -> pd.DataFrame:
-        """Each arm's numbers (harness.stats.inference.COLUMNS)."""
-        return self.parts["verdicts"].table
-
-    @property
-    def adaptive(self) -> pd.DataFrame | None:
-        """An adaptive sweep's sequential decisions per arm."""
-        return self.parts["verdicts"].sequential
-
-    @property
-    def adaptive_settings(self) -> Adaptive | None:
-        return self.parts["verdicts"].settings
-
-    @property
-    def worth(self) -> Worth | None:
-        """Compute multipliers and held-out curves (harness.report.worth)."""
-        return self.parts["worth"]
-
-    @property
-    def text(self) -> TextReport | None:
-        """The seeds' and the test text's uncertainty (harness.report.text)."""
-        return self.parts["text"]
-
-    @property
-    def pairing(self) -> pd.DataFrame:
-        """What pairing by seed bought, per paired arm (harness.report.pairing)."""
-        return self.parts["pairing"]
-
-    @property
-    def noise(self) -> dict:
-        """The baseline's noise floor (harness.stats.inference.noise_floor)."""
-        return self.parts["noise_floor"]
 
 
 def arm_order(arms: Sequence[str], baseline: str) -> list[str]:

@@ -19,8 +19,7 @@ import pandas as pd
 
 from harness.core.config import BASELINE
 from harness.core.errors import UserError
-from harness.report.compare import ReportOptions, SweepReport
-from harness.report.section import WITHHELD
+from harness.report.section import WITHHELD, ReportOptions, SweepReport
 from harness.report.sameness import BUDGET, facts
 from harness.stats import ladder as trendstats
 from harness.stats.inference import holm

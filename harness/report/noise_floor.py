@@ -3,15 +3,10 @@ unpaired comparison could detect at that noise (harness.stats.inference.noise_fl
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from harness.report.cells import md_escape, md_table, num, seed_count
 from harness.report.pairing import pairing_sentence
-from harness.report.section import Section, SweepData
+from harness.report.section import Section, SweepData, SweepReport
 from harness.stats.inference import noise_floor
-
-if TYPE_CHECKING:
-    from harness.report.compare import SweepReport
 
 
 def build(data: SweepData) -> dict:

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from rich.markup import escape
 
 from harness.report.cells import md_escape, md_table
-from harness.report.section import Section, SweepData
+from harness.report.section import Section, SweepData, SweepReport
 from harness.stats.pairing import fraction, pairing_gain
-
-if TYPE_CHECKING:
-    from harness.report.compare import SweepReport
 
 COLUMNS = ["arm", "n", "correlation", "variance_ratio", "ratio_low", "ratio_high", "equivalent_seeds", "sentence"]
 

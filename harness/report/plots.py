@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.stats import inference as stats
-from harness.report.compare import SweepReport
+from harness.report.section import SweepReport
 from harness.store.record import COMPLETED, ordinary_budget
 
 MAX_PLOT_ARMS = 12  # arms besides the baseline in the curve and paired plots

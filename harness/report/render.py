@@ -21,7 +21,8 @@ from rich.table import Table
 
 from harness.core.code import CODE_FOLDER
 from harness.report.cells import code_span, jsonable, md_escape, md_table, num, sd_interval
-from harness.report.compare import SECTIONS, NoiseReport, SweepReport
+from harness.report.compare import SECTIONS, NoiseReport
+from harness.report.section import SweepReport
 from harness.report.outcomes import FileInfo
 from harness.report.plots import MAX_PLOT_ARMS, plot_arms
 from harness.stats import noise

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from harness.report.cells import interval, labelled, md_escape, md_table, num
-from harness.report.section import WITHHELD, Section, SweepData
+from harness.report.section import WITHHELD, Section, SweepData, SweepReport
 from harness.stats.text import MIN_SEEDS, run_text_se, signal_to_noise, split_uncertainty, unit_means
 from harness.store.record import unpack_units
-
-if TYPE_CHECKING:
-    from harness.report.compare import SweepReport
 
 COLUMNS = ["arm", "seeds", "diff", "se_seed", "se_text", "se", "df", "low", "high", "floor", "text_share",
            "dominant", "seeds_for_text_to_dominate", "note"]

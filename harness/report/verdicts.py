@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from rich.markup import escape
@@ -17,13 +16,10 @@ from rich.table import Table
 from harness.core.bounds import finite_number
 from harness.planning.adaptive import Adaptive, arm_states
 from harness.report.cells import interval, md_escape, md_table, missing, num, p_value, seed_count
-from harness.report.section import WITHHELD, Section, Series, SweepData
+from harness.report.section import WITHHELD, Section, Series, SweepData, SweepReport
 from harness.stats import inference as stats
 from harness.stats.sequential import METHOD
 from harness.store.record import COMPLETED
-
-if TYPE_CHECKING:
-    from harness.report.compare import SweepReport
 
 INTERIM = "interim: "  # a verdict's prefix while planned runs are missing
 TRACKED = ("diff", "ci_low", "ci_high", "p", "p_holm", "mean", "sd", "n")  # a tracker's per-arm metrics

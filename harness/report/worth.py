@@ -15,21 +15,16 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 
 from harness.core.bounds import finite_number
 from harness.core.config import BASELINE
 from harness.report.cells import labelled, md_escape, md_table
-from harness.report.section import WITHHELD, Section, Series, SweepData
+from harness.report.section import WITHHELD, Section, Series, SweepData, SweepReport
 from harness.stats.inference import as_float
 from harness.stats.worth import ABOVE, BELOW, IN_RANGE, NOT_FALLING, TOO_FEW, multiplier, paired_curve
 from harness.store.record import COMPLETED
-
-if TYPE_CHECKING:
-    from harness.report.compare import SweepReport
 
 TRACKED = ("k", "k_low", "k_high", "match", "match_low", "match_high")  # a tracker's per-arm metrics
 COLUMNS = ["arm", "k", "k_low", "k_high", "k_open", "seeds", "state", "range_low", "range_high", "match", "match_low",
