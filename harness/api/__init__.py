@@ -122,7 +122,8 @@ def plan_noise(*, preset: str = "tiny", seeds: int = 8, arm: str | None = None, 
                sets: Mapping[str, Any] | None = None, tokens: int | None = None, data: str | None = None,
                name: str | None = None, results: str | Path = "results", nproc: int | None = None,
                cluster=None, sweeps: Sequence[str | Path] = ()) -> Planned:
-    """`harness noise`'s plan: runs that vary one random stream at a time, all three and none."""
+    """`harness noise`'s plan: runs that vary one random stream at a time, all three and none. One
+    keyword per option of the command (so more than ten), each with the command's default."""
     from harness.planning.plan import noise_plan
     from harness.planning.request import NoiseRequest
 

@@ -290,28 +290,10 @@ class _Pending:
 
 def _submit_runs(plan, store: ResultsStore, processes: Processes, specs: list[RunSpec], opts: ClusterOptions,
                  retries: int, console, progress_log: Callable[[Path], Any] | None) -> int:
+    """Submit the plan's runs that are neither settled nor running, then wait for them where asked."""
     results = store.root.resolve()
     policy = RetryPolicy(retries)
-    settled = {spec.run_id: policy.settled(store.history(spec.sweep, spec.run_id).statuses) for spec in specs}
-    unsettled = [spec.run_id for spec in specs if settled[spec.run_id] is None]
-    queued = _queued_in_slurm(results, plan.sweep, unsettled) if opts.launcher == "slurm" else {}
-    pending, done, busy, failed = [], 0, 0, []
-    for spec in specs:
-        status = settled[spec.run_id]
-        if status in FINAL:
-            done += 1
-        elif spec.run_id in queued or is_running(store.run_dir(spec.run_id)):
-            busy += 1
-        elif status == FAILED:
-            failed.append(spec)
-        else:
-            pending.append(spec)
-    for spec in failed:
-        console.print(f"[yellow]{spec.arm} seed {spec.seed}[/yellow] has failed "
-                      f"{len(store.history(spec.sweep, spec.run_id).rows)} times; not resubmitted "
-                      f"(see {store.run_dir(spec.run_id)}/log.txt)")
-    console.print(f"{len(specs)} runs: {done} done, {busy} running or queued elsewhere, {len(failed)} failed, "
-                  f"{len(pending)} to submit ({opts.launcher})")
+    pending, failed, queued = _to_submit(plan, store, specs, opts, policy, console)
     wait = opts.wait if opts.wait is not None else opts.launcher == "local"
     if not pending and not (wait and queued):
         return 0 if not failed else 1
@@ -361,6 +343,33 @@ def _submit_runs(plan, store: ResultsStore, processes: Processes, specs: list[Ru
                    for spec in specs if spec.run_id in jobs or spec.run_id in queued}
         return _wait_for_slurm(store, plan.sweep, watched, policy, console, folder, ok=not failed)
     return _run_local(store, plan.sweep, executor, pending, job_for, parallel, policy, console, ok=not failed)
+
+
+def _to_submit(plan, store: ResultsStore, specs: list[RunSpec], opts: ClusterOptions, policy: RetryPolicy,
+               console) -> tuple[list[RunSpec], list[RunSpec], dict[str, str]]:
+    """The runs to submit, those failed for good (said, not resubmitted), and run id -> job id of
+    those already queued in Slurm; the counts are printed."""
+    settled = {spec.run_id: policy.settled(store.history(spec.sweep, spec.run_id).statuses) for spec in specs}
+    unsettled = [spec.run_id for spec in specs if settled[spec.run_id] is None]
+    queued = _queued_in_slurm(store.root.resolve(), plan.sweep, unsettled) if opts.launcher == "slurm" else {}
+    pending, done, busy, failed = [], 0, 0, []
+    for spec in specs:
+        status = settled[spec.run_id]
+        if status in FINAL:
+            done += 1
+        elif spec.run_id in queued or is_running(store.run_dir(spec.run_id)):
+            busy += 1
+        elif status == FAILED:
+            failed.append(spec)
+        else:
+            pending.append(spec)
+    for spec in failed:
+        console.print(f"[yellow]{spec.arm} seed {spec.seed}[/yellow] has failed "
+                      f"{len(store.history(spec.sweep, spec.run_id).rows)} times; not resubmitted "
+                      f"(see {store.run_dir(spec.run_id)}/log.txt)")
+    console.print(f"{len(specs)} runs: {done} done, {busy} running or queued elsewhere, {len(failed)} failed, "
+                  f"{len(pending)} to submit ({opts.launcher})")
+    return pending, failed, queued
 
 
 def _queued_in_slurm(results: Path, sweep: str, unsettled: list[str]) -> dict[str, str]:

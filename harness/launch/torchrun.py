@@ -409,6 +409,9 @@ def execute(spec: RunSpec, store: ResultsStore, processes: Processes,
 
 def _execute_locked(spec: RunSpec, store: ResultsStore, processes: Processes, run_dir: Path, on_progress,
                     lock: RunLock) -> Outcome:
+    """One attempt, under the run's lock: start it, read how it ended, record it. One function on
+    purpose (about 70 lines): each step reads what the step before wrote (the log, the result, the
+    other nodes' endings), and a split would pass all of it between the pieces."""
     spec_path, log = run_dir / processes.node_file("spec.json"), run_dir / processes.node_file("log.txt")
     result_path = run_dir / "result.json"
     attempt = store.attempts(spec.run_id) + 1
@@ -530,7 +533,9 @@ def _launch(cmd: list[str], log: Path, attempt: int, extra_env: dict[str, str], 
             spec_path: Path | None = None, where: str = "", cwd: str | None = None) -> tuple[int, str | None]:
     """(the workers' exit code, the stall reason if the watchdog killed them). With a warm worker
     the run is its forked child (harness.launch.warm), else `cmd` started cold. A node of a
-    multi-node run (`where`) also writes how its attempt ended, which the first node reads."""
+    multi-node run (`where`) also writes how its attempt ended, which the first node reads.
+    Twelve parameters and about 80 lines on purpose: one supervised process (start, watchdog,
+    Ctrl-C, the ending) whose pieces share the process handle, the log and the lock."""
     env = os.environ | extra_env
     try:
         out = log.open("a", encoding="utf-8", buffering=1)  # line by line: other nodes and a crash read it

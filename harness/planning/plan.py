@@ -237,7 +237,8 @@ def run_spec(cfg: cfgmod.ArmConfig, seed: int, budget: Budget, sweep: str, world
              data: DataFacts = DataFacts("", ""), vary: str = "", fixed: dict[str, int] | None = None,
              replica: int = 0, budget_factor: float = 1.0, start_from: str = "",
              anchor_steps: list[int] | None = None, workdir: str = "") -> RunSpec:
-    """One run: its identity is what it computes (harness.store.record.run_identity); its id is that
+    """One run (thirteen parameters: a spec's fields that the plan decides, named one by one): its
+    identity is what it computes (harness.store.record.run_identity); its id is that
     identity under a readable label (the arm, the seed, and what was varied or fixed if anything)."""
     seeds = sub_seeds(seed, vary, fixed)
     config = scheme.recorded(cfg.as_dict())

@@ -115,6 +115,23 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
     missing = missing_runs(every_budget, planned, adaptive)
     if missing:
         notes.insert(0, missing)
+    notes += _where_from(done, rows)
+    accounting, problems = _accounting(rows, arms)
+    data = SweepData(sweep=sweep, baseline=baseline, options=options, arms=arms, every_budget=every_budget, rows=rows,
+                     done=done, accounting=accounting, withheld=frozenset(withheld),
+                     interim=bool(missing) and adaptive is None, curves=curves, adaptive=adaptive)
+    return SweepReport(
+        sweep=sweep, baseline=baseline, has_baseline=has_baseline, accounting=accounting, problems=problems,
+        mismatches=mismatches, allow_mismatch=options.allow_mismatch, provenance=_provenance(rows, arms),
+        notes=notes, options=options, parts={s.key: s.build(data) for s in SECTIONS}, withheld=sorted(withheld),
+        complete=not missing,
+    )
+
+
+def _where_from(done: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """Notes on what harness cannot vouch for: runs imported or trained by an external trainer,
+    random streams held fixed, runs that saw fewer tokens than planned."""
+    notes = []
     source, trainer = is_imported(done), external_trainer(done)
     if source:
         notes.append(f"imported from {source}: harness did not train these runs, so it cannot vouch for their "
@@ -130,30 +147,23 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
     if held:
         notes.append(f"random streams held fixed (not varied with the seed): {held}; the verdicts generalise over the "
                      "other streams only, and the pairing figures measure what pairing cancels of those")
+    short = rows[rows["outcome"].eq(COMPLETED) & (rows["tokens_seen"] < rows["planned_tokens"])]
+    if len(short):
+        first = short.iloc[0]
+        notes.append(f"{len(short)} completed run(s) saw fewer tokens than planned (e.g. {first['arm']} seed "
+                     f"{int(first['seed'])}: {int(first['tokens_seen'])} of {int(first['planned_tokens'])})")
+    return notes
+
+
+def _accounting(rows: pd.DataFrame, arms: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per arm, every seed started by outcome and its attempts; and the runs not in n."""
     counts = (rows.pivot_table(index="arm", columns="outcome", values="seed", aggfunc="count")
               .reindex(index=arms, columns=list(OUTCOMES)).fillna(0).astype(int))
     counts.insert(0, "seeds", counts.sum(axis=1))
     counts["attempts"] = rows.groupby("arm")["attempts"].sum().reindex(arms).fillna(0).astype(int)
-    accounting = counts.reset_index().rename(columns={"index": "arm"})
-    problems = rows[~rows["outcome"].eq(COMPLETED)][
-        ["arm", "seed", "outcome", "status", "reason", "attempts", "run_id"]
-    ].sort_values(["arm", "seed"]).reset_index(drop=True)
-    short = rows[rows["outcome"].eq(COMPLETED)
-                 & (rows["tokens_seen"] < rows["planned_tokens"])]
-    if len(short):
-        notes.append(f"{len(short)} completed run(s) saw fewer tokens than planned "
-                     f"(e.g. {short.iloc[0]['arm']} seed {int(short.iloc[0]['seed'])}: "
-                     f"{int(short.iloc[0]['tokens_seen'])} of "
-                     f"{int(short.iloc[0]['planned_tokens'])})")
-    data = SweepData(sweep=sweep, baseline=baseline, options=options, arms=arms, every_budget=every_budget, rows=rows,
-                     done=done, accounting=accounting, withheld=frozenset(withheld),
-                     interim=bool(missing) and adaptive is None, curves=curves, adaptive=adaptive)
-    return SweepReport(
-        sweep=sweep, baseline=baseline, has_baseline=has_baseline, accounting=accounting, problems=problems,
-        mismatches=mismatches, allow_mismatch=options.allow_mismatch, provenance=_provenance(rows, arms),
-        notes=notes, options=options, parts={s.key: s.build(data) for s in SECTIONS}, withheld=sorted(withheld),
-        complete=not missing,
-    )
+    problems = rows[~rows["outcome"].eq(COMPLETED)][["arm", "seed", "outcome", "status", "reason", "attempts",
+                                                     "run_id"]].sort_values(["arm", "seed"]).reset_index(drop=True)
+    return counts.reset_index().rename(columns={"index": "arm"}), problems
 
 
 def held_streams(done: pd.DataFrame) -> str:

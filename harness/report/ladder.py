@@ -105,7 +105,9 @@ def rung_status(rep: SweepReport | None, arm: str, pairs: int, recorded: bool) -
 def build_ladder_report(record: dict, outcomes: pd.DataFrame, reports: dict[str, SweepReport],
                         options: ReportOptions, resamples: int = trendstats.DEFAULT_RESAMPLES) -> LadderReport:
     """The report of one saved ladder (harness.store.planfile.ladder_record) from the store's
-    resolved outcomes and its rungs' SweepReports (a rung without recorded runs has none)."""
+    resolved outcomes and its rungs' SweepReports (a rung without recorded runs has none). One
+    function (about 80 lines): the rungs' table, the differences across rungs and each arm's trend
+    read one another in that order."""
     alpha, baseline = options.alpha, options.baseline
     rungs = sorted(record["rungs"], key=lambda r: r["params"])
     arms = [a for a in dict.fromkeys([BASELINE, *record["arms"]]) if a != baseline]

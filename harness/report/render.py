@@ -33,39 +33,43 @@ SIGN_CONVENTION = ("diff = mean(arm) - mean(baseline) of test loss: negative = l
 
 
 def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> str:
-    o = rep.options
-    alpha, margin = o.alpha, o.margin
-    h = "#" * level
+    """One sweep's markdown: the frame's heading, each section in order, then the frame's runs,
+    plots, comparability and the sections' Methods."""
     hh = "#" * (level + 1)
-    t = rep.table
-    out: list[str] = [f"{h} Sweep {md_escape(rep.sweep)}: arms vs {md_escape(rep.baseline)}", ""]
-    out.append(f"Sign convention: {SIGN_CONVENTION} Alpha {alpha:g}"
-               + (f", equivalence margin ±{margin:g}" if margin else ", no equivalence margin")
-               + f"; Holm-adjusted across the {max(len(t) - int(rep.has_baseline), 0)} "
+    out = _heading(rep, "#" * level)
+    for section in SECTIONS:
+        out += section.markdown(rep, hh)
+    out += _runs(rep, hh) + _plots(rep, hh, md_dir) + _comparability(rep, hh)
+    out += [f"{hh} Methods", ""] + [line for section in SECTIONS for line in section.methods(rep)] + [""]
+    return "\n".join(out)
+
+
+def _heading(rep: SweepReport, h: str) -> list[str]:
+    """The sweep's title, its sign convention and levels, the mismatches' warning and the notes."""
+    o = rep.options
+    out = [f"{h} Sweep {md_escape(rep.sweep)}: arms vs {md_escape(rep.baseline)}", ""]
+    out.append(f"Sign convention: {SIGN_CONVENTION} Alpha {o.alpha:g}"
+               + (f", equivalence margin ±{o.margin:g}" if o.margin else ", no equivalence margin")
+               + f"; Holm-adjusted across the {max(len(rep.table) - int(rep.has_baseline), 0)} "
                "compared arm(s) of this sweep.")
     out.append("")
     if rep.mismatches:
         out.append("> **WARNING: --allow-mismatch was given; these arms were NOT trained alike, so their "
                    "verdicts are withheld" + (f" ({md_escape(', '.join(rep.withheld))})" if rep.withheld else "")
                    + ":**")
-        for m in rep.mismatches:
-            out.append(f"> - {md_escape(m)}")
-        out.append("")
+        out += [f"> - {md_escape(m)}" for m in rep.mismatches] + [""]
     for n in rep.notes:
-        out.append(f"> Note: {md_escape(n)}")
-        out.append("")
+        out += [f"> Note: {md_escape(n)}", ""]
+    return out
 
-    for section in SECTIONS:
-        out += section.markdown(rep, hh)
 
-    out += [f"{hh} Runs", ""]
-    out.append("Every seed that was started is counted; n in the tables above is the completed "
-               "runs only. \"invalid\" = status completed but a NaN/inf test loss.")
-    out.append("")
-    acc = rep.accounting
+def _runs(rep: SweepReport, hh: str) -> list[str]:
+    """Every seed that was started, by outcome, and the runs not in n with their reasons."""
+    out = [f"{hh} Runs", "", "Every seed that was started is counted; n in the tables above is the completed "
+           "runs only. \"invalid\" = status completed but a NaN/inf test loss.", ""]
     out.append(md_table(["arm", "seeds", "completed", "diverged", "failed", "invalid", "attempts"],
-                        [[md_escape(r.arm), str(r.seeds), str(r.completed), str(r.diverged),
-                          str(r.failed), str(r.invalid), str(r.attempts)] for r in acc.itertuples()], "lrrrrrr"))
+                        [[md_escape(r.arm), str(r.seeds), str(r.completed), str(r.diverged), str(r.failed),
+                          str(r.invalid), str(r.attempts)] for r in rep.accounting.itertuples()], "lrrrrrr"))
     out.append("")
     if len(rep.problems):
         out += ["Runs not in n (diverged, failed or invalid):", ""]
@@ -73,27 +77,34 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
                             [[md_escape(r.arm), str(r.seed), r.outcome, md_escape(r.reason or "-"), str(r.attempts),
                               md_escape(r.run_id)] for r in rep.problems.itertuples()], "lrllrl"))
         out.append("")
+    return out
 
-    if rep.plots:
-        out += [f"{hh} Plots", ""]
-        captions = {"forest": "Differences from the baseline with t intervals",
-                    "curves": "Held-out loss along training (mean ± 1 sd across seeds, completed runs)"
-                    if rep.worth is not None and len(rep.worth.heldout) else
-                    "Training loss curves (mean ± 1 sd across seeds, completed runs)",
-                    "effect": "The effect along training: arm - baseline held-out loss, paired by seed, with "
-                              "pointwise intervals",
-                    "paired": "Per-seed test loss, baseline -> arm"}
-        left_out = plot_arms(rep)[1]
-        for key, p in rep.plots.items():
-            rel = Path(p).relative_to(md_dir) if Path(p).is_relative_to(md_dir) else Path(p)
-            out.append(f"![{captions[key]}]({quote(rel.as_posix())})")
-            out.append("")
-            if key in ("curves", "effect", "paired") and left_out:
-                out.append(f"_{captions[key]}: the {MAX_PLOT_ARMS} arms with the smallest Holm "
-                           f"p-values are shown; {left_out} more are in the tables._")
-                out.append("")
 
-    out += [f"{hh} Comparability", ""]
+def _plots(rep: SweepReport, hh: str, md_dir: Path) -> list[str]:
+    """The plots beside the markdown, linked relative to it, with their captions."""
+    if not rep.plots:
+        return []
+    captions = {"forest": "Differences from the baseline with t intervals",
+                "curves": "Held-out loss along training (mean ± 1 sd across seeds, completed runs)"
+                if rep.worth is not None and len(rep.worth.heldout) else
+                "Training loss curves (mean ± 1 sd across seeds, completed runs)",
+                "effect": "The effect along training: arm - baseline held-out loss, paired by seed, with "
+                          "pointwise intervals",
+                "paired": "Per-seed test loss, baseline -> arm"}
+    left_out = plot_arms(rep)[1]
+    out = [f"{hh} Plots", ""]
+    for key, p in rep.plots.items():
+        rel = Path(p).relative_to(md_dir) if Path(p).is_relative_to(md_dir) else Path(p)
+        out += [f"![{captions[key]}]({quote(rel.as_posix())})", ""]
+        if key in ("curves", "effect", "paired") and left_out:
+            out += [f"_{captions[key]}: the {MAX_PLOT_ARMS} arms with the smallest Holm "
+                    f"p-values are shown; {left_out} more are in the tables._", ""]
+    return out
+
+
+def _comparability(rep: SweepReport, hh: str) -> list[str]:
+    """Whether the arms were trained alike, and what each arm ran with."""
+    out = [f"{hh} Comparability", ""]
     if rep.mismatches:
         out.append("Mismatches (reported because --allow-mismatch was given):")
         out += [f"- {md_escape(m)}" for m in rep.mismatches]
@@ -103,21 +114,15 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
                    "between each arm and the baseline, except what the arm's own interventions set; arm and "
                    "baseline share their random streams at every seed.")
     out.append("")
-    out.append(md_table(["arm", "interventions", "config hash", "code", "preset", "planned tokens",
-                          "test set", "dtype", "device", "world size"],
-                        [[md_escape(a[k]) for k in ("arm", "interventions", "config_hash", "code",
-                                                     "preset", "planned_tokens", "test_set_id",
-                                                     "dtype", "device", "world_size")]
-                          for a in rep.provenance["arms"]]))
+    keys = ("arm", "interventions", "config_hash", "code", "preset", "planned_tokens", "test_set_id", "dtype",
+            "device", "world_size")
+    out.append(md_table(["arm", "interventions", "config hash", "code", "preset", "planned tokens", "test set", "dtype",
+                         "device", "world size"], [[md_escape(a[k]) for k in keys] for a in rep.provenance["arms"]]))
     if any(a["code"] != "-" for a in rep.provenance["arms"]):
         out += ["", f"Code: each file as its runs imported it, under the results folder's `{CODE_FOLDER}/<sha256>/` "
                     "(the hash's first 12 digits above)."]
     out.append("")
-
-    out += [f"{hh} Methods", ""]
-    out += [line for section in SECTIONS for line in section.methods(rep)]
-    out.append("")
-    return "\n".join(out)
+    return out
 
 
 def render_provenance(files: Sequence[FileInfo], reps: Sequence[SweepReport], options: dict,

@@ -153,7 +153,9 @@ def slurm_view(jobs: dict[str, str], unsettled: list[str]) -> tuple[dict[str, An
 
 def sweep_status(results: Path, sweep: str, store: ResultsStore | None = None):
     """Every run of `sweep` with its state, in plan order (seed-major); an adaptive sweep's state
-    (its runs list leaves out those its decided arms will never make); why Slurm did not answer."""
+    (its runs list leaves out those its decided arms will never make); why Slurm did not answer.
+    One function (about 70 lines): the plan, the store's rows, the Slurm queue and the adaptive
+    rounds are read once and joined per run here, in the order `harness status` lists them."""
     results = Path(results)
     store = store or ResultsStore(results)
     rows = store.sweep_frame(sweep)

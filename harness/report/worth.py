@@ -69,7 +69,9 @@ def _points(curves: pd.DataFrame, row) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_worth(rows: pd.DataFrame, curves: pd.DataFrame, baseline: str, alpha: float) -> Worth | None:
-    """The worth of every arm of one sweep's rows (every budget), or None without held-out points."""
+    """The worth of every arm of one sweep's rows (every budget), or None without held-out points.
+    One function (about 90 lines): the schedule decides which points make the baseline's curve,
+    and that curve, its extension and the seeds' pairing are what every arm's k is read on."""
     done = rows[rows["outcome"].eq(COMPLETED)]
     if done.empty or "heldout_loss" not in curves or not np.isfinite(curves["heldout_loss"].astype(float)).any():
         return None

@@ -109,7 +109,8 @@ def decided(state: str) -> bool:
 
 def decide(diffs: np.ndarray, alpha: float, min_seeds: int, max_seeds: int, margin: float | None = None,
            rounds_done: int | None = None) -> dict[str, np.ndarray]:
-    """Adaptive sweeps' decisions, round by round, for a batch of sweeps.
+    """Adaptive sweeps' decisions, round by round, for a batch of sweeps (one vectorised pass over
+    every round, about 65 lines: a simulation calls it for thousands of sweeps at once).
 
     diffs[sweep, arm, round]: the paired difference of seed `round` (NaN where an arm has no pair
     that round: not run, failed, or decided earlier). Rounds 0 .. rounds_done-1 have been run

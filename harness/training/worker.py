@@ -308,6 +308,8 @@ class Trainer:
                  init_seed: int, dropout_seed: int, steps: int, tokens_per_step: int,
                  model_cls: type[torch.nn.Module] = GPTModel, compile: bool | None = None,
                  resume_from: Path | None = None, seams: Seams | None = None):
+        # thirteen parameters: the run's three seeds and its shape are separate facts the spec
+        # holds, named here one by one so that no call can swap two of them
         self.mcfg, self.tcfg, self.d = mcfg, tcfg, d
         self.steps = steps
         self.tokens_per_step = tokens_per_step
@@ -449,6 +451,9 @@ def heldout_steps(steps: int, points: int, anchors: tuple[int, ...] = ()) -> lis
 
 
 def main(spec_path: str) -> int:
+    """One run in this process: its spec, data, model, training with checkpoints and held-out
+    points, the final evaluation, the result. One function (about 120 lines) on purpose: the
+    run's lifecycle in reading order, each step using what the one before built."""
     spec = RunSpec.load(Path(spec_path))
     run_dir = Path(spec_path).parent
     d = setup_distributed(float(os.environ.get("HARNESS_COLLECTIVE_TIMEOUT", "600")))
