@@ -32,11 +32,18 @@ from torch import nn
 from harness.model import native
 
 
+def takes_kernels(device_type: str, compiled: bool) -> bool:
+    """The one rule for where this module's kernels run (keep_mask, the sigmoid form of GELU, the
+    padded head): eager CPU work. torch.compile fuses F.dropout, SDPA's dropout and F.gelu into code
+    of its own, and CUDA has fused kernels for them, so both keep torch's functions. The training
+    step keys its dropout masks by the same rule (harness.training.worker.eager_cpu_step), so the
+    masks cannot follow one path while the kernels follow the other."""
+    return device_type == "cpu" and not compiled
+
+
 def eager_cpu(x: torch.Tensor) -> bool:
-    """Whether to take this module's kernels (keep_mask, the sigmoid form of GELU, the padded head): eager
-    CPU tensors. torch.compile fuses F.dropout, SDPA's dropout and F.gelu into code of its own, and
-    CUDA has fused kernels for them, so both keep torch's functions."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    """Whether to take this module's kernels for `x` (takes_kernels)."""
+    return takes_kernels(x.device.type, torch.compiler.is_compiling())
 
 
 def eager_cpu_float32(x: torch.Tensor) -> bool:

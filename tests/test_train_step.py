@@ -294,3 +294,15 @@ def test_cuda_train_step_never_synchronises_with_the_host():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert trainer.window_loss(4) > 0
+
+
+def test_the_step_and_the_kernels_take_the_eager_path_by_one_rule(monkeypatch):
+    """The step keys its dropout masks per sequence where the model takes its CPU kernels: both ask
+    cpu_kernels.takes_kernels, so they cannot disagree (the masks would then depend on placement)."""
+    from harness.training.worker import eager_cpu_step
+
+    cpu, x = torch.device("cpu"), torch.zeros(2)
+    assert eager_cpu_step(cpu, compiled=False) and cpu_kernels.eager_cpu(x)
+    assert not eager_cpu_step(cpu, compiled=True) and not eager_cpu_step(torch.device("meta"), compiled=False)
+    monkeypatch.setattr(cpu_kernels, "takes_kernels", lambda device_type, compiled: False)
+    assert not eager_cpu_step(cpu, compiled=False) and not cpu_kernels.eager_cpu(x)

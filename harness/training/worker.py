@@ -50,18 +50,18 @@ from harness.core.files import atomic_write_json, environment_failure
 from harness.core.placement import cpu_threads
 from harness.store.record import COMPLETED, CONFIG, DATA_CHANGED, DIVERGED, ENVIRONMENT, RunResult, RunSpec, pack_units, progress_line, rank_line, stopped_line
 from harness.core.versions import versions
-from harness.model import GPTModel, ModelConfig, init_weights, native, parameter_counts, sequences_from
+from harness.model import GPTModel, ModelConfig, cpu_kernels, init_weights, native, parameter_counts, sequences_from
 from harness.model.gpt import mark_own, runs_fast_path
 from harness.training.seams import Optimizers, Seams
 
 # Tokens per evaluation forward on the CPU: large enough that per-op overhead vanishes, small
-# enough that a layer's activations stay in cache (tiny, one thread: 2,048 tokens 209k tokens/s,
-# 4,096 186k, 8,192 152k).
+# enough that a layer's activations stay in cache (the sizes measured: reports/benchmarks.md,
+# "Figures once in docstrings").
 CPU_EVAL_TOKENS = 2048
 # On CUDA the evaluation batch is as large as fits within EVAL_MEMORY_FRACTION of the device's
-# memory, at most this many tokens per forward: gpt2-small on an H200 evaluates 575k tokens/s at
-# 16 x 1024 (8 GiB), 620k at 64 or 128 (31 or 62 GiB; tests/bench/eval_batch.py). A larger batch
-# buys little and takes the memory that concurrent runs on one GPU (--jobs) need.
+# memory, at most this many tokens per forward: past it a larger batch buys little speed
+# (reports/benchmarks.md, "Evaluation speed and memory by batch size") and takes the memory that
+# concurrent runs on one GPU (--jobs) need.
 CUDA_EVAL_TOKENS = 16 * 1024
 EVAL_MEMORY_FRACTION = 0.7
 
@@ -215,9 +215,9 @@ def dropout_seed_for(dropout_seed: int, step: int, first_sequence: int | None) -
 
 
 def eager_cpu_step(device: torch.device, compiled: bool) -> bool:
-    """Whether a step runs where the model takes harness.model.cpu_kernels (its eager_cpu): its
-    dropout masks keyed per sequence, its own head and loss."""
-    return device.type == "cpu" and not compiled
+    """Whether a step runs where the model takes harness.model.cpu_kernels (their takes_kernels):
+    its dropout masks keyed per sequence, its own head and loss."""
+    return cpu_kernels.takes_kernels(device.type, compiled)
 
 
 def run_versions(device: torch.device, compiled: bool) -> dict[str, str]:
