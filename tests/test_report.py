@@ -146,7 +146,6 @@ def test_a_new_section_is_one_unit(run, store, tmp_path, monkeypatch):
         methods=lambda rep: ["- spread: the largest less the smallest test loss over an arm's seeds."],
         tracked=lambda sweep, compared: ({f"{a}/spread": v for a, v in sweep["spread"].items() if a in compared}, {}))
     monkeypatch.setattr(compare, "SECTIONS", (*compare.SECTIONS, spread))
-    monkeypatch.setattr("harness.report.render.SECTIONS", compare.SECTIONS)
 
     runs = pd.read_parquet(store / "runs.parquet")
     qkv = runs.loc[runs["arm"].eq("qkv_bias"), "test_loss"]
@@ -163,6 +162,11 @@ def test_a_new_section_is_one_unit(run, store, tmp_path, monkeypatch):
     assert record.metrics["qkv_bias/spread"] == pytest.approx(expected)
     assert "baseline/spread" not in record.metrics  # the baseline is no compared arm
     assert record.metrics["qkv_bias/diff"] < 0  # the other sections' fields are still there
+
+
+def test_a_report_without_ladders_says_so_when_asked_for_one(store):
+    with pytest.raises(UserError, match="^the report holds no ladder: report a results folder where"):
+        R.build_report(store).ladder_trend()
 
 
 def test_markdown_numbers_match_stats(run, store, tmp_path):

@@ -94,12 +94,14 @@ class Report:
 
     def ladder_report(self, ladder: str | None = None) -> LadderReport:
         """One ladder's report: the one named, or the only one (UserError where there is none or several)."""
-        names = ", ".join(r.ladder for r in self.ladders) or "none"
+        names = ", ".join(r.ladder for r in self.ladders)
+        if not self.ladders:
+            raise UserError("the report holds no ladder: report a results folder where `harness ladder` ran")
         if ladder is None and len(self.ladders) == 1:
             return self.ladders[0]
         found = [r for r in self.ladders if r.ladder == ladder]
         if ladder is None or not found:
-            raise UserError(f"the report holds {len(self.ladders)} ladder(s) ({names}): name one of them"
+            raise UserError(f"the report holds {len(self.ladders)} ladders ({names}): name one of them"
                             if ladder is None else f"no ladder {ladder!r} in this report: it holds {names}")
         return found[0]
 

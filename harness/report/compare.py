@@ -117,7 +117,7 @@ def build_sweep_report(outcomes: pd.DataFrame, sweep: str, options: ReportOption
         notes.insert(0, missing)
     notes += _where_from(done, rows)
     accounting, problems = _accounting(rows, arms)
-    data = SweepData(sweep=sweep, baseline=baseline, options=options, arms=arms, every_budget=every_budget, rows=rows,
+    data = SweepData(baseline=baseline, options=options, arms=arms, every_budget=every_budget, rows=rows,
                      done=done, accounting=accounting, withheld=frozenset(withheld),
                      interim=bool(missing) and adaptive is None, curves=curves, adaptive=adaptive)
     return SweepReport(

@@ -1,5 +1,6 @@
 """The noise-floor section: how much the baseline's test loss varies across seeds, and what an
-unpaired comparison could detect at that noise (harness.stats.inference.noise_floor)."""
+unpaired comparison could detect at that noise (harness.stats.inference.noise_floor). Its text
+ends with pairing's one sentence, so it reads the pairing section's part."""
 
 from __future__ import annotations
 

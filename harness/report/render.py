@@ -21,7 +21,8 @@ from rich.table import Table
 
 from harness.core.code import CODE_FOLDER
 from harness.report.cells import code_span, jsonable, md_escape, md_table, num, sd_interval
-from harness.report.compare import SECTIONS, NoiseReport
+from harness.report import compare
+from harness.report.compare import NoiseReport
 from harness.report.section import SweepReport
 from harness.report.outcomes import FileInfo
 from harness.report.plots import MAX_PLOT_ARMS, plot_arms
@@ -37,10 +38,10 @@ def render_markdown_section(rep: SweepReport, *, level: int, md_dir: Path) -> st
     plots, comparability and the sections' Methods."""
     hh = "#" * (level + 1)
     out = _heading(rep, "#" * level)
-    for section in SECTIONS:
+    for section in compare.SECTIONS:
         out += section.markdown(rep, hh)
     out += _runs(rep, hh) + _plots(rep, hh, md_dir) + _comparability(rep, hh)
-    out += [f"{hh} Methods", ""] + [line for section in SECTIONS for line in section.methods(rep)] + [""]
+    out += [f"{hh} Methods", ""] + [line for section in compare.SECTIONS for line in section.methods(rep)] + [""]
     return "\n".join(out)
 
 
@@ -149,7 +150,7 @@ def render_provenance(files: Sequence[FileInfo], reps: Sequence[SweepReport], op
 
 
 def sweep_to_json(rep: SweepReport) -> dict:
-    sections = {key: value for section in SECTIONS for key, value in section.json(rep).items()}
+    sections = {key: value for section in compare.SECTIONS for key, value in section.json(rep).items()}
     return jsonable({
         "sweep": rep.sweep,
         "baseline": rep.baseline,
@@ -167,7 +168,7 @@ def sweep_to_json(rep: SweepReport) -> dict:
 
 
 def render_terminal(rep: SweepReport, console: Console) -> None:
-    for section in SECTIONS:
+    for section in compare.SECTIONS:
         for line in section.terminal(rep):
             console.print(line)
     bad = rep.accounting[["diverged", "failed", "invalid"]].sum()

@@ -3,9 +3,11 @@ they take (markdown, its keys in the JSON, terminal lines, its Methods bullets, 
 and what every section reads: the report's options, the sweep's data, the built SweepReport.
 
 A new statistic is one module that defines a Section, and one entry in
-harness.report.compare.SECTIONS, whose order is the order of the report; the report's frame (its
-heading, runs, plots, comparability and provenance) renders around the sections and knows none of
-them.
+harness.report.compare.SECTIONS, whose order is the order of the report (the renderers and the
+trackers read SECTIONS when they run). The report's frame (its heading, runs, plots,
+comparability and provenance) renders around the sections and calls none by name; it reads two
+parts that every sweep report has: the verdicts' table (the arms compared, their notes) and the
+worth's held-out curves (a plot's caption).
 """
 
 from __future__ import annotations
@@ -110,7 +112,6 @@ class SweepReport:
 class SweepData:
     """What every section builds from: one sweep's rows and the report's options."""
 
-    sweep: str
     baseline: str
     options: ReportOptions
     arms: list[str]  # in report order, the baseline first
@@ -145,7 +146,7 @@ class Section:
     build: Callable[[SweepData], Any]
     markdown: Callable[[SweepReport, str], list[str]]
     json: Callable[[SweepReport], dict[str, Any]]  # its keys in the sweep's JSON
-    terminal: Callable[[SweepReport], list] = _nothing  # rich renderables or markup lines, after the frame's
+    terminal: Callable[[SweepReport], list] = _nothing  # rich renderables or markup lines, before the frame's
     methods: Callable[[SweepReport], list[str]] = _nothing  # its bullets in the report's Methods
     tracked: Callable[[dict, set[str]], tuple[dict[str, float], Series]] = _untracked
     """A tracker's metrics ("<arm>/<field>") and series of the compared arms, read from the sweep's

@@ -232,9 +232,14 @@ def methods(rep: SweepReport) -> list[str]:
     ]
 
 
+def withheld_arms(sweep: dict) -> set[str]:
+    """A sweep JSON's arms whose verdicts differences withhold."""
+    return set((sweep.get("integrity") or {}).get("withheld") or [])
+
+
 def compared_verdicts(sweep: dict) -> dict[str, str]:
     """A sweep JSON's compared arms (not the baseline, none withheld) and their verdicts."""
-    withheld = set((sweep.get("integrity") or {}).get("withheld") or [])
+    withheld = withheld_arms(sweep)
     return {str(a["arm"]): str(a.get("verdict")) for a in sweep.get("arms", [])
             if a["arm"] != sweep.get("baseline") and a["arm"] not in withheld}
 

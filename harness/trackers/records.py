@@ -167,7 +167,7 @@ def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
     never goes on showing an earlier verdict."""
     from harness.report.build import run_report
     from harness.report.compare import SECTIONS
-    from harness.report.verdicts import compared_verdicts
+    from harness.report.verdicts import compared_verdicts, withheld_arms
     from harness.store.results import ResultsStore
 
     out = io.StringIO()
@@ -189,7 +189,7 @@ def sweep_record(results: Path, sweep: str) -> tuple[TrackedSweep | None, str]:
     if not section.get("has_baseline"):
         return None, "no baseline runs yet"
     verdicts = compared_verdicts(section)
-    withheld = set(section.get("integrity", {}).get("withheld") or [])
+    withheld = withheld_arms(section)
     metrics: dict[str, float] = {}
     series: dict[str, list[tuple[int, float]]] = {}
     for part in SECTIONS:  # each section says which of its numbers a tracker shows
