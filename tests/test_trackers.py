@@ -221,6 +221,27 @@ def test_trackio_runs_are_grouped_by_sweep_with_the_store_values(published):
             list(zip(mine["step"], mine["train_loss"]))
 
 
+def test_the_api_publishes_a_store_as_harness_track_does(published, tmp_path, monkeypatch):
+    """harness.api.track: the store's runs and its report to a tracker, from Python; again, nothing new."""
+    import io
+
+    from rich.console import Console
+
+    import harness.api as hx
+
+    results, env, _ = published
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    monkeypatch.setenv("TRACKIO_PROJECT", "harness-api")
+    said = io.StringIO()
+    assert hx.track("trackio", results, console=Console(file=said, width=200)) is True
+    assert "trackio: 4 runs and 1 summary published" in said.getvalue()
+    said.truncate(0)
+    assert hx.track(["trackio"], results, sweep=NAME, console=Console(file=said, width=200)) is True
+    assert "trackio: 4 runs and 1 summary already there" in said.getvalue()
+    with pytest.raises(hx.UserError, match="--to tensorboard: TensorBoard is written as runs record"):
+        hx.track("tensorboard", results)
+
+
 @pytest.mark.slow  # CI time: four trackers tests stay in the fast tier, `harness track` after a tracker was down among them
 def test_publishing_again_adds_nothing_and_a_resumed_sweep_continues_the_same_runs(published, small_corpus):
     results, env, _ = published

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 _LAZY = {"Adaptive": "harness.planning.adaptive", "Streams": "harness.planning.request", "Report": "harness.report.build"}
 
 __all__ = ["Adaptive", "BASELINE", "Backend", "Execution", "Here", "Jobs", "Planned", "Report", "Streams",
-           "UserError", "example_trainers", "import_results", "open_results", "plan_ladder", "plan_noise", "plan_sweep", "report", "run"]
+           "UserError", "example_trainers", "import_results", "open_results", "plan_ladder", "plan_noise", "plan_sweep", "report", "run",
+           "track"]
 
 
 def __getattr__(name: str):
@@ -180,6 +181,17 @@ def report(results: str | Path = "results", sweep: str | None = None, *, baselin
 
     return build_report(Path(results), sweep, baseline=baseline, alpha=alpha, margin=margin,
                         allow_mismatch=allow_mismatch)
+
+
+def track(to: str | Sequence[str], results: str | Path = "results", *, sweep: str | None = None,
+          console: Console | None = None) -> bool:
+    """`harness track`: publish a results store's runs and each sweep's report (verdicts, k, the
+    paired-difference curve) to experiment trackers ("mlflow", "wandb", "trackio"; their usual
+    environment variables say where). Publishing again adds nothing. True when every tracker got
+    everything; `run(..., log=...)` publishes as the runs record instead."""
+    from harness.trackers.publish import publish_store
+
+    return publish_store([to] if isinstance(to, str) else list(to), Path(results), sweep, console or Console())
 
 
 def import_results(file: str | Path, results: str | Path = "results", *, sweep: str | None = None,

@@ -233,3 +233,35 @@ class Publisher:
 def _count(keys: dict[str, set[str]], what: str) -> str:
     parts = [f"{len(k)} {kind}{'s' if len(k) != 1 else ''}" for kind, k in keys.items() if k]
     return f"{' and '.join(parts)} {what}" if parts else ""
+
+
+def publish_store(to: list[str] | str, results: Path, sweep: str | None, console) -> bool:
+    """`harness track`: every recorded attempt of the store (or of one sweep) and each sweep's report
+    to the trackers named, waiting as long as it takes; what a tracker holds is not sent again.
+    True when every tracker got everything."""
+    from harness.store.results import ResultsStore
+
+    if TENSORBOARD in split_names(to):
+        raise UserError(f"--to {TENSORBOARD}: TensorBoard is written as runs record, by --log {TENSORBOARD}; "
+                        f"--to takes {', '.join(TRACKERS)}")
+    names = parse_log(to, option="--to", choices=TRACKERS)
+    if not names:
+        raise UserError(f"--to: give one of {', '.join(TRACKERS)}")
+    for name in names:
+        if not installed(name):
+            raise UserError(f"--to {name}: {name} is not installed here: pip install 'harness[{name}]'")
+    if not (Path(results) / "runs.parquet").exists():
+        raise UserError(f"{results} holds no results store (runs.parquet); give --results")
+    store = ResultsStore(Path(results))
+    sweeps = store.sweeps()
+    if sweep is not None and sweep not in sweeps:
+        raise UserError(f"--sweep {sweep!r} has no recorded runs in {results}; it has: {', '.join(sweeps) or 'none'}")
+    publisher = Publisher(names, Path(results), console, timeout=math.inf, progress=True)
+    runs = store.runs_frame()
+    try:
+        for name in [sweep] if sweep else sweeps:
+            publisher.catch_up(name, sorted(set(runs.loc[runs["sweep"] == name, "run_id"])), summary=True)
+        return publisher.finish()
+    except BaseException:
+        publisher.finish(interrupted=True)
+        raise
