@@ -175,8 +175,9 @@ def run(planned: Planned, *, jobs: int | str | None = "auto", retries: int = 1, 
 def report(results: str | Path = "results", sweep: str | None = None, *, baseline: str = BASELINE,
            alpha: float = 0.05, margin: float | None = None, allow_mismatch: bool = False) -> Report:
     """The report of a results folder (every sweep, or the one named, and their ladders) as an
-    object: its tables are DataFrames (Report.arms(), .worth(), .text(), .pairing()), and it renders to
-    markdown, JSON and the terminal and draws its plots. Warnings are in Report.warnings."""
+    object: its tables are DataFrames (Report.arms(), .worth(), .text(), .pairing(), a ladder's
+    .ladder_trend() and .ladder_rungs()), and it renders to markdown, JSON and the terminal and draws
+    its plots. Warnings are in Report.warnings."""
     from harness.report.build import build_report
 
     return build_report(Path(results), sweep, baseline=baseline, alpha=alpha, margin=margin,
