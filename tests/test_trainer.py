@@ -32,7 +32,8 @@ loss = 3.0 + noise - 0.02 * s["better"] * (1 + (int(env["HARNESS_DROPOUT_SEED"])
 result = {"test_loss": loss, "tokens": int(env["HARNESS_TOKENS"]), "heldout": [{"tokens": 8, "loss": loss + 1}],
           "curve": [{"step": 1, "tokens": 8, "loss": loss + 2}], "version": "fake 1"}
 mode = s["mode"]
-if mode == "crash":
+print("resume: " + env["HARNESS_RESUME"], flush=True)
+if mode == "crash" or (mode == "flaky" and env["HARNESS_RESUME"] != "1"):
     raise RuntimeError("the trainer broke")
 if mode == "nan":
     result["test_loss"] = float("nan")
@@ -111,6 +112,21 @@ def test_the_run_gets_the_contract_and_resumes_from_the_store(tmp_path):
     assert "--better true" in (Path(better["run_dir"]) / "log.txt").read_text()
     code, out, err = sweep(folder, "--seeds", "1")
     assert code == 0 and out.count("already in the store") == 2, out + err
+
+
+def test_a_retried_attempt_is_told_to_resume(tmp_path):
+    """An attempt that died is retried with HARNESS_RESUME=1, so a script with checkpoints continues
+    (the example trainer's own checkpoint, killed midway, is the slow tier's)."""
+    folder = trainer_folder(tmp_path, arms='["flaky"]')
+    (folder / "interventions" / "flaky.toml").write_text('[set]\nmode = "flaky"\n')
+    code, out, err = sweep(folder, "--seeds", "1", "--retries", "1")
+    assert code == 0, out + err
+    rows = runs(folder)
+    flaky = rows[rows["arm"].eq("flaky")].sort_values("attempt")
+    assert list(flaky["status"]) == ["failed", "completed"]
+    log = (Path(flaky["run_dir"].iloc[-1]) / "log.txt").read_text()
+    assert log.index("resume: 0") < log.index("the trainer broke") < log.index("resume: 1")
+    assert "resume: 1" not in (Path(rows[rows["arm"].eq("baseline")]["run_dir"].iloc[0]) / "log.txt").read_text()
 
 
 def test_each_broken_result_fails_its_run_with_one_line(tmp_path):
@@ -230,6 +246,7 @@ def test_the_example_trainers_sweep_and_report(examples, form, nproc):
     assert code == 0 and "no_dropout" in out, out + err
 
 
+@pytest.mark.slow  # CI time: test_a_retried_attempt_is_told_to_resume keeps the resume contract in the fast tier
 def test_an_example_run_killed_midway_resumes_to_the_uninterrupted_loss(examples):
     args = [sys.executable, "-m", "harness", "sweep", str(examples / "gpt2_script.toml"), "--seeds", "1",
             "--jobs", "1", "--tokens", "16384"]
