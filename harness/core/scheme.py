@@ -69,8 +69,16 @@ def current_scheme() -> int:
 NEUTRAL = neutral_values(ModelConfig) | neutral_values(TrainConfig) | {
     k: r.neutral for k, r in RETIRED_KEYS.items() if r.neutral is not NEVER_HASHED}
 SECTIONS = {"model": MODEL_KEYS, "train": TRAIN_KEYS}
-RECORD_KEYS = {"preset", "arm", "code", "trainer", *SECTIONS}  # what a recorded config holds (core.config.ArmConfig.as_dict)
+TRAINED_BY = "trainer"  # a config's table of an external trainer's arm (harness.planning.trainer)
+RECORD_KEYS = {"preset", "arm", "code", TRAINED_BY, *SECTIONS}  # what a recorded config holds (ArmConfig.as_dict)
 TRAINER = "trainer command"  # the key that marks an external trainer's experiment (trainer_experiment)
+
+
+def trainer_table(config: Any) -> dict[str, Any] | None:
+    """An external trainer's table in a config (its command, files, settings, batch shape), or None
+    where harness's own model computes the arm."""
+    table = config.get(TRAINED_BY) if isinstance(config, Mapping) else None
+    return table if isinstance(table, dict) else None
 
 
 class NewerRecord(UserError):
@@ -107,7 +115,7 @@ def _compact(values: Mapping[str, Any]) -> dict[str, Any]:
 def recorded(config: Mapping[str, Any], where: str = "a recorded config") -> dict[str, Any]:
     """A config (core.config.ArmConfig.as_dict()) in the form runs and plans record: its labels,
     and its keys in the identity scheme's form (scheme 1's keys, later ones away from neutral)."""
-    if isinstance(config.get("trainer"), dict):  # an external trainer's: its own settings, as they are
+    if trainer_table(config) is not None:  # an external trainer's: its own settings, as they are
         return dict(config)
     values = _compact(read_keys(config, where))
     return {k: v for k, v in config.items() if k not in SECTIONS} | {
@@ -135,8 +143,9 @@ def experiment(config: Mapping[str, Any], tokens: int, tokens_per_step: int, dat
     data ids existed ("") keeps the path instead. Runs are identified by its hash (experiment_hash)
     and compared key by key (harness.report.sameness, harness.store.planfile.conflicts), a key one
     side lacks read as neutral (every_key)."""
-    if isinstance(config.get("trainer"), dict):
-        return trainer_experiment(config["trainer"], tokens, tokens_per_step)
+    trainer = trainer_table(config)
+    if trainer is not None:
+        return trainer_experiment(trainer, tokens, tokens_per_step)
     values = _compact(read_keys(config, where))
     out = {k: v for k, v in values.items() if k not in PLACEMENT_KEYS and k not in BUDGET_RULES}
     scheme = current_scheme() if scheme is None else scheme

@@ -24,6 +24,7 @@ from rich.markup import escape
 from harness.planning.adaptive import rounds
 from harness.launch import warm
 from harness.launch.torchrun import WORKER_ENV, Processes, Outcome, await_record, execute
+from harness.core.scheme import trainer_table
 from harness.planning.plan import Plan
 from harness.store.planfile import save_plan
 from harness.launch.procs import ctrl_c_latch, interrupted, stop_runs
@@ -63,7 +64,7 @@ def execute_plan(plan: Plan, processes: Processes, console: Console, retries: in
     on_progress(spec, progress_dict) also gets every PROGRESS line (e.g. --log tensorboard), and
     on_recorded(spec) hears of every attempt this process recorded (the other trackers)."""
     per_slot, shared = processes.for_jobs(jobs)
-    own_worker = not any("trainer" in s.config for s in plan.specs)  # an external trainer starts its own process
+    own_worker = not any(trainer_table(s.config) is not None for s in plan.specs)  # a trainer starts its own process
     if warm.enabled() and processes.world_size == 1 and own_worker:  # a warm worker per slot: torch imported once per slot
         per_slot = [dataclasses.replace(one, warm=warm.WarmWorker(WORKER_ENV | one.slot.env())) for one in per_slot]
     store = ResultsStore(plan.results)

@@ -46,6 +46,7 @@ from typing import Any, Callable
 from harness.core.errors import UserError
 from harness.core.files import WriteError, atomic_write_bytes, quarantine, write_error
 from harness.core.placement import Slot, auto_jobs, slots
+from harness.core.scheme import TRAINED_BY, trainer_table
 from harness.launch.procs import (SPEC_VARIABLE, RunLock, deferred_ctrl_c, interrupted, kill_stale_workers, kill_tree,
                                   spawn)
 from harness.store import contract
@@ -417,7 +418,7 @@ def _execute_locked(spec: RunSpec, store: ResultsStore, processes: Processes, ru
     attempt = store.attempts(spec.run_id) + 1
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     stalled, broken = None, None
-    if not result_path.exists() and spec.config.get("trainer"):
+    if not result_path.exists() and trainer_table(spec.config) is not None:
         returncode, stalled, broken = _run_trainer(spec, processes, run_dir, spec_path, log, attempt, on_progress, lock)
     elif not result_path.exists():
         atomic_write_bytes(spec_path, spec.to_json().encode())
@@ -502,8 +503,8 @@ def _run_trainer(spec: RunSpec, processes: Processes, run_dir: Path, spec_path: 
     answer.unlink(missing_ok=True)  # an earlier attempt's answer never speaks for this one
     atomic_write_bytes(spec_path, spec.to_json().encode())
     values = contract.passed(spec, run_dir, resume)
-    program = contract.command(shlex.split(spec.config["trainer"]["command"]), values,
-                               spec.config["trainer"]["settings"])
+    trainer = spec.config[TRAINED_BY]
+    program = contract.command(shlex.split(trainer["command"]), values, trainer["settings"])
     env = {k: v for k, v in processes.env.items() if k != "PYTHONSAFEPATH"}  # its script's folder is its sys.path
     env |= contract.environment(values) | {SPEC_VARIABLE: str(spec_path.resolve())}
     began = time.monotonic()

@@ -330,7 +330,7 @@ def identical_arms(configs: dict[str, cfgmod.ArmConfig],
             first[key] = (arm, config)
             continue
         earlier, before = first[key]
-        flat = lambda c: c["trainer"]["settings"] if "trainer" in c else \
+        flat = lambda c: scheme.trainer_table(c)["settings"] if scheme.trainer_table(c) is not None else \
             {k: v for section in ("model", "train") for k, v in c[section].items()}  # noqa: E731
         differ = sorted(k for k, v in flat(config).items() if flat(before).get(k) != v)
         same[arm] = (earlier, f" (it differs only in {', '.join(differ)}: not part of what a run computes)"

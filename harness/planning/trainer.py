@@ -40,7 +40,7 @@ from harness.core.code import SETTING_TYPES, content_hash, own_modules, typed_se
 from harness.core.config import INTERVENTION_KEYS, Intervention, check_keys, merged_overrides, read_toml, split_arm
 from harness.core.definitions import Library, builtin_folder
 from harness.core.errors import UserError
-from harness.core.scheme import EXPERIMENT_FACTS
+from harness.core.scheme import EXPERIMENT_FACTS, TRAINED_BY
 from harness.store import contract
 
 PRESET = "trainer"  # the preset label of an external trainer's runs
@@ -132,8 +132,7 @@ class Trainer:
         named = [*folder_files(folder, argv), *listed]
         files, modules = {}, {}
         for name in dict.fromkeys(named):
-            modules[name] = _own_modules(folder / name)
-            files[name] = content_hash(folder / name, modules[name])
+            files[name], modules[name] = _identity(folder / name)
         if not files:
             raise UserError(f"{where}: the command names no file of {folder} (its script is part of each run's "
                             "identity): name the script in the command, or list it in files = [...]")
@@ -149,9 +148,8 @@ class Trainer:
         files, modules = dict(self.files), dict(self.modules)
         for name in folder_files(self.folder, [v for v in settings.values() if isinstance(v, str)]):
             if name not in files:  # a file a setting names is read by the run
-                modules[name] = _own_modules(self.folder / name)
-                files[name] = content_hash(self.folder / name, modules[name])
-        config = {"trainer": {"command": self.command, "files": files, "settings": settings,
+                files[name], modules[name] = _identity(self.folder / name)
+        config = {TRAINED_BY: {"command": self.command, "files": files, "settings": settings,
                               "global_batch": self.global_batch, "context_length": self.context_length,
                               "tokens_per_param": self.tokens_per_param}}  # how a budget is chosen: not its identity
         overrides = {k: v for k, v in settings.items() if self.settings[k] != v}
@@ -197,7 +195,7 @@ class Trainer:
             values = contract.passed(spec, Path(tmp), resume=False, probe=True)
             env = os.environ | {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                                 "PYTHONUNBUFFERED": "1"} | contract.environment(values)
-            argv = contract.command(self.argv, values, arm.config["trainer"]["settings"])
+            argv = contract.command(self.argv, values, arm.config[TRAINED_BY]["settings"])
             try:
                 done = subprocess.run(argv, cwd=self.folder, env=env, capture_output=True, text=True,
                                       errors="replace", timeout=PROBE_TIMEOUT_S)
@@ -246,24 +244,26 @@ def folder_files(folder: Path, words: list[str]) -> list[str]:
     return found
 
 
-def _own_modules(path: Path) -> tuple[str, ...]:
-    if path.suffix != ".py":
-        return ()
-    try:
-        return own_modules(path, ast.parse(path.read_bytes(), filename=str(path)))
-    except SyntaxError as err:
-        raise UserError(f"{path}:{err.lineno or 0}: {err.msg}: the trainer's script cannot be read") from None
+def _identity(path: Path) -> tuple[str, tuple[str, ...]]:
+    """A trainer file's content hash and the modules of its own it imports (a Python file's, through
+    harness.core.code; any other file is its bytes)."""
+    modules: tuple[str, ...] = ()
+    if path.suffix == ".py":
+        try:
+            modules = own_modules(path, ast.parse(path.read_bytes(), filename=str(path)))
+        except SyntaxError as err:
+            raise UserError(f"{path}:{err.lineno or 0}: {err.msg}: the trainer's script cannot be read") from None
+    return content_hash(path, modules), modules
 
 
 def changed_files(spec) -> list[str]:
     """The files of an external run (a RunSpec) whose content is no longer what was planned."""
-    trainer = spec.config["trainer"]
+    trainer = spec.config[TRAINED_BY]
     folder = Path(spec.workdir)
     changed = []
     for name, sha in trainer["files"].items():
-        path = folder / name
         try:
-            now = content_hash(path, _own_modules(path))
+            now = _identity(folder / name)[0]
         except (OSError, UserError):
             now = "(unreadable)"
         if now != sha:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.core.scheme import every_key, experiment, scheme_of, shown
+from harness.core.scheme import every_key, experiment, scheme_of, shown, trainer_table
 from harness.core.seeds import STREAMS, derive_seed
 from harness.store.record import COMPLETED
 
@@ -45,7 +45,7 @@ def _config(row) -> dict | None:
         config = json.loads(row.config) if isinstance(row.config, str) and row.config else None
     except ValueError:
         return None
-    if isinstance(config, dict) and isinstance(config.get("trainer"), dict):  # an external trainer's settings
+    if trainer_table(config) is not None:  # an external trainer's settings
         return config
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(config.get("train"), dict):
         return None
@@ -128,7 +128,7 @@ def own_budget(rows: pd.DataFrame) -> bool:
         config = _config(r)
         if config is None or not (np.isfinite(r.planned_tokens) and np.isfinite(r.params) and r.tokens_per_step > 0):
             return False
-        per_param = float((config.get("train") or config.get("trainer") or {}).get("tokens_per_param", 20.0))
+        per_param = float((config.get("train") or trainer_table(config) or {}).get("tokens_per_param", 20.0))
         raw = math.ceil(per_param * int(r.params))
         if int(r.planned_tokens) != math.ceil(raw / int(r.tokens_per_step)) * int(r.tokens_per_step):
             return False

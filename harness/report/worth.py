@@ -20,6 +20,7 @@ import pandas as pd
 
 from harness.core.bounds import finite_number
 from harness.core.config import BASELINE
+from harness.core.scheme import trainer_table
 from harness.report.cells import labelled, md_escape, md_table
 from harness.report.section import WITHHELD, Section, Series, SweepData, SweepReport
 from harness.stats.inference import as_float
@@ -50,7 +51,7 @@ def _schedule(rows: pd.DataFrame) -> str:
     for text in rows["config"]:
         try:
             config = json.loads(text)
-            if isinstance(config.get("trainer"), dict):
+            if trainer_table(config) is not None:
                 return EXTERNAL
             seams = [e["intervention"] for e in config.get("code", [])
                      if {"schedule", "optimizer"} & set(e.get("seams", []))]  # both are given the run's steps

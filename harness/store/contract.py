@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.core.bounds import finite_number
+from harness.core.scheme import TRAINED_BY
 from harness.store.record import COMPLETED, RunResult, RunSpec, pack_units
 
 VERSION = 1
@@ -89,7 +90,7 @@ class BrokenResult(ValueError):
 
 def passed(spec: RunSpec, run_dir: Path, resume: bool, probe: bool = False) -> dict[str, str]:
     """What harness passes for one run, by placeholder name (PASSED), as text."""
-    trainer = spec.config["trainer"]
+    trainer = spec.config[TRAINED_BY]
     values: dict[str, Any] = {
         "contract": VERSION, "arm": spec.arm, "interventions": spec.interventions,
         "settings": json.dumps(trainer["settings"], sort_keys=True), "seed": spec.seed, "init_seed": spec.init_seed,
@@ -179,7 +180,7 @@ def _check_units(data: dict[str, Any]) -> None:
 
 def run_result(data: dict[str, Any], spec: RunSpec, wall_time_s: float, versions: dict[str, Any]) -> RunResult:
     """A checked trainer result as harness records a completed run."""
-    trainer = spec.config["trainer"]
+    trainer = spec.config[TRAINED_BY]
     per_step = spec.tokens_per_step
     curve: dict[int, dict[str, Any]] = {}
     for p in data.get("curve", []):

@@ -29,6 +29,7 @@ import pandas as pd
 from harness.core.bounds import LIMITS, check_int, check_seeds
 from harness.core.definitions import BASELINE, SWEEP_NAME, SWEEP_NAME_RULE
 from harness.core.errors import UserError, shown
+from harness.core.scheme import TRAINED_BY
 from harness.store.record import COMPLETED, RunRow
 
 IMPORTED = "imported"  # the preset of an imported run, and its config's key
@@ -190,4 +191,4 @@ def is_imported(rows: pd.DataFrame) -> str:
 def external_trainer(rows: pd.DataFrame) -> str:
     """The command of the external trainer that trained a sweep's rows ("" where harness's own worker
     did): its pairing is the trainer's to keep (harness.store.contract)."""
-    return str(_recorded_by(rows, "trainer").get("command", ""))
+    return str(_recorded_by(rows, TRAINED_BY).get("command", ""))
