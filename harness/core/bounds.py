@@ -52,6 +52,11 @@ def check_seeds(seeds: list[int], arms: int) -> None:
                         f"{MAX_RUNS:,} (fewer seeds, or split the arms into several sweeps)")
 
 
+def absent(value) -> bool:
+    """A cell with no value: None, or the NaN that pandas reads an empty cell as."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def finite_number(value) -> bool:
     """A finite int or float (not a bool) that a float holds: JSON allows integers of any size."""
     try:

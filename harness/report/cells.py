@@ -79,11 +79,6 @@ def labelled(label: str, texts: Sequence[str]) -> list[str]:
     return [f"  {label}: {escape(text)}" for text in texts if text]
 
 
-def missing(x) -> bool:
-    """A cell with no value (None or NaN), as a table's optional column holds it."""
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
 def jsonable(x):
     """Tables and numbers as JSON holds them: non-finite floats become null."""
     if isinstance(x, dict):

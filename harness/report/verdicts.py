@@ -13,9 +13,9 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
-from harness.core.bounds import finite_number
+from harness.core.bounds import absent, finite_number
 from harness.planning.adaptive import Adaptive, arm_states
-from harness.report.cells import interval, md_escape, md_table, missing, num, p_value, seed_count
+from harness.report.cells import interval, md_escape, md_table, num, p_value, seed_count
 from harness.report.section import WITHHELD, Section, Series, SweepData, SweepReport
 from harness.stats import inference as stats
 from harness.stats.sequential import METHOD
@@ -113,7 +113,7 @@ def _adaptive_markdown(rep: SweepReport, hh: str) -> list[str]:
     out.append(md_table(["arm", "verdict", "seeds", "decided in round", "stop reason", "sequential interval",
                          "runs saved"],
                         [[md_escape(r.arm), r.state, str(r.seeds),
-                          "-" if missing(r.decided_round) else str(int(r.decided_round)), STOP_REASONS[r.state],
+                          "-" if absent(r.decided_round) else str(int(r.decided_round)), STOP_REASONS[r.state],
                           interval(r.seq_low, r.seq_high), str(r.runs_saved)] for r in seq.itertuples()], "llrrlrr"))
     out.append("")
     for r in seq.itertuples():

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.core.bounds import LIMITS, check_int, check_seeds
+from harness.core.bounds import LIMITS, absent, check_int, check_seeds
 from harness.core.definitions import BASELINE, SWEEP_NAME, SWEEP_NAME_RULE
 from harness.core.errors import UserError, shown
 from harness.core.scheme import TRAINED_BY
@@ -72,10 +72,6 @@ def _integer(value: Any, what: str) -> int:
     return int(value)
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _text(value: Any) -> str:
     """A cell as a name: a whole number without its '.0'."""
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
@@ -98,7 +94,7 @@ def checked_rows(table: pd.DataFrame, path: Path, sweep: str | None, baseline: s
     for i, record in enumerate(table.to_dict("records"), start=2 if path.suffix.lower() == ".csv" else 1):
         where = f"{path} row {i}"
         for column in ("arm", "seed", *(c for c in ("sweep", "test_set") if c in table.columns)):
-            if _missing(record.get(column)):
+            if absent(record.get(column)):
                 raise UserError(f"{where}: no {column}; a column that is there needs a value in every row")
         name = _text(record["sweep"]) if "sweep" in table.columns else sweep if sweep is not None else path.stem
         if not SWEEP_NAME.fullmatch(str(name)):
@@ -110,7 +106,7 @@ def checked_rows(table: pd.DataFrame, path: Path, sweep: str | None, baseline: s
                "seed": _integer(record["seed"], f"{where}: seed"), "test_loss": float(loss)}
         for key in ("tokens", "init_seed", "data_seed", "dropout_seed"):
             value = record.get(key)
-            if not _missing(value):
+            if not absent(value):
                 run[key] = check_int(f"{where}: {key}", _integer(value, f"{where}: {key}"), LIMITS[key])
                 if run[key] < 0:
                     raise UserError(f"{where}: {key} must be >= 0, got {run[key]}")
